@@ -1,0 +1,162 @@
+//! Wiring: config → (managed) Redis → store writer → script engine → supervisor → admin.
+//! `serve` runs it until a signal; tests start it in-process and drive it directly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, PortChanges};
+use crate::script::{Limits, RouteEngine};
+use crate::signals::Signal;
+use crate::store::managed::ManagedRedis;
+use crate::store::{Committer, Store};
+use crate::supervisor::Supervisor;
+
+/// A running pushgate.
+pub struct App {
+    pub config_path: PathBuf,
+    config: tokio::sync::Mutex<Config>,
+    pub admin_addr: SocketAddr,
+    pub store: Store,
+    pub supervisor: Arc<Supervisor>,
+    admin_state: Arc<AdminState>,
+    admin_cancel: CancellationToken,
+    admin_task: tokio::task::JoinHandle<()>,
+    writer_task: tokio::task::JoinHandle<()>,
+    managed: Option<ManagedRedis>,
+}
+
+pub fn engine_for(config: &Config) -> RouteEngine {
+    let limits = Limits {
+        max_operations: config.script.max_operations,
+        deadline: Duration::from_millis(config.script.deadline_ms),
+        ..Limits::default()
+    };
+    RouteEngine::new(limits, config.zone())
+}
+
+impl App {
+    /// Start everything the config describes; fails if a script does not compile,
+    /// the admin address cannot be bound, or a managed Redis does not come up.
+    pub async fn start(config: Config, config_path: &Path) -> anyhow::Result<App> {
+        let managed = if config.redis.managed {
+            let dir = config.resolve(config.redis.dir.as_deref().unwrap_or(Path::new("redis")));
+            Some(
+                ManagedRedis::start(&config.redis.server_bin, &dir, config.redis.managed_port)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let url = managed
+            .as_ref()
+            .map_or(config.redis.url.clone(), |m| m.url().to_owned());
+        let store = Store::open(
+            &url,
+            &config.redis.prefix,
+            Duration::from_millis(config.redis.timeout_ms),
+            config.store.stats_ttl_hours * 3600,
+        )
+        .with_context(|| format!("opening redis at {url}"))?;
+        if let Err(e) = store.ping().await {
+            // Not fatal: ports answer with error acks until Redis is back.
+            tracing::error!(%url, error = %e, "redis is not reachable yet");
+        }
+        let (committer, writer_task) = Committer::spawn(store.clone(), config.store.max_batch);
+        let engine = Arc::new(engine_for(&config));
+        let supervisor = Arc::new(Supervisor::new(engine, committer));
+        supervisor.install(&config).await?;
+        let listener = admin::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("binding the admin listener {}", config.admin.listen))?;
+        let admin_addr = listener.local_addr()?;
+        tracing::info!(%admin_addr, "admin API listening");
+        let admin_state = Arc::new(AdminState {
+            supervisor: supervisor.clone(),
+            api_keys: RwLock::new(config.api_keys.clone()),
+        });
+        let admin_cancel = CancellationToken::new();
+        let admin_task = tokio::spawn(admin::serve(
+            listener,
+            admin_state.clone(),
+            admin_cancel.clone(),
+        ));
+        Ok(App {
+            config_path: config_path.to_owned(),
+            config: tokio::sync::Mutex::new(config),
+            admin_addr,
+            store,
+            supervisor,
+            admin_state,
+            admin_cancel,
+            admin_task,
+            writer_task,
+            managed,
+        })
+    }
+
+    /// Re-read the config file and scripts and apply the difference. A config that
+    /// does not load changes nothing.
+    pub async fn reload(&self) -> anyhow::Result<PortChanges> {
+        let new = Config::load(&self.config_path)?;
+        let mut current = self.config.lock().await;
+        if new.redis != current.redis || new.admin != current.admin || new.store != current.store {
+            tracing::warn!(
+                "reload: [redis], [admin] and [store] changes take effect at the next restart"
+            );
+        }
+        if new.script != current.script || new.zone != current.zone {
+            tracing::warn!("reload: script limits and zone take effect at the next restart");
+        }
+        let changes = self.supervisor.reload(&current, &new).await;
+        if let Ok(mut keys) = self.admin_state.api_keys.write() {
+            *keys = new.api_keys.clone();
+        }
+        tracing::info!(
+            added = changes.added.len(),
+            removed = changes.removed.len(),
+            changed = changes.changed.len(),
+            unchanged = changes.unchanged.len(),
+            "reloaded {}",
+            self.config_path.display()
+        );
+        *current = new;
+        Ok(changes)
+    }
+
+    /// Stop accepting, let every port finish and ack what it received, then stop.
+    pub async fn shutdown(self) {
+        self.admin_cancel.cancel();
+        self.supervisor.shutdown().await;
+        // Every port has awaited its own commits, so the writer holds nothing now.
+        self.writer_task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.admin_task).await;
+        if let Some(managed) = self.managed {
+            managed.shutdown().await;
+        }
+        tracing::info!("stopped");
+    }
+
+    /// Serve until SIGTERM/SIGINT, reloading on SIGHUP.
+    pub async fn run_until_signalled(self) -> anyhow::Result<()> {
+        let mut signals = crate::signals::listen().context("installing signal handlers")?;
+        while let Some(signal) = signals.recv().await {
+            match signal {
+                Signal::Reload => {
+                    if let Err(e) = self.reload().await {
+                        tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running config");
+                    }
+                }
+                Signal::Terminate => break,
+            }
+        }
+        tracing::info!("draining");
+        self.shutdown().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,789 @@
+//! The TOML configuration: parsed once, validated once, and diffed on reload.
+//!
+//! Everything here is plain data. Validation turns a parsed file into a [`Config`]
+//! whose invariants the rest of the crate relies on (unique port names, a framing
+//! that can carry `max_frame_bytes`, a field layout for fixed-width ports, …), with
+//! messages that name the key and the problem.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::charset::Charset;
+use crate::ingest::fixed::FieldSpec;
+use crate::ingest::frame::Framing;
+
+/// Fields pushgate writes on every record; a message may not carry them itself.
+pub const RESERVED_FIELDS: &[&str] = &[
+    "id",
+    "status",
+    "attempts",
+    "worker",
+    "received_at",
+    "fcm_send_yn",
+    "fcm_send_time",
+    "result",
+    "decision",
+    "due_at",
+    "error",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {message}", .path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}: {}", .path.display(), .problems.join("; "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// The whole file, as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Time zone for reserved times (`sndn_rsev_hour`) and script time helpers.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub script: ScriptConfig,
+    #[serde(default, rename = "api_key")]
+    pub api_keys: Vec<ApiKey>,
+    #[serde(default, rename = "port")]
+    pub ports: Vec<PortConfig>,
+    /// Directory the file was read from; relative paths (scripts, redis dir) resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+fn default_zone() -> String {
+    "Asia/Seoul".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or `redis+unix:///path/redis.sock`; ignored when `managed`.
+    #[serde(default = "default_redis_url")]
+    pub url: String,
+    /// Every key pushgate writes starts with this, so one Redis can hold other data too.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Start and supervise a local `redis-server` (AOF on) instead of using `url`.
+    #[serde(default)]
+    pub managed: bool,
+    /// Data directory of the managed Redis (AOF files, unix socket).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Managed Redis listens on this loopback TCP port; unset = a unix socket in `dir` only.
+    #[serde(default)]
+    pub managed_port: Option<u16>,
+    /// Path of the `redis-server` binary for `managed`.
+    #[serde(default = "default_redis_server")]
+    pub server_bin: PathBuf,
+    /// A Redis round trip slower than this fails, and its frames get error acks.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379".into()
+}
+fn default_prefix() -> String {
+    "pushgate:".into()
+}
+fn default_redis_server() -> PathBuf {
+    "redis-server".into()
+}
+fn default_redis_timeout_ms() -> u64 {
+    3000
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: default_redis_url(),
+            prefix: default_prefix(),
+            managed: false,
+            dir: None,
+            managed_port: None,
+            server_bin: default_redis_server(),
+            timeout_ms: default_redis_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The admin listener (JSON API, later the console).
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Most records written in one group-commit round trip.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Per-minute counters live this long (hours).
+    #[serde(default = "default_stats_ttl_hours")]
+    pub stats_ttl_hours: u64,
+}
+
+fn default_max_batch() -> usize {
+    512
+}
+fn default_stats_ttl_hours() -> u64 {
+    48
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: default_max_batch(),
+            stats_ttl_hours: default_stats_ttl_hours(),
+        }
+    }
+}
+
+/// Sandbox limits for every route script.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptConfig {
+    #[serde(default = "default_max_operations")]
+    pub max_operations: u64,
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+}
+
+fn default_max_operations() -> u64 {
+    100_000
+}
+fn default_deadline_ms() -> u64 {
+    50
+}
+
+impl Default for ScriptConfig {
+    fn default() -> Self {
+        Self {
+            max_operations: default_max_operations(),
+            deadline_ms: default_deadline_ms(),
+        }
+    }
+}
+
+/// An API key for the admin JSON API. Only its SHA-256 is stored (`pushgate api-key` makes one).
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub name: String,
+    /// Lower-case hex SHA-256 of the key.
+    pub sha256: String,
+    /// `read` (list ports), `control` (start/stop/restart).
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<Scope>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_scopes() -> Vec<Scope> {
+    vec![Scope::Read]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Control,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Listen,
+    Connect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FramingKind {
+    Ndjson,
+    AsciiLen,
+    U32be,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    Json,
+    Fixed,
+}
+
+/// One `[[port]]`: where telegrams arrive and how they are framed, decoded and routed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    pub name: String,
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// `listen`: the address to bind; `connect`: the `host:port` to dial.
+    pub addr: String,
+    #[serde(default = "default_framing")]
+    pub framing: FramingKind,
+    /// Digits of the ASCII length header (`ascii-len` only).
+    #[serde(default)]
+    pub len_digits: Option<u8>,
+    #[serde(default = "default_encoding")]
+    pub encoding: Charset,
+    #[serde(default = "default_payload")]
+    pub payload: Payload,
+    /// Byte layout of a fixed-width telegram (`payload = "fixed"` only).
+    #[serde(default)]
+    pub fields: Vec<FieldSpec>,
+    /// Fields that must be present and non-empty, besides `uniqueKey`.
+    #[serde(default)]
+    pub required: Vec<String>,
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds without a byte before a connection is closed; 0 = never.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: u64,
+    /// Path of the route script (relative to the config file).
+    pub script: PathBuf,
+    #[serde(default = "default_true")]
+    pub autostart: bool,
+    /// Longest wait between reconnects in `connect` mode (seconds).
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max: u64,
+}
+
+fn default_mode() -> Mode {
+    Mode::Listen
+}
+fn default_framing() -> FramingKind {
+    FramingKind::Ndjson
+}
+fn default_encoding() -> Charset {
+    Charset::Utf8
+}
+fn default_payload() -> Payload {
+    Payload::Json
+}
+fn default_max_frame_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_connections() -> usize {
+    64
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+fn default_true() -> bool {
+    true
+}
+fn default_reconnect_max() -> u64 {
+    30
+}
+
+const DEFAULT_LEN_DIGITS: u8 = 4;
+
+impl PortConfig {
+    pub fn framing(&self) -> Framing {
+        match self.framing {
+            FramingKind::Ndjson => Framing::Ndjson,
+            FramingKind::AsciiLen => Framing::AsciiLen {
+                digits: self.len_digits.unwrap_or(DEFAULT_LEN_DIGITS),
+            },
+            FramingKind::U32be => Framing::U32Be,
+        }
+    }
+
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout))
+    }
+
+    /// Everything about the port except its script's contents: a difference here restarts it.
+    fn same_wiring(&self, other: &PortConfig) -> bool {
+        self == other
+    }
+}
+
+impl ConfigError {
+    /// One line per problem, for `pushgate check`.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { path, problems } => problems
+                .iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Read, parse and validate `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, path, base_dir)
+    }
+
+    /// Parse and validate TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |span| span.start);
+            let (line, column) = line_column(text, offset);
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        config.base_dir = if base_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base_dir
+        };
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    pub fn zone(&self) -> chrono_tz::Tz {
+        // Validated at load.
+        self.zone.parse().unwrap_or(chrono_tz::Asia::Seoul)
+    }
+
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    pub fn port(&self, name: &str) -> Option<&PortConfig> {
+        self.ports.iter().find(|p| p.name == name)
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.zone.parse::<chrono_tz::Tz>().is_err() {
+            out.push(format!(
+                "zone = {:?} is not an IANA time zone (e.g. \"Asia/Seoul\")",
+                self.zone
+            ));
+        }
+        self.redis.problems(&mut out);
+        if self.store.max_batch == 0 {
+            out.push("store.max_batch must be at least 1".into());
+        }
+        if self.script.deadline_ms == 0 || self.script.max_operations == 0 {
+            out.push("script.deadline_ms and script.max_operations must be above 0".into());
+        }
+        let mut key_names = BTreeSet::new();
+        for (i, key) in self.api_keys.iter().enumerate() {
+            let at = format!("api_key[{i}] {:?}", key.name);
+            if !key_names.insert(key.name.as_str()) {
+                out.push(format!("{at}: name is used twice"));
+            }
+            let hex_ok = key.sha256.len() == 64
+                && key
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !hex_ok {
+                out.push(format!(
+                    "{at}: sha256 must be 64 lower-case hex digits (make one with `pushgate api-key`)"
+                ));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            let at = format!("port[{i}] {:?}", port.name);
+            if !names.insert(port.name.as_str()) {
+                out.push(format!("{at}: name is used twice"));
+            }
+            port.problems(&at, &mut out);
+        }
+        out
+    }
+}
+
+impl RedisConfig {
+    fn problems(&self, out: &mut Vec<String>) {
+        if self.prefix.is_empty() {
+            out.push("redis.prefix must not be empty (flush deletes by prefix)".into());
+        }
+        if self.timeout_ms == 0 {
+            out.push("redis.timeout_ms must be above 0".into());
+        }
+        if self.managed {
+            if self.dir.is_none() {
+                out.push("redis.managed = true needs redis.dir (where the AOF lives)".into());
+            }
+        } else if let Err(e) = redis::Client::open(self.url.as_str()) {
+            out.push(format!("redis.url = {:?}: {e}", self.url));
+        }
+    }
+}
+
+impl PortConfig {
+    fn problems(&self, at: &str, out: &mut Vec<String>) {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            out.push(format!(
+                "{at}: name must be 1-64 characters of letters, digits, '-' and '_'"
+            ));
+        }
+        match self.mode {
+            Mode::Listen => {
+                if self.addr.parse::<SocketAddr>().is_err() {
+                    out.push(format!(
+                        "{at}: addr = {:?} is not an IP:port to listen on",
+                        self.addr
+                    ));
+                }
+            }
+            Mode::Connect => {
+                let ok = self
+                    .addr
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !ok {
+                    out.push(format!(
+                        "{at}: addr = {:?} is not a host:port to connect to",
+                        self.addr
+                    ));
+                }
+            }
+        }
+        if self.max_frame_bytes < 16 || self.max_frame_bytes > 16 * 1024 * 1024 {
+            out.push(format!(
+                "{at}: max_frame_bytes = {} is outside 16..=16777216",
+                self.max_frame_bytes
+            ));
+        }
+        match (self.framing, self.len_digits) {
+            (FramingKind::AsciiLen, digits) => {
+                let digits = digits.unwrap_or(DEFAULT_LEN_DIGITS);
+                if !(1..=9).contains(&digits) {
+                    out.push(format!("{at}: len_digits = {digits} is outside 1..=9"));
+                } else {
+                    let largest = 10usize.pow(u32::from(digits)) - 1;
+                    if self.max_frame_bytes > largest {
+                        out.push(format!(
+                            "{at}: max_frame_bytes = {} cannot be written in {digits} digits (at most {largest})",
+                            self.max_frame_bytes
+                        ));
+                    }
+                }
+            }
+            (_, Some(_)) => out.push(format!(
+                "{at}: len_digits only applies to framing = \"ascii-len\""
+            )),
+            (_, None) => {}
+        }
+        if self.max_connections == 0 {
+            out.push(format!("{at}: max_connections must be at least 1"));
+        }
+        if self.reconnect_max == 0 {
+            out.push(format!("{at}: reconnect_max must be at least 1 second"));
+        }
+        match self.payload {
+            Payload::Json => {
+                if !self.fields.is_empty() {
+                    out.push(format!("{at}: fields only apply to payload = \"fixed\""));
+                }
+            }
+            Payload::Fixed => {
+                if self.fields.is_empty() {
+                    out.push(format!(
+                        "{at}: payload = \"fixed\" needs a [[port.fields]] layout"
+                    ));
+                }
+                let mut seen = BTreeSet::new();
+                for field in &self.fields {
+                    if field.len == 0 {
+                        out.push(format!("{at}: field {:?} has len 0", field.name));
+                    }
+                    if !seen.insert(field.name.as_str()) {
+                        out.push(format!("{at}: field {:?} appears twice", field.name));
+                    }
+                    if RESERVED_FIELDS.contains(&field.name.as_str()) {
+                        out.push(format!(
+                            "{at}: field {:?} is reserved for pushgate's own record fields",
+                            field.name
+                        ));
+                    }
+                }
+                if !self.fields.is_empty() && !seen.contains("uniqueKey") {
+                    out.push(format!("{at}: the field layout has no uniqueKey"));
+                }
+                let total: usize = self.fields.iter().map(|f| f.len).sum();
+                if total > self.max_frame_bytes {
+                    out.push(format!(
+                        "{at}: the field layout is {total} bytes, over max_frame_bytes = {}",
+                        self.max_frame_bytes
+                    ));
+                }
+            }
+        }
+        for field in &self.required {
+            if self.payload == Payload::Fixed && !self.fields.iter().any(|f| &f.name == field) {
+                out.push(format!(
+                    "{at}: required field {field:?} is not in the field layout"
+                ));
+            }
+        }
+    }
+}
+
+/// What a reload changes, port by port.
+#[derive(Debug, Default, PartialEq)]
+pub struct PortChanges {
+    /// In the new config only: start (if autostart).
+    pub added: Vec<PortConfig>,
+    /// In the old config only: drain and stop.
+    pub removed: Vec<String>,
+    /// Wiring differs: restart with the new config.
+    pub changed: Vec<PortConfig>,
+    /// Same wiring: keep running; only its script may be swapped in place.
+    pub unchanged: Vec<PortConfig>,
+}
+
+impl PortChanges {
+    pub fn between(old: &Config, new: &Config) -> PortChanges {
+        let mut changes = PortChanges::default();
+        for port in &new.ports {
+            match old.port(&port.name) {
+                None => changes.added.push(port.clone()),
+                Some(before) if before.same_wiring(port) => changes.unchanged.push(port.clone()),
+                Some(_) => changes.changed.push(port.clone()),
+            }
+        }
+        for port in &old.ports {
+            if new.port(&port.name).is_none() {
+                changes.removed.push(port.name.clone());
+            }
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), PathBuf::from("/etc/pushgate"))
+    }
+
+    const PORT: &str = r#"
+[[port]]
+name = "fep-transfer"
+addr = "127.0.0.1:9001"
+script = "scripts/transfer.rhai"
+"#;
+
+    #[test]
+    fn minimal_port_gets_documented_defaults() {
+        let config = parse(PORT).expect("valid");
+        let port = &config.ports[0];
+        assert_eq!(port.mode, Mode::Listen);
+        assert_eq!(port.framing(), Framing::Ndjson);
+        assert_eq!(port.encoding, Charset::Utf8);
+        assert_eq!(port.max_frame_bytes, 65536);
+        assert_eq!(config.zone(), chrono_tz::Asia::Seoul);
+        assert_eq!(config.redis.prefix, "pushgate:");
+        assert_eq!(
+            config.resolve(&port.script),
+            PathBuf::from("/etc/pushgate/scripts/transfer.rhai")
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line_and_column() {
+        let err = parse(&format!("{PORT}framming = \"ndjson\"\n")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("test.toml:6:1: "), "{text}");
+        assert!(text.contains("framming"), "{text}");
+    }
+
+    #[test]
+    fn each_invalid_setting_is_reported_with_its_key() {
+        let cases = [
+            (
+                "len_digits = 12\nframing = \"ascii-len\"",
+                "len_digits = 12",
+            ),
+            ("len_digits = 4", "len_digits only applies"),
+            (
+                "framing = \"ascii-len\"\nlen_digits = 2",
+                "cannot be written in 2 digits",
+            ),
+            ("payload = \"fixed\"", "needs a [[port.fields]] layout"),
+            ("max_connections = 0", "max_connections must be at least 1"),
+            (
+                "required = [\"csno\"]\npayload = \"fixed\"\nfields = [{ name = \"uniqueKey\", len = 10 }]",
+                "required field \"csno\"",
+            ),
+            (
+                "fields = [{ name = \"uniqueKey\", len = 10 }]",
+                "fields only apply",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let err = parse(&format!("{PORT}{extra}\n")).unwrap_err().to_string();
+            assert!(err.contains("port[0] \"fep-transfer\""), "{extra}: {err}");
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn fixed_layout_must_hold_unique_key_and_no_reserved_field() {
+        let text = format!(
+            "{PORT}payload = \"fixed\"\nfields = [{{ name = \"csno\", len = 10 }}, {{ name = \"status\", len = 2 }}]\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("no uniqueKey"), "{err}");
+        assert!(err.contains("\"status\" is reserved"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_port_names_and_bad_addresses_are_rejected() {
+        let text = format!("{PORT}{PORT}");
+        assert!(parse(&text).unwrap_err().to_string().contains("used twice"));
+        let text = PORT.replace("127.0.0.1:9001", "nowhere");
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("not an IP:port")
+        );
+        let text = format!(
+            "{}mode = \"connect\"\n",
+            PORT.replace("127.0.0.1:9001", "fep.internal:7000")
+        );
+        assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn bad_zone_and_managed_redis_without_dir_are_rejected() {
+        let err = parse(&format!(
+            "zone = \"Mars/Base\"\n[redis]\nmanaged = true\n{PORT}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("Mars/Base"), "{err}");
+        assert!(err.contains("needs redis.dir"), "{err}");
+    }
+
+    #[test]
+    fn api_key_hash_must_be_hex_and_is_never_printed() {
+        let text = format!("[[api_key]]\nname = \"ops\"\nsha256 = \"nothex\"\n{PORT}");
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("64 lower-case hex")
+        );
+        let hash = "a".repeat(64);
+        let text = format!("[[api_key]]\nname = \"ops\"\nsha256 = \"{hash}\"\n{PORT}");
+        let config = parse(&text).expect("valid");
+        assert!(!format!("{config:?}").contains(&hash));
+    }
+
+    #[test]
+    fn reload_diff_sorts_ports_into_added_removed_changed_unchanged() {
+        let old = parse(&format!(
+            "{PORT}{}{}",
+            PORT.replace("fep-transfer", "keep").replace("9001", "9002"),
+            PORT.replace("fep-transfer", "gone").replace("9001", "9003"),
+        ))
+        .expect("old");
+        let new = parse(&format!(
+            "{}{}{}",
+            PORT.replace("9001", "9011"),
+            PORT.replace("fep-transfer", "keep").replace("9001", "9002"),
+            PORT.replace("fep-transfer", "new").replace("9001", "9004"),
+        ))
+        .expect("new");
+        let changes = PortChanges::between(&old, &new);
+        let names = |ports: &[PortConfig]| ports.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&changes.added), ["new"]);
+        assert_eq!(changes.removed, ["gone"]);
+        assert_eq!(names(&changes.changed), ["fep-transfer"]);
+        assert_eq!(names(&changes.unchanged), ["keep"]);
+    }
+}

@@ -1,0 +1,589 @@
+//! TCP ports: listeners and connectors, framing, character sets, message checks and acks.
+//!
+//! One connection runs as: read → decode every complete frame → route them off the
+//! async runtime → hand them to the group-commit writer → ack each frame in order.
+//! An ack is written only after its record is in Redis. This module never talks to
+//! Redis itself: it goes through [`Committer`].
+
+pub mod charset;
+pub mod fixed;
+pub mod frame;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Mode, Payload, PortConfig, RESERVED_FIELDS};
+use crate::script::{CompiledRoute, Decision, RouteEngine};
+use crate::store::{Committer, NewRecord, Status, Stored};
+
+/// The standard fields of a push message; numbers sent in them are kept as text.
+pub const STANDARD_FIELDS: &[&str] = &[
+    "uniqueKey",
+    "sndn_rsev_hour",
+    "csno",
+    "uuid_id",
+    "device_id",
+    "msg_title",
+    "msg_contents",
+    "D_servicename",
+    "push_grp_id",
+    "cust_telno",
+];
+
+const MAX_UNIQUE_KEY_BYTES: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("binding {addr} for port {port}: {source}")]
+    Bind {
+        port: String,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// What a port shows the outside world while it runs; shared with the supervisor.
+#[derive(Debug, Default)]
+pub struct PortLive {
+    pub connections: AtomicUsize,
+    /// Frames acked ok (new records).
+    pub stored: AtomicU64,
+    /// Frames acked ok as repeats of a stored `uniqueKey`.
+    pub duplicates: AtomicU64,
+    /// Frames answered with an error ack.
+    pub rejected: AtomicU64,
+    /// Unix ms of the last frame, 0 = none yet.
+    pub last_frame_ms: AtomicI64,
+    /// The address actually bound (listen) or connected to (connect).
+    pub bound: Mutex<Option<SocketAddr>>,
+    /// The last connection-level problem (refused connect, framing error, Redis down).
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl PortLive {
+    fn note_error(&self, text: String) {
+        if let Ok(mut slot) = self.last_error.lock() {
+            *slot = Some(text);
+        }
+    }
+}
+
+/// Everything a running port needs.
+#[derive(Clone)]
+pub struct PortContext {
+    pub config: PortConfig,
+    pub committer: Committer,
+    pub engine: Arc<RouteEngine>,
+    /// The compiled route; the supervisor swaps it on reload without restarting the port.
+    pub route: Arc<RwLock<CompiledRoute>>,
+    pub live: Arc<PortLive>,
+}
+
+/// Run a port until `cancel`: in-flight frames are finished and acked before it returns.
+/// `ready` fires once the port is listening (or dialling).
+pub async fn run_port(
+    ctx: PortContext,
+    cancel: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> Result<(), IngestError> {
+    match ctx.config.mode {
+        Mode::Listen => listen(ctx, cancel, ready).await,
+        Mode::Connect => {
+            let _ = ready.send(());
+            connect(ctx, cancel).await;
+            Ok(())
+        }
+    }
+}
+
+async fn listen(
+    ctx: PortContext,
+    cancel: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> Result<(), IngestError> {
+    let listener = TcpListener::bind(&ctx.config.addr)
+        .await
+        .map_err(|source| IngestError::Bind {
+            port: ctx.config.name.clone(),
+            addr: ctx.config.addr.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().ok();
+    if let Ok(mut bound) = ctx.live.bound.lock() {
+        *bound = local;
+    }
+    tracing::info!(port = %ctx.config.name, addr = ?local, "listening");
+    let _ = ready.send(());
+    let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = cancel.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(port = %ctx.config.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let ctx = ctx.clone();
+            tracker.spawn(async move { refuse(ctx, stream, peer).await });
+            continue;
+        };
+        let ctx = ctx.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            serve_connection(&ctx, stream, peer, &cancel).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!(port = %ctx.config.name, "stopped");
+    Ok(())
+}
+
+/// Over `max_connections`: say why in an error ack, then close.
+async fn refuse(ctx: PortContext, mut stream: TcpStream, peer: SocketAddr) {
+    let text = format!(
+        "port {} is at max_connections = {}",
+        ctx.config.name, ctx.config.max_connections
+    );
+    tracing::warn!(port = %ctx.config.name, %peer, "{text}");
+    ctx.live.rejected.fetch_add(1, Ordering::Relaxed);
+    let mut out = Vec::new();
+    encode_ack(&ctx.config, &Ack::error(None, text), &mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+}
+
+/// Dial the upstream and serve that one connection; redial with capped backoff.
+async fn connect(ctx: PortContext, cancel: CancellationToken) {
+    let max = Duration::from_secs(ctx.config.reconnect_max);
+    let mut backoff = Duration::from_millis(100);
+    while !cancel.is_cancelled() {
+        let dial =
+            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&ctx.config.addr));
+        let attempt = tokio::select! {
+            attempt = dial => attempt,
+            _ = cancel.cancelled() => return,
+        };
+        match attempt {
+            Ok(Ok(stream)) => {
+                let peer = stream
+                    .peer_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                if let Ok(mut bound) = ctx.live.bound.lock() {
+                    *bound = Some(peer);
+                }
+                tracing::info!(port = %ctx.config.name, %peer, "connected");
+                let started = tokio::time::Instant::now();
+                serve_connection(&ctx, stream, peer, &cancel).await;
+                if started.elapsed() > max {
+                    backoff = Duration::from_millis(100);
+                }
+            }
+            Ok(Err(e)) => {
+                ctx.live
+                    .note_error(format!("connecting to {}: {e}", ctx.config.addr));
+            }
+            Err(_) => ctx
+                .live
+                .note_error(format!("connecting to {}: timed out", ctx.config.addr)),
+        }
+        let wait = jitter(backoff);
+        tracing::debug!(port = %ctx.config.name, ?wait, "reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+/// Between 50% and 100% of `base`, so reconnecting peers spread out.
+fn jitter(base: Duration) -> Duration {
+    base.mul_f64(rand::random_range(0.5..=1.0))
+}
+
+/// Serve one connection until the peer closes, the framing breaks, it idles out, or `cancel`.
+async fn serve_connection(
+    ctx: &PortContext,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    cancel: &CancellationToken,
+) {
+    let name = &ctx.config.name;
+    ctx.live.connections.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut acks: Vec<u8> = Vec::with_capacity(4 * 1024);
+    let why_closed = loop {
+        let broken = process_buffer(ctx, &mut buf, &mut acks).await;
+        if !acks.is_empty() {
+            if let Err(e) = stream.write_all(&acks).await {
+                break format!("writing acks: {e}");
+            }
+            acks.clear();
+        }
+        if let Some(e) = broken {
+            ctx.live.note_error(format!("closed {peer}: {e}"));
+            break format!("framing broken: {e}");
+        }
+        let read = tokio::select! {
+            read = read_some(&mut stream, &mut buf, ctx.config.idle_timeout()) => read,
+            _ = cancel.cancelled() => {
+                // Stopping: take what the peer already sent, answer it, then close.
+                drain_available(&stream, &mut buf);
+                process_buffer(ctx, &mut buf, &mut acks).await;
+                if !acks.is_empty() {
+                    let _ = stream.write_all(&acks).await;
+                }
+                break "port stopping".to_owned();
+            }
+        };
+        match read {
+            Ok(0) if buf.is_empty() => break "peer closed".to_owned(),
+            Ok(0) => break format!("peer closed mid-frame, {} bytes discarded", buf.len()),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    let _ = stream.shutdown().await;
+    ctx.live.connections.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(port = %name, %peer, "connection closed: {why_closed}");
+}
+
+async fn read_some(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    idle: Option<Duration>,
+) -> Result<usize, String> {
+    buf.reserve(16 * 1024);
+    let read = stream.read_buf(buf);
+    match idle {
+        Some(limit) => match tokio::time::timeout(limit, read).await {
+            Ok(result) => result.map_err(|e| format!("reading: {e}")),
+            Err(_) => Err(format!("idle for {limit:?}")),
+        },
+        None => read.await.map_err(|e| format!("reading: {e}")),
+    }
+}
+
+/// Move whatever the socket already holds into `buf`, without waiting.
+fn drain_available(stream: &TcpStream, buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 16 * 1024];
+    while let Ok(n) = stream.try_read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Decode, route, store and ack every complete frame in `buf` (consuming them).
+/// Returns the framing error, if the stream broke, after acking the frames before it.
+async fn process_buffer(
+    ctx: &PortContext,
+    buf: &mut Vec<u8>,
+    acks: &mut Vec<u8>,
+) -> Option<frame::FrameError> {
+    let framing = ctx.config.framing();
+    let mut parsed = Vec::new();
+    let mut start = 0;
+    let mut broken = None;
+    loop {
+        match framing.decode(&buf[start..], ctx.config.max_frame_bytes) {
+            Ok(Some(f)) => {
+                let body = &buf[start + f.body.start..start + f.body.end];
+                if !body.is_empty() || !matches!(framing, frame::Framing::Ndjson) {
+                    parsed.push(parse_message(&ctx.config, ctx.engine.zone(), body));
+                }
+                start += f.consumed;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                broken = Some(e);
+                break;
+            }
+        }
+    }
+    buf.drain(..start);
+    if !parsed.is_empty() {
+        ctx.live.last_frame_ms.store(now_ms(), Ordering::Relaxed);
+        for ack in store_messages(ctx, parsed).await {
+            match &ack {
+                Ack::Stored { dup: false, .. } => ctx.live.stored.fetch_add(1, Ordering::Relaxed),
+                Ack::Stored { dup: true, .. } => {
+                    ctx.live.duplicates.fetch_add(1, Ordering::Relaxed)
+                }
+                Ack::Error { .. } => ctx.live.rejected.fetch_add(1, Ordering::Relaxed),
+            };
+            encode_ack(&ctx.config, &ack, acks);
+        }
+    }
+    if let Some(e) = &broken {
+        ctx.live.rejected.fetch_add(1, Ordering::Relaxed);
+        encode_ack(&ctx.config, &Ack::error(None, e.to_string()), acks);
+        buf.clear();
+    }
+    broken
+}
+
+/// A frame's decoded message, or why it was refused (with its key when known).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub unique_key: String,
+    pub fields: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub key: Option<String>,
+    pub error: String,
+}
+
+/// Decode a frame body and check it: a JSON object (or fixed-width telegram) with a
+/// `uniqueKey`, the port's required fields, no reserved field, a valid reserved time.
+pub fn parse_message(
+    port: &PortConfig,
+    zone: chrono_tz::Tz,
+    body: &[u8],
+) -> Result<Message, Refusal> {
+    let refuse = |key: Option<String>, error: String| Refusal { key, error };
+    let mut fields = match port.payload {
+        Payload::Json => {
+            let text = port
+                .encoding
+                .decode(body)
+                .map_err(|e| refuse(None, e.to_string()))?;
+            match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(map)) => map,
+                Ok(other) => {
+                    return Err(refuse(
+                        None,
+                        format!("frame is JSON {} but must be an object", json_kind(&other)),
+                    ));
+                }
+                Err(e) => return Err(refuse(None, format!("frame is not valid JSON: {e}"))),
+            }
+        }
+        Payload::Fixed => fixed::decode_fixed(&port.fields, body, port.encoding)
+            .map_err(|e| refuse(None, e.to_string()))?,
+    };
+    for name in STANDARD_FIELDS {
+        if let Some(v @ (Value::Number(_) | Value::Bool(_))) = fields.get(*name) {
+            let text = v.to_string();
+            fields.insert((*name).to_owned(), Value::String(text));
+        }
+    }
+    let key = match fields.get("uniqueKey") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
+        Some(Value::String(_)) | None => {
+            return Err(refuse(None, "uniqueKey is missing or empty".into()));
+        }
+        Some(other) => {
+            return Err(refuse(
+                None,
+                format!("uniqueKey must be a string, got {}", json_kind(other)),
+            ));
+        }
+    };
+    if key.len() > MAX_UNIQUE_KEY_BYTES {
+        return Err(refuse(
+            None,
+            format!(
+                "uniqueKey is {} bytes, the limit is {MAX_UNIQUE_KEY_BYTES}",
+                key.len()
+            ),
+        ));
+    }
+    let some_key = || Some(key.clone());
+    if let Some(name) = RESERVED_FIELDS.iter().find(|f| fields.contains_key(**f)) {
+        return Err(refuse(
+            some_key(),
+            format!("field {name:?} is reserved for pushgate's own record fields"),
+        ));
+    }
+    for name in &port.required {
+        let present = fields
+            .get(name)
+            .and_then(crate::store::scalar_text)
+            .is_some_and(|t| !t.is_empty());
+        if !present {
+            return Err(refuse(
+                some_key(),
+                format!("required field {name:?} is missing or empty"),
+            ));
+        }
+    }
+    if let Some(Value::String(reserved)) = fields.get("sndn_rsev_hour") {
+        crate::script::parse_reserved_time(reserved, zone).map_err(|e| refuse(some_key(), e))?;
+    }
+    Ok(Message {
+        unique_key: key,
+        fields,
+    })
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The answer to one frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ack {
+    Stored { key: String, id: u64, dup: bool },
+    Error { key: Option<String>, error: String },
+}
+
+impl Ack {
+    fn error(key: Option<String>, error: String) -> Ack {
+        Ack::Error { key, error }
+    }
+
+    pub fn to_json(&self) -> String {
+        match self {
+            Ack::Stored {
+                key,
+                id,
+                dup: false,
+            } => serde_json::json!({"ok": true, "key": key, "id": id.to_string()}).to_string(),
+            Ack::Stored { key, id, dup: true } => {
+                serde_json::json!({"ok": true, "key": key, "id": id.to_string(), "dup": true})
+                    .to_string()
+            }
+            Ack::Error { key, error } => {
+                serde_json::json!({"ok": false, "key": key, "error": error}).to_string()
+            }
+        }
+    }
+}
+
+fn encode_ack(port: &PortConfig, ack: &Ack, out: &mut Vec<u8>) {
+    let body = port.encoding.encode(&ack.to_json()).into_owned();
+    if let Err(e) = port.framing().encode(&body, out) {
+        // Only an ascii-len header too short for a long error text gets here.
+        let short = Ack::error(None, e.to_string()).to_json();
+        let _ = port.framing().encode(short.as_bytes(), out);
+    }
+}
+
+/// Route the good messages (off the runtime), store them in one group commit, and
+/// return one ack per parsed frame, in order.
+async fn store_messages(ctx: &PortContext, parsed: Vec<Result<Message, Refusal>>) -> Vec<Ack> {
+    let messages: Vec<Message> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok().cloned())
+        .collect();
+    let records = if messages.is_empty() {
+        Ok(Vec::new())
+    } else {
+        let engine = ctx.engine.clone();
+        let route = ctx.route.read().map(|r| r.clone()).map_err(|_| ());
+        let port = ctx.config.name.clone();
+        match route {
+            Ok(route) => tokio::task::spawn_blocking(move || {
+                messages
+                    .into_iter()
+                    .map(|m| route_message(&engine, &route, &port, m))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| format!("routing task failed: {e}")),
+            Err(_) => Err("route script lock poisoned".to_owned()),
+        }
+    };
+    let stored = match records {
+        Ok(records) if records.is_empty() => Ok(Vec::new()),
+        Ok(records) => ctx
+            .committer
+            .commit(records)
+            .await
+            .map_err(|e| format!("not stored, send again: {e}")),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &stored {
+        ctx.live.note_error(e.clone());
+    }
+    let mut stored = stored.map(Vec::into_iter);
+    parsed
+        .into_iter()
+        .map(|p| match (p, &mut stored) {
+            (Err(refusal), _) => Ack::error(refusal.key, refusal.error),
+            (Ok(m), Ok(results)) => match results.next() {
+                Some(s) => Ack::Stored {
+                    key: m.unique_key,
+                    id: s.id(),
+                    dup: matches!(s, Stored::Duplicate { .. }),
+                },
+                None => Ack::error(Some(m.unique_key), "store returned too few results".into()),
+            },
+            (Ok(m), Err(e)) => Ack::error(Some(m.unique_key), e.clone()),
+        })
+        .collect()
+}
+
+/// Run the route script on one message and turn its decision into a record.
+pub fn route_message(
+    engine: &RouteEngine,
+    route: &CompiledRoute,
+    port: &str,
+    message: Message,
+) -> NewRecord {
+    let now = now_ms();
+    let mut record = NewRecord {
+        unique_key: message.unique_key,
+        port: port.to_owned(),
+        received_at_ms: now,
+        fields: Map::new(),
+        status: Status::Received,
+        due_ms: None,
+        decision: None,
+        error: None,
+    };
+    match engine.route(route, &message.fields, now) {
+        Ok(decision) => {
+            (record.status, record.due_ms) = match &decision {
+                Decision::Send { .. } => (Status::Queued, Some(now)),
+                Decision::Later { at_ms, .. } => (Status::Scheduled, Some(*at_ms)),
+                Decision::Drop { .. } => (Status::Dropped, None),
+            };
+            record.decision = serde_json::to_value(&decision).ok();
+        }
+        Err(e) => {
+            record.status = Status::ScriptError;
+            record.error = Some(format!("{}:{e}", route.path));
+        }
+    }
+    record.fields = message.fields;
+    record
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,20 @@
+//! pushgate: a push-notification appliance in one binary.
+//!
+//! Layout (one module per part of `DESIGN.md`; see `ARCHITECTURE.md` for invariants):
+//! - [`config`]: the TOML file, its validation, the diff between two configs on reload.
+//! - [`ingest`]: TCP listeners/connectors, framing, character sets, message checks, acks.
+//! - [`script`]: the sandboxed Rhai engine, compiled route scripts, the decision type.
+//! - [`store`]: every Redis command and Lua script, the key layout, group commit, managed Redis.
+//! - [`supervisor`]: port lifecycle (start, stop, restart with backoff, states) and reload.
+//! - [`admin`]: the hyper admin listener and its authenticated JSON API.
+//! - [`signals`]: SIGHUP = reload, SIGTERM/SIGINT = graceful drain.
+//! - [`app`]: wires the parts together for `serve` and tests.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod ingest;
+pub mod script;
+pub mod signals;
+pub mod store;
+pub mod supervisor;

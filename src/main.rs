@@ -1,0 +1,119 @@
+//! The `pushgate` command: parse the command line, load the config, build the app, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pushgate::app::App;
+use pushgate::config::Config;
+
+mod demo;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Push-notification gateway: TCP telegrams → Redis → Rhai routes → FCM"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM (SIGHUP reloads config and scripts).
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the config and compile every script; non-zero exit on any error.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Everything on loopback: a managed Redis in a scratch dir and two example ports.
+    Demo {
+        /// Where the demo keeps its config, scripts and Redis data (default: a temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Admin API address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        admin: std::net::SocketAddr,
+    },
+    /// Print a new random API key and the sha256 line for the config.
+    ApiKey,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::ApiKey => {
+            let (key, hash) = pushgate::admin::new_api_key();
+            println!("key:    {key}");
+            println!("config: sha256 = \"{hash}\"");
+            ExitCode::SUCCESS
+        }
+        Command::Serve { config } => run(async move {
+            let loaded = Config::load(&config)?;
+            App::start(loaded, &config)
+                .await?
+                .run_until_signalled()
+                .await
+        }),
+        Command::Demo { dir, admin } => run(demo::run(dir, admin)),
+    }
+}
+
+fn run(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pushgate: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pushgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `pushgate check`: one line per problem, `file:line:column: message` where known.
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let engine = pushgate::app::engine_for(&config);
+    let mut failed = false;
+    for port in &config.ports {
+        if let Err(e) = pushgate::supervisor::compile_script(&engine, &config, port) {
+            eprintln!("{e}");
+            failed = true;
+        }
+    }
+    if failed {
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "{}: ok ({} ports, every script compiles)",
+        path.display(),
+        config.ports.len()
+    );
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,1072 @@
+//! The sandboxed Rhai engine that decides, per port, what happens to each push.
+//!
+//! A port's script defines `fn route(msg)`; pushgate calls it once per stored message and turns
+//! the object map it returns into a [`Decision`]: send now, send later, or drop. The operator's
+//! reference for writing scripts is `docs/scripts.md`; keep the two in step.
+//!
+//! Invariants:
+//! - Scripts are pure. Nothing here does I/O, reads the clock or sleeps: every helper that
+//!   needs "now" reads the `now_ms` passed to [`RouteEngine::route`], so a decision can be
+//!   replayed (the console's "try on a stored message") and tested with fixed times.
+//! - Scripts are bounded: operations, call depth, expression depth, data sizes and a
+//!   wall-clock deadline ([`Limits`]). A script that breaks a bound fails with a
+//!   [`RouteError`]; it never takes down the port.
+//! - The returned map is validated strictly (unknown keys, targets, FCM's data rules), so a
+//!   typo in a script shows up as a `script_error` with a clear message instead of a push that
+//!   FCM rejects or, worse, one that silently goes out wrong.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeZone, Timelike};
+use chrono_tz::Tz;
+use rhai::packages::{
+    ArithmeticPackage, BasicArrayPackage, BasicFnPackage, BasicIteratorPackage, BasicMapPackage,
+    BasicMathPackage, BasicStringPackage, BitFieldPackage, LogicPackage, MoreStringPackage,
+    Package,
+};
+use rhai::{
+    AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Map, NativeCallContext, Position, Scope,
+};
+
+/// What one script run may consume. A zero disables that bound (as in Rhai).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Rhai operations per `route()` call; the deterministic bound on CPU.
+    pub max_operations: u64,
+    /// Nested function calls; stops runaway recursion before the native stack does.
+    pub max_call_levels: usize,
+    /// Expression nesting, checked when compiling; keeps the parser's recursion bounded.
+    pub max_expr_depth: usize,
+    /// Bytes of string data in one value (the strings inside a map or array add up).
+    pub max_string_size: usize,
+    /// Items in one array (nested arrays add up).
+    pub max_array_size: usize,
+    /// Entries in one object map (nested maps add up).
+    pub max_map_size: usize,
+    /// Wall-clock bound per `route()` call, for what the operation count does not see
+    /// (a slow machine, an expensive built-in).
+    pub deadline: Duration,
+}
+
+impl Default for Limits {
+    /// Generous for routing (a typical script takes a few hundred operations and well under a
+    /// millisecond) and small enough that a bad script cannot stall a port: FCM's own message
+    /// limit is 4 KiB, so 16 KiB of strings leaves room for the message and what is built from it.
+    fn default() -> Self {
+        Self {
+            max_operations: 100_000,
+            max_call_levels: 32,
+            max_expr_depth: 64,
+            max_string_size: 16 * 1024,
+            max_array_size: 1024,
+            max_map_size: 256,
+            deadline: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Shared by every port; Send + Sync (rhai `sync` feature); built once.
+#[derive(Debug)]
+pub struct RouteEngine {
+    engine: Engine,
+    limits: Limits,
+    zone: Tz,
+}
+
+/// A script that compiled and defines `route(msg)`. Cheap to clone: ports share the AST.
+#[derive(Debug, Clone)]
+pub struct CompiledRoute {
+    ast: Arc<AST>,
+    /// Where the script came from, for messages and logs.
+    pub path: String,
+}
+
+/// A script that cannot be used: it does not parse, or has no `route(msg)`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}:{line}:{column}: {message}")]
+pub struct CompileError {
+    pub path: String,
+    /// 1-based; 0 when unknown.
+    pub line: usize,
+    /// 1-based; 0 when unknown.
+    pub column: usize,
+    pub message: String,
+}
+
+/// Why one `route()` call produced no decision. Stored with the record (`script_error`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[error("{line}:{column}: {message}")]
+pub struct RouteError {
+    pub message: String,
+    /// 1-based; 0 when the error has no position (e.g. the returned map is invalid).
+    pub line: usize,
+    /// 1-based; 0 when the error has no position.
+    pub column: usize,
+}
+
+/// What to do with one push.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Decision {
+    /// Send now.
+    Send { push: Push },
+    /// Send at a reserved time (unix ms); a time already past means now.
+    Later { at_ms: i64, push: Push },
+    /// Never send; the reason is shown to operators.
+    Drop { reason: String },
+}
+
+/// The FCM message a decision sends, already checked against FCM's rules.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Push {
+    pub target: Target,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub body: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub data: BTreeMap<String, String>,
+    /// FCM's `android` object, passed through as the script built it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub android: Option<serde_json::Value>,
+    /// FCM's `apns` object, passed through as the script built it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub apns: Option<serde_json::Value>,
+}
+
+/// FCM's exactly-one target.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// A registration token (the message's `device_id`).
+    Token(String),
+    /// A bare topic name (no `/topics/` prefix).
+    Topic(String),
+    /// A topic condition such as `'a' in topics && 'b' in topics`.
+    Condition(String),
+}
+
+/// The message fields every port's messages may carry (DESIGN.md, wire contract). Scripts see
+/// each of them, as `""` when the message lacks it, so `msg.device_id.trim()` never fails.
+pub const STANDARD_FIELDS: [&str; 10] = [
+    "uniqueKey",
+    "sndn_rsev_hour",
+    "csno",
+    "uuid_id",
+    "device_id",
+    "msg_title",
+    "msg_contents",
+    "D_servicename",
+    "push_grp_id",
+    "cust_telno",
+];
+
+/// The layout of `sndn_rsev_hour` and of every time string the helpers take or give.
+const TIME_FORMAT: &str = "%Y%m%d%H%M%S";
+
+/// Keys a decision map may have; anything else is a typo (`titel`) and is rejected.
+const DECISION_KEYS: [&str; 13] = [
+    "action",
+    "token",
+    "topic",
+    "condition",
+    "title",
+    "body",
+    "image",
+    "data",
+    "android",
+    "apns",
+    "at",
+    "now",
+    "reason",
+];
+
+/// The value `on_progress` returns to stop a script; recognised again in [`route_error`].
+const DEADLINE_TOKEN: &str = "pushgate:deadline";
+
+/// Reading the clock on every operation would cost more than many operations themselves;
+/// every 64th keeps the overshoot to a few microseconds.
+const DEADLINE_CHECK_EVERY: u64 = 64;
+
+thread_local! {
+    /// The deadline of the `route()` call running on this thread. Thread-local because the
+    /// engine is shared by every port and `on_progress` gets no per-call context.
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Arms this thread's deadline for one call and restores the previous one when dropped,
+/// so an early return or a panic cannot leave a stale deadline behind.
+struct DeadlineGuard(Option<Instant>);
+
+impl DeadlineGuard {
+    fn arm(deadline: Option<Instant>) -> Self {
+        Self(DEADLINE.replace(deadline))
+    }
+}
+
+impl Drop for DeadlineGuard {
+    fn drop(&mut self) {
+        DEADLINE.set(self.0);
+    }
+}
+
+impl RouteEngine {
+    pub fn new(limits: Limits, zone: Tz) -> Self {
+        // A raw engine plus chosen packages, rather than Engine::new(): the standard set
+        // includes `sleep` (blocks the thread past any deadline) and `timestamp` (reads the
+        // clock), and neither belongs in a pure, bounded script.
+        let mut engine = Engine::new_raw();
+        ArithmeticPackage::new().register_into_engine(&mut engine);
+        LogicPackage::new().register_into_engine(&mut engine);
+        BitFieldPackage::new().register_into_engine(&mut engine);
+        BasicMathPackage::new().register_into_engine(&mut engine);
+        BasicStringPackage::new().register_into_engine(&mut engine);
+        MoreStringPackage::new().register_into_engine(&mut engine);
+        BasicArrayPackage::new().register_into_engine(&mut engine);
+        BasicMapPackage::new().register_into_engine(&mut engine);
+        BasicIteratorPackage::new().register_into_engine(&mut engine);
+        BasicFnPackage::new().register_into_engine(&mut engine);
+
+        // `eval` would run text built at run time, out of reach of compile-time checks.
+        engine.disable_symbol("eval");
+        // An unknown variable is a compile error, so typos show up when a script is saved.
+        engine.set_strict_variables(true);
+
+        engine.set_max_operations(limits.max_operations);
+        engine.set_max_call_levels(limits.max_call_levels);
+        engine.set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth);
+        engine.set_max_string_size(limits.max_string_size);
+        engine.set_max_array_size(limits.max_array_size);
+        engine.set_max_map_size(limits.max_map_size);
+
+        engine.on_progress(|operations| {
+            if operations % DEADLINE_CHECK_EVERY != 0 {
+                return None;
+            }
+            let deadline = DEADLINE.get()?;
+            (Instant::now() >= deadline).then(|| Dynamic::from(DEADLINE_TOKEN))
+        });
+
+        // Scripts have no stdout: what they print is a debug log line, tagged with the script.
+        engine.on_print(|text| tracing::debug!(target: "pushgate::script", "{text}"));
+        engine.on_debug(|text, source, position| {
+            tracing::debug!(
+                target: "pushgate::script",
+                script = source.unwrap_or(""),
+                at = %position,
+                "{text}"
+            );
+        });
+
+        register_decision_helpers(&mut engine, zone);
+        register_time_helpers(&mut engine, zone);
+        register_text_helpers(&mut engine);
+
+        Self {
+            engine,
+            limits,
+            zone,
+        }
+    }
+
+    pub fn zone(&self) -> Tz {
+        self.zone
+    }
+
+    /// Compile once. Fails if the source does not parse, or defines no `route` function taking one parameter.
+    pub fn compile(&self, path: &str, source: &str) -> Result<CompiledRoute, CompileError> {
+        let mut ast = self.engine.compile(source).map_err(|err| {
+            let (line, column) = line_column(err.position());
+            CompileError {
+                path: path.to_string(),
+                line,
+                column,
+                message: err.err_type().to_string(),
+            }
+        })?;
+
+        let missing_route = |message: String| CompileError {
+            path: path.to_string(),
+            line: 1,
+            column: 1,
+            message,
+        };
+        let route_arities: Vec<usize> = ast
+            .iter_functions()
+            .filter(|f| f.name == "route")
+            .map(|f| f.params.len())
+            .collect();
+        if route_arities.is_empty() {
+            return Err(missing_route(
+                "the script defines no `fn route(msg)`".to_string(),
+            ));
+        }
+        if !route_arities.contains(&1) {
+            return Err(missing_route(format!(
+                "`route` must take exactly one parameter (msg), it takes {}",
+                route_arities[0]
+            )));
+        }
+
+        ast.set_source(path);
+        Ok(CompiledRoute {
+            ast: Arc::new(ast),
+            path: path.to_string(),
+        })
+    }
+
+    /// Run `route(msg)`; pure function of (msg, now_ms): helpers like now() read now_ms, not the clock. Runs on the calling thread (caller uses spawn_blocking). Enforces Limits incl. the wall-clock deadline (a thread-local deadline checked from Engine::on_progress).
+    pub fn route(
+        &self,
+        script: &CompiledRoute,
+        msg: &serde_json::Map<String, serde_json::Value>,
+        now_ms: i64,
+    ) -> Result<Decision, RouteError> {
+        let arg = message_to_dynamic(msg)?;
+
+        // Top-level statements are not run: functions cannot see them anyway, and running
+        // them per message would only cost time. `now_ms` travels as the call's tag so every
+        // helper reads the same instant.
+        let options = CallFnOptions::new().eval_ast(false).with_tag(now_ms);
+        let deadline =
+            (!self.limits.deadline.is_zero()).then(|| Instant::now() + self.limits.deadline);
+        let returned = {
+            let _deadline = DeadlineGuard::arm(deadline);
+            self.engine.call_fn_with_options::<Dynamic>(
+                options,
+                &mut Scope::new(),
+                &script.ast,
+                "route",
+                (arg,),
+            )
+        }
+        .map_err(|err| route_error(err, &self.limits))?;
+
+        let (decision, send_now) =
+            read_decision(returned, self.zone).map_err(|message| RouteError {
+                message,
+                line: 0,
+                column: 0,
+            })?;
+
+        Ok(match decision {
+            Decision::Send { push } if !send_now => match reserved_time(msg, self.zone) {
+                Some(at_ms) if at_ms > now_ms => Decision::Later { at_ms, push },
+                _ => Decision::Send { push },
+            },
+            other => other,
+        })
+    }
+}
+
+/// Parse a reserved time `YYYYMMDDHHMMSS` in `zone` to unix ms. Empty/whitespace -> Ok(None) (= now). Used by ingest validation too.
+pub fn parse_reserved_time(text: &str, zone: Tz) -> Result<Option<i64>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    parse_local_time(text, zone)
+        .map(Some)
+        .map_err(|problem| format!("sndn_rsev_hour {problem}"))
+}
+
+/// Format unix ms in `zone` with a chrono strftime format. Returns "" when `ms` is out of
+/// chrono's range or `fmt` is not a valid format, so a display never panics; use
+/// [`try_format_local`] to learn which.
+pub fn format_local(ms: i64, zone: Tz, fmt: &str) -> String {
+    try_format_local(ms, zone, fmt).unwrap_or_default()
+}
+
+/// [`format_local`] that says what was wrong.
+pub fn try_format_local(ms: i64, zone: Tz, fmt: &str) -> Result<String, String> {
+    let local = local_time(ms, zone)?;
+    let mut text = String::new();
+    // chrono reports a bad specifier (`%Q`) as a fmt::Error from Display; to_string() would panic.
+    write!(text, "{}", local.format(fmt))
+        .map_err(|_| format!("{fmt:?} is not a valid time format"))?;
+    Ok(text)
+}
+
+/// Validate a time string from a script or a message; the error says what is wrong with it.
+fn parse_local_time(text: &str, zone: Tz) -> Result<i64, String> {
+    // chrono alone would accept signs and short fields; the contract is exactly 14 digits.
+    if text.len() != 14 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{text:?} is not YYYYMMDDHHMMSS"));
+    }
+    let naive = NaiveDateTime::parse_from_str(text, TIME_FORMAT)
+        .map_err(|_| format!("{text:?} is not a valid date and time"))?;
+    zone.from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.timestamp_millis())
+        .ok_or_else(|| format!("{text:?} does not exist in {zone} (a daylight-saving gap)"))
+}
+
+fn local_time(ms: i64, zone: Tz) -> Result<DateTime<Tz>, String> {
+    DateTime::from_timestamp_millis(ms)
+        .map(|utc| utc.with_timezone(&zone))
+        .ok_or_else(|| format!("time {ms} ms is out of range"))
+}
+
+/// The message's reservation, if it has a valid one. Ingest rejects invalid ones before
+/// routing, so an invalid value here can only mean "now".
+fn reserved_time(msg: &serde_json::Map<String, serde_json::Value>, zone: Tz) -> Option<i64> {
+    let text = msg.get("sndn_rsev_hour")?.as_str()?;
+    parse_reserved_time(text, zone).ok().flatten()
+}
+
+/// The message as the script sees it: every field, plus the standard ones as "" when missing.
+fn message_to_dynamic(
+    msg: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Dynamic, RouteError> {
+    let mut map = Map::new();
+    for (key, value) in msg {
+        let value = rhai::serde::to_dynamic(value).map_err(|err| RouteError {
+            message: format!("field {key:?} cannot be given to the script: {err}"),
+            line: 0,
+            column: 0,
+        })?;
+        map.insert(key.as_str().into(), value);
+    }
+    for field in STANDARD_FIELDS {
+        let value = map.entry(field.into()).or_insert_with(|| "".into());
+        // A JSON null in a standard field means "not given", like a missing field.
+        if value.is_unit() {
+            *value = "".into();
+        }
+    }
+    Ok(map.into())
+}
+
+fn line_column(position: Position) -> (usize, usize) {
+    (
+        position.line().unwrap_or(0),
+        position.position().unwrap_or(0),
+    )
+}
+
+/// Turn a Rhai failure into what operators read: the innermost cause, where it happened,
+/// and the limits in pushgate's words rather than Rhai's.
+fn route_error(err: Box<EvalAltResult>, limits: &Limits) -> RouteError {
+    // An error inside a script-defined function arrives wrapped once per call level; the
+    // innermost error points at the failing line, the wrappers only at the calls.
+    let mut call_position = Position::NONE;
+    let mut err = *err;
+    let mut err = loop {
+        match err {
+            EvalAltResult::ErrorInFunctionCall(_, _, inner, position) => {
+                if !position.is_none() {
+                    call_position = position;
+                }
+                err = *inner;
+            }
+            other => break other,
+        }
+    };
+    let position = match err.take_position() {
+        p if p.is_none() => call_position,
+        p => p,
+    };
+
+    let message = match &err {
+        EvalAltResult::ErrorRuntime(value, _) if value.is_unit() => {
+            "the script threw an error without a message".to_string()
+        }
+        EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
+        EvalAltResult::ErrorTooManyOperations(_) => {
+            format!("script exceeded {} operations", limits.max_operations)
+        }
+        EvalAltResult::ErrorTerminated(token, _) if token.to_string() == DEADLINE_TOKEN => {
+            format!(
+                "script exceeded its {} ms deadline",
+                limits.deadline.as_millis()
+            )
+        }
+        EvalAltResult::ErrorStackOverflow(_) => format!(
+            "script exceeded {} nested function calls",
+            limits.max_call_levels
+        ),
+        EvalAltResult::ErrorDataTooLarge(what, _) if what.starts_with("Length of string") => {
+            format!(
+                "script exceeded the string size limit ({} bytes in one value)",
+                limits.max_string_size
+            )
+        }
+        EvalAltResult::ErrorDataTooLarge(what, _) if what.starts_with("Size of array") => format!(
+            "script exceeded the array size limit ({} items)",
+            limits.max_array_size
+        ),
+        EvalAltResult::ErrorDataTooLarge(what, _) if what.starts_with("Size of object map") => {
+            format!(
+                "script exceeded the map size limit ({} entries)",
+                limits.max_map_size
+            )
+        }
+        other => other.to_string(),
+    };
+    let (line, column) = line_column(position);
+    RouteError {
+        message,
+        line,
+        column,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the decision map
+// ---------------------------------------------------------------------------------------------
+
+/// Validate what `route()` returned. The flag is the decision's explicit `now: true`, which
+/// overrides the message's reservation.
+fn read_decision(returned: Dynamic, zone: Tz) -> Result<(Decision, bool), String> {
+    let returned = returned.flatten();
+    let type_name = returned.type_name();
+    let Some(map) = returned.try_cast::<Map>() else {
+        return Err(format!(
+            "route() must return a decision map, got {type_name}"
+        ));
+    };
+    if let Some(key) = map.keys().find(|k| !DECISION_KEYS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown key `{key}` in the decision (allowed: {})",
+            DECISION_KEYS.join(", ")
+        ));
+    }
+
+    let action = match map.get("action") {
+        None => return Err("the decision has no `action` (send, later or drop)".to_string()),
+        Some(value) => string_value(value, "action")?,
+    };
+    match action.as_str() {
+        "drop" => {
+            if let Some(key) = map
+                .keys()
+                .find(|k| !matches!(k.as_str(), "action" | "reason"))
+            {
+                return Err(format!("`{key}` is not used by a drop decision"));
+            }
+            let reason = match map.get("reason") {
+                None => None,
+                Some(value) => Some(string_value(value, "reason")?),
+            };
+            match reason {
+                Some(reason) if !reason.trim().is_empty() => Ok((Decision::Drop { reason }, false)),
+                _ => Err("a drop decision needs a `reason`".to_string()),
+            }
+        }
+        "send" => {
+            if map.contains_key("at") {
+                return Err(
+                    "`at` is only for action \"later\" (use later(decision, when))".to_string(),
+                );
+            }
+            if map.contains_key("reason") {
+                return Err("`reason` is only for action \"drop\"".to_string());
+            }
+            let now = match map.get("now").map(Dynamic::flatten_clone) {
+                None => false,
+                Some(value) if value.is_unit() => false,
+                Some(value) => value
+                    .as_bool()
+                    .map_err(|found| format!("`now` must be true or false, got {found}"))?,
+            };
+            Ok((
+                Decision::Send {
+                    push: read_push(&map)?,
+                },
+                now,
+            ))
+        }
+        "later" => {
+            for key in ["now", "reason"] {
+                if map.contains_key(key) {
+                    return Err(format!("`{key}` is not used by a later decision"));
+                }
+            }
+            let at_ms = match map.get("at").map(Dynamic::flatten_clone) {
+                Some(value) if value.is_int() => value.as_int().unwrap_or_default(),
+                Some(value) if value.is_string() => {
+                    let text = value.into_string().unwrap_or_default();
+                    parse_local_time(text.trim(), zone)
+                        .map_err(|problem| format!("`at` {problem}"))?
+                }
+                Some(value) if !value.is_unit() => {
+                    return Err(format!(
+                        "`at` must be a time \"YYYYMMDDHHMMSS\" or unix ms, got {}",
+                        value.type_name()
+                    ));
+                }
+                _ => {
+                    return Err(
+                        "a later decision needs `at` (a time \"YYYYMMDDHHMMSS\" or unix ms)"
+                            .to_string(),
+                    );
+                }
+            };
+            Ok((
+                Decision::Later {
+                    at_ms,
+                    push: read_push(&map)?,
+                },
+                false,
+            ))
+        }
+        other => Err(format!(
+            "unknown action {other:?} (expected \"send\", \"later\" or \"drop\")"
+        )),
+    }
+}
+
+fn read_push(map: &Map) -> Result<Push, String> {
+    Ok(Push {
+        target: read_target(map)?,
+        title: optional_text(map, "title")?,
+        body: optional_text(map, "body")?,
+        image: optional_text(map, "image")?,
+        data: read_data(map)?,
+        android: read_options(map, "android")?,
+        apns: read_options(map, "apns")?,
+    })
+}
+
+fn read_target(map: &Map) -> Result<Target, String> {
+    let given: Vec<&str> = ["token", "topic", "condition"]
+        .into_iter()
+        .filter(|key| map.get(*key).is_some_and(|v| !v.is_unit()))
+        .collect();
+    let key = match given.as_slice() {
+        [key] => *key,
+        [] => {
+            return Err(
+                "a send decision needs a target: `token`, `topic` or `condition`".to_string(),
+            );
+        }
+        several => {
+            return Err(format!(
+                "a decision has exactly one target, this one has {}",
+                several.join(", ")
+            ));
+        }
+    };
+    let value = map
+        .get(key)
+        .map(|v| string_value(v, key))
+        .transpose()?
+        .unwrap_or_default();
+    match key {
+        "token" => check_token(&value).map(Target::Token),
+        "topic" => check_topic(&value).map(Target::Topic),
+        _ => check_condition(&value).map(Target::Condition),
+    }
+}
+
+fn check_token(token: &str) -> Result<String, String> {
+    if token.trim().is_empty() {
+        return Err("token is blank".to_string());
+    }
+    Ok(token.to_string())
+}
+
+/// FCM's rule for topic names: `^[a-zA-Z0-9-_.~%]+$`, given bare or as `/topics/name`.
+fn check_topic(topic: &str) -> Result<String, String> {
+    let name = topic.strip_prefix("/topics/").unwrap_or(topic);
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '%'));
+    if !valid {
+        return Err(format!(
+            "topic {topic:?} is not a valid FCM topic name (letters, digits and - _ . ~ % only)"
+        ));
+    }
+    Ok(name.to_string())
+}
+
+fn check_condition(condition: &str) -> Result<String, String> {
+    if condition.trim().is_empty() {
+        return Err("condition is blank".to_string());
+    }
+    Ok(condition.to_string())
+}
+
+/// `title`, `body`, `image`: a string, with "" (or no key) meaning "none".
+fn optional_text(map: &Map, key: &str) -> Result<Option<String>, String> {
+    match map.get(key) {
+        None => Ok(None),
+        Some(value) if value.is_unit() => Ok(None),
+        Some(value) => string_value(value, key).map(|text| Some(text).filter(|t| !t.is_empty())),
+    }
+}
+
+fn string_value(value: &Dynamic, key: &str) -> Result<String, String> {
+    let value = value.flatten_clone();
+    let type_name = value.type_name();
+    value
+        .into_string()
+        .map_err(|_| format!("`{key}` must be a string, got {type_name}"))
+}
+
+/// FCM's `data` is string → string; numbers and bools are written out so scripts can pass
+/// amounts and flags without converting them by hand.
+fn read_data(map: &Map) -> Result<BTreeMap<String, String>, String> {
+    let data = match map.get("data").map(Dynamic::flatten_clone) {
+        None => return Ok(BTreeMap::new()),
+        Some(value) if value.is_unit() => return Ok(BTreeMap::new()),
+        Some(value) => {
+            let type_name = value.type_name();
+            value
+                .try_cast::<Map>()
+                .ok_or_else(|| format!("`data` must be a map, got {type_name}"))?
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (key, value) in data {
+        let key = key.to_string();
+        check_data_key(&key)?;
+        let value = value.flatten();
+        let text = if value.is_string() {
+            value.into_string().unwrap_or_default()
+        } else if let Ok(n) = value.as_int() {
+            n.to_string()
+        } else if let Ok(x) = value.as_float() {
+            x.to_string()
+        } else if let Ok(b) = value.as_bool() {
+            b.to_string()
+        } else if let Ok(c) = value.as_char() {
+            c.to_string()
+        } else {
+            return Err(format!(
+                "data value {key:?} must be a string, number or bool, got {}",
+                value.type_name()
+            ));
+        };
+        out.insert(key, text);
+    }
+    Ok(out)
+}
+
+fn check_data_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("data key \"\" is empty".to_string());
+    }
+    if matches!(key, "from" | "message_type") {
+        return Err(format!("data key {key:?} is reserved by FCM"));
+    }
+    if key.starts_with("google") || key.starts_with("gcm") {
+        return Err(format!(
+            "data key {key:?} is reserved by FCM (keys starting with \"google\" or \"gcm\")"
+        ));
+    }
+    Ok(())
+}
+
+/// `android` / `apns`: FCM's own objects, passed through; only the shape and android's
+/// priority (a common typo that FCM would reject) are checked here.
+fn read_options(map: &Map, key: &str) -> Result<Option<serde_json::Value>, String> {
+    let value = match map.get(key).map(Dynamic::flatten_clone) {
+        None => return Ok(None),
+        Some(value) if value.is_unit() => return Ok(None),
+        Some(value) if value.is_map() => value,
+        Some(value) => return Err(format!("`{key}` must be a map, got {}", value.type_name())),
+    };
+    let json: serde_json::Value = rhai::serde::from_dynamic(&value)
+        .map_err(|err| format!("`{key}` cannot be sent to FCM: {err}"))?;
+    if key == "android" {
+        if let Some(priority) = json.get("priority") {
+            if !matches!(priority.as_str(), Some("normal" | "high")) {
+                return Err(format!(
+                    "android.priority must be \"normal\" or \"high\", got {priority}"
+                ));
+            }
+        }
+    }
+    Ok(Some(json))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers registered for scripts
+// ---------------------------------------------------------------------------------------------
+
+type HelperResult<T> = Result<T, Box<EvalAltResult>>;
+
+fn send_decision(target_key: &str, target: String, title: &str, body: &str) -> Map {
+    let mut map = Map::new();
+    map.insert("action".into(), "send".into());
+    map.insert(target_key.into(), target.into());
+    map.insert("title".into(), title.into());
+    map.insert("body".into(), body.into());
+    map
+}
+
+fn register_decision_helpers(engine: &mut Engine, zone: Tz) {
+    // Targets are checked here as well as in read_decision, so a bad token or topic is
+    // reported at the line that built it.
+    engine.register_fn(
+        "send_token",
+        |token: &str, title: &str, body: &str| -> HelperResult<Map> {
+            let token = check_token(token).map_err(|e| format!("send_token: {e}"))?;
+            Ok(send_decision("token", token, title, body))
+        },
+    );
+    engine.register_fn(
+        "send_topic",
+        |topic: &str, title: &str, body: &str| -> HelperResult<Map> {
+            let topic = check_topic(topic).map_err(|e| format!("send_topic: {e}"))?;
+            Ok(send_decision("topic", topic, title, body))
+        },
+    );
+    engine.register_fn(
+        "send_condition",
+        |condition: &str, title: &str, body: &str| -> HelperResult<Map> {
+            let condition =
+                check_condition(condition).map_err(|e| format!("send_condition: {e}"))?;
+            Ok(send_decision("condition", condition, title, body))
+        },
+    );
+    engine.register_fn("drop", |reason: &str| -> HelperResult<Map> {
+        if reason.trim().is_empty() {
+            return Err("drop: the reason is blank".into());
+        }
+        let mut map = Map::new();
+        map.insert("action".into(), "drop".into());
+        map.insert("reason".into(), reason.into());
+        Ok(map)
+    });
+    engine.register_fn("later", |decision: Map, at_ms: i64| later(decision, at_ms));
+    engine.register_fn(
+        "later",
+        move |decision: Map, when: &str| -> HelperResult<Map> {
+            let at_ms = parse_local_time(when.trim(), zone).map_err(|e| format!("later: {e}"))?;
+            later(decision, at_ms)
+        },
+    );
+}
+
+fn later(mut decision: Map, at_ms: i64) -> HelperResult<Map> {
+    let action = decision
+        .get("action")
+        .and_then(|a| a.clone().into_string().ok())
+        .unwrap_or_default();
+    if action != "send" && action != "later" {
+        return Err(format!("later: takes a send decision, got action {action:?}").into());
+    }
+    decision.insert("action".into(), "later".into());
+    decision.insert("at".into(), at_ms.into());
+    // An explicit later is the script's own time; a leftover `now` would contradict it.
+    decision.remove("now");
+    Ok(decision)
+}
+
+/// The instant this `route()` call runs at, as passed to [`RouteEngine::route`].
+fn ctx_now(ctx: &NativeCallContext) -> HelperResult<i64> {
+    ctx.tag()
+        .and_then(|tag| tag.as_int().ok())
+        .ok_or_else(|| "the current time is only known inside route()".into())
+}
+
+fn register_time_helpers(engine: &mut Engine, zone: Tz) {
+    let at = move |ms: i64| -> HelperResult<DateTime<Tz>> { Ok(local_time(ms, zone)?) };
+    let now = move |ctx: &NativeCallContext| -> HelperResult<DateTime<Tz>> { at(ctx_now(ctx)?) };
+
+    engine.register_fn("now_ms", |ctx: NativeCallContext| ctx_now(&ctx));
+    engine.register_fn(
+        "now",
+        move |ctx: NativeCallContext| -> HelperResult<String> {
+            Ok(now(&ctx)?.format(TIME_FORMAT).to_string())
+        },
+    );
+    engine.register_fn(
+        "today",
+        move |ctx: NativeCallContext| -> HelperResult<String> {
+            Ok(now(&ctx)?.format("%Y%m%d").to_string())
+        },
+    );
+    engine.register_fn("hour", move |ctx: NativeCallContext| -> HelperResult<i64> {
+        Ok(i64::from(now(&ctx)?.hour()))
+    });
+    engine.register_fn("hour", move |ms: i64| -> HelperResult<i64> {
+        Ok(i64::from(at(ms)?.hour()))
+    });
+    engine.register_fn(
+        "minute",
+        move |ctx: NativeCallContext| -> HelperResult<i64> { Ok(i64::from(now(&ctx)?.minute())) },
+    );
+    engine.register_fn("minute", move |ms: i64| -> HelperResult<i64> {
+        Ok(i64::from(at(ms)?.minute()))
+    });
+    engine.register_fn(
+        "weekday",
+        move |ctx: NativeCallContext| -> HelperResult<i64> {
+            Ok(i64::from(now(&ctx)?.weekday().number_from_monday()))
+        },
+    );
+    engine.register_fn("weekday", move |ms: i64| -> HelperResult<i64> {
+        Ok(i64::from(at(ms)?.weekday().number_from_monday()))
+    });
+    engine.register_fn(
+        "format_time",
+        move |ms: i64, fmt: &str| -> HelperResult<String> {
+            try_format_local(ms, zone, fmt).map_err(|e| format!("format_time: {e}").into())
+        },
+    );
+    engine.register_fn("parse_time", move |text: &str| -> HelperResult<i64> {
+        parse_local_time(text.trim(), zone).map_err(|e| format!("parse_time: {e}").into())
+    });
+    engine.register_fn(
+        "at_today",
+        move |ctx: NativeCallContext, hh: i64, mm: i64| -> HelperResult<i64> {
+            let date = now(&ctx)?.date_naive();
+            local_ms_on(date, hh, mm, zone).map_err(|e| format!("at_today: {e}").into())
+        },
+    );
+    engine.register_fn(
+        "next_at",
+        move |ctx: NativeCallContext, hh: i64, mm: i64| -> HelperResult<i64> {
+            next_at(ctx_now(&ctx)?, hh, mm, zone).map_err(|e| format!("next_at: {e}").into())
+        },
+    );
+    engine.register_fn(
+        "next_at",
+        move |hh: i64, mm: i64, from_ms: i64| -> HelperResult<i64> {
+            next_at(from_ms, hh, mm, zone).map_err(|e| format!("next_at: {e}").into())
+        },
+    );
+    engine.register_fn(
+        "minutes_from_now",
+        |ctx: NativeCallContext, minutes: i64| -> HelperResult<i64> {
+            minutes
+                .checked_mul(60_000)
+                .and_then(|delta| ctx_now(&ctx).ok()?.checked_add(delta))
+                .ok_or_else(|| {
+                    format!("minutes_from_now: {minutes} minutes is out of range").into()
+                })
+        },
+    );
+    // When the push goes out if the script just sends it: the reservation, or now.
+    engine.register_fn(
+        "due_ms",
+        move |ctx: NativeCallContext, msg: Map| -> HelperResult<i64> {
+            let now_ms = ctx_now(&ctx)?;
+            let reserved = msg
+                .get("sndn_rsev_hour")
+                .and_then(|v| v.clone().into_string().ok())
+                .and_then(|text| parse_reserved_time(&text, zone).ok().flatten());
+            Ok(reserved.filter(|&at| at > now_ms).unwrap_or(now_ms))
+        },
+    );
+}
+
+/// Unix ms of `hh:mm` local time on `date`.
+fn local_ms_on(date: NaiveDate, hh: i64, mm: i64, zone: Tz) -> Result<i64, String> {
+    let (Ok(h), Ok(m)) = (u32::try_from(hh), u32::try_from(mm)) else {
+        return Err(format!("{hh}:{mm} is not a time of day"));
+    };
+    let naive = date
+        .and_hms_opt(h, m, 0)
+        .ok_or_else(|| format!("{hh}:{mm} is not a time of day"))?;
+    zone.from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.timestamp_millis())
+        .ok_or_else(|| format!("{hh:02}:{mm:02} does not exist on {date} in {zone}"))
+}
+
+/// The first `hh:mm` local time strictly after `from_ms`: today's if still ahead, else tomorrow's.
+fn next_at(from_ms: i64, hh: i64, mm: i64, zone: Tz) -> Result<i64, String> {
+    let date = local_time(from_ms, zone)?.date_naive();
+    let today = local_ms_on(date, hh, mm, zone)?;
+    if today > from_ms {
+        return Ok(today);
+    }
+    let tomorrow = date
+        .succ_opt()
+        .ok_or_else(|| format!("time {from_ms} ms is out of range"))?;
+    local_ms_on(tomorrow, hh, mm, zone)
+}
+
+fn register_text_helpers(engine: &mut Engine) {
+    // Takes any value so `is_blank(msg.get("x"))` works for a field that is not there.
+    engine.register_fn("is_blank", |value: Dynamic| {
+        let value = value.flatten();
+        value.is_unit()
+            || value
+                .into_immutable_string()
+                .is_ok_and(|s| s.trim().is_empty())
+    });
+    engine.register_fn("is_digits", |s: &str| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+    });
+    engine.register_fn("is_phone", |s: &str| phone_digits(s).is_some());
+    engine.register_fn("mask_phone", mask_phone);
+    engine.register_fn(
+        "mask",
+        |s: &str, keep_start: i64, keep_end: i64| -> HelperResult<String> {
+            let (Ok(start), Ok(end)) = (usize::try_from(keep_start), usize::try_from(keep_end))
+            else {
+                return Err(format!(
+                    "mask: keep_start and keep_end must be 0 or more, got {keep_start} and {keep_end}"
+                )
+                .into());
+            };
+            Ok(mask(s, start, end))
+        },
+    );
+}
+
+/// The digits of a Korean mobile number (01x, 10–11 digits), written plain or as
+/// `01x-xxx(x)-xxxx`; None for anything else.
+fn phone_digits(s: &str) -> Option<String> {
+    let s = s.trim();
+    let digits: String = if s.contains('-') {
+        let parts: Vec<&str> = s.split('-').collect();
+        match parts.as_slice() {
+            [a, b, c] if a.len() == 3 && (b.len() == 3 || b.len() == 4) && c.len() == 4 => {
+                parts.concat()
+            }
+            _ => return None,
+        }
+    } else {
+        s.to_string()
+    };
+    let valid = (10..=11).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.starts_with("01")
+        && matches!(
+            digits.as_bytes()[2],
+            b'0' | b'1' | b'6' | b'7' | b'8' | b'9'
+        );
+    valid.then_some(digits)
+}
+
+/// `010-****-5678`. Anything that is not a mobile number keeps only its last four characters,
+/// so a malformed number is never shown whole.
+fn mask_phone(s: &str) -> String {
+    match phone_digits(s) {
+        Some(digits) => {
+            let (head, rest) = digits.split_at(3);
+            let (middle, tail) = rest.split_at(rest.len() - 4);
+            format!("{head}-{}-{tail}", "*".repeat(middle.len()))
+        }
+        None => mask(s, 0, 4),
+    }
+}
+
+/// Replace every character but the first `keep_start` and last `keep_end` with `*`.
+/// Characters, not bytes, so Korean names mask as they read: `홍*동`.
+fn mask(s: &str, keep_start: usize, keep_end: usize) -> String {
+    let count = s.chars().count();
+    s.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i < keep_start || i + keep_end >= count {
+                c
+            } else {
+                '*'
+            }
+        })
+        .collect()
+}

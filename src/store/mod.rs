@@ -1,0 +1,491 @@
+//! Every Redis command pushgate sends, the key layout, and the group-commit writer.
+//!
+//! Key layout (all under the configured prefix):
+//! - `seq`: record id counter; ids are dense and grow with arrival.
+//! - `rec:{id}`: the record as one compact JSON string.
+//! - `keyIndex`: hash `uniqueKey` → id, the idempotency check.
+//! - `idx:{field}:{value}`: zset of ids (score = id) for high-cardinality fields.
+//! - `bit:{field}:{value}`: bitmap with bit `id` set, for low-cardinality fields.
+//! - `due`: zset of ids to send, scored by unix ms.
+//! - `stats:{port}:{unix minute}` / `stats:{port}:total`: counters for the console.
+//! - `events`: pub/sub channel announcing stored ids.
+//!
+//! Nothing here reads a whole list or scans keys: each operation is O(log N + page).
+
+pub mod managed;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+
+/// Fields indexed by a zset of ids per value (many distinct values).
+pub const ZSET_FIELDS: &[&str] = &["csno", "device_id", "cust_telno", "uuid_id"];
+/// Fields indexed by a bitmap per value (few distinct values).
+pub const BITMAP_FIELDS: &[&str] = &[
+    "status",
+    "fcm_send_yn",
+    "D_servicename",
+    "push_grp_id",
+    "worker",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the store writer has stopped")]
+    WriterGone,
+    #[error("writing to redis failed: {0}")]
+    Commit(String),
+    #[error("unexpected answer from redis: {0}")]
+    Protocol(String),
+}
+
+/// Where a record stands. Stored as its snake_case name and indexed by bitmap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Received,
+    Queued,
+    Scheduled,
+    Dropped,
+    ScriptError,
+    Sending,
+    Retrying,
+    Sent,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Received => "received",
+            Status::Queued => "queued",
+            Status::Scheduled => "scheduled",
+            Status::Dropped => "dropped",
+            Status::ScriptError => "script_error",
+            Status::Sending => "sending",
+            Status::Retrying => "retrying",
+            Status::Sent => "sent",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// A message that passed validation and routing, ready to be written.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub unique_key: String,
+    /// Name of the port (or API key) it arrived on; stored as `worker`.
+    pub port: String,
+    pub received_at_ms: i64,
+    /// The message's own fields, as decoded.
+    pub fields: Map<String, Value>,
+    pub status: Status,
+    /// When to send (unix ms) for `queued`/`scheduled` records.
+    pub due_ms: Option<i64>,
+    /// The route decision, or the drop reason / script error, kept on the record.
+    pub decision: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// The result of writing one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    New {
+        id: u64,
+    },
+    /// The `uniqueKey` was already stored under `id`; nothing was written.
+    Duplicate {
+        id: u64,
+    },
+}
+
+impl Stored {
+    pub fn id(self) -> u64 {
+        match self {
+            Stored::New { id } | Stored::Duplicate { id } => id,
+        }
+    }
+}
+
+/// Handle to Redis. Cheap to clone: clones share one multiplexed connection that
+/// reconnects by itself after Redis restarts.
+#[derive(Clone)]
+pub struct Store {
+    con: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    stats_ttl_secs: u64,
+    ingest: redis::Script,
+}
+
+impl Store {
+    /// Connect (lazily: a Redis that is down at start-up is retried on first use).
+    pub fn open(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        stats_ttl_secs: u64,
+    ) -> Result<Store, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.min(Duration::from_secs(1))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let con = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Store {
+            con,
+            prefix: prefix.to_owned(),
+            timeout,
+            stats_ttl_secs,
+            ingest: redis::Script::new(INGEST_LUA),
+        })
+    }
+
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    async fn run<T, F>(&self, fut: F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut con = self.con.clone();
+        self.run(cmd.query_async(&mut con)).await
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    /// Write records in one atomic round trip (a Lua script): dedupe by `uniqueKey`,
+    /// allocate ids, store, index, schedule, count. Answers in input order.
+    pub async fn ingest(&self, records: &[NewRecord]) -> Result<Vec<Stored>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.ingest.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(records.len())
+            .arg(self.stats_ttl_secs);
+        for record in records {
+            let minute = record.received_at_ms.div_euclid(60_000);
+            invocation
+                .arg(&record.unique_key)
+                .arg(record_body_after_id(record))
+                .arg(record.due_ms.map(|ms| ms.to_string()).unwrap_or_default());
+            let zsets = index_keys(ZSET_FIELDS, "idx", record);
+            invocation.arg(zsets.len()).arg(zsets);
+            let bits = index_keys(BITMAP_FIELDS, "bit", record);
+            invocation.arg(bits.len()).arg(bits);
+            invocation
+                .arg(format!("stats:{}:{minute}", record.port))
+                .arg(format!("stats:{}:total", record.port))
+                .arg(record.status.as_str());
+        }
+        let mut con = self.con.clone();
+        let flat: Vec<i64> = self.run(invocation.invoke_async(&mut con)).await?;
+        if flat.len() != records.len() * 2 {
+            return Err(StoreError::Protocol(format!(
+                "ingest returned {} numbers for {} records",
+                flat.len(),
+                records.len()
+            )));
+        }
+        Ok(flat
+            .chunks_exact(2)
+            .map(|pair| {
+                let id = pair[0] as u64;
+                if pair[1] == 1 {
+                    Stored::Duplicate { id }
+                } else {
+                    Stored::New { id }
+                }
+            })
+            .collect())
+    }
+
+    /// One record by id, as stored.
+    pub async fn record(&self, id: u64) -> Result<Option<Value>, StoreError> {
+        let text: Option<String> = self
+            .query(redis::cmd("GET").arg(self.key(&format!("rec:{id}"))))
+            .await?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Protocol(e.to_string())))
+            .transpose()
+    }
+
+    /// Several records by id in one round trip (missing ones are skipped).
+    pub async fn records(&self, ids: &[u64]) -> Result<Vec<Value>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.key(&format!("rec:{id}")))
+            .collect();
+        let texts: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(keys)).await?;
+        texts
+            .into_iter()
+            .flatten()
+            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Protocol(e.to_string())))
+            .collect()
+    }
+
+    pub async fn id_for_key(&self, unique_key: &str) -> Result<Option<u64>, StoreError> {
+        self.query(redis::cmd("HGET").arg(self.key("keyIndex")).arg(unique_key))
+            .await
+    }
+
+    /// Ids with `field == value` for a zset-indexed field, newest first, at most `limit`.
+    pub async fn ids_with(
+        &self,
+        field: &str,
+        value: &str,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.query(
+            redis::cmd("ZRANGE")
+                .arg(self.key(&format!("idx:{field}:{value}")))
+                .arg("+inf")
+                .arg("-inf")
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit),
+        )
+        .await
+    }
+
+    /// Is record `id` in the bitmap of `field == value`?
+    pub async fn has_bit(&self, field: &str, value: &str, id: u64) -> Result<bool, StoreError> {
+        let bit: u8 = self
+            .query(
+                redis::cmd("GETBIT")
+                    .arg(self.key(&format!("bit:{field}:{value}")))
+                    .arg(id),
+            )
+            .await?;
+        Ok(bit == 1)
+    }
+
+    /// Records whose bitmap `field == value` has bits set (O(N/8) bytes).
+    pub async fn count_bits(&self, field: &str, value: &str) -> Result<u64, StoreError> {
+        self.query(redis::cmd("BITCOUNT").arg(self.key(&format!("bit:{field}:{value}"))))
+            .await
+    }
+
+    /// When record `id` is due (unix ms), if it is in the `due` queue.
+    pub async fn due_at(&self, id: u64) -> Result<Option<i64>, StoreError> {
+        let score: Option<f64> = self
+            .query(redis::cmd("ZSCORE").arg(self.key("due")).arg(id))
+            .await?;
+        Ok(score.map(|s| s as i64))
+    }
+
+    /// The highest id handed out so far (0 when empty).
+    pub async fn last_id(&self) -> Result<u64, StoreError> {
+        let seq: Option<u64> = self.query(redis::cmd("GET").arg(self.key("seq"))).await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// Per-port totals since the store began (`received`, `queued`, `dup`, …).
+    pub async fn port_totals(&self, port: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.query(redis::cmd("HGETALL").arg(self.key(&format!("stats:{port}:total"))))
+            .await
+    }
+}
+
+/// The index key suffixes (`idx:csno:123`, `bit:status:queued`) a record belongs to.
+fn index_keys(fields: &[&str], kind: &str, record: &NewRecord) -> Vec<String> {
+    fields
+        .iter()
+        .filter_map(|&field| {
+            let value = match field {
+                "status" => record.status.as_str().to_owned(),
+                "worker" => record.port.clone(),
+                "fcm_send_yn" => "N".to_owned(),
+                _ => scalar_text(record.fields.get(field)?)?,
+            };
+            (!value.is_empty()).then(|| format!("{kind}:{field}:{value}"))
+        })
+        .collect()
+}
+
+/// A JSON scalar as the text an operator would search for.
+pub fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The record's JSON after `{"id":N,` — the id is only known inside the Lua script.
+fn record_body_after_id(record: &NewRecord) -> String {
+    let mut map = record.fields.clone();
+    map.insert("worker".into(), record.port.clone().into());
+    map.insert("status".into(), record.status.as_str().into());
+    map.insert("received_at".into(), record.received_at_ms.into());
+    map.insert("attempts".into(), 0.into());
+    map.insert("fcm_send_yn".into(), "N".into());
+    map.insert("fcm_send_time".into(), "".into());
+    map.insert("result".into(), "".into());
+    if let Some(due) = record.due_ms {
+        map.insert("due_at".into(), due.into());
+    }
+    if let Some(decision) = &record.decision {
+        map.insert("decision".into(), decision.clone());
+    }
+    if let Some(error) = &record.error {
+        map.insert("error".into(), error.clone().into());
+    }
+    let text = Value::Object(map).to_string();
+    // `{...}` → `...}`; the script prepends `{"id":N,`.
+    text[1..].to_owned()
+}
+
+/// Group commit: the whole batch is one EVALSHA, so Redis applies it atomically.
+/// Per record: uniqueKey, body, due, n, n zset keys, m, m bitmap keys, minute stats key,
+/// total stats key, status. Returns id, dup-flag pairs in input order.
+const INGEST_LUA: &str = r#"
+local p = ARGV[1]
+local n = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local i = 4
+local out = {}
+local stats = {}
+local minutes = {}
+local stored = {}
+local function count(key, field)
+  local k = key .. '\0' .. field
+  stats[k] = (stats[k] or 0) + 1
+end
+for r = 1, n do
+  local ukey, body, due = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local nz = tonumber(ARGV[i + 3])
+  local zfirst = i + 4
+  local nb = tonumber(ARGV[zfirst + nz])
+  local bfirst = zfirst + nz + 1
+  local minute_key, total_key, status = ARGV[bfirst + nb], ARGV[bfirst + nb + 1], ARGV[bfirst + nb + 2]
+  i = bfirst + nb + 3
+  minutes[minute_key] = true
+  count(minute_key, 'received')
+  count(total_key, 'received')
+  local existing = redis.call('HGET', p .. 'keyIndex', ukey)
+  if existing then
+    out[#out + 1] = tonumber(existing)
+    out[#out + 1] = 1
+    count(minute_key, 'dup')
+    count(total_key, 'dup')
+  else
+    local id = redis.call('INCR', p .. 'seq')
+    redis.call('SET', p .. 'rec:' .. id, '{"id":' .. id .. ',' .. body)
+    redis.call('HSET', p .. 'keyIndex', ukey, id)
+    for z = zfirst, zfirst + nz - 1 do
+      redis.call('ZADD', p .. ARGV[z], id, id)
+    end
+    for b = bfirst, bfirst + nb - 1 do
+      redis.call('SETBIT', p .. ARGV[b], id, 1)
+    end
+    if due ~= '' then
+      redis.call('ZADD', p .. 'due', due, id)
+    end
+    count(minute_key, status)
+    count(total_key, status)
+    stored[#stored + 1] = id
+    out[#out + 1] = id
+    out[#out + 1] = 0
+  end
+end
+for k, v in pairs(stats) do
+  local sep = string.find(k, '\0', 1, true)
+  redis.call('HINCRBY', p .. string.sub(k, 1, sep - 1), string.sub(k, sep + 1), v)
+end
+for k, _ in pairs(minutes) do
+  redis.call('EXPIRE', p .. k, ttl)
+end
+if #stored > 0 then
+  redis.call('PUBLISH', p .. 'events', '{"event":"stored","ids":[' .. table.concat(stored, ',') .. ']}')
+end
+return out
+"#;
+
+/// One connection's frames waiting for the writer.
+struct Pending {
+    records: Vec<NewRecord>,
+    reply: oneshot::Sender<Result<Vec<Stored>, StoreError>>,
+}
+
+/// Sends records to the group-commit writer and waits for them to be in Redis.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Committer {
+    /// Start the writer. It ends once every `Committer` clone is dropped and the
+    /// queue is empty, so dropping them after the ports stop drains it.
+    pub fn spawn(store: Store, max_batch: usize) -> (Committer, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let task = tokio::spawn(write_loop(store, rx, max_batch));
+        (Committer { tx }, task)
+    }
+
+    /// Resolves once the records are in Redis (or the write failed).
+    pub async fn commit(&self, records: Vec<NewRecord>) -> Result<Vec<Stored>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Pending { records, reply })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+/// Whatever queued up during the previous round trip goes together in the next one.
+async fn write_loop(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
+    while let Some(first) = rx.recv().await {
+        let mut records = Vec::new();
+        let mut replies = Vec::new();
+        let mut next = Some(first);
+        while let Some(pending) = next.take() {
+            replies.push((pending.reply, pending.records.len()));
+            records.extend(pending.records);
+            if records.len() < max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        match store.ingest(&records).await {
+            Ok(stored) => {
+                let mut stored = stored.into_iter();
+                for (reply, n) in replies {
+                    let _ = reply.send(Ok(stored.by_ref().take(n).collect()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(records = records.len(), error = %e, "group commit failed");
+                let text = e.to_string();
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(StoreError::Commit(text.clone())));
+                }
+            }
+        }
+    }
+}

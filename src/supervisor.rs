@@ -1,0 +1,389 @@
+//! Port lifecycle: start, stop, restart with backoff after a crash, and config reloads.
+//!
+//! Each port is one task running [`ingest::run_port`]. The supervisor keeps its
+//! state (`stopped`, `starting`, `running`, `failed`), last error and restart
+//! count, and applies a reload as a typed [`PortChanges`]: added ports start,
+//! removed ones drain, changed ones restart, unchanged ones keep their connections
+//! (only their compiled script may be swapped in place).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, PortChanges, PortConfig};
+use crate::ingest::{self, PortContext, PortLive};
+use crate::script::{CompileError, CompiledRoute, RouteEngine};
+use crate::store::Committer;
+
+/// How long a stop waits for connections to finish their frames.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// Stands in for a new port's script that did not compile; the port is not started
+/// with it, and if an operator starts it anyway every record ends `script_error`.
+const UNCOMPILED: &str =
+    "fn route(msg) { throw \"this port's script did not compile; fix it and reload\" }";
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortState {
+    Stopped,
+    Starting,
+    Running,
+    Failed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("no port named {0:?}")]
+    UnknownPort(String),
+    #[error("{error} (port {port})")]
+    Script { port: String, error: CompileError },
+    #[error("reading script {path}: {error}")]
+    ReadScript { path: String, error: std::io::Error },
+}
+
+/// What `GET /api/v1/ports` shows of one port.
+#[derive(Debug, Clone, Serialize)]
+pub struct PortView {
+    pub name: String,
+    pub mode: crate::config::Mode,
+    pub addr: String,
+    /// The address actually bound (listen) or connected to (connect).
+    pub bound: Option<String>,
+    pub state: PortState,
+    pub last_error: Option<String>,
+    pub restarts: u32,
+    /// Set when the script on disk does not compile; the port keeps the previous one.
+    pub script_error: Option<String>,
+    pub script: String,
+    pub connections: usize,
+    pub stored: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub last_frame_ms: Option<i64>,
+}
+
+/// The state machine of one port, shared with its task.
+#[derive(Debug)]
+struct Status {
+    state: PortState,
+    last_error: Option<String>,
+    restarts: u32,
+    script_error: Option<String>,
+}
+
+struct Slot {
+    config: PortConfig,
+    status: Arc<Mutex<Status>>,
+    route: Arc<RwLock<CompiledRoute>>,
+    live: Arc<PortLive>,
+    /// Present while the port's task runs.
+    running: Option<Running>,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct Supervisor {
+    engine: Arc<RouteEngine>,
+    committer: Committer,
+    slots: tokio::sync::Mutex<BTreeMap<String, Slot>>,
+}
+
+/// Compile a port's script from disk.
+pub fn compile_script(
+    engine: &RouteEngine,
+    config: &Config,
+    port: &PortConfig,
+) -> Result<CompiledRoute, SupervisorError> {
+    let path = config.resolve(&port.script);
+    let shown = path.display().to_string();
+    let source = std::fs::read_to_string(&path).map_err(|error| SupervisorError::ReadScript {
+        path: shown.clone(),
+        error,
+    })?;
+    engine
+        .compile(&shown, &source)
+        .map_err(|error| SupervisorError::Script {
+            port: port.name.clone(),
+            error,
+        })
+}
+
+impl Supervisor {
+    pub fn new(engine: Arc<RouteEngine>, committer: Committer) -> Supervisor {
+        Supervisor {
+            engine,
+            committer,
+            slots: tokio::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Add every port of `config` (scripts must compile) and start the autostart ones.
+    pub async fn install(&self, config: &Config) -> Result<(), SupervisorError> {
+        let mut compiled = Vec::new();
+        for port in &config.ports {
+            compiled.push((port.clone(), compile_script(&self.engine, config, port)?));
+        }
+        let mut slots = self.slots.lock().await;
+        for (port, route) in compiled {
+            let autostart = port.autostart;
+            let name = port.name.clone();
+            slots.insert(name.clone(), self.new_slot(port, route));
+            if autostart {
+                self.start_slot(slots.get_mut(&name));
+            }
+        }
+        Ok(())
+    }
+
+    fn new_slot(&self, config: PortConfig, route: CompiledRoute) -> Slot {
+        Slot {
+            config,
+            status: Arc::new(Mutex::new(Status {
+                state: PortState::Stopped,
+                last_error: None,
+                restarts: 0,
+                script_error: None,
+            })),
+            route: Arc::new(RwLock::new(route)),
+            live: Arc::new(PortLive::default()),
+            running: None,
+        }
+    }
+
+    fn start_slot(&self, slot: Option<&mut Slot>) {
+        let Some(slot) = slot else { return };
+        if slot.running.is_some() {
+            return;
+        }
+        let cancel = CancellationToken::new();
+        let ctx = PortContext {
+            config: slot.config.clone(),
+            committer: self.committer.clone(),
+            engine: self.engine.clone(),
+            route: slot.route.clone(),
+            live: slot.live.clone(),
+        };
+        set_state(&slot.status, PortState::Starting, None);
+        let task = tokio::spawn(keep_running(ctx, slot.status.clone(), cancel.clone()));
+        slot.running = Some(Running { cancel, task });
+    }
+
+    pub async fn start(&self, name: &str) -> Result<PortView, SupervisorError> {
+        let mut slots = self.slots.lock().await;
+        let slot = slots
+            .get_mut(name)
+            .ok_or_else(|| SupervisorError::UnknownPort(name.to_owned()))?;
+        if slot.running.is_none() {
+            lock(&slot.status).restarts = 0;
+        }
+        self.start_slot(Some(slot));
+        Ok(view(slot))
+    }
+
+    pub async fn stop(&self, name: &str) -> Result<PortView, SupervisorError> {
+        let mut slots = self.slots.lock().await;
+        let slot = slots
+            .get_mut(name)
+            .ok_or_else(|| SupervisorError::UnknownPort(name.to_owned()))?;
+        stop_slot(slot).await;
+        Ok(view(slot))
+    }
+
+    pub async fn restart(&self, name: &str) -> Result<PortView, SupervisorError> {
+        let mut slots = self.slots.lock().await;
+        let slot = slots
+            .get_mut(name)
+            .ok_or_else(|| SupervisorError::UnknownPort(name.to_owned()))?;
+        stop_slot(slot).await;
+        self.start_slot(Some(slot));
+        Ok(view(slot))
+    }
+
+    pub async fn ports(&self) -> Vec<PortView> {
+        self.slots.lock().await.values().map(view).collect()
+    }
+
+    pub async fn port(&self, name: &str) -> Option<PortView> {
+        self.slots.lock().await.get(name).map(view)
+    }
+
+    /// Apply a reloaded config. A script that does not compile keeps the old one
+    /// and is reported on the port; a new port whose script fails is left stopped.
+    pub async fn reload(&self, old: &Config, new: &Config) -> PortChanges {
+        let changes = PortChanges::between(old, new);
+        let mut slots = self.slots.lock().await;
+        for name in &changes.removed {
+            if let Some(mut slot) = slots.remove(name) {
+                tracing::info!(port = %name, "reload: port removed, draining");
+                stop_slot(&mut slot).await;
+            }
+        }
+        for port in changes.changed.iter().chain(&changes.unchanged) {
+            let Some(slot) = slots.get_mut(&port.name) else {
+                continue;
+            };
+            let restart = slot.config != *port;
+            match compile_script(&self.engine, new, port) {
+                Ok(route) => {
+                    if let Ok(mut current) = slot.route.write() {
+                        *current = route;
+                    }
+                    lock(&slot.status).script_error = None;
+                }
+                Err(e) => {
+                    tracing::error!(port = %port.name, error = %e, "reload: script does not compile; keeping the previous one");
+                    lock(&slot.status).script_error = Some(e.to_string());
+                }
+            }
+            if restart {
+                tracing::info!(port = %port.name, "reload: port changed, restarting");
+                let was_running = slot.running.is_some();
+                stop_slot(slot).await;
+                slot.config = port.clone();
+                if was_running || port.autostart {
+                    self.start_slot(Some(slot));
+                }
+            }
+        }
+        for port in &changes.added {
+            tracing::info!(port = %port.name, "reload: port added");
+            match compile_script(&self.engine, new, port) {
+                Ok(route) => {
+                    slots.insert(port.name.clone(), self.new_slot(port.clone(), route));
+                    if port.autostart {
+                        self.start_slot(slots.get_mut(&port.name));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(port = %port.name, error = %e, "reload: new port's script does not compile; not started");
+                    let Ok(placeholder) = self.engine.compile("<none>", UNCOMPILED) else {
+                        continue;
+                    };
+                    let slot = self.new_slot(port.clone(), placeholder);
+                    {
+                        let mut status = lock(&slot.status);
+                        status.state = PortState::Failed;
+                        status.script_error = Some(e.to_string());
+                        status.last_error = Some(e.to_string());
+                    }
+                    slots.insert(port.name.clone(), slot);
+                }
+            }
+        }
+        changes
+    }
+
+    /// Stop every port at once, letting each finish and ack what it received.
+    pub async fn shutdown(&self) {
+        let mut slots = self.slots.lock().await;
+        for slot in slots.values() {
+            if let Some(running) = &slot.running {
+                running.cancel.cancel();
+            }
+        }
+        for slot in slots.values_mut() {
+            stop_slot(slot).await;
+        }
+    }
+}
+
+async fn stop_slot(slot: &mut Slot) {
+    let Some(running) = slot.running.take() else {
+        return;
+    };
+    running.cancel.cancel();
+    let mut task = running.task;
+    if tokio::time::timeout(DRAIN_LIMIT, &mut task).await.is_err() {
+        tracing::warn!(port = %slot.config.name, "did not drain within {DRAIN_LIMIT:?}; aborting");
+        task.abort();
+    }
+    set_state(&slot.status, PortState::Stopped, None);
+    if let Ok(mut bound) = slot.live.bound.lock() {
+        *bound = None;
+    }
+}
+
+/// Run the port; when it fails, mark it failed and start it again after a backoff.
+async fn keep_running(ctx: PortContext, status: Arc<Mutex<Status>>, cancel: CancellationToken) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let watch_ready = {
+            let status = status.clone();
+            async move {
+                if ready_rx.await.is_ok() {
+                    set_state(&status, PortState::Running, None);
+                }
+            }
+        };
+        let run = ingest::run_port(ctx.clone(), cancel.clone(), ready_tx);
+        let (result, ()) = tokio::join!(run, watch_ready);
+        match result {
+            Ok(()) if cancel.is_cancelled() => return,
+            Ok(()) => set_state(&status, PortState::Failed, Some("port task ended".into())),
+            Err(e) => {
+                tracing::error!(port = %ctx.config.name, error = %e, retry_in = ?backoff, "port failed");
+                set_state(&status, PortState::Failed, Some(e.to_string()));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = cancel.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+        {
+            let mut s = lock(&status);
+            s.restarts += 1;
+            s.state = PortState::Starting;
+        }
+    }
+}
+
+fn lock(status: &Mutex<Status>) -> std::sync::MutexGuard<'_, Status> {
+    status
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn set_state(status: &Mutex<Status>, state: PortState, error: Option<String>) {
+    let mut s = lock(status);
+    s.state = state;
+    if error.is_some() {
+        s.last_error = error;
+    }
+}
+
+fn view(slot: &Slot) -> PortView {
+    let status = lock(&slot.status);
+    let live = &slot.live;
+    let last_frame = live.last_frame_ms.load(Ordering::Relaxed);
+    let port_error = live.last_error.lock().ok().and_then(|e| e.clone());
+    PortView {
+        name: slot.config.name.clone(),
+        mode: slot.config.mode,
+        addr: slot.config.addr.clone(),
+        bound: live
+            .bound
+            .lock()
+            .ok()
+            .and_then(|b| b.map(|a| a.to_string())),
+        state: status.state,
+        last_error: status.last_error.clone().or(port_error),
+        restarts: status.restarts,
+        script_error: status.script_error.clone(),
+        script: slot.config.script.display().to_string(),
+        connections: live.connections.load(Ordering::Relaxed),
+        stored: live.stored.load(Ordering::Relaxed),
+        duplicates: live.duplicates.load(Ordering::Relaxed),
+        rejected: live.rejected.load(Ordering::Relaxed),
+        last_frame_ms: (last_frame > 0).then_some(last_frame),
+    }
+}
