@@ -284,8 +284,10 @@ pub struct PortConfig {
     /// Fields that must be present and non-empty, besides `uniqueKey`.
     #[serde(default)]
     pub required: Vec<String>,
-    #[serde(default = "default_max_frame_bytes")]
-    pub max_frame_bytes: usize,
+    /// Largest frame body accepted. Default 65536, or the most an `ascii-len`
+    /// header of `len_digits` can express when that is less.
+    #[serde(default)]
+    pub max_frame_bytes: Option<usize>,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Seconds without a byte before a connection is closed; 0 = never.
@@ -312,9 +314,7 @@ fn default_encoding() -> Charset {
 fn default_payload() -> Payload {
     Payload::Json
 }
-fn default_max_frame_bytes() -> usize {
-    64 * 1024
-}
+const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 fn default_max_connections() -> usize {
     64
 }
@@ -339,6 +339,15 @@ impl PortConfig {
             },
             FramingKind::U32be => Framing::U32Be,
         }
+    }
+
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes.unwrap_or(match self.framing() {
+            Framing::AsciiLen { digits } if digits <= 9 => {
+                DEFAULT_MAX_FRAME_BYTES.min(10usize.pow(u32::from(digits)) - 1)
+            }
+            _ => DEFAULT_MAX_FRAME_BYTES,
+        })
     }
 
     pub fn idle_timeout(&self) -> Option<Duration> {
@@ -528,10 +537,10 @@ impl PortConfig {
                 }
             }
         }
-        if self.max_frame_bytes < 16 || self.max_frame_bytes > 16 * 1024 * 1024 {
+        let max_frame_bytes = self.max_frame_bytes();
+        if !(16..=16 * 1024 * 1024).contains(&max_frame_bytes) {
             out.push(format!(
-                "{at}: max_frame_bytes = {} is outside 16..=16777216",
-                self.max_frame_bytes
+                "{at}: max_frame_bytes = {max_frame_bytes} is outside 16..=16777216"
             ));
         }
         match (self.framing, self.len_digits) {
@@ -541,10 +550,9 @@ impl PortConfig {
                     out.push(format!("{at}: len_digits = {digits} is outside 1..=9"));
                 } else {
                     let largest = 10usize.pow(u32::from(digits)) - 1;
-                    if self.max_frame_bytes > largest {
+                    if max_frame_bytes > largest {
                         out.push(format!(
-                            "{at}: max_frame_bytes = {} cannot be written in {digits} digits (at most {largest})",
-                            self.max_frame_bytes
+                            "{at}: max_frame_bytes = {max_frame_bytes} cannot be written in {digits} digits (at most {largest})"
                         ));
                     }
                 }
@@ -591,10 +599,9 @@ impl PortConfig {
                     out.push(format!("{at}: the field layout has no uniqueKey"));
                 }
                 let total: usize = self.fields.iter().map(|f| f.len).sum();
-                if total > self.max_frame_bytes {
+                if total > max_frame_bytes {
                     out.push(format!(
-                        "{at}: the field layout is {total} bytes, over max_frame_bytes = {}",
-                        self.max_frame_bytes
+                        "{at}: the field layout is {total} bytes, over max_frame_bytes = {max_frame_bytes}"
                     ));
                 }
             }
@@ -663,13 +670,19 @@ script = "scripts/transfer.rhai"
         assert_eq!(port.mode, Mode::Listen);
         assert_eq!(port.framing(), Framing::Ndjson);
         assert_eq!(port.encoding, Charset::Utf8);
-        assert_eq!(port.max_frame_bytes, 65536);
+        assert_eq!(port.max_frame_bytes(), 65536);
         assert_eq!(config.zone(), chrono_tz::Asia::Seoul);
         assert_eq!(config.redis.prefix, "pushgate:");
         assert_eq!(
             config.resolve(&port.script),
             PathBuf::from("/etc/pushgate/scripts/transfer.rhai")
         );
+    }
+
+    #[test]
+    fn ascii_len_default_frame_limit_fits_its_header() {
+        let config = parse(&format!("{PORT}framing = \"ascii-len\"\n")).expect("valid");
+        assert_eq!(config.ports[0].max_frame_bytes(), 9999);
     }
 
     #[test]
@@ -689,7 +702,7 @@ script = "scripts/transfer.rhai"
             ),
             ("len_digits = 4", "len_digits only applies"),
             (
-                "framing = \"ascii-len\"\nlen_digits = 2",
+                "framing = \"ascii-len\"\nlen_digits = 2\nmax_frame_bytes = 100",
                 "cannot be written in 2 digits",
             ),
             ("payload = \"fixed\"", "needs a [[port.fields]] layout"),

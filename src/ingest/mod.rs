@@ -307,7 +307,7 @@ async fn process_buffer(
     let mut start = 0;
     let mut broken = None;
     loop {
-        match framing.decode(&buf[start..], ctx.config.max_frame_bytes) {
+        match framing.decode(&buf[start..], ctx.config.max_frame_bytes()) {
             Ok(Some(f)) => {
                 let body = &buf[start + f.body.start..start + f.body.end];
                 if !body.is_empty() || !matches!(framing, frame::Framing::Ndjson) {

@@ -1,0 +1,8 @@
+//! Integration tests: real redis-server processes, real sockets, the real binary.
+
+mod api;
+mod ingest;
+mod process;
+mod redis_outage;
+mod routes;
+mod support;

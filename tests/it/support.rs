@@ -1,0 +1,490 @@
+//! Real parts for integration tests: a redis-server per test, pushgate in-process or
+//! as a child process, a telegram client, and a tiny HTTP client.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pushgate::app::App;
+use pushgate::config::Config;
+use pushgate::ingest::charset::Charset;
+use pushgate::ingest::frame::Framing;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const TRANSFER_SCRIPT: &str = include_str!("../../scripts/transfer.rhai");
+pub const NOTICE_SCRIPT: &str = include_str!("../../scripts/notice.rhai");
+
+/// Poll `check` until it returns Some, or panic with `what` after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A private redis-server on a unix socket in its own temp dir, AOF on.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("redis.sock");
+        let mut server = RedisServer {
+            child: None,
+            dir,
+            socket,
+        };
+        server.launch();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&self.socket)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ])
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (make test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.sync_ping() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+                panic!("redis-server did not start; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn sync_ping(&self) -> bool {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+    }
+
+    /// SIGKILL the server (what survives is what its AOF has written).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Start it again on the same dir and socket.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to test redis")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.dir.path().join("redis.log"))
+        {
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!("--- redis log tail ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        self.kill();
+    }
+}
+
+pub const TEST_KEY: &str = "pgk_test-key";
+pub const READ_ONLY_KEY: &str = "pgk_read-only";
+
+/// A config text with the given ports (TOML `[[port]]` blocks), admin on `admin`.
+pub fn config_text(redis_url: &str, admin: &str, ports: &str) -> String {
+    format!(
+        r#"
+[redis]
+url = "{redis_url}"
+prefix = "pg:"
+timeout_ms = 1000
+
+[admin]
+listen = "{admin}"
+
+[script]
+deadline_ms = 100
+
+[[api_key]]
+name = "test"
+sha256 = "{}"
+scopes = ["read", "control"]
+
+[[api_key]]
+name = "viewer"
+sha256 = "{}"
+scopes = ["read"]
+
+{ports}
+"#,
+        pushgate::admin::hash_api_key(TEST_KEY),
+        pushgate::admin::hash_api_key(READ_ONLY_KEY),
+    )
+}
+
+/// A `[[port]]` block listening on a free port.
+pub fn port_block(name: &str, script: &str, extra: &str) -> String {
+    format!(
+        "[[port]]\nname = \"{name}\"\naddr = \"127.0.0.1:0\"\nscript = \"{script}\"\nidle_timeout = 0\n{extra}\n"
+    )
+}
+
+pub const FIXED_LAYOUT: &str = r#"fields = [
+  { name = "uniqueKey", len = 20 },
+  { name = "sndn_rsev_hour", len = 14 },
+  { name = "csno", len = 10 },
+  { name = "cust_telno", len = 13 },
+  { name = "D_servicename", len = 10 },
+  { name = "push_grp_id", len = 10 },
+  { name = "device_id", len = 40 },
+  { name = "msg_title", len = 40 },
+  { name = "msg_contents", len = 80 },
+]"#;
+
+/// A temp dir with the example scripts and a config file, run in-process.
+pub struct TestApp {
+    pub dir: tempfile::TempDir,
+    pub app: Option<App>,
+    pub config_path: PathBuf,
+}
+
+impl TestApp {
+    pub async fn start(redis: &RedisServer, ports: &str, scripts: &[(&str, &str)]) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_scripts(dir.path(), scripts);
+        let config_path = dir.path().join("pushgate.toml");
+        std::fs::write(
+            &config_path,
+            config_text(&redis.url(), "127.0.0.1:0", ports),
+        )
+        .unwrap();
+        let config = Config::load(&config_path).expect("test config is valid");
+        let app = App::start(config, &config_path).await.expect("app starts");
+        TestApp {
+            dir,
+            app: Some(app),
+            config_path,
+        }
+    }
+
+    pub fn app(&self) -> &App {
+        self.app.as_ref().expect("app running")
+    }
+
+    /// Wait until the port runs, and return where it listens.
+    pub async fn port_addr(&self, name: &str) -> SocketAddr {
+        let sup = self.app().supervisor.clone();
+        eventually(
+            Duration::from_secs(10),
+            &format!("port {name} running"),
+            || {
+                let sup = sup.clone();
+                async move {
+                    let view = sup.port(name).await?;
+                    (view.state == pushgate::supervisor::PortState::Running)
+                        .then_some(())
+                        .and(view.bound?.parse().ok())
+                }
+            },
+        )
+        .await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+    }
+}
+
+pub fn write_scripts(dir: &Path, scripts: &[(&str, &str)]) {
+    for (name, source) in scripts {
+        std::fs::write(dir.join(name), source).unwrap();
+    }
+}
+
+/// A telegram client speaking a port's framing and encoding.
+pub struct Telegrams {
+    pub framing: Framing,
+    pub charset: Charset,
+}
+
+impl Telegrams {
+    pub fn ndjson() -> Telegrams {
+        Telegrams {
+            framing: Framing::Ndjson,
+            charset: Charset::Utf8,
+        }
+    }
+
+    pub fn frame(&self, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.framing.encode(body, &mut out).expect("frame fits");
+        out
+    }
+
+    pub fn frame_text(&self, text: &str) -> Vec<u8> {
+        self.frame(&self.charset.encode(text))
+    }
+
+    /// Write `bytes` while reading acks concurrently (so neither side's buffers fill),
+    /// until `expected` acks arrived or the peer closed. Returns them decoded as JSON.
+    pub async fn exchange(&self, addr: SocketAddr, bytes: Vec<u8>, expected: usize) -> Vec<Value> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to port");
+        let (mut rd, mut wr) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            for chunk in bytes.chunks(7919) {
+                if wr.write_all(chunk).await.is_err() {
+                    break;
+                }
+            }
+            wr
+        });
+        let acks = self.read_acks(&mut rd, expected).await;
+        drop(writer.await);
+        acks
+    }
+
+    pub async fn read_acks(
+        &self,
+        rd: &mut (impl AsyncReadExt + Unpin),
+        expected: usize,
+    ) -> Vec<Value> {
+        let mut buf = Vec::new();
+        let mut acks = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acks.len() < expected {
+            while let Some(frame) = self.framing.decode(&buf, 1 << 20).expect("ack framing") {
+                let body = self
+                    .charset
+                    .decode(&buf[frame.body.clone()])
+                    .expect("ack charset");
+                acks.push(serde_json::from_str(&body).expect("ack is JSON"));
+                buf.drain(..frame.consumed);
+            }
+            if acks.len() >= expected {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut chunk = [0u8; 65536];
+            match tokio::time::timeout(left, rd.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("timed out with {} of {expected} acks", acks.len()),
+            }
+        }
+        acks
+    }
+}
+
+/// A message as the FEP sends it.
+pub fn message(key: &str, n: usize) -> Value {
+    serde_json::json!({
+        "uniqueKey": key,
+        "sndn_rsev_hour": "",
+        "csno": format!("{:010}", n % 5000),
+        "uuid_id": format!("uuid-{n}"),
+        "device_id": format!("tok-{:0>30}", n % 700),
+        "msg_title": "이체 완료",
+        "msg_contents": format!("{n}원이 입금되었습니다"),
+        "D_servicename": if n % 2 == 0 { "TRF" } else { "DEP" },
+        "push_grp_id": "",
+        "cust_telno": format!("010{:08}", n % 9000),
+    })
+}
+
+/// A minimal blocking HTTP/1.1 request; returns (status, JSON body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>) -> (u16, Value) {
+    let mut stream = StdStream::connect(addr).expect("connect admin");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// A loopback port that was free a moment ago (for a child process's admin listener).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// pushgate as a child process, killed on drop.
+pub struct Process {
+    pub child: Child,
+    pub admin: SocketAddr,
+}
+
+impl Process {
+    pub fn serve(config: &Path, admin: SocketAddr) -> Process {
+        let child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn pushgate");
+        let process = Process { child, admin };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while StdStream::connect(admin).is_err() {
+            assert!(Instant::now() < deadline, "pushgate admin never came up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        process
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn ports(&self) -> Vec<Value> {
+        let (status, body) = http(self.admin, "GET", "/api/v1/ports", Some(TEST_KEY));
+        assert_eq!(status, 200, "{body}");
+        body.as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn port(&self, name: &str) -> Option<Value> {
+        self.ports().into_iter().find(|p| p["name"] == name)
+    }
+
+    /// Wait until `name` is running and return its bound address.
+    pub fn port_addr(&self, name: &str) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(p) = self.port(name)
+                && p["state"] == "running"
+                && let Some(addr) = p["bound"].as_str().and_then(|a| a.parse().ok())
+            {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "port {name} never ran: {:?}",
+                self.port(name)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for exit, with a deadline.
+    pub fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pushgate did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every record id's JSON, read straight from Redis.
+pub fn record(con: &mut redis::Connection, id: u64) -> Option<Value> {
+    let text: Option<String> = redis::cmd("GET")
+        .arg(format!("pg:rec:{id}"))
+        .query(con)
+        .unwrap();
+    text.map(|t| serde_json::from_str(&t).unwrap())
+}
