@@ -125,8 +125,8 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
         }
         _ => return error(StatusCode::NOT_FOUND, format!("no such page: {path}")),
     };
-    if let Err(reply) = authorize(state, &req, needed) {
-        return reply;
+    if let Err(denied) = authorize(state, &req, needed) {
+        return denied.reply();
     }
     // Drain (bounded) whatever body came with it; the API takes none yet.
     let body = http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES);
@@ -160,37 +160,51 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
     }
 }
 
+/// Why a request was refused before reaching its route.
+enum Denied {
+    /// No key, or one that is not configured.
+    Unknown,
+    /// A valid key without the scope the route needs.
+    Scope { key: String, scope: Scope },
+}
+
+impl Denied {
+    fn reply(self) -> Reply {
+        match self {
+            Denied::Unknown => {
+                let mut reply = error(StatusCode::UNAUTHORIZED, "missing or unknown API key");
+                reply.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+                reply
+            }
+            Denied::Scope { key, scope } => error(
+                StatusCode::FORBIDDEN,
+                format!("API key {key:?} lacks the {scope:?} scope").to_lowercase(),
+            ),
+        }
+    }
+}
+
 /// `Authorization: Bearer <key>` whose SHA-256 is a configured key with `scope`.
-fn authorize(state: &AdminState, req: &Request<Incoming>, scope: Scope) -> Result<(), Reply> {
+fn authorize(state: &AdminState, req: &Request<Incoming>, scope: Scope) -> Result<(), Denied> {
     let presented = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let unauthorized = || {
-        let mut reply = error(StatusCode::UNAUTHORIZED, "missing or unknown API key");
-        reply.headers_mut().insert(
-            WWW_AUTHENTICATE,
-            hyper::header::HeaderValue::from_static("Bearer"),
-        );
-        reply
-    };
-    let Some(presented) = presented else {
-        return Err(unauthorized());
-    };
+        .map(str::trim)
+        .ok_or(Denied::Unknown)?;
     let hash = hash_api_key(presented);
-    let keys = state
-        .api_keys
-        .read()
-        .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "key list unavailable"))?;
+    let keys = state.api_keys.read().map_err(|_| Denied::Unknown)?;
     match keys.iter().find(|k| k.sha256 == hash) {
-        None => Err(unauthorized()),
+        None => Err(Denied::Unknown),
         Some(key) if key.scopes.contains(&scope) => Ok(()),
-        Some(key) => Err(error(
-            StatusCode::FORBIDDEN,
-            format!("API key {:?} lacks the {scope:?} scope", key.name).to_lowercase(),
-        )),
+        Some(key) => Err(Denied::Scope {
+            key: key.name.clone(),
+            scope,
+        }),
     }
 }
 

@@ -279,7 +279,8 @@ impl RouteEngine {
         self.zone
     }
 
-    /// Compile once. Fails if the source does not parse, or defines no `route` function taking one parameter.
+    /// Compile once. Fails if the source does not parse, or defines no `route` function
+    /// taking one parameter. `path` names the script in errors and logs.
     pub fn compile(&self, path: &str, source: &str) -> Result<CompiledRoute, CompileError> {
         let mut ast = self.engine.compile(source).map_err(|err| {
             let (line, column) = line_column(err.position());
@@ -321,7 +322,13 @@ impl RouteEngine {
         })
     }
 
-    /// Run `route(msg)`; pure function of (msg, now_ms): helpers like now() read now_ms, not the clock. Runs on the calling thread (caller uses spawn_blocking). Enforces Limits incl. the wall-clock deadline (a thread-local deadline checked from Engine::on_progress).
+    /// Run `route(msg)`; pure function of (msg, now_ms): helpers like `now()` read `now_ms`,
+    /// not the clock. Runs on the calling thread (callers on the async runtime use
+    /// `spawn_blocking`). Enforces [`Limits`], including the wall-clock deadline: a
+    /// thread-local deadline checked from `Engine::on_progress`.
+    ///
+    /// A `send` decision on a message whose `sndn_rsev_hour` is later than `now_ms` becomes
+    /// `Later` at that time, unless the decision says `now: true`.
     pub fn route(
         &self,
         script: &CompiledRoute,
@@ -346,7 +353,13 @@ impl RouteEngine {
                 (arg,),
             )
         }
-        .map_err(|err| route_error(err, &self.limits))?;
+        .and_then(|returned| {
+            // Rhai does not size-check a map grown by index assignment (`m[k] = v`), so the
+            // result is checked as a whole before anything reads it.
+            self.engine.ensure_data_size_within_limits(&returned)?;
+            Ok(returned)
+        })
+        .map_err(|err| route_error(*err, &self.limits))?;
 
         let (decision, send_now) =
             read_decision(returned, self.zone).map_err(|message| RouteError {
@@ -365,7 +378,8 @@ impl RouteEngine {
     }
 }
 
-/// Parse a reserved time `YYYYMMDDHHMMSS` in `zone` to unix ms. Empty/whitespace -> Ok(None) (= now). Used by ingest validation too.
+/// Parse a reserved time `YYYYMMDDHHMMSS` in `zone` to unix ms. Empty/whitespace -> Ok(None)
+/// (= now). Used by ingest validation too, so the error names the field.
 pub fn parse_reserved_time(text: &str, zone: Tz) -> Result<Option<i64>, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -452,12 +466,11 @@ fn line_column(position: Position) -> (usize, usize) {
 
 /// Turn a Rhai failure into what operators read: the innermost cause, where it happened,
 /// and the limits in pushgate's words rather than Rhai's.
-fn route_error(err: Box<EvalAltResult>, limits: &Limits) -> RouteError {
+fn route_error(mut err: EvalAltResult, limits: &Limits) -> RouteError {
     // An error inside a script-defined function arrives wrapped once per call level; the
     // innermost error points at the failing line, the wrappers only at the calls.
     let mut call_position = Position::NONE;
-    let mut err = *err;
-    let mut err = loop {
+    let mut innermost = loop {
         match err {
             EvalAltResult::ErrorInFunctionCall(_, _, inner, position) => {
                 if !position.is_none() {
@@ -468,12 +481,12 @@ fn route_error(err: Box<EvalAltResult>, limits: &Limits) -> RouteError {
             other => break other,
         }
     };
-    let position = match err.take_position() {
+    let position = match innermost.take_position() {
         p if p.is_none() => call_position,
         p => p,
     };
 
-    let message = match &err {
+    let message = match &innermost {
         EvalAltResult::ErrorRuntime(value, _) if value.is_unit() => {
             "the script threw an error without a message".to_string()
         }
@@ -776,14 +789,13 @@ fn read_options(map: &Map, key: &str) -> Result<Option<serde_json::Value>, Strin
     };
     let json: serde_json::Value = rhai::serde::from_dynamic(&value)
         .map_err(|err| format!("`{key}` cannot be sent to FCM: {err}"))?;
-    if key == "android" {
-        if let Some(priority) = json.get("priority") {
-            if !matches!(priority.as_str(), Some("normal" | "high")) {
-                return Err(format!(
-                    "android.priority must be \"normal\" or \"high\", got {priority}"
-                ));
-            }
-        }
+    let priority = json.get("priority").filter(|_| key == "android");
+    if let Some(priority) = priority
+        && !matches!(priority.as_str(), Some("normal" | "high"))
+    {
+        return Err(format!(
+            "android.priority must be \"normal\" or \"high\", got {priority}"
+        ));
     }
     Ok(Some(json))
 }
@@ -1069,4 +1081,1297 @@ fn mask(s: &str, keep_start: usize, keep_end: usize) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono_tz::Asia::Seoul;
+    use serde_json::json;
+
+    const TRANSFER: &str = include_str!("../scripts/transfer.rhai");
+    const NOTICE: &str = include_str!("../scripts/notice.rhai");
+
+    type Msg = serde_json::Map<String, serde_json::Value>;
+
+    fn engine() -> RouteEngine {
+        RouteEngine::new(Limits::default(), Seoul)
+    }
+
+    /// Unix ms of a Korean local time, for fixed `now_ms` values.
+    fn kst(text: &str) -> i64 {
+        parse_reserved_time(text, Seoul).unwrap().unwrap()
+    }
+
+    /// Tuesday 2024-05-14 14:30:15 KST.
+    fn afternoon() -> i64 {
+        kst("20240514143015")
+    }
+
+    fn msg(value: serde_json::Value) -> Msg {
+        value.as_object().unwrap().clone()
+    }
+
+    fn sample() -> Msg {
+        msg(json!({
+            "uniqueKey": "TR20240514000001",
+            "sndn_rsev_hour": "",
+            "csno": "1002003004",
+            "device_id": "fcm-token-abc",
+            "msg_title": "이체 알림",
+            "msg_contents": "홍길동님 계좌에서 50,000원이 출금되었습니다.",
+            "D_servicename": "TRF",
+            "cust_telno": "010-1234-5678"
+        }))
+    }
+
+    /// Run `body` as the body of `route(msg)`.
+    fn run_body(body: &str, message: &Msg, now_ms: i64) -> Result<Decision, RouteError> {
+        run(&format!("fn route(msg) {{\n{body}\n}}"), message, now_ms)
+    }
+
+    fn run(source: &str, message: &Msg, now_ms: i64) -> Result<Decision, RouteError> {
+        let engine = engine();
+        let script = engine.compile("test.rhai", source).unwrap();
+        engine.route(&script, message, now_ms)
+    }
+
+    /// Evaluate one expression inside route() and return what the script got, as a drop reason.
+    fn eval_text(expr: &str, now_ms: i64) -> String {
+        match run_body(&format!("drop(`${{{expr}}}`)"), &sample(), now_ms) {
+            Ok(Decision::Drop { reason }) => reason,
+            other => panic!("{expr}: {other:?}"),
+        }
+    }
+
+    fn eval_error(body: &str) -> RouteError {
+        run_body(body, &sample(), afternoon()).unwrap_err()
+    }
+
+    /// The validation message for a returned decision (no position: the map has none).
+    fn decision_error(decision: &str) -> String {
+        let err = eval_error(decision);
+        assert_eq!((err.line, err.column), (0, 0), "{err}");
+        err.message
+    }
+
+    fn token_push(token: &str) -> Push {
+        Push {
+            target: Target::Token(token.to_string()),
+            title: None,
+            body: None,
+            image: None,
+            data: BTreeMap::new(),
+            android: None,
+            apns: None,
+        }
+    }
+
+    fn compile_error(source: &str) -> CompileError {
+        engine().compile("ports/x.rhai", source).unwrap_err()
+    }
+
+    // --- compiling -------------------------------------------------------------------------
+
+    #[test]
+    fn engine_is_shareable_between_port_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<RouteEngine>();
+        assert_send_sync::<CompiledRoute>();
+    }
+
+    #[test]
+    fn syntax_error_reports_path_line_and_column() {
+        let err = compile_error("fn route(msg) {\n    let x = ;\n}");
+        assert_eq!(err.to_string(), "ports/x.rhai:2:13: Unexpected ';'");
+        assert_eq!((err.line, err.column), (2, 13));
+    }
+
+    #[test]
+    fn undefined_variable_is_a_compile_error() {
+        let err = compile_error("fn route(msg) {\n  devce_id\n}");
+        assert_eq!(
+            err.to_string(),
+            "ports/x.rhai:2:3: Undefined variable: devce_id"
+        );
+    }
+
+    #[test]
+    fn script_without_route_is_rejected_at_1_1() {
+        let err = compile_error("fn other(msg) { 1 }");
+        assert_eq!(
+            err.to_string(),
+            "ports/x.rhai:1:1: the script defines no `fn route(msg)`"
+        );
+    }
+
+    #[test]
+    fn route_with_two_parameters_is_rejected() {
+        let err = compile_error("fn route(msg, extra) { 1 }");
+        assert_eq!(
+            err.message,
+            "`route` must take exactly one parameter (msg), it takes 2"
+        );
+        assert_eq!((err.line, err.column), (1, 1));
+    }
+
+    #[test]
+    fn import_is_rejected_at_compile_time() {
+        let err = compile_error("import \"secrets\" as s;\nfn route(msg) { 1 }");
+        assert_eq!(
+            err.to_string(),
+            "ports/x.rhai:1:1: 'import' is a reserved keyword"
+        );
+    }
+
+    #[test]
+    fn eval_is_rejected_at_compile_time() {
+        let err = compile_error("fn route(msg) {\n    eval(\"1\")\n}");
+        assert_eq!(
+            err.to_string(),
+            "ports/x.rhai:2:5: reserved keyword 'eval' is disabled"
+        );
+    }
+
+    #[test]
+    fn expression_depth_limit_is_checked_at_compile_time() {
+        let nested = format!("{}1{}", "(".repeat(80), ")".repeat(80));
+        let err = compile_error(&format!("fn route(msg) {{\n  {nested}\n}}"));
+        assert_eq!(err.message, "Expression exceeds maximum complexity");
+        assert_eq!(err.line, 2);
+    }
+
+    #[test]
+    fn clock_and_sleep_builtins_are_not_available() {
+        assert_eq!(
+            eval_error("  sleep(1)").message,
+            "Function not found: sleep (i64)"
+        );
+        assert_eq!(
+            eval_error("  timestamp()").message,
+            "Function not found: timestamp ()"
+        );
+    }
+
+    #[test]
+    fn compiled_route_keeps_its_path() {
+        let script = engine().compile("scripts/transfer.rhai", TRANSFER).unwrap();
+        assert_eq!(script.path, "scripts/transfer.rhai");
+    }
+
+    // --- errors while running ----------------------------------------------------------------
+
+    #[test]
+    fn throw_reports_message_and_position_of_the_throw() {
+        let err = eval_error("    let x = 1;\n    throw \"no route for \" + x;");
+        assert_eq!(err.to_string(), "3:5: no route for 1");
+    }
+
+    #[test]
+    fn throw_inside_a_script_function_points_at_the_throw() {
+        let source = "fn check(m) {\n    throw \"bad\";\n}\nfn route(msg) {\n    check(msg)\n}";
+        let err = run(source, &sample(), afternoon()).unwrap_err();
+        assert_eq!(err.to_string(), "2:5: bad");
+    }
+
+    #[test]
+    fn throw_without_message_still_says_something() {
+        assert_eq!(
+            eval_error("  throw;").to_string(),
+            "2:3: the script threw an error without a message"
+        );
+    }
+
+    #[test]
+    fn endless_loop_stops_at_the_deadline() {
+        let limits = Limits {
+            max_operations: u64::MAX,
+            deadline: Duration::from_millis(20),
+            ..Limits::default()
+        };
+        // On its own thread, so a deadline that never fires fails the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let engine = RouteEngine::new(limits, Seoul);
+            let script = engine
+                .compile("t.rhai", "fn route(msg) {\n  loop { }\n}")
+                .unwrap();
+            let started = Instant::now();
+            let result = engine.route(&script, &sample(), afternoon());
+            let _ = tx.send((result, started.elapsed()));
+        });
+        let (result, elapsed) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the endless loop was not stopped");
+        let err = result.unwrap_err();
+        assert_eq!(err.message, "script exceeded its 20 ms deadline");
+        // Rhai reports limits against the whole call, so they carry no position.
+        assert_eq!((err.line, err.column), (0, 0));
+        assert!(elapsed >= Duration::from_millis(20), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    }
+
+    #[test]
+    fn deadline_does_not_leak_into_the_next_call() {
+        let limits = Limits {
+            deadline: Duration::from_millis(20),
+            ..Limits::default()
+        };
+        let engine = RouteEngine::new(limits, Seoul);
+        let script = engine.compile("t.rhai", TRANSFER).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(engine.route(&script, &sample(), afternoon()).is_ok());
+        assert_eq!(DEADLINE.get(), None);
+    }
+
+    #[test]
+    fn endless_loop_stops_at_the_operation_limit() {
+        let limits = Limits {
+            max_operations: 1_000,
+            deadline: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let engine = RouteEngine::new(limits, Seoul);
+        let script = engine
+            .compile(
+                "t.rhai",
+                "fn route(msg) {\n  let n = 0;\n  loop { n += 1; }\n}",
+            )
+            .unwrap();
+        let err = engine.route(&script, &sample(), afternoon()).unwrap_err();
+        assert_eq!(err.to_string(), "0:0: script exceeded 1000 operations");
+    }
+
+    #[test]
+    fn runaway_recursion_stops_at_the_call_level_limit() {
+        let source = "fn deeper(n) { deeper(n + 1) }\nfn route(msg) {\n  deeper(0)\n}";
+        let err = run(source, &sample(), afternoon()).unwrap_err();
+        assert_eq!(err.message, "script exceeded 32 nested function calls");
+    }
+
+    #[test]
+    fn growing_string_stops_at_the_string_limit() {
+        let err = eval_error("  let s = \"x\";\n  loop { s += s; }");
+        assert_eq!(
+            err.message,
+            "script exceeded the string size limit (16384 bytes in one value)"
+        );
+    }
+
+    #[test]
+    fn growing_map_stops_at_the_map_limit() {
+        let err = eval_error("  let m = #{};\n  let i = 0;\n  loop { m.set(`k${i}`, i); i += 1; }");
+        assert_eq!(
+            err.to_string(),
+            "0:0: script exceeded the map size limit (256 entries)"
+        );
+    }
+
+    #[test]
+    fn returned_decision_is_size_checked_too() {
+        // Index assignment escapes Rhai's own check; the returned map must not.
+        let body = "  let d = send_token(\"t\", \"\", \"\");\n  d.data = #{};\n  for i in 0..300 { d.data[`k${i}`] = i; }\n  d";
+        assert_eq!(
+            eval_error(body).message,
+            "script exceeded the map size limit (256 entries)"
+        );
+    }
+
+    #[test]
+    fn top_level_code_is_not_run() {
+        let source = "throw \"top level\";\nfn route(msg) {\n  drop(\"x\")\n}";
+        assert_eq!(
+            run(source, &sample(), 0),
+            Ok(Decision::Drop {
+                reason: "x".to_string()
+            })
+        );
+    }
+
+    #[test]
+    fn growing_array_stops_at_the_array_limit() {
+        let err = eval_error("  let a = [];\n  loop { a.push(1); }");
+        assert_eq!(
+            err.message,
+            "script exceeded the array size limit (1024 items)"
+        );
+    }
+
+    #[test]
+    fn runtime_errors_keep_rhai_wording_and_position() {
+        let err = eval_error("  let x = [1, 2];\n  x[5]");
+        assert_eq!(
+            err.to_string(),
+            "3:5: Array index 5 out of bounds: only 2 elements in array"
+        );
+    }
+
+    // --- what the script receives ------------------------------------------------------------
+
+    #[test]
+    fn standard_fields_are_present_even_when_missing_or_null() {
+        let message = msg(json!({"uniqueKey": "k1", "csno": null}));
+        let body = "drop(`[${msg.device_id}][${msg.csno}][${msg.push_grp_id}][${msg.uniqueKey}]`)";
+        assert_eq!(
+            run_body(body, &message, afternoon()),
+            Ok(Decision::Drop {
+                reason: "[][][][k1]".to_string()
+            })
+        );
+    }
+
+    #[test]
+    fn extra_fields_reach_the_script_with_their_types() {
+        let message = msg(json!({"uniqueKey": "k1", "amount": 50000, "vip": true}));
+        let body = "drop(`${msg.amount + 1} ${type_of(msg.vip)} ${\"other\" in msg}`)";
+        assert_eq!(
+            run_body(body, &message, afternoon()),
+            Ok(Decision::Drop {
+                reason: "50001 bool false".to_string()
+            })
+        );
+    }
+
+    // --- helpers -----------------------------------------------------------------------------
+
+    #[test]
+    fn send_token_builds_a_send_decision() {
+        let decision = run_body(
+            "  send_token(msg.device_id, msg.msg_title, msg.msg_contents)",
+            &sample(),
+            afternoon(),
+        );
+        assert_eq!(
+            decision,
+            Ok(Decision::Send {
+                push: Push {
+                    title: Some("이체 알림".to_string()),
+                    body: Some("홍길동님 계좌에서 50,000원이 출금되었습니다.".to_string()),
+                    ..token_push("fcm-token-abc")
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn send_topic_strips_the_topics_prefix() {
+        let decision = run_body(
+            "  send_topic(\"/topics/notice-all\", \"t\", \"\")",
+            &sample(),
+            0,
+        );
+        assert_eq!(
+            decision,
+            Ok(Decision::Send {
+                push: Push {
+                    target: Target::Topic("notice-all".to_string()),
+                    title: Some("t".to_string()),
+                    ..token_push("x")
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn send_condition_targets_a_condition() {
+        let decision = run_body(
+            "  send_condition(\"'a' in topics && 'b' in topics\", \"\", \"b\")",
+            &sample(),
+            0,
+        );
+        assert_eq!(
+            decision,
+            Ok(Decision::Send {
+                push: Push {
+                    target: Target::Condition("'a' in topics && 'b' in topics".to_string()),
+                    body: Some("b".to_string()),
+                    ..token_push("x")
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn send_helpers_reject_bad_targets_where_they_are_called() {
+        assert_eq!(
+            eval_error("  send_token(\" \", \"t\", \"b\")").to_string(),
+            "2:3: send_token: token is blank"
+        );
+        assert_eq!(
+            eval_error("  send_topic(\"공지 전체\", \"t\", \"b\")").to_string(),
+            "2:3: send_topic: topic \"공지 전체\" is not a valid FCM topic name (letters, digits and - _ . ~ % only)"
+        );
+        assert_eq!(
+            eval_error("  send_condition(\"\", \"t\", \"b\")").to_string(),
+            "2:3: send_condition: condition is blank"
+        );
+    }
+
+    #[test]
+    fn drop_helper_needs_a_reason() {
+        assert_eq!(
+            run_body("  drop(\"test\")", &sample(), 0),
+            Ok(Decision::Drop {
+                reason: "test".to_string()
+            })
+        );
+        assert_eq!(
+            eval_error("  drop(\"\")").to_string(),
+            "2:3: drop: the reason is blank"
+        );
+    }
+
+    #[test]
+    fn later_takes_unix_ms_or_a_local_time_string() {
+        let now = afternoon();
+        let expected = Decision::Later {
+            at_ms: kst("20240515090000"),
+            push: token_push("t"),
+        };
+        let by_ms = format!(
+            "  later(send_token(\"t\", \"\", \"\"), {})",
+            kst("20240515090000")
+        );
+        assert_eq!(run_body(&by_ms, &sample(), now), Ok(expected.clone()));
+        let by_text = "  later(send_token(\"t\", \"\", \"\"), \"20240515090000\")";
+        assert_eq!(run_body(by_text, &sample(), now), Ok(expected));
+    }
+
+    #[test]
+    fn later_rejects_bad_times_and_drop_decisions() {
+        assert_eq!(
+            eval_error("  later(send_token(\"t\", \"\", \"\"), \"2024-05-15\")").to_string(),
+            "2:3: later: \"2024-05-15\" is not YYYYMMDDHHMMSS"
+        );
+        assert_eq!(
+            eval_error("  later(drop(\"x\"), 0)").message,
+            "later: takes a send decision, got action \"drop\""
+        );
+    }
+
+    #[test]
+    fn later_wins_over_an_explicit_now() {
+        let body = "  let d = send_token(\"t\", \"\", \"\");\n  d.now = true;\n  later(d, 5)";
+        assert_eq!(
+            run_body(body, &sample(), 0),
+            Ok(Decision::Later {
+                at_ms: 5,
+                push: token_push("t")
+            })
+        );
+    }
+
+    #[test]
+    fn now_helpers_read_the_given_instant_in_the_engine_zone() {
+        let now = afternoon();
+        assert_eq!(eval_text("now()", now), "20240514143015");
+        assert_eq!(eval_text("now_ms()", now), now.to_string());
+        assert_eq!(eval_text("today()", now), "20240514");
+        assert_eq!(eval_text("hour()", now), "14");
+        assert_eq!(eval_text("minute()", now), "30");
+        assert_eq!(eval_text("weekday()", now), "2");
+        // 23:10 UTC on Sunday is already Monday 08:10 in Seoul.
+        let sunday_utc = kst("20240513081000");
+        assert_eq!(eval_text("weekday()", sunday_utc), "1");
+        assert_eq!(eval_text("hour()", sunday_utc), "8");
+    }
+
+    #[test]
+    fn time_of_day_helpers_take_an_explicit_time_too() {
+        let at = kst("20240519235900");
+        let expr = format!("hour({at}) + \":\" + minute({at}) + \" \" + weekday({at})");
+        assert_eq!(eval_text(&expr, 0), "23:59 7");
+    }
+
+    #[test]
+    fn format_time_uses_strftime_in_the_zone() {
+        let expr = format!("format_time({}, \"%Y-%m-%d %H:%M %Z\")", afternoon());
+        assert_eq!(eval_text(&expr, 0), "2024-05-14 14:30 KST");
+        assert_eq!(
+            eval_error("  format_time(0, \"%Q\")").message,
+            "format_time: \"%Q\" is not a valid time format"
+        );
+    }
+
+    #[test]
+    fn parse_time_reads_local_time_and_throws_on_bad_input() {
+        assert_eq!(
+            eval_text("parse_time(\"20240514143015\")", 0),
+            afternoon().to_string()
+        );
+        assert_eq!(
+            eval_error("  parse_time(\"2024133\")").to_string(),
+            "2:3: parse_time: \"2024133\" is not YYYYMMDDHHMMSS"
+        );
+        assert_eq!(
+            eval_error("  parse_time(\"20241332000000\")").message,
+            "parse_time: \"20241332000000\" is not a valid date and time"
+        );
+    }
+
+    #[test]
+    fn at_today_is_todays_local_time() {
+        let now = afternoon();
+        assert_eq!(
+            eval_text("at_today(8, 0)", now),
+            kst("20240514080000").to_string()
+        );
+        assert_eq!(
+            eval_text("at_today(23, 59)", now),
+            kst("20240514235900").to_string()
+        );
+        assert_eq!(
+            eval_error("  at_today(24, 0)").message,
+            "at_today: 24:0 is not a time of day"
+        );
+    }
+
+    #[test]
+    fn next_at_is_today_if_still_ahead_else_tomorrow() {
+        let now = afternoon();
+        assert_eq!(
+            eval_text("next_at(18, 0)", now),
+            kst("20240514180000").to_string()
+        );
+        assert_eq!(
+            eval_text("next_at(8, 0)", now),
+            kst("20240515080000").to_string()
+        );
+        assert_eq!(
+            eval_text("next_at(14, 30)", now),
+            kst("20240515143000").to_string()
+        );
+        let from = kst("20240514030000");
+        assert_eq!(
+            eval_text(&format!("next_at(8, 0, {from})"), now),
+            kst("20240514080000").to_string()
+        );
+    }
+
+    #[test]
+    fn minutes_from_now_adds_to_the_given_instant() {
+        let now = afternoon();
+        assert_eq!(
+            eval_text("minutes_from_now(90)", now),
+            kst("20240514160015").to_string()
+        );
+        assert_eq!(
+            eval_error("  minutes_from_now(9223372036854775807)").message,
+            "minutes_from_now: 9223372036854775807 minutes is out of range"
+        );
+    }
+
+    #[test]
+    fn due_ms_is_the_reservation_if_ahead_else_now() {
+        let now = afternoon();
+        let mut message = sample();
+        assert_eq!(
+            eval_text_with("due_ms(msg)", &message, now),
+            now.to_string()
+        );
+        message.insert("sndn_rsev_hour".into(), json!("20240514200000"));
+        assert_eq!(
+            eval_text_with("due_ms(msg)", &message, now),
+            kst("20240514200000").to_string()
+        );
+        message.insert("sndn_rsev_hour".into(), json!("20240514100000"));
+        assert_eq!(
+            eval_text_with("due_ms(msg)", &message, now),
+            now.to_string()
+        );
+    }
+
+    fn eval_text_with(expr: &str, message: &Msg, now_ms: i64) -> String {
+        match run_body(&format!("drop(`${{{expr}}}`)"), message, now_ms) {
+            Ok(Decision::Drop { reason }) => reason,
+            other => panic!("{expr}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mask_phone_masks_the_middle_group() {
+        assert_eq!(eval_text("mask_phone(\"01012345678\")", 0), "010-****-5678");
+        assert_eq!(
+            eval_text("mask_phone(\"010-1234-5678\")", 0),
+            "010-****-5678"
+        );
+        assert_eq!(eval_text("mask_phone(\"0111234567\")", 0), "011-***-4567");
+        // Not a mobile number: only the last four characters stay readable.
+        assert_eq!(eval_text("mask_phone(\"02-123-4567\")", 0), "*******4567");
+    }
+
+    #[test]
+    fn mask_counts_characters_not_bytes() {
+        assert_eq!(eval_text("mask(\"홍길동\", 1, 1)", 0), "홍*동");
+        assert_eq!(eval_text("mask(\"1002003004\", 2, 2)", 0), "10******04");
+        assert_eq!(eval_text("mask(\"ab\", 2, 2)", 0), "ab");
+        assert_eq!(eval_text("mask(\"secret\", 0, 0)", 0), "******");
+        assert_eq!(
+            eval_error("  mask(\"x\", -1, 0)").message,
+            "mask: keep_start and keep_end must be 0 or more, got -1 and 0"
+        );
+    }
+
+    #[test]
+    fn string_tests() {
+        assert_eq!(
+            eval_text(
+                "[is_blank(\"\"), is_blank(\"  \"), is_blank(()), is_blank(\"a\"), is_blank(msg.get(\"nope\"))]",
+                0
+            ),
+            "[true, true, true, false, true]"
+        );
+        assert_eq!(
+            eval_text(
+                "[is_digits(\"0123\"), is_digits(\"\"), is_digits(\"12a\")]",
+                0
+            ),
+            "[true, false, false]"
+        );
+        assert_eq!(
+            eval_text(
+                "[is_phone(\"01012345678\"), is_phone(\"010-1234-5678\"), is_phone(\"016-123-4567\"), is_phone(\"0161234567\")]",
+                0
+            ),
+            "[true, true, true, true]"
+        );
+        assert_eq!(
+            eval_text(
+                "[is_phone(\"0212345678\"), is_phone(\"010123456\"), is_phone(\"010-12345-678\"), is_phone(\"01212345678\")]",
+                0
+            ),
+            "[false, false, false, false]"
+        );
+    }
+
+    #[test]
+    fn rhai_string_builtins_are_available() {
+        // trim() works in place in Rhai (it returns nothing), hence the variable.
+        let source = "fn route(msg) {\n  let s = \"  x \"; s.trim();\n  drop(`${[\"MKT\".to_lower(), \"abc\".len(), \"abc\".contains(\"b\"), \"abc\".starts_with(\"a\"), \"abc\".ends_with(\"c\"), s, msg.csno.sub_string(0, 4)]}`)\n}";
+        assert_eq!(
+            run(source, &sample(), 0),
+            Ok(Decision::Drop {
+                reason: "[\"mkt\", 3, true, true, true, \"x\", \"1002\"]".to_string()
+            })
+        );
+    }
+
+    #[test]
+    fn print_and_debug_do_not_disturb_the_decision() {
+        assert_eq!(
+            run_body(
+                "  print(42);\n  debug(msg.csno);\n  drop(\"x\")",
+                &sample(),
+                0
+            ),
+            Ok(Decision::Drop {
+                reason: "x".to_string()
+            })
+        );
+    }
+
+    // --- validating the returned decision ----------------------------------------------------
+
+    #[test]
+    fn plain_map_literal_works_like_the_helpers() {
+        let decision = run_body(
+            "  #{ action: \"send\", topic: \"news\", title: \"t\", image: \"https://x/y.png\",\n     data: #{ amount: 50000, rate: 1.5, vip: true, code: \"A\" },\n     android: #{ priority: \"normal\", ttl: \"3600s\" }, apns: #{ headers: #{ \"apns-priority\": \"5\" } } }",
+            &sample(),
+            0,
+        );
+        let data: BTreeMap<String, String> = [
+            ("amount", "50000"),
+            ("rate", "1.5"),
+            ("vip", "true"),
+            ("code", "A"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            decision,
+            Ok(Decision::Send {
+                push: Push {
+                    target: Target::Topic("news".to_string()),
+                    title: Some("t".to_string()),
+                    body: None,
+                    image: Some("https://x/y.png".to_string()),
+                    data,
+                    android: Some(json!({"priority": "normal", "ttl": "3600s"})),
+                    apns: Some(json!({"headers": {"apns-priority": "5"}})),
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn route_must_return_a_map() {
+        assert_eq!(
+            decision_error("  let x = 1;"),
+            "route() must return a decision map, got ()"
+        );
+        assert_eq!(
+            decision_error("  \"send\""),
+            "route() must return a decision map, got string"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert_eq!(
+            decision_error("  let d = send_token(\"t\", \"\", \"\");\n  d.titel = \"x\";\n  d"),
+            "unknown key `titel` in the decision (allowed: action, token, topic, condition, title, body, image, data, android, apns, at, now, reason)"
+        );
+    }
+
+    #[test]
+    fn action_must_be_known() {
+        assert_eq!(
+            decision_error("  #{ token: \"t\" }"),
+            "the decision has no `action` (send, later or drop)"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"sned\", token: \"t\" }"),
+            "unknown action \"sned\" (expected \"send\", \"later\" or \"drop\")"
+        );
+        assert_eq!(
+            decision_error("  #{ action: 1, token: \"t\" }"),
+            "`action` must be a string, got i64"
+        );
+    }
+
+    #[test]
+    fn exactly_one_target_is_required() {
+        assert_eq!(
+            decision_error("  #{ action: \"send\", title: \"t\" }"),
+            "a send decision needs a target: `token`, `topic` or `condition`"
+        );
+        assert_eq!(
+            decision_error("  let d = send_token(\"t\", \"\", \"\");\n  d.topic = \"news\";\n  d"),
+            "a decision has exactly one target, this one has token, topic"
+        );
+    }
+
+    #[test]
+    fn targets_are_checked_in_map_literals() {
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"\" }"),
+            "token is blank"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"send\", topic: \"a/b\" }"),
+            "topic \"a/b\" is not a valid FCM topic name (letters, digits and - _ . ~ % only)"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"send\", condition: \" \" }"),
+            "condition is blank"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: 42 }"),
+            "`token` must be a string, got i64"
+        );
+    }
+
+    #[test]
+    fn text_fields_must_be_strings() {
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"t\", title: 5 }"),
+            "`title` must be a string, got i64"
+        );
+    }
+
+    #[test]
+    fn data_must_be_a_flat_map_of_scalars() {
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"t\", data: \"x\" }"),
+            "`data` must be a map, got string"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"t\", data: #{ inner: #{ a: 1 } } }"),
+            "data value \"inner\" must be a string, number or bool, got map"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"t\", data: #{ list: [1] } }"),
+            "data value \"list\" must be a string, number or bool, got array"
+        );
+    }
+
+    #[test]
+    fn reserved_data_keys_are_rejected() {
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"t\", data: #{ from: \"x\" } }"),
+            "data key \"from\" is reserved by FCM"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"t\", data: #{ message_type: \"x\" } }"),
+            "data key \"message_type\" is reserved by FCM"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"t\", data: #{ \"google.c\": \"x\" } }"),
+            "data key \"google.c\" is reserved by FCM (keys starting with \"google\" or \"gcm\")"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"t\", data: #{ gcm_id: \"x\" } }"),
+            "data key \"gcm_id\" is reserved by FCM (keys starting with \"google\" or \"gcm\")"
+        );
+    }
+
+    #[test]
+    fn android_and_apns_must_be_maps() {
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"t\", android: \"high\" }"),
+            "`android` must be a map, got string"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"t\", apns: [1] }"),
+            "`apns` must be a map, got array"
+        );
+        assert_eq!(
+            decision_error(
+                "  #{ action: \"send\", token: \"t\", android: #{ priority: \"urgent\" } }"
+            ),
+            "android.priority must be \"normal\" or \"high\", got \"urgent\""
+        );
+    }
+
+    #[test]
+    fn drop_decisions_need_a_reason_and_nothing_else() {
+        assert_eq!(
+            decision_error("  #{ action: \"drop\" }"),
+            "a drop decision needs a `reason`"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"drop\", reason: \"x\", token: \"t\" }"),
+            "`token` is not used by a drop decision"
+        );
+    }
+
+    #[test]
+    fn keys_of_other_actions_are_rejected() {
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"t\", at: 5 }"),
+            "`at` is only for action \"later\" (use later(decision, when))"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"t\", reason: \"x\" }"),
+            "`reason` is only for action \"drop\""
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"later\", token: \"t\", at: 5, now: true }"),
+            "`now` is not used by a later decision"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"send\", token: \"t\", now: \"yes\" }"),
+            "`now` must be true or false, got string"
+        );
+    }
+
+    #[test]
+    fn later_decisions_need_a_valid_at() {
+        assert_eq!(
+            decision_error("  #{ action: \"later\", token: \"t\" }"),
+            "a later decision needs `at` (a time \"YYYYMMDDHHMMSS\" or unix ms)"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"later\", token: \"t\", at: \"tomorrow\" }"),
+            "`at` \"tomorrow\" is not YYYYMMDDHHMMSS"
+        );
+        assert_eq!(
+            decision_error("  #{ action: \"later\", token: \"t\", at: 1.5 }"),
+            "`at` must be a time \"YYYYMMDDHHMMSS\" or unix ms, got f64"
+        );
+        assert_eq!(
+            run_body(
+                "  #{ action: \"later\", token: \"t\", at: \"20240515090000\" }",
+                &sample(),
+                0
+            ),
+            Ok(Decision::Later {
+                at_ms: kst("20240515090000"),
+                push: token_push("t")
+            })
+        );
+    }
+
+    // --- default scheduling from sndn_rsev_hour ----------------------------------------------
+
+    fn reserved(at: &str) -> Msg {
+        let mut message = sample();
+        message.insert("sndn_rsev_hour".into(), json!(at));
+        message
+    }
+
+    const SEND: &str = "  send_token(\"t\", \"\", \"\")";
+
+    #[test]
+    fn future_reservation_turns_send_into_later() {
+        assert_eq!(
+            run_body(SEND, &reserved("20240514180000"), afternoon()),
+            Ok(Decision::Later {
+                at_ms: kst("20240514180000"),
+                push: token_push("t")
+            })
+        );
+    }
+
+    #[test]
+    fn past_empty_or_invalid_reservation_sends_now() {
+        let now = Decision::Send {
+            push: token_push("t"),
+        };
+        for at in ["20240514090000", "", "   ", "2024133"] {
+            assert_eq!(
+                run_body(SEND, &reserved(at), afternoon()),
+                Ok(now.clone()),
+                "{at:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn explicit_now_overrides_the_reservation() {
+        let body = "  let d = send_token(\"t\", \"\", \"\");\n  d.now = true;\n  d";
+        assert_eq!(
+            run_body(body, &reserved("20240514180000"), afternoon()),
+            Ok(Decision::Send {
+                push: token_push("t")
+            })
+        );
+    }
+
+    #[test]
+    fn explicit_later_overrides_the_reservation() {
+        let body = "  later(send_token(\"t\", \"\", \"\"), \"20240514170000\")";
+        assert_eq!(
+            run_body(body, &reserved("20240514180000"), afternoon()),
+            Ok(Decision::Later {
+                at_ms: kst("20240514170000"),
+                push: token_push("t")
+            })
+        );
+    }
+
+    // --- public time functions ---------------------------------------------------------------
+
+    #[test]
+    fn parse_reserved_time_names_the_problem() {
+        assert_eq!(parse_reserved_time("  ", Seoul), Ok(None));
+        assert_eq!(
+            parse_reserved_time("20240514143015", Seoul),
+            Ok(Some(1_715_664_615_000))
+        );
+        assert_eq!(
+            parse_reserved_time("2024133", Seoul),
+            Err("sndn_rsev_hour \"2024133\" is not YYYYMMDDHHMMSS".to_string())
+        );
+        assert_eq!(
+            parse_reserved_time("+2024051414301", Seoul),
+            Err("sndn_rsev_hour \"+2024051414301\" is not YYYYMMDDHHMMSS".to_string())
+        );
+        assert_eq!(
+            parse_reserved_time("20240230000000", Seoul),
+            Err("sndn_rsev_hour \"20240230000000\" is not a valid date and time".to_string())
+        );
+    }
+
+    #[test]
+    fn format_local_never_panics() {
+        assert_eq!(
+            format_local(1_715_664_615_000, Seoul, "%Y-%m-%d %H:%M:%S"),
+            "2024-05-14 14:30:15"
+        );
+        assert_eq!(format_local(0, Seoul, "%Q"), "");
+        assert_eq!(format_local(i64::MAX, Seoul, "%Y"), "");
+    }
+
+    #[test]
+    fn decision_serializes_with_an_action_tag() {
+        let decision = Decision::Later {
+            at_ms: 5,
+            push: Push {
+                data: [("k".to_string(), "v".to_string())].into(),
+                ..token_push("t")
+            },
+        };
+        let json = serde_json::to_value(&decision).unwrap();
+        assert_eq!(
+            json,
+            json!({"action": "later", "at_ms": 5, "push": {"target": {"token": "t"}, "data": {"k": "v"}}})
+        );
+        assert_eq!(serde_json::from_value::<Decision>(json).unwrap(), decision);
+        assert_eq!(
+            serde_json::to_value(Decision::Drop { reason: "r".into() }).unwrap(),
+            json!({"action": "drop", "reason": "r"})
+        );
+    }
+
+    // --- docs/scripts.md ----------------------------------------------------------------------
+
+    const REFERENCE: &str = include_str!("../docs/scripts.md");
+
+    /// The complete scripts in the reference (code blocks with a `route` and no `...`).
+    fn reference_scripts() -> Vec<&'static str> {
+        REFERENCE
+            .split("```rust\n")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .filter(|code| code.contains("fn route(msg) {") && !code.contains("..."))
+            .collect()
+    }
+
+    #[test]
+    fn every_complete_script_in_the_reference_compiles() {
+        let scripts = reference_scripts();
+        assert!(scripts.len() >= 4, "found {}", scripts.len());
+        for source in scripts {
+            if let Err(err) = engine().compile("docs/scripts.md", source) {
+                panic!("{err}\n{source}");
+            }
+        }
+    }
+
+    #[test]
+    fn reference_examples_behave_as_described() {
+        let scripts = reference_scripts();
+        let find = |needle: &str| *scripts.iter().find(|s| s.contains(needle)).unwrap();
+
+        let mut message = sample();
+        message.insert("D_servicename".into(), json!("XYZ"));
+        let err = run(find("switch"), &message, afternoon()).unwrap_err();
+        let described = format!("`{err}`");
+        assert!(REFERENCE.contains(&described), "{described}");
+
+        // Saturday 14:30 → Monday 09:00.
+        message.insert("D_servicename".into(), json!("STMT"));
+        let decision = run(find("days_to_monday"), &message, kst("20240518143000")).unwrap();
+        assert!(
+            matches!(decision, Decision::Later { at_ms, .. } if at_ms == kst("20240520090000")),
+            "{decision:?}"
+        );
+        let Decision::Send { push } = run(find("days_to_monday"), &message, afternoon()).unwrap()
+        else {
+            panic!("a weekday statement is sent now");
+        };
+        assert_eq!(
+            push.data.get("phone").map(String::as_str),
+            Some("010-****-5678")
+        );
+        assert_eq!(push.title, None);
+    }
+
+    // --- the shipped example scripts ---------------------------------------------------------
+
+    fn transfer(message: &Msg, now_ms: i64) -> Result<Decision, RouteError> {
+        let engine = engine();
+        let script = engine.compile("scripts/transfer.rhai", TRANSFER).unwrap();
+        engine.route(&script, message, now_ms)
+    }
+
+    fn notice(source: &str, message: &Msg, now_ms: i64) -> Result<Decision, RouteError> {
+        let engine = engine();
+        let script = engine.compile("scripts/notice.rhai", source).unwrap();
+        engine.route(&script, message, now_ms)
+    }
+
+    fn transfer_push() -> Push {
+        Push {
+            title: Some("이체 알림".to_string()),
+            body: Some("홍길동님 계좌에서 50,000원이 출금되었습니다.".to_string()),
+            data: [
+                ("D_servicename".to_string(), "TRF".to_string()),
+                ("uniqueKey".to_string(), "TR20240514000001".to_string()),
+            ]
+            .into(),
+            android: Some(json!({"priority": "high"})),
+            ..token_push("fcm-token-abc")
+        }
+    }
+
+    #[test]
+    fn transfer_script_sends_to_the_device_with_high_priority() {
+        assert_eq!(
+            transfer(&sample(), afternoon()),
+            Ok(Decision::Send {
+                push: transfer_push()
+            })
+        );
+    }
+
+    #[test]
+    fn transfer_script_drops_without_a_device_token() {
+        let expected = Ok(Decision::Drop {
+            reason: "no device token".to_string(),
+        });
+        let mut message = sample();
+        message.insert("device_id".into(), json!("   "));
+        assert_eq!(transfer(&message, afternoon()), expected);
+        message.remove("device_id");
+        assert_eq!(transfer(&message, afternoon()), expected);
+    }
+
+    #[test]
+    fn transfer_script_honours_the_reservation() {
+        assert_eq!(
+            transfer(&reserved("20240514180000"), afternoon()),
+            Ok(Decision::Later {
+                at_ms: kst("20240514180000"),
+                push: transfer_push()
+            })
+        );
+    }
+
+    fn notice_msg(service: &str, group: &str) -> Msg {
+        msg(json!({
+            "uniqueKey": "NT0001",
+            "sndn_rsev_hour": "",
+            "device_id": "fcm-token-abc",
+            "msg_title": "(광고) 5월 이벤트",
+            "msg_contents": "지금 가입하면 수수료 0원",
+            "D_servicename": service,
+            "push_grp_id": group
+        }))
+    }
+
+    fn notice_push(target: Target, service: &str) -> Push {
+        Push {
+            target,
+            title: Some("(광고) 5월 이벤트".to_string()),
+            body: Some("지금 가입하면 수수료 0원".to_string()),
+            data: [
+                ("D_servicename".to_string(), service.to_string()),
+                ("uniqueKey".to_string(), "NT0001".to_string()),
+            ]
+            .into(),
+            ..token_push("x")
+        }
+    }
+
+    #[test]
+    fn notice_script_sends_to_the_group_topic_when_given() {
+        assert_eq!(
+            notice(NOTICE, &notice_msg("NTC", "all-customers"), afternoon()),
+            Ok(Decision::Send {
+                push: notice_push(Target::Topic("all-customers".to_string()), "NTC")
+            })
+        );
+    }
+
+    #[test]
+    fn notice_script_sends_to_the_token_without_a_group() {
+        assert_eq!(
+            notice(NOTICE, &notice_msg("NTC", ""), afternoon()),
+            Ok(Decision::Send {
+                push: notice_push(Target::Token("fcm-token-abc".to_string()), "NTC")
+            })
+        );
+    }
+
+    #[test]
+    fn notice_script_drops_without_token_or_group() {
+        let mut message = notice_msg("NTC", "");
+        message.insert("device_id".into(), json!(""));
+        assert_eq!(
+            notice(NOTICE, &message, afternoon()),
+            Ok(Decision::Drop {
+                reason: "no device token or group".to_string()
+            })
+        );
+    }
+
+    #[test]
+    fn notice_script_holds_night_marketing_until_eight() {
+        let push = notice_push(Target::Token("fcm-token-abc".to_string()), "MKT");
+        // 22:30 → tomorrow 08:00; 03:00 → today 08:00.
+        assert_eq!(
+            notice(NOTICE, &notice_msg("MKT", ""), kst("20240514223000")),
+            Ok(Decision::Later {
+                at_ms: kst("20240515080000"),
+                push: push.clone()
+            })
+        );
+        assert_eq!(
+            notice(NOTICE, &notice_msg("MKT", ""), kst("20240515030000")),
+            Ok(Decision::Later {
+                at_ms: kst("20240515080000"),
+                push: push.clone()
+            })
+        );
+        // The boundaries: 21:00 is night, 08:00 is day.
+        assert_eq!(
+            notice(NOTICE, &notice_msg("MKT", ""), kst("20240514210000")),
+            Ok(Decision::Later {
+                at_ms: kst("20240515080000"),
+                push: push.clone()
+            })
+        );
+        assert_eq!(
+            notice(NOTICE, &notice_msg("MKT", ""), kst("20240515080000")),
+            Ok(Decision::Send { push })
+        );
+    }
+
+    #[test]
+    fn notice_script_judges_marketing_by_its_reserved_time() {
+        let push = notice_push(Target::Token("fcm-token-abc".to_string()), "MKT");
+        // Arrives at night, reserved for 10:00: the reservation stands.
+        let mut message = notice_msg("MKT", "");
+        message.insert("sndn_rsev_hour".into(), json!("20240515100000"));
+        assert_eq!(
+            notice(NOTICE, &message, kst("20240514223000")),
+            Ok(Decision::Later {
+                at_ms: kst("20240515100000"),
+                push: push.clone()
+            })
+        );
+        // Arrives in the afternoon, reserved for 23:00: held until the next 08:00.
+        message.insert("sndn_rsev_hour".into(), json!("20240514230000"));
+        assert_eq!(
+            notice(NOTICE, &message, afternoon()),
+            Ok(Decision::Later {
+                at_ms: kst("20240515080000"),
+                push
+            })
+        );
+    }
+
+    #[test]
+    fn notice_script_sends_non_marketing_at_night() {
+        assert_eq!(
+            notice(NOTICE, &notice_msg("NTC", ""), kst("20240514233000")),
+            Ok(Decision::Send {
+                push: notice_push(Target::Token("fcm-token-abc".to_string()), "NTC")
+            })
+        );
+    }
+
+    #[test]
+    fn notice_script_can_drop_night_marketing_instead() {
+        let dropping = NOTICE.replace("    \"later\"\n", "    \"drop\"\n");
+        assert_ne!(dropping, NOTICE, "the switch in notice.rhai moved");
+        assert_eq!(
+            notice(
+                &dropping,
+                &notice_msg("MKT", "all-customers"),
+                kst("20240514223000")
+            ),
+            Ok(Decision::Drop {
+                reason: "marketing at night (21:00-08:00 KST)".to_string()
+            })
+        );
+    }
+
+    #[test]
+    fn notice_script_reports_a_bad_group_name_at_its_line() {
+        let err = notice(NOTICE, &notice_msg("NTC", "전체 고객"), afternoon()).unwrap_err();
+        let line = NOTICE
+            .lines()
+            .position(|l| l.contains("send_topic("))
+            .unwrap()
+            + 1;
+        assert_eq!(err.line, line);
+        assert!(
+            err.message.starts_with("send_topic: topic \"전체 고객\""),
+            "{err}"
+        );
+    }
 }

@@ -37,11 +37,11 @@ async fn ten_thousand_over(
         let key = format!("K{n:08}");
         bytes.extend(telegrams.frame(&encode(&message(&key, n))));
         sent.push(Sent::Good(key.clone()));
-        if n % 97 == 0 {
+        if n.is_multiple_of(97) {
             bytes.extend(telegrams.frame(&encode(&message(&key, n))));
             sent.push(Sent::Repeat(key));
         }
-        if n % 101 == 0 {
+        if n.is_multiple_of(101) {
             let (why, body) = &malformed[n / 101 % malformed.len()];
             bytes.extend(telegrams.frame(body));
             sent.push(Sent::Bad(why));

@@ -343,7 +343,7 @@ pub fn message(key: &str, n: usize) -> Value {
         "device_id": format!("tok-{:0>30}", n % 700),
         "msg_title": "이체 완료",
         "msg_contents": format!("{n}원이 입금되었습니다"),
-        "D_servicename": if n % 2 == 0 { "TRF" } else { "DEP" },
+        "D_servicename": if n.is_multiple_of(2) { "TRF" } else { "DEP" },
         "push_grp_id": "",
         "cust_telno": format!("010{:08}", n % 9000),
     })

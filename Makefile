@@ -1,0 +1,24 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each installs what it needs.
+.PHONY: demo test bench lint deps
+
+CARGO ?= cargo
+
+deps:
+	@tools/install-deps.sh
+
+## The whole appliance on loopback: managed Redis, two example ports, admin API.
+demo: deps
+	$(CARGO) run --release -- demo
+
+## Every test: unit, integration against real redis-server, the real binary.
+test: deps
+	$(CARGO) test --all-targets
+
+## Throughput of the ingest path (frames acked per second), written to stdout.
+bench: deps
+	$(CARGO) run --release --example bench_ingest
+
+## What every commit must pass.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
