@@ -52,8 +52,8 @@ impl Framing {
     ///
     /// Oversized frames are rejected as soon as the header (or, for ndjson, the unterminated
     /// line) shows it, so a frame never makes the buffer grow past `max_frame_bytes` plus a
-    /// header. Ndjson blank lines not yet followed by a real line are the one exception: they
-    /// are not consumed until that line arrives (see `decode_line`).
+    /// header. Ndjson blank lines (keep-alives) are consumed as an empty frame when no real
+    /// line follows them yet, so a peer sending only keep-alives never grows the buffer.
     pub fn decode(&self, buf: &[u8], max_frame_bytes: usize) -> Result<Option<Frame>, FrameError> {
         match *self {
             Framing::Ndjson => decode_line(buf, max_frame_bytes),
@@ -137,8 +137,8 @@ fn length_prefixed(
 }
 
 /// The first non-blank line. Blank lines (keep-alives, stray CRLFs) are skipped and counted in
-/// the returned frame's `consumed`; if no real line follows them yet, they stay in the buffer
-/// and are skipped again on the next call.
+/// the returned frame's `consumed`; if no real line follows them yet, they come back as one
+/// empty frame (the caller ignores empty ndjson bodies) so that they leave the buffer.
 fn decode_line(buf: &[u8], max: usize) -> Result<Option<Frame>, FrameError> {
     let mut start = 0;
     loop {
@@ -148,6 +148,11 @@ fn decode_line(buf: &[u8], max: usize) -> Result<Option<Frame>, FrameError> {
             let len = rest.strip_suffix(b"\r").unwrap_or(rest).len();
             return if len > max {
                 Err(FrameError::TooLarge { len, max })
+            } else if start > 0 {
+                Ok(Some(Frame {
+                    body: start..start,
+                    consumed: start,
+                }))
             } else {
                 Ok(None)
             };
@@ -239,11 +244,30 @@ mod tests {
     }
 
     #[test]
-    fn ndjson_skips_blank_lines_and_consumes_them_with_the_next_frame() {
+    fn ndjson_blank_lines_are_consumed_with_the_next_frame_or_as_an_empty_one() {
         let cases: &[(&[u8], Option<Frame>)] = &[
-            (b"\n", None),
-            (b"\r\n\n\r\n", None),
-            (b"\n\r\n{}", None),
+            (
+                b"\n",
+                Some(Frame {
+                    body: 1..1,
+                    consumed: 1,
+                }),
+            ),
+            (
+                b"\r\n\n\r\n",
+                Some(Frame {
+                    body: 5..5,
+                    consumed: 5,
+                }),
+            ),
+            (
+                b"\n\r\n{}",
+                Some(Frame {
+                    body: 3..3,
+                    consumed: 3,
+                }),
+            ),
+            (b"{}", None),
             (
                 b"\n\r\n{}\n",
                 Some(Frame {

@@ -463,21 +463,38 @@ impl Ack {
         Ack::Error { key, error }
     }
 
+    /// The ack body, fields in the documented order: `ok`, `key`, then `id` and `dup`
+    /// or `error`.
     pub fn to_json(&self) -> String {
-        match self {
-            Ack::Stored {
-                key,
-                id,
-                dup: false,
-            } => serde_json::json!({"ok": true, "key": key, "id": id.to_string()}).to_string(),
-            Ack::Stored { key, id, dup: true } => {
-                serde_json::json!({"ok": true, "key": key, "id": id.to_string(), "dup": true})
-                    .to_string()
-            }
-            Ack::Error { key, error } => {
-                serde_json::json!({"ok": false, "key": key, "error": error}).to_string()
-            }
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            ok: bool,
+            key: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            id: Option<String>,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            dup: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error: Option<&'a str>,
         }
+        let body = match self {
+            Ack::Stored { key, id, dup } => Body {
+                ok: true,
+                key: Some(key),
+                id: Some(id.to_string()),
+                dup: *dup,
+                error: None,
+            },
+            Ack::Error { key, error } => Body {
+                ok: false,
+                key: key.as_deref(),
+                id: None,
+                dup: false,
+                error: Some(error),
+            },
+        };
+        serde_json::to_string(&body)
+            .unwrap_or_else(|_| r#"{"ok":false,"key":null,"error":"ack"}"#.into())
     }
 }
 
@@ -579,6 +596,86 @@ pub fn route_message(
     }
     record.fields = message.fields;
     record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_follow_the_wire_contract_field_order() {
+        let ok = Ack::Stored {
+            key: "K1".into(),
+            id: 42,
+            dup: false,
+        };
+        assert_eq!(ok.to_json(), r#"{"ok":true,"key":"K1","id":"42"}"#);
+        let dup = Ack::Stored {
+            key: "K1".into(),
+            id: 42,
+            dup: true,
+        };
+        assert_eq!(
+            dup.to_json(),
+            r#"{"ok":true,"key":"K1","id":"42","dup":true}"#
+        );
+        let err = Ack::error(None, "frame is not valid JSON".into());
+        assert_eq!(
+            err.to_json(),
+            r#"{"ok":false,"key":null,"error":"frame is not valid JSON"}"#
+        );
+    }
+
+    fn port(extra: &str) -> PortConfig {
+        let text = format!(
+            "[[port]]\nname = \"p\"\naddr = \"127.0.0.1:0\"\nscript = \"s.rhai\"\n{extra}\n"
+        );
+        crate::config::Config::parse(&text, std::path::Path::new("t.toml"), ".".into())
+            .expect("valid")
+            .ports
+            .remove(0)
+    }
+
+    #[test]
+    fn message_checks_refuse_with_a_precise_reason_and_the_key_when_known() {
+        let zone = chrono_tz::Asia::Seoul;
+        let json = port("required = [\"device_id\"]");
+        let cases: &[(&[u8], Option<&str>, &str)] = &[
+            (b"{\"uniqueKey\": 5", None, "not valid JSON"),
+            (b"\"text\"", None, "JSON a string but must be an object"),
+            (b"{\"uniqueKey\": \"  \"}", None, "uniqueKey is missing or empty"),
+            (b"{\"uniqueKey\": [1]}", None, "uniqueKey must be a string"),
+            (b"{\"uniqueKey\": \"A\"}", Some("A"), "required field \"device_id\""),
+            (b"{\"uniqueKey\": \"A\", \"device_id\": \"t\", \"result\": 1}", Some("A"), "\"result\" is reserved"),
+            (b"{\"uniqueKey\": \"A\", \"device_id\": \"t\", \"sndn_rsev_hour\": \"20261399000000\"}", Some("A"), "sndn_rsev_hour"),
+        ];
+        for (body, key, why) in cases {
+            let refusal = parse_message(&json, zone, body).expect_err(why);
+            assert_eq!(refusal.key.as_deref(), *key, "{why}");
+            assert!(refusal.error.contains(why), "{why}: {}", refusal.error);
+        }
+        let long = format!(
+            "{{\"uniqueKey\": \"{}\", \"device_id\": \"t\"}}",
+            "k".repeat(300)
+        );
+        assert!(
+            parse_message(&json, zone, long.as_bytes())
+                .unwrap_err()
+                .error
+                .contains("limit is 256")
+        );
+    }
+
+    #[test]
+    fn numeric_standard_fields_become_text_and_other_fields_are_kept() {
+        let json = port("");
+        let body = br#"{"uniqueKey": 12345, "csno": 77, "amount": 10000, "vip": true}"#;
+        let m = parse_message(&json, chrono_tz::Asia::Seoul, body).expect("valid");
+        assert_eq!(m.unique_key, "12345");
+        assert_eq!(m.fields["csno"], "77");
+        assert_eq!(m.fields["amount"], 10000);
+        assert_eq!(m.fields["vip"], true);
+    }
 }
 
 pub fn now_ms() -> i64 {

@@ -2,6 +2,7 @@
 
 mod api;
 mod ingest;
+mod lifecycle;
 mod process;
 mod redis_outage;
 mod routes;

@@ -1,0 +1,211 @@
+//! Port modes and lifecycles: connect mode with reconnects, idle timeouts, a managed
+//! Redis, and `pushgate check`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_mode_dials_the_upstream_and_redials_after_it_drops() {
+    let redis = RedisServer::start();
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ports = format!(
+        "[[port]]\nname = \"up\"\nmode = \"connect\"\naddr = \"{}\"\nscript = \"transfer.rhai\"\nreconnect_max = 1\n",
+        upstream.local_addr().unwrap()
+    );
+    let app = TestApp::start(&redis, &ports, &[("transfer.rhai", TRANSFER_SCRIPT)]).await;
+    let telegrams = Telegrams::ndjson();
+    for round in 0..3 {
+        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), upstream.accept())
+            .await
+            .expect("pushgate dials (again)")
+            .unwrap();
+        let key = format!("up-{round}");
+        stream
+            .write_all(&telegrams.frame_text(&message(&key, round).to_string()))
+            .await
+            .unwrap();
+        let ack = telegrams
+            .read_acks(&mut stream, 1)
+            .await
+            .pop()
+            .expect("ack");
+        assert_eq!(ack["ok"], true, "{ack}");
+        assert_eq!(ack["key"], key.as_str());
+        drop(stream); // the upstream hangs up; pushgate must dial again
+    }
+    let view = app.app().supervisor.port("up").await.unwrap();
+    assert_eq!(view.state, pushgate::supervisor::PortState::Running);
+    assert_eq!(view.stored, 3);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_idle_timeout() {
+    let redis = RedisServer::start();
+    let ports = "[[port]]\nname = \"p\"\naddr = \"127.0.0.1:0\"\nscript = \"transfer.rhai\"\nidle_timeout = 1\n";
+    let app = TestApp::start(&redis, ports, &[("transfer.rhai", TRANSFER_SCRIPT)]).await;
+    let addr = app.port_addr("p").await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "idle connection closed without a word: {closed:?}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_redis_is_started_restarted_after_a_crash_and_shut_down() {
+    let dir = tempfile::tempdir().unwrap();
+    write_scripts(dir.path(), &[("transfer.rhai", TRANSFER_SCRIPT)]);
+    let config_path = dir.path().join("pushgate.toml");
+    std::fs::write(
+        &config_path,
+        "[redis]\nmanaged = true\ndir = \"data\"\ntimeout_ms = 1000\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[port]]\nname = \"p\"\naddr = \"127.0.0.1:0\"\nscript = \"transfer.rhai\"\n",
+    )
+    .unwrap();
+    let config = pushgate::config::Config::load(&config_path).unwrap();
+    let app = TestApp {
+        dir,
+        app: Some(
+            pushgate::app::App::start(config, &config_path)
+                .await
+                .expect("starts with managed redis"),
+        ),
+        config_path,
+    };
+    let addr = app.port_addr("p").await;
+    let telegrams = Telegrams::ndjson();
+    let ack = &telegrams
+        .exchange(addr, telegrams.frame_text(&message("m1", 1).to_string()), 1)
+        .await[0];
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert!(
+        app.dir.path().join("data/appendonlydir").exists(),
+        "AOF is on in the data dir"
+    );
+
+    // Kill the managed redis behind pushgate's back: it comes back, with the record.
+    let pid = std::fs::read_to_string(app.dir.path().join("data/redis.log"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.split("pid=")
+                .nth(1)
+                .and_then(|p| p.split(',').next())
+                .map(str::to_owned)
+        })
+        .expect("pid in the redis log");
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let store = app.app().store.clone();
+    let record = eventually(
+        Duration::from_secs(20),
+        "managed redis back with the record",
+        || {
+            let store = store.clone();
+            async move { store.record(1).await.ok().flatten() }
+        },
+    )
+    .await;
+    assert_eq!(record["uniqueKey"], "m1");
+    let ack = &telegrams
+        .exchange(addr, telegrams.frame_text(&message("m2", 2).to_string()), 1)
+        .await[0];
+    assert_eq!(ack["ok"], true, "{ack}");
+
+    let socket = app.dir.path().join("data/redis.sock");
+    let keep = tempfile::tempdir().unwrap();
+    let TestApp {
+        dir, app: running, ..
+    } = app;
+    running.unwrap().shutdown().await;
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_err(),
+        "managed redis stops with pushgate"
+    );
+    drop((dir, keep));
+}
+
+fn check(config: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_the_example_config_and_its_scripts() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pushgate.example.toml");
+    let (ok, stdout, stderr) = check(&example);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("2 ports, every script compiles"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_reports_each_error_as_file_line_column_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    write_scripts(
+        dir.path(),
+        &[
+            ("bad.rhai", "fn route(msg) {\n  let x = ;\n}\n"),
+            ("ok.rhai", TRANSFER_SCRIPT),
+        ],
+    );
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}",
+            port_block("a", "bad.rhai", ""),
+            port_block("b", "ok.rhai", "")
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&config);
+    assert!(!ok);
+    let script = dir.path().join("bad.rhai");
+    assert!(
+        stderr.contains(&format!("{}:2:", script.display())),
+        "{stderr}"
+    );
+
+    std::fs::write(&config, "[[port]]\nname = \"a\"\naddr = \"127.0.0.1:0\"\nscript = \"ok.rhai\"\nframing = \"morse\"\n").unwrap();
+    let (ok, _, stderr) = check(&config);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("{}:5:", config.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("morse"), "{stderr}");
+
+    std::fs::write(
+        &config,
+        "[[port]]\nname = \"a\"\naddr = \"nowhere\"\nscript = \"ok.rhai\"\nmax_connections = 0\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&config);
+    assert!(!ok);
+    assert_eq!(stderr.lines().count(), 2, "one line per problem: {stderr}");
+}
