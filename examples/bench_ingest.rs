@@ -1,12 +1,11 @@
 //! `make bench`: how many frames per second pushgate acks end to end (TCP in →
 //! route script → group commit into Redis → ack), with one connection and with eight.
 //!
-//! It starts its own redis-server (AOF on, `appendfsync everysec`, unix socket) and
-//! pushgate in-process with the shipped `transfer.rhai`; the load runs on its own
+//! It runs pushgate in-process with a managed redis-server (AOF on, `appendfsync
+//! everysec`, unix socket in a temp dir) with the shipped `transfer.rhai`; the load runs on its own
 //! runtime thread, each connection keeping `WINDOW` frames in flight.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pushgate::app::App;
@@ -18,45 +17,19 @@ const RUN: Duration = Duration::from_secs(8);
 
 fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let socket = dir.path().join("redis.sock");
-    let mut redis = Command::new("redis-server")
-        .args(["--port", "0", "--unixsocket"])
-        .arg(&socket)
-        .arg("--dir")
-        .arg(dir.path())
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-        ])
-        .stdout(Stdio::null())
-        .spawn()?;
-    let result = run(&dir, &socket);
-    let _ = redis.kill();
-    let _ = redis.wait();
-    result
-}
-
-fn run(dir: &tempfile::TempDir, socket: &std::path::Path) -> anyhow::Result<()> {
     std::fs::write(
         dir.path().join("transfer.rhai"),
         include_str!("../scripts/transfer.rhai"),
     )?;
     let config_path = dir.path().join("bench.toml");
+    // A managed Redis: AOF on, everysec, unix socket in the temp dir.
     std::fs::write(
         &config_path,
-        format!(
-            "[redis]\nurl = \"redis+unix://{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [[port]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\nscript = \"transfer.rhai\"\nmax_connections = 64\n",
-            socket.display()
-        ),
+        "[redis]\nmanaged = true\ndir = \"redis\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[port]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\nscript = \"transfer.rhai\"\nmax_connections = 64\n",
     )?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        wait_for_redis(socket).await?;
         let app = App::start(Config::load(&config_path)?, &config_path).await?;
         let addr = loop {
             if let Some(addr) = app
@@ -84,24 +57,6 @@ fn run(dir: &tempfile::TempDir, socket: &std::path::Path) -> anyhow::Result<()> 
         app.shutdown().await;
         anyhow::Ok(())
     })
-}
-
-async fn wait_for_redis(socket: &std::path::Path) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let url = format!("redis+unix://{}", socket.display());
-    loop {
-        let ping = async {
-            let mut con = redis::Client::open(url.as_str())?
-                .get_multiplexed_async_connection()
-                .await?;
-            redis::cmd("PING").query_async::<String>(&mut con).await
-        };
-        match ping.await {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
 }
 
 /// Drive `connections` clients for `RUN` on a separate single-threaded runtime.
