@@ -12,7 +12,8 @@ demo: deps
 
 ## Every test: unit, integration against real redis-server, the real binary.
 test: deps
-	$(CARGO) test --all-targets
+	$(CARGO) build --examples
+	$(CARGO) test --lib --bins --tests
 
 ## Throughput of the ingest path (frames acked per second), written to stdout.
 bench: deps
