@@ -25,6 +25,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// with it, and if an operator starts it anyway every record ends `script_error`.
 const UNCOMPILED: &str =
     "fn route(msg) { throw \"this port's script did not compile; fix it and reload\" }";
+const UNCOMPILED_PATH: &str = "<no compiled script>";
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,6 +43,8 @@ pub enum SupervisorError {
     UnknownPort(String),
     #[error("{error} (port {port})")]
     Script { port: String, error: CompileError },
+    #[error("port {0} has no compiled script; fix it and reload before starting the port")]
+    NoScript(String),
     #[error("reading script {path}: {error}")]
     ReadScript { path: String, error: std::io::Error },
 }
@@ -182,6 +185,7 @@ impl Supervisor {
             .get_mut(name)
             .ok_or_else(|| SupervisorError::UnknownPort(name.to_owned()))?;
         if slot.running.is_none() {
+            startable(slot)?;
             lock(&slot.status).restarts = 0;
         }
         self.start_slot(Some(slot));
@@ -202,6 +206,7 @@ impl Supervisor {
         let slot = slots
             .get_mut(name)
             .ok_or_else(|| SupervisorError::UnknownPort(name.to_owned()))?;
+        startable(slot)?;
         stop_slot(slot).await;
         self.start_slot(Some(slot));
         Ok(view(slot))
@@ -230,9 +235,13 @@ impl Supervisor {
             let Some(slot) = slots.get_mut(&port.name) else {
                 continue;
             };
-            let restart = slot.config != *port;
+            let mut restart = slot.config != *port;
             match compile_script(&self.engine, new, port) {
                 Ok(route) => {
+                    // A port left stopped because its script never compiled starts now.
+                    if startable(slot).is_err() && port.autostart {
+                        restart = true;
+                    }
                     if let Ok(mut current) = slot.route.write() {
                         *current = route;
                     }
@@ -264,7 +273,7 @@ impl Supervisor {
                 }
                 Err(e) => {
                     tracing::error!(port = %port.name, error = %e, "reload: new port's script does not compile; not started");
-                    let Ok(placeholder) = self.engine.compile("<none>", UNCOMPILED) else {
+                    let Ok(placeholder) = self.engine.compile(UNCOMPILED_PATH, UNCOMPILED) else {
                         continue;
                     };
                     let slot = self.new_slot(port.clone(), placeholder);
@@ -293,6 +302,14 @@ impl Supervisor {
             stop_slot(slot).await;
         }
     }
+}
+
+/// A port can run once it has a script that compiled.
+fn startable(slot: &Slot) -> Result<(), SupervisorError> {
+    if slot.route.read().is_ok_and(|r| r.path == UNCOMPILED_PATH) {
+        return Err(SupervisorError::NoScript(slot.config.name.clone()));
+    }
+    Ok(())
 }
 
 async fn stop_slot(slot: &mut Slot) {

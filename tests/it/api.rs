@@ -129,3 +129,69 @@ async fn a_port_that_cannot_bind_is_failed_and_restarts_with_backoff() {
     .await;
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_added_with_a_broken_script_stays_stopped_until_its_script_compiles() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(
+        &redis,
+        &port_block("a", "transfer.rhai", ""),
+        &[("transfer.rhai", TRANSFER_SCRIPT)],
+    )
+    .await;
+    app.port_addr("a").await;
+    write_scripts(app.dir.path(), &[("broken.rhai", "fn route(msg) { msg. }")]);
+    let ports = format!(
+        "{}{}",
+        port_block("a", "transfer.rhai", ""),
+        port_block("b", "broken.rhai", "")
+    );
+    std::fs::write(
+        &app.config_path,
+        config_text(&redis.url(), "127.0.0.1:0", &ports),
+    )
+    .unwrap();
+    let changes = app.app().reload().await.expect("config loads");
+    assert_eq!(changes.added.len(), 1);
+    let b = app.app().supervisor.port("b").await.unwrap();
+    assert_eq!(b.state, pushgate::supervisor::PortState::Failed);
+    assert!(
+        b.script_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("broken.rhai:1:"),
+        "{b:?}"
+    );
+
+    let admin = app.app().admin_addr;
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        http(admin, "POST", "/api/v1/ports/b/start", Some(TEST_KEY))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no compiled script"),
+        "{body}"
+    );
+
+    write_scripts(app.dir.path(), &[("broken.rhai", TRANSFER_SCRIPT)]);
+    app.app().reload().await.expect("config loads");
+    let addr = app.port_addr("b").await;
+    let acks = Telegrams::ndjson()
+        .exchange(
+            addr,
+            Telegrams::ndjson().frame_text(&message("fixed", 1).to_string()),
+            1,
+        )
+        .await;
+    assert_eq!(acks[0]["ok"], true);
+    assert_eq!(
+        app.app().supervisor.port("b").await.unwrap().script_error,
+        None
+    );
+    app.shutdown().await;
+}
