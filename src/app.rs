@@ -1,4 +1,4 @@
-//! Wiring: config → (managed) Redis → store writer → script engine → supervisor → admin.
+//! Wiring: config → (managed) Redis → store writer → sender → script engine → supervisor → admin.
 //! `serve` runs it until a signal; tests start it in-process and drive it directly.
 
 use std::net::SocketAddr;
@@ -7,11 +7,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, PortChanges};
+use crate::config::{Config, FcmConfig, PortChanges};
+use crate::fcm::{self, ClientSettings, Credentials, FcmClient, ServiceAccount};
 use crate::script::{Limits, RouteEngine};
+use crate::sender::{Policy, Sender};
 use crate::signals::Signal;
 use crate::store::managed::ManagedRedis;
 use crate::store::{Committer, Store};
@@ -28,7 +31,72 @@ pub struct App {
     admin_cancel: CancellationToken,
     admin_task: tokio::task::JoinHandle<()>,
     writer_task: tokio::task::JoinHandle<()>,
+    delivery: Option<Delivery>,
     managed: Option<ManagedRedis>,
+}
+
+/// The running sender and its token refresher.
+struct Delivery {
+    sender: Arc<Sender>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl Delivery {
+    async fn start(
+        config: &Config,
+        fcm_config: &FcmConfig,
+        store: Store,
+        wake: Arc<Notify>,
+    ) -> anyhow::Result<Delivery> {
+        let account = ServiceAccount::load(&config.resolve(&fcm_config.service_account))?;
+        let http = fcm::http_client(&ClientSettings {
+            endpoint: fcm_config.endpoint.clone(),
+            connect_timeout: Duration::from_millis(fcm_config.connect_timeout_ms),
+            request_timeout: Duration::from_millis(fcm_config.request_timeout_ms),
+        })?;
+        let credentials = Arc::new(Credentials::new(account, http.clone()));
+        let client = Arc::new(FcmClient::new(
+            http,
+            &fcm_config.endpoint,
+            credentials.clone(),
+        ));
+        let sender = Sender::new(
+            store,
+            client,
+            Policy::from_config(fcm_config),
+            config.zone(),
+            wake,
+        );
+        sender.set_dry_run_ports(dry_run_ports(config));
+        let cancel = CancellationToken::new();
+        let refresher = tokio::spawn(credentials.keep_fresh(cancel.clone()));
+        let task = tokio::spawn(sender.clone().run(cancel.clone()));
+        tracing::info!(endpoint = %fcm_config.endpoint, "sender started");
+        Ok(Delivery {
+            sender,
+            cancel,
+            task,
+            refresher,
+        })
+    }
+
+    /// Stop claiming; in-flight sends finish and their outcomes are written.
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+        let _ = self.refresher.await;
+    }
+}
+
+fn dry_run_ports(config: &Config) -> Vec<String> {
+    config
+        .ports
+        .iter()
+        .filter(|p| p.dry_run)
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 pub fn engine_for(config: &Config) -> RouteEngine {
@@ -67,7 +135,18 @@ impl App {
             // Not fatal: ports answer with error acks until Redis is back.
             tracing::error!(%url, error = %e, "redis is not reachable yet");
         }
-        let (committer, writer_task) = Committer::spawn(store.clone(), config.store.max_batch);
+        let stored = Arc::new(Notify::new());
+        let (committer, writer_task) =
+            Committer::spawn(store.clone(), config.store.max_batch, stored.clone());
+        let delivery = match &config.fcm {
+            Some(fcm_config) => {
+                Some(Delivery::start(&config, fcm_config, store.clone(), stored).await?)
+            }
+            None => {
+                tracing::warn!("no [fcm] section: records are stored and routed but not sent");
+                None
+            }
+        };
         let engine = Arc::new(engine_for(&config));
         let supervisor = Arc::new(Supervisor::new(engine, committer));
         supervisor.install(&config).await?;
@@ -96,6 +175,7 @@ impl App {
             admin_cancel,
             admin_task,
             writer_task,
+            delivery,
             managed,
         })
     }
@@ -109,6 +189,12 @@ impl App {
             tracing::warn!(
                 "reload: [redis], [admin] and [store] changes take effect at the next restart"
             );
+        }
+        if new.fcm != current.fcm {
+            tracing::warn!("reload: [fcm] changes take effect at the next restart");
+        }
+        if let Some(delivery) = &self.delivery {
+            delivery.sender.set_dry_run_ports(dry_run_ports(&new));
         }
         if new.script != current.script || new.zone != current.zone {
             tracing::warn!("reload: script limits and zone take effect at the next restart");
@@ -135,6 +221,9 @@ impl App {
         self.supervisor.shutdown().await;
         // Every port has awaited its own commits, so the writer holds nothing now.
         self.writer_task.abort();
+        if let Some(delivery) = self.delivery {
+            delivery.stop().await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.admin_task).await;
         if let Some(managed) = self.managed {
             managed.shutdown().await;

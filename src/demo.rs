@@ -34,6 +34,15 @@ pub async fn run(dir: Option<PathBuf>, admin: SocketAddr) -> anyhow::Result<()> 
             "# [[api_key]]\n# name = \"ops-console\"\n# sha256 = \"<64 hex digits>\"\n# scopes = [\"read\", \"control\"]",
             &format!("[[api_key]]\nname = \"demo\"\nsha256 = \"{hash}\"\nscopes = [\"read\", \"control\"]"),
         );
+    // FCM is unreachable from a demo machine: deliver to the strict emulator instead.
+    let emulator = pushgate::emulator::Emulator::start(emulator_args()).await?;
+    let account = dir.join("fcm-emulator-service-account.json");
+    std::fs::write(&account, emulator.service_account_json())?;
+    let config_text = format!(
+        "{config_text}\n[fcm]\nservice_account = \"{}\"\nendpoint = \"http://{}\"\n",
+        account.display(),
+        emulator.addr()
+    );
     let config_path = dir.join("pushgate.toml");
     std::fs::write(&config_path, config_text)?;
     let config = Config::load(&config_path)?;
@@ -44,6 +53,10 @@ pub async fn run(dir: Option<PathBuf>, admin: SocketAddr) -> anyhow::Result<()> 
         "  ports:     fep-transfer ndjson on 127.0.0.1:9101, fep-notice EUC-KR fixed-width on 127.0.0.1:9102"
     );
     println!("  admin API: http://{}/api/v1/ports", app.admin_addr);
+    println!(
+        "  FCM:       emulator at http://{0} (accepted pushes: http://{0}/stats)",
+        emulator.addr()
+    );
     println!("  API key:   {key}");
     println!(
         "  try:       echo '{{\"uniqueKey\":\"demo-1\",\"device_id\":\"tok-1\",\"msg_title\":\"이체 완료\",\"msg_contents\":\"10,000원\"}}' | nc -q1 127.0.0.1 9101"
@@ -52,5 +65,26 @@ pub async fn run(dir: Option<PathBuf>, admin: SocketAddr) -> anyhow::Result<()> 
         "             curl -H 'Authorization: Bearer {key}' http://{}/api/v1/ports",
         app.admin_addr
     );
-    app.run_until_signalled().await
+    let result = app.run_until_signalled().await;
+    emulator.shutdown().await;
+    result
+}
+
+/// The emulator with a few realistic faults, so the demo shows retries too.
+fn emulator_args() -> pushgate::emulator::EmulatorArgs {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: pushgate::emulator::EmulatorArgs,
+    }
+    let cli = <Cli as clap::Parser>::parse_from([
+        "fcm-emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--fail-503",
+        "0.05",
+        "--unregistered-prefix",
+        "dead-",
+    ]);
+    cli.args
 }

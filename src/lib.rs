@@ -5,6 +5,9 @@
 //! - [`ingest`]: TCP listeners/connectors, framing, character sets, message checks, acks.
 //! - [`script`]: the sandboxed Rhai engine, compiled route scripts, the decision type.
 //! - [`store`]: every Redis command and Lua script, the key layout, group commit, managed Redis.
+//! - [`fcm`]: service-account tokens, the HTTP v1 client, error classes.
+//! - [`sender`]: the in-flight pool, retry/schedule policy, durable queue claims.
+//! - [`emulator`]: the strict FCM stand-in (`pushgate fcm-emulator`) for tests and the demo.
 //! - [`supervisor`]: port lifecycle (start, stop, restart with backoff, states) and reload.
 //! - [`admin`]: the hyper admin listener and its authenticated JSON API.
 //! - [`signals`]: SIGHUP = reload, SIGTERM/SIGINT = graceful drain.
@@ -13,8 +16,11 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod emulator;
+pub mod fcm;
 pub mod ingest;
 pub mod script;
+pub mod sender;
 pub mod signals;
 pub mod store;
 pub mod supervisor;

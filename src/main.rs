@@ -42,6 +42,8 @@ enum Command {
     },
     /// Print a new random API key and the sha256 line for the config.
     ApiKey,
+    /// A strict stand-in for FCM HTTP v1 (token endpoint + messages:send) on loopback.
+    FcmEmulator(pushgate::emulator::EmulatorArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,17 @@ fn main() -> ExitCode {
                 .await
         }),
         Command::Demo { dir, admin } => run(demo::run(dir, admin)),
+        Command::FcmEmulator(args) => run(async move {
+            let mut signals = pushgate::signals::listen()?;
+            let terminated = async move {
+                while let Some(signal) = signals.recv().await {
+                    if signal == pushgate::signals::Signal::Terminate {
+                        break;
+                    }
+                }
+            };
+            pushgate::emulator::run(args, terminated).await
+        }),
     }
 }
 

@@ -12,13 +12,16 @@
 //!
 //! Nothing here reads a whole list or scans keys: each operation is O(log N + page).
 
+pub mod delivery;
 pub mod managed;
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Fields indexed by a zset of ids per value (many distinct values).
 pub const ZSET_FIELDS: &[&str] = &["csno", "device_id", "cust_telno", "uuid_id"];
@@ -122,6 +125,8 @@ pub struct Store {
     timeout: Duration,
     stats_ttl_secs: u64,
     ingest: redis::Script,
+    claim: redis::Script,
+    finish: redis::Script,
 }
 
 impl Store {
@@ -145,6 +150,8 @@ impl Store {
             timeout,
             stats_ttl_secs,
             ingest: redis::Script::new(INGEST_LUA),
+            claim: redis::Script::new(delivery::CLAIM_LUA),
+            finish: redis::Script::new(delivery::FINISH_LUA),
         })
     }
 
@@ -442,9 +449,14 @@ pub struct Committer {
 impl Committer {
     /// Start the writer. It ends once every `Committer` clone is dropped and the
     /// queue is empty, so dropping them after the ports stop drains it.
-    pub fn spawn(store: Store, max_batch: usize) -> (Committer, tokio::task::JoinHandle<()>) {
+    /// `stored` is notified after each write that stored records (the sender waits on it).
+    pub fn spawn(
+        store: Store,
+        max_batch: usize,
+        stored: Arc<Notify>,
+    ) -> (Committer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(1024);
-        let task = tokio::spawn(write_loop(store, rx, max_batch));
+        let task = tokio::spawn(write_loop(store, rx, max_batch, stored));
         (Committer { tx }, task)
     }
 
@@ -460,7 +472,12 @@ impl Committer {
 }
 
 /// Whatever queued up during the previous round trip goes together in the next one.
-async fn write_loop(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
+async fn write_loop(
+    store: Store,
+    mut rx: mpsc::Receiver<Pending>,
+    max_batch: usize,
+    stored: Arc<Notify>,
+) {
     while let Some(first) = rx.recv().await {
         let mut records = Vec::new();
         let mut replies = Vec::new();
@@ -473,10 +490,13 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch: us
             }
         }
         match store.ingest(&records).await {
-            Ok(stored) => {
-                let mut stored = stored.into_iter();
+            Ok(results) => {
+                if results.iter().any(|r| matches!(r, Stored::New { .. })) {
+                    stored.notify_one();
+                }
+                let mut results = results.into_iter();
                 for (reply, n) in replies {
-                    let _ = reply.send(Ok(stored.by_ref().take(n).collect()));
+                    let _ = reply.send(Ok(results.by_ref().take(n).collect()));
                 }
             }
             Err(e) => {

@@ -204,14 +204,24 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn start(redis: &RedisServer, ports: &str, scripts: &[(&str, &str)]) -> TestApp {
+        TestApp::start_with(redis, ports, scripts, "").await
+    }
+
+    /// `extra` is appended to the config (e.g. an `[fcm]` table).
+    pub async fn start_with(
+        redis: &RedisServer,
+        ports: &str,
+        scripts: &[(&str, &str)],
+        extra: &str,
+    ) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         write_scripts(dir.path(), scripts);
         let config_path = dir.path().join("pushgate.toml");
-        std::fs::write(
-            &config_path,
-            config_text(&redis.url(), "127.0.0.1:0", ports),
-        )
-        .unwrap();
+        let text = format!(
+            "{}\n{extra}\n",
+            config_text(&redis.url(), "127.0.0.1:0", ports)
+        );
+        std::fs::write(&config_path, text).unwrap();
         let config = Config::load(&config_path).expect("test config is valid");
         let app = App::start(config, &config_path).await.expect("app starts");
         TestApp {
@@ -478,6 +488,32 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A strict FCM emulator in this process, with `flags` as on its command line.
+pub async fn emulator(flags: &[&str]) -> pushgate::emulator::Emulator {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: pushgate::emulator::EmulatorArgs,
+    }
+    let mut argv = vec!["fcm-emulator", "--listen", "127.0.0.1:0"];
+    argv.extend_from_slice(flags);
+    let cli = <Cli as clap::Parser>::parse_from(argv);
+    pushgate::emulator::Emulator::start(cli.args)
+        .await
+        .expect("emulator starts")
+}
+
+/// Write the emulator's service account into `dir` and return an `[fcm]` table for it.
+pub fn fcm_table(emulator: &pushgate::emulator::Emulator, dir: &Path, settings: &str) -> String {
+    let path = dir.join(format!("sa-{}.json", emulator.addr().port()));
+    std::fs::write(&path, emulator.service_account_json()).unwrap();
+    format!(
+        "[fcm]\nservice_account = \"{}\"\nendpoint = \"http://{}\"\n{settings}\n",
+        path.display(),
+        emulator.addr()
+    )
 }
 
 /// Every record id's JSON, read straight from Redis.

@@ -1,0 +1,488 @@
+//! Delivery: claims due records under a lease, keeps up to `max_in_flight` sends
+//! going, and records each outcome; retryable failures go back to `due` with
+//! exponential backoff and jitter (honouring Retry-After), and a QUOTA_EXCEEDED
+//! pauses the whole sender, not only that record.
+//!
+//! Durability comes from the store: a record leaves `inflight` only when its
+//! outcome is written, and a lease that expires (the process died mid-send)
+//! returns it to `due`. A record can therefore be sent twice only if the process
+//! died after FCM accepted it and before the outcome was written.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::FcmConfig;
+use crate::fcm::{self, Answer, FcmClient, Retry};
+use crate::ingest::now_ms;
+use crate::script::{Push, Target, format_local};
+use crate::store::delivery::{Claimed, Outcome};
+use crate::store::{Status, Store};
+
+/// Most records claimed in one round trip.
+const CLAIM_BATCH: usize = 256;
+/// Most outcomes written in one round trip.
+const FINISH_BATCH: usize = 512;
+/// How often an idle sender looks for records that became due (reserved times).
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Attempts kept on a record for the console.
+const HISTORY_KEPT: usize = 20;
+
+/// The retry policy and limits, from `[fcm]`.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub max_in_flight: usize,
+    pub lease: Duration,
+    pub max_attempts: u32,
+    pub max_age: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub quota_retry: Duration,
+}
+
+impl Policy {
+    pub fn from_config(config: &FcmConfig) -> Policy {
+        Policy {
+            max_in_flight: config.max_in_flight,
+            lease: Duration::from_secs(config.lease_secs),
+            max_attempts: config.max_attempts,
+            max_age: Duration::from_secs(config.max_age_secs),
+            retry_base: Duration::from_millis(config.retry_base_ms),
+            retry_max: Duration::from_millis(config.retry_max_ms),
+            quota_retry: Duration::from_millis(config.quota_retry_ms),
+        }
+    }
+
+    /// Delay before attempt `attempts + 1`: Retry-After when FCM gave one, else
+    /// `base · 2^(attempts-1)` capped, then 50–100% of it so a fleet does not retry in step.
+    pub fn retry_delay(
+        &self,
+        retry: Retry,
+        attempts: u32,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        if let Some(after) = retry_after {
+            return after;
+        }
+        let base = match retry {
+            Retry::Quota => self.quota_retry,
+            _ => self.retry_base,
+        };
+        let exponent = attempts.saturating_sub(1).min(20);
+        let full = base
+            .saturating_mul(1 << exponent)
+            .min(self.retry_max.max(base));
+        full.mul_f64(rand::random_range(0.5..=1.0))
+    }
+}
+
+pub struct Sender {
+    store: Store,
+    client: Arc<FcmClient>,
+    policy: Policy,
+    zone: chrono_tz::Tz,
+    /// Ports whose records are sent with `validate_only`.
+    dry_run_ports: RwLock<HashSet<String>>,
+    /// Set by QUOTA_EXCEEDED: no new sends start before this.
+    paused_until: Mutex<Option<Instant>>,
+    /// Ingest pokes this when it queued records, so they go out without waiting for a poll.
+    wake: Arc<Notify>,
+}
+
+impl Sender {
+    pub fn new(
+        store: Store,
+        client: Arc<FcmClient>,
+        policy: Policy,
+        zone: chrono_tz::Tz,
+        wake: Arc<Notify>,
+    ) -> Arc<Sender> {
+        Arc::new(Sender {
+            store,
+            client,
+            policy,
+            zone,
+            dry_run_ports: RwLock::new(HashSet::new()),
+            paused_until: Mutex::new(None),
+            wake,
+        })
+    }
+
+    pub fn set_dry_run_ports(&self, ports: impl IntoIterator<Item = String>) {
+        if let Ok(mut set) = self.dry_run_ports.write() {
+            *set = ports.into_iter().collect();
+        }
+    }
+
+    fn is_dry_run(&self, port: &str) -> bool {
+        self.dry_run_ports.read().is_ok_and(|s| s.contains(port))
+    }
+
+    fn pause_for(&self, delay: Duration) {
+        let until = Instant::now() + delay;
+        if let Ok(mut paused) = self.paused_until.lock()
+            && paused.is_none_or(|p| p < until)
+        {
+            tracing::warn!(?delay, "FCM quota exceeded: pausing new sends");
+            *paused = Some(until);
+        }
+    }
+
+    fn paused(&self) -> Option<Instant> {
+        let until = self.paused_until.lock().ok().and_then(|p| *p)?;
+        (until > Instant::now()).then_some(until)
+    }
+
+    /// Claim and send until `cancel`; then let in-flight sends finish and write their
+    /// outcomes before returning.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.policy.max_in_flight));
+        let (done, outcomes) = mpsc::channel(self.policy.max_in_flight * 2);
+        let finisher = tokio::spawn(finish_loop(self.store.clone(), outcomes));
+        let sends = TaskTracker::new();
+        while !cancel.is_cancelled() {
+            if let Some(until) = self.paused() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = cancel.cancelled() => break,
+                }
+            }
+            let first = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = cancel.cancelled() => break,
+            };
+            let mut permits = vec![first];
+            while permits.len() < CLAIM_BATCH {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let now = now_ms();
+            let lease_until = now + self.policy.lease.as_millis() as i64;
+            let claimed = match self.store.claim(now, lease_until, permits.len()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming due records");
+                    drop(permits);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = cancel.cancelled() => break,
+                    }
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                drop(permits);
+                tokio::select! {
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = self.wake.notified() => {}
+                    _ = cancel.cancelled() => break,
+                }
+                continue;
+            }
+            let dead = self.dead_tokens(&claimed).await;
+            for (claim, permit) in claimed.into_iter().zip(permits) {
+                let this = self.clone();
+                let done = done.clone();
+                let dead_since = token_of(&claim.record).and_then(|t| dead.get(t).copied());
+                sends.spawn(async move {
+                    let outcome = this.attempt(claim, dead_since).await;
+                    drop(permit);
+                    let _ = done.send(outcome).await;
+                });
+            }
+        }
+        sends.close();
+        sends.wait().await;
+        drop(done);
+        let _ = finisher.await;
+        tracing::info!("sender stopped");
+    }
+
+    /// Which of the claimed records' tokens FCM already called UNREGISTERED.
+    async fn dead_tokens(&self, claimed: &[Claimed]) -> HashMap<String, i64> {
+        let tokens: Vec<&str> = claimed.iter().filter_map(|c| token_of(&c.record)).collect();
+        match self.store.dead_tokens(&tokens).await {
+            Ok(found) => tokens
+                .iter()
+                .zip(found)
+                .filter_map(|(t, at)| Some(((*t).to_owned(), at?)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading dead tokens; sending anyway");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Send one claimed record (unless it cannot be) and decide what becomes of it.
+    async fn attempt(&self, claim: Claimed, dead_since: Option<i64>) -> Outcome {
+        let Claimed {
+            id,
+            lease,
+            mut record,
+        } = claim;
+        let old_status: Status =
+            serde_json::from_value(record["status"].clone()).unwrap_or(Status::Queued);
+        let port = record["worker"].as_str().unwrap_or_default().to_owned();
+        let attempts = record["attempts"].as_u64().unwrap_or(0) as u32 + 1;
+        let received_at = record["received_at"].as_i64().unwrap_or_else(now_ms);
+        let push: Option<Push> = serde_json::from_value(record["decision"]["push"].clone()).ok();
+        let dry_run = self.is_dry_run(&port);
+
+        let (status, retry_at, delivered, step) = match (push, dead_since) {
+            (None, _) => (
+                Status::Failed,
+                None,
+                false,
+                Step::local("NO_PUSH", "the record has no send decision"),
+            ),
+            (Some(_), Some(since)) => (
+                Status::Failed,
+                None,
+                false,
+                Step::local(
+                    "UNREGISTERED",
+                    &format!(
+                        "FCM reported this token unregistered at {}; not sent again",
+                        format_local(since, self.zone, "%Y-%m-%d %H:%M:%S")
+                    ),
+                ),
+            ),
+            (Some(push), None) => {
+                let answer = self.client.send(&fcm::message_for(&push), dry_run).await;
+                self.judge(&push, answer, attempts, received_at).await
+            }
+        };
+
+        // validate_only reaches FCM's checks but no phone.
+        let delivered = delivered && !dry_run;
+        let now = now_ms();
+        let map = record.as_object_mut();
+        if let Some(map) = map {
+            map.insert("status".into(), status.as_str().into());
+            map.insert("attempts".into(), attempts.into());
+            if delivered {
+                map.insert("fcm_send_yn".into(), "Y".into());
+            }
+            if step.sent {
+                map.insert(
+                    "fcm_send_time".into(),
+                    format_local(now, self.zone, "%Y%m%d%H%M%S").into(),
+                );
+            }
+            map.insert("result".into(), step.answer.clone().into());
+            if dry_run {
+                map.insert("dry_run".into(), true.into());
+            }
+            match retry_at {
+                Some(at) => map.insert("due_at".into(), at.into()),
+                None => map.remove("due_at"),
+            };
+            let history = map.entry("history").or_insert_with(|| json!([]));
+            if let Some(list) = history.as_array_mut() {
+                list.push(json!({
+                    "at": now,
+                    "attempt": attempts,
+                    "http": step.http,
+                    "outcome": step.outcome,
+                    "answer": step.answer,
+                }));
+                let excess = list.len().saturating_sub(HISTORY_KEPT);
+                list.drain(..excess);
+            }
+        }
+        Outcome {
+            id,
+            lease,
+            record,
+            old_status,
+            new_status: status,
+            retry_at_ms: retry_at,
+            delivered,
+            port,
+            at_ms: now,
+        }
+    }
+
+    /// Turn FCM's answer into the record's next state.
+    async fn judge(
+        &self,
+        push: &Push,
+        answer: Answer,
+        attempts: u32,
+        received_at: i64,
+    ) -> (Status, Option<i64>, bool, Step) {
+        match answer {
+            Answer::Accepted { body, .. } => (
+                Status::Sent,
+                None,
+                true,
+                Step {
+                    sent: true,
+                    http: 200,
+                    outcome: "ACCEPTED".into(),
+                    answer: body,
+                },
+            ),
+            Answer::Refused {
+                class,
+                http,
+                body,
+                retry_after,
+            } => {
+                let step = Step {
+                    sent: true,
+                    http,
+                    outcome: class.name().into(),
+                    answer: body,
+                };
+                if class == fcm::ErrorClass::Unregistered
+                    && let Target::Token(token) = &push.target
+                    && let Err(e) = self.store.remember_dead_token(token, now_ms()).await
+                {
+                    tracing::warn!(error = %e, "remembering an unregistered token");
+                }
+                let retry = class.retry();
+                if retry == Retry::Never {
+                    return (Status::Failed, None, false, step);
+                }
+                let delay = self.policy.retry_delay(retry, attempts, retry_after);
+                if retry == Retry::Quota {
+                    self.pause_for(delay);
+                }
+                let retry_at = now_ms() + delay.as_millis() as i64;
+                let too_old = retry_at - received_at > self.policy.max_age.as_millis() as i64;
+                if attempts >= self.policy.max_attempts || too_old {
+                    (Status::Failed, None, false, step)
+                } else {
+                    (Status::Retrying, Some(retry_at), false, step)
+                }
+            }
+        }
+    }
+}
+
+/// One attempt as the record's history shows it.
+struct Step {
+    /// Whether FCM was asked at all.
+    sent: bool,
+    http: u16,
+    outcome: String,
+    answer: String,
+}
+
+impl Step {
+    fn local(outcome: &str, message: &str) -> Step {
+        Step {
+            sent: false,
+            http: 0,
+            outcome: outcome.into(),
+            answer: json!({"error": message}).to_string(),
+        }
+    }
+}
+
+fn token_of(record: &Value) -> Option<&str> {
+    record["decision"]["push"]["target"]["token"].as_str()
+}
+
+/// Write outcomes in batches; a failed write is retried (the records stay leased
+/// meanwhile) rather than dropped.
+async fn finish_loop(store: Store, mut outcomes: mpsc::Receiver<Outcome>) {
+    while let Some(first) = outcomes.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < FINISH_BATCH {
+            match outcomes.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1.. {
+            match store.finish(&batch).await {
+                Ok(applied) => {
+                    let lost = applied.iter().filter(|a| !**a).count();
+                    if lost > 0 {
+                        tracing::warn!(
+                            lost,
+                            "outcomes arrived after their lease expired; the records were re-claimed"
+                        );
+                    }
+                    break;
+                }
+                Err(e) if attempt < 20 => {
+                    tracing::warn!(error = %e, records = batch.len(), "writing send outcomes; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, records = batch.len(), "giving up writing outcomes; their leases will expire and they will be sent again");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            max_in_flight: 1,
+            lease: Duration::from_secs(30),
+            max_attempts: 5,
+            max_age: Duration::from_secs(3600),
+            retry_base: Duration::from_millis(1000),
+            retry_max: Duration::from_millis(8000),
+            quota_retry: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stops_at_the_cap() {
+        let p = policy();
+        for (attempts, full_ms) in [
+            (1, 1000),
+            (2, 2000),
+            (3, 4000),
+            (4, 8000),
+            (5, 8000),
+            (30, 8000),
+        ] {
+            for _ in 0..50 {
+                let d = p.retry_delay(Retry::Backoff, attempts, None).as_millis() as u64;
+                assert!(
+                    d >= full_ms / 2 && d <= full_ms,
+                    "attempt {attempts}: {d} ms"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_wins_and_quota_starts_at_a_minute() {
+        let p = policy();
+        assert_eq!(
+            p.retry_delay(Retry::Backoff, 3, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        let d = p.retry_delay(Retry::Quota, 1, None);
+        assert!(
+            d >= Duration::from_secs(30) && d <= Duration::from_secs(60),
+            "{d:?}"
+        );
+    }
+}

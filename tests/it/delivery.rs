@@ -1,0 +1,480 @@
+//! The sender against the strict FCM emulator: error classes, token expiry, a 503/429
+//! storm, reserved times, dry runs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pushgate::store::Store;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// Routes to the message's `device_id`, with `uniqueKey` in `data` for exactly-once checks.
+const TO_DEVICE: &str = r#"
+fn route(msg) {
+    let push = send_token(msg.device_id, msg.msg_title, msg.msg_contents);
+    push.data = #{ uniqueKey: msg.uniqueKey };
+    push
+}
+"#;
+
+fn push(key: &str, token: &str) -> Value {
+    json!({"uniqueKey": key, "device_id": token, "msg_title": "입금", "msg_contents": "10,000원이 입금되었습니다"})
+}
+
+async fn send_all(addr: SocketAddr, messages: &[Value]) {
+    let telegrams = Telegrams::ndjson();
+    let mut bytes = Vec::new();
+    for m in messages {
+        bytes.extend(telegrams.frame_text(&m.to_string()));
+    }
+    let acks = telegrams.exchange(addr, bytes, messages.len()).await;
+    assert_eq!(acks.len(), messages.len());
+    assert!(acks.iter().all(|a| a["ok"] == true), "all stored");
+}
+
+async fn record_by_key(store: &Store, key: &str) -> Value {
+    let id = store.id_for_key(key).await.unwrap().expect("stored");
+    store.record(id).await.unwrap().expect("record")
+}
+
+/// Wait until every key's record has left the queues in a final status.
+async fn wait_final(store: &Store, keys: &[String], within: Duration) -> BTreeMap<String, Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut done = BTreeMap::new();
+        for key in keys {
+            let rec = record_by_key(store, key).await;
+            if matches!(rec["status"].as_str(), Some("sent" | "failed" | "dropped")) {
+                done.insert(key.clone(), rec);
+            }
+        }
+        if done.len() == keys.len() {
+            return done;
+        }
+        let pending: Vec<_> = keys
+            .iter()
+            .filter(|k| !done.contains_key(*k))
+            .take(5)
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "still pending after {within:?}: {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn history(rec: &Value) -> Vec<Value> {
+    rec["history"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_fcm_error_class_ends_in_its_record_state() {
+    let redis = RedisServer::start();
+    let emu = emulator(&[
+        "--fail-token",
+        "badarg-=INVALID_ARGUMENT",
+        "--fail-token",
+        "mismatch-=SENDER_ID_MISMATCH",
+        "--fail-token",
+        "apns-=THIRD_PARTY_AUTH_ERROR",
+        "--fail-token",
+        "quota-=QUOTA_EXCEEDED",
+        "--fail-token",
+        "unavail-=UNAVAILABLE",
+        "--fail-token",
+        "internal-=INTERNAL",
+        "--unregistered-prefix",
+        "dead-",
+    ])
+    .await;
+    let sa_dir = tempfile::tempdir().unwrap();
+    let fcm = fcm_table(
+        &emu,
+        sa_dir.path(),
+        "max_attempts = 3\nretry_base_ms = 50\nretry_max_ms = 200\nquota_retry_ms = 100",
+    );
+    let app = TestApp::start_with(
+        &redis,
+        &port_block("p", "device.rhai", ""),
+        &[("device.rhai", TO_DEVICE)],
+        &fcm,
+    )
+    .await;
+    let addr = app.port_addr("p").await;
+    let store = &app.app().store;
+
+    let cases = [
+        ("ok", "tok-ok-1", "sent", 1, "ACCEPTED"),
+        ("badarg", "badarg-1", "failed", 1, "INVALID_ARGUMENT"),
+        ("mismatch", "mismatch-1", "failed", 1, "SENDER_ID_MISMATCH"),
+        ("apns", "apns-1", "failed", 1, "THIRD_PARTY_AUTH_ERROR"),
+        ("dead", "dead-1", "failed", 1, "UNREGISTERED"),
+        ("quota", "quota-1", "failed", 3, "QUOTA_EXCEEDED"),
+        ("unavail", "unavail-1", "failed", 3, "UNAVAILABLE"),
+        ("internal", "internal-1", "failed", 3, "INTERNAL"),
+    ];
+    let messages: Vec<Value> = cases.iter().map(|(k, t, ..)| push(k, t)).collect();
+    send_all(addr, &messages).await;
+    let keys: Vec<String> = cases.iter().map(|c| c.0.to_owned()).collect();
+    let done = wait_final(store, &keys, Duration::from_secs(30)).await;
+    for (key, _, status, attempts, outcome) in cases {
+        let rec = &done[key];
+        assert_eq!(rec["status"], status, "{key}: {rec}");
+        assert_eq!(rec["attempts"], attempts, "{key}: {rec}");
+        let steps = history(rec);
+        assert_eq!(steps.len(), attempts as usize, "{key}");
+        assert!(
+            steps.iter().all(|s| s["outcome"] == outcome),
+            "{key}: {steps:?}"
+        );
+        assert_eq!(
+            rec["fcm_send_yn"],
+            if status == "sent" { "Y" } else { "N" },
+            "{key}"
+        );
+        assert!(rec.get("due_at").is_none(), "{key} is out of the queue");
+        let id = rec["id"].as_u64().unwrap();
+        assert!(
+            store.has_bit("status", status, id).await.unwrap(),
+            "{key} status bitmap"
+        );
+        assert!(
+            !store.has_bit("status", "queued", id).await.unwrap(),
+            "{key} left the queued bitmap"
+        );
+    }
+    assert!(
+        done["ok"]["result"]
+            .as_str()
+            .unwrap()
+            .contains("projects/pushgate-emulator/messages/")
+    );
+    assert!(
+        store
+            .has_bit("fcm_send_yn", "Y", done["ok"]["id"].as_u64().unwrap())
+            .await
+            .unwrap()
+    );
+
+    // A later push to the dead token fails fast, without asking FCM again.
+    let asked_before = emu
+        .stats()
+        .rejected
+        .get("UNREGISTERED")
+        .copied()
+        .unwrap_or(0);
+    send_all(addr, &[push("dead-again", "dead-1")]).await;
+    let rec =
+        &wait_final(store, &["dead-again".to_owned()], Duration::from_secs(10)).await["dead-again"];
+    assert_eq!(rec["status"], "failed");
+    assert!(
+        rec["result"].as_str().unwrap().contains("unregistered"),
+        "{rec}"
+    );
+    assert_eq!(
+        emu.stats()
+            .rejected
+            .get("UNREGISTERED")
+            .copied()
+            .unwrap_or(0),
+        asked_before
+    );
+    assert_eq!(store.queue_depths().await.unwrap(), (0, 0));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_endpoint_is_retried_as_unavailable_then_failed() {
+    let redis = RedisServer::start();
+    let emu = emulator(&[]).await; // only its token endpoint is used
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let sa_dir = tempfile::tempdir().unwrap();
+    let fcm = fcm_table(&emu, sa_dir.path(), "max_attempts = 2\nretry_base_ms = 50\nrequest_timeout_ms = 500\nconnect_timeout_ms = 200\nlease_secs = 2")
+        .replace(&format!("http://{}", emu.addr()), &format!("http://{closed}"));
+    let app = TestApp::start_with(
+        &redis,
+        &port_block("p", "device.rhai", ""),
+        &[("device.rhai", TO_DEVICE)],
+        &fcm,
+    )
+    .await;
+    send_all(app.port_addr("p").await, &[push("nowhere", "tok-1")]).await;
+    let rec = &wait_final(
+        &app.app().store,
+        &["nowhere".to_owned()],
+        Duration::from_secs(20),
+    )
+    .await["nowhere"];
+    assert_eq!(rec["status"], "failed");
+    assert_eq!(rec["attempts"], 2);
+    assert!(
+        history(rec)
+            .iter()
+            .all(|s| s["outcome"] == "TRANSPORT" && s["http"] == 0),
+        "{rec}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_tokens_expiring_during_a_run_fail_no_send() {
+    let redis = RedisServer::start();
+    let emu = emulator(&["--token-ttl", "2"]).await;
+    let sa_dir = tempfile::tempdir().unwrap();
+    let fcm = fcm_table(&emu, sa_dir.path(), "max_attempts = 1");
+    let app = TestApp::start_with(
+        &redis,
+        &port_block("p", "device.rhai", ""),
+        &[("device.rhai", TO_DEVICE)],
+        &fcm,
+    )
+    .await;
+    let addr = app.port_addr("p").await;
+    let mut keys = Vec::new();
+    let started = Instant::now();
+    // Batches spread over more than three token lifetimes.
+    for batch in 0..14 {
+        let messages: Vec<Value> = (0..20)
+            .map(|i| {
+                let key = format!("ttl-{batch}-{i}");
+                keys.push(key.clone());
+                push(&key, &format!("tok-{i}"))
+            })
+            .collect();
+        send_all(addr, &messages).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(started.elapsed() > Duration::from_secs(6));
+    let done = wait_final(&app.app().store, &keys, Duration::from_secs(30)).await;
+    let failed: Vec<_> = done
+        .iter()
+        .filter(|(_, r)| r["status"] != "sent")
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "with max_attempts = 1, a send failed over an expired token: {failed:?}"
+    );
+    let stats = emu.stats();
+    assert!(stats.tokens_issued >= 3, "tokens were refreshed: {stats:?}");
+    assert_eq!(stats.accepted, keys.len() as u64);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_and_429_storm_ends_with_every_push_sent_exactly_once() {
+    let redis = RedisServer::start();
+    let emu = emulator(&["--fail-503", "0.15", "--fail-429", "0.15"]).await;
+    let sa_dir = tempfile::tempdir().unwrap();
+    let fcm = fcm_table(
+        &emu,
+        sa_dir.path(),
+        "max_attempts = 25\nretry_base_ms = 100\nretry_max_ms = 400\nquota_retry_ms = 100",
+    );
+    let app = TestApp::start_with(
+        &redis,
+        &port_block("p", "device.rhai", ""),
+        &[("device.rhai", TO_DEVICE)],
+        &fcm,
+    )
+    .await;
+    let addr = app.port_addr("p").await;
+    let total = 5000;
+    let keys: Vec<String> = (0..total).map(|n| format!("storm-{n}")).collect();
+    let messages: Vec<Value> = keys
+        .iter()
+        .enumerate()
+        .map(|(n, k)| push(k, &format!("tok-{}", n % 300)))
+        .collect();
+    send_all(addr, &messages).await;
+    let done = wait_final(&app.app().store, &keys, Duration::from_secs(240)).await;
+
+    let stats = emu.stats();
+    assert!(
+        done.values().all(|r| r["status"] == "sent"),
+        "every record ends sent"
+    );
+    assert_eq!(stats.accepted, total as u64);
+    assert_eq!(stats.by_key.len(), total);
+    assert!(
+        stats.by_key.values().all(|n| *n == 1),
+        "each uniqueKey accepted exactly once"
+    );
+    let refused: u64 = stats.rejected.values().sum();
+    assert!(refused > 500, "the storm happened: {stats:?}");
+
+    // Retries are spaced as configured: UNAVAILABLE waits at least half of
+    // 100 ms · 2^(attempt-1) (capped at 400 ms), QUOTA_EXCEEDED at least half of 100 ms · 2^(attempt-1).
+    let mut retried = 0;
+    for rec in done.values() {
+        let steps = history(rec);
+        for pair in steps.windows(2) {
+            retried += 1;
+            let attempt = pair[0]["attempt"].as_u64().unwrap() as u32;
+            let full = (100u64 << (attempt - 1).min(10)).min(400);
+            let gap = pair[1]["at"].as_i64().unwrap() - pair[0]["at"].as_i64().unwrap();
+            assert!(
+                gap as u64 >= full / 2,
+                "{}: retry {attempt} after {gap} ms, configured at least {} ms",
+                rec["uniqueKey"],
+                full / 2
+            );
+        }
+    }
+    assert!(retried > 500, "{retried} retries checked");
+    assert_eq!(app.app().store.queue_depths().await.unwrap(), (0, 0));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_reserved_three_seconds_ahead_goes_out_within_a_second_after() {
+    let redis = RedisServer::start();
+    let emu = emulator(&[]).await;
+    let sa_dir = tempfile::tempdir().unwrap();
+    let fcm = fcm_table(&emu, sa_dir.path(), "");
+    let app = TestApp::start_with(
+        &redis,
+        &port_block("p", "device.rhai", ""),
+        &[("device.rhai", TO_DEVICE)],
+        &fcm,
+    )
+    .await;
+    let addr = app.port_addr("p").await;
+    // sndn_rsev_hour has whole seconds: the next whole second at least 3 s from now.
+    let now = chrono::Utc::now().with_timezone(&chrono_tz::Asia::Seoul);
+    let reserved =
+        now + chrono::Duration::milliseconds(4000 - i64::from(now.timestamp_subsec_millis()));
+    let reserved_ms = reserved.timestamp() * 1000;
+    let mut m = push("reserved", "tok-1");
+    m["sndn_rsev_hour"] = reserved.format("%Y%m%d%H%M%S").to_string().into();
+    send_all(addr, &[m]).await;
+    assert_eq!(
+        record_by_key(&app.app().store, "reserved").await["status"],
+        "scheduled"
+    );
+
+    let rec = &wait_final(
+        &app.app().store,
+        &["reserved".to_owned()],
+        Duration::from_secs(15),
+    )
+    .await["reserved"];
+    let sent_at = history(rec)[0]["at"].as_i64().unwrap();
+    assert!(
+        sent_at >= reserved_ms,
+        "sent {} ms early",
+        reserved_ms - sent_at
+    );
+    assert!(
+        sent_at <= reserved_ms + 1000,
+        "sent {} ms late",
+        sent_at - reserved_ms
+    );
+    assert_eq!(rec["status"], "sent");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_port_sends_validate_only() {
+    let redis = RedisServer::start();
+    let emu = emulator(&[]).await;
+    let sa_dir = tempfile::tempdir().unwrap();
+    let fcm = fcm_table(&emu, sa_dir.path(), "");
+    let app = TestApp::start_with(
+        &redis,
+        &port_block("p", "device.rhai", "dry_run = true"),
+        &[("device.rhai", TO_DEVICE)],
+        &fcm,
+    )
+    .await;
+    send_all(app.port_addr("p").await, &[push("dry", "tok-1")]).await;
+    let rec = &wait_final(
+        &app.app().store,
+        &["dry".to_owned()],
+        Duration::from_secs(10),
+    )
+    .await["dry"];
+    assert_eq!(rec["status"], "sent");
+    assert_eq!(rec["dry_run"], true);
+    assert_eq!(rec["fcm_send_yn"], "N", "validated, delivered to nobody");
+    let stats = emu.stats();
+    assert_eq!((stats.validated, stats.accepted), (1, 0));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_send_then_restart_finishes_every_push_and_counts_the_resent() {
+    let redis = RedisServer::start();
+    let emu = emulator(&["--latency-ms", "150"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_scripts(dir.path(), &[("device.rhai", TO_DEVICE)]);
+    let max_in_flight = 128;
+    let fcm = fcm_table(
+        &emu,
+        dir.path(),
+        &format!("max_in_flight = {max_in_flight}\nlease_secs = 2\nrequest_timeout_ms = 1500"),
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.path().join("pushgate.toml");
+    let ports = port_block("p", "device.rhai", "");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n{fcm}",
+            config_text(&redis.url(), &admin.to_string(), &ports)
+        ),
+    )
+    .unwrap();
+
+    let mut first = tokio::task::block_in_place(|| Process::serve(&config, admin));
+    let addr = tokio::task::block_in_place(|| first.port_addr("p"));
+    let total = 3000;
+    let keys: Vec<String> = (0..total).map(|n| format!("crash-{n}")).collect();
+    let messages: Vec<Value> = keys.iter().map(|k| push(k, "tok-1")).collect();
+    send_all(addr, &messages).await;
+    eventually(Duration::from_secs(30), "sends under way", || async {
+        (emu.stats().accepted >= 500).then_some(())
+    })
+    .await;
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    let accepted_at_kill = emu.stats().accepted;
+    assert!(
+        accepted_at_kill < total as u64,
+        "killed while sending ({accepted_at_kill} accepted)"
+    );
+
+    let _second = tokio::task::block_in_place(|| Process::serve(&config, admin));
+    let store = Store::open(&redis.url(), "pg:", Duration::from_secs(2), 3600).unwrap();
+    let done = wait_final(&store, &keys, Duration::from_secs(120)).await;
+    assert!(
+        done.values().all(|r| r["status"] == "sent"),
+        "every record ends sent"
+    );
+    assert_eq!(
+        store.queue_depths().await.unwrap(),
+        (0, 0),
+        "nothing left pending"
+    );
+
+    let stats = emu.stats();
+    let twice: Vec<_> = stats.by_key.iter().filter(|(_, n)| **n > 1).collect();
+    assert_eq!(stats.by_key.len(), total, "every push reached FCM");
+    assert!(stats.by_key.values().all(|n| *n <= 2));
+    // Only sends in flight at the kill (accepted by FCM, outcome not yet written) may repeat.
+    assert!(
+        twice.len() <= max_in_flight,
+        "{} sent twice, more than the {max_in_flight} in flight",
+        twice.len()
+    );
+    eprintln!(
+        "crash test: killed with {accepted_at_kill} of {total} accepted; after restart all {total} sent; {} sent twice (in flight at the kill)",
+        twice.len()
+    );
+}
