@@ -15,9 +15,9 @@ test: deps
 	$(CARGO) build --examples
 	$(CARGO) test --lib --bins --tests
 
-## Throughput of the ingest path (frames acked per second), written to stdout.
+## Ingest frames/s and end-to-end pushes/s (to the FCM emulator), written to stdout.
 bench: deps
-	$(CARGO) run --release --example bench_ingest
+	$(CARGO) run --release --example bench
 
 ## What every commit must pass.
 lint:

@@ -291,13 +291,18 @@ impl Sender {
             };
             let history = map.entry("history").or_insert_with(|| json!([]));
             if let Some(list) = history.as_array_mut() {
-                list.push(json!({
+                let mut entry = json!({
                     "at": now,
                     "attempt": attempts,
                     "http": step.http,
                     "outcome": step.outcome,
-                    "answer": step.answer,
-                }));
+                });
+                // A success's answer is only the message name, already in `result`;
+                // errors keep theirs, since `result` holds only the last one.
+                if !delivered {
+                    entry["answer"] = step.answer.clone().into();
+                }
+                list.push(entry);
                 let excess = list.len().saturating_sub(HISTORY_KEPT);
                 list.drain(..excess);
             }
