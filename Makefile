@@ -1,17 +1,20 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Each installs what it needs.
-.PHONY: demo test bench lint deps
+.PHONY: demo test bench lint deps deps-browser
 
 CARGO ?= cargo
 
 deps:
 	@tools/install-deps.sh
 
+deps-browser:
+	@tools/install-deps.sh browser
+
 ## The whole appliance on loopback: managed Redis, two example ports, admin API.
 demo: deps
 	$(CARGO) run --release -- demo
 
 ## Every test: unit, integration against real redis-server, the real binary.
-test: deps
+test: deps-browser
 	$(CARGO) build --examples
 	$(CARGO) test --lib --bins --tests
 

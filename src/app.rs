@@ -148,18 +148,21 @@ impl App {
             }
         };
         let engine = Arc::new(engine_for(&config));
-        let supervisor = Arc::new(Supervisor::new(engine, committer));
+        let supervisor = Arc::new(Supervisor::new(engine.clone(), committer));
         supervisor.install(&config).await?;
         let listener = admin::bind(config.admin.listen)
             .await
             .with_context(|| format!("binding the admin listener {}", config.admin.listen))?;
         let admin_addr = listener.local_addr()?;
         tracing::info!(%admin_addr, "admin API listening");
+        let admin_cancel = CancellationToken::new();
         let admin_state = Arc::new(AdminState {
             supervisor: supervisor.clone(),
-            api_keys: RwLock::new(config.api_keys.clone()),
+            store: store.clone(),
+            engine,
+            config: RwLock::new(config.clone()),
+            shutdown: admin_cancel.clone(),
         });
-        let admin_cancel = CancellationToken::new();
         let admin_task = tokio::spawn(admin::serve(
             listener,
             admin_state.clone(),
@@ -200,8 +203,8 @@ impl App {
             tracing::warn!("reload: script limits and zone take effect at the next restart");
         }
         let changes = self.supervisor.reload(&current, &new).await;
-        if let Ok(mut keys) = self.admin_state.api_keys.write() {
-            *keys = new.api_keys.clone();
+        if let Ok(mut console) = self.admin_state.config.write() {
+            *console = new.clone();
         }
         tracing::info!(
             added = changes.added.len(),

@@ -72,6 +72,11 @@ pub struct Config {
     pub fcm: Option<FcmConfig>,
     #[serde(default, rename = "api_key")]
     pub api_keys: Vec<ApiKey>,
+    #[serde(default)]
+    pub console: ConsoleConfig,
+    /// Console users (`pushgate hash-password` makes the hash).
+    #[serde(default, rename = "user")]
+    pub users: Vec<User>,
     #[serde(default, rename = "port")]
     pub ports: Vec<PortConfig>,
     /// Directory the file was read from; relative paths (scripts, redis dir) resolve against it.
@@ -294,6 +299,96 @@ impl FcmConfig {
                 "fcm.lease_secs = {} must be longer than fcm.request_timeout_ms = {} (a lease may not expire during a send)",
                 self.lease_secs, self.request_timeout_ms
             ));
+        }
+    }
+}
+
+/// `[console]`: sessions and what is reachable without signing in.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// A session unused this long ends.
+    #[serde(default = "default_session_idle_minutes")]
+    pub session_idle_minutes: u64,
+    /// A session ends this long after sign-in, used or not.
+    #[serde(default = "default_session_max_hours")]
+    pub session_max_hours: u64,
+    /// Paths served without a session or API key.
+    #[serde(default = "default_open_paths")]
+    pub open_paths: Vec<String>,
+    /// Earlier versions kept per script.
+    #[serde(default = "default_script_versions")]
+    pub script_versions: usize,
+    /// Failed sign-ins for one user within 15 minutes before sign-in is refused.
+    #[serde(default = "default_max_failed_logins")]
+    pub max_failed_logins: u64,
+}
+
+fn default_session_idle_minutes() -> u64 {
+    30
+}
+fn default_session_max_hours() -> u64 {
+    12
+}
+fn default_open_paths() -> Vec<String> {
+    vec!["/healthz".into(), "/metrics".into()]
+}
+fn default_script_versions() -> usize {
+    20
+}
+fn default_max_failed_logins() -> u64 {
+    5
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            session_idle_minutes: default_session_idle_minutes(),
+            session_max_hours: default_session_max_hours(),
+            open_paths: default_open_paths(),
+            script_versions: default_script_versions(),
+            max_failed_logins: default_max_failed_logins(),
+        }
+    }
+}
+
+/// A console user.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// An argon2id PHC string (`$argon2id$v=19$...`).
+    pub password: String,
+    pub role: Role,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a console user may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything; phone and customer numbers masked.
+    Viewer,
+    /// Starts and stops ports, resends pushes.
+    Operator,
+    /// Edits scripts, flushes the log.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
         }
     }
 }
@@ -569,6 +664,25 @@ impl Config {
                     "{at}: sha256 must be 64 lower-case hex digits (make one with `pushgate api-key`)"
                 ));
             }
+        }
+        let mut user_names = BTreeSet::new();
+        for (i, user) in self.users.iter().enumerate() {
+            let at = format!("user[{i}] {:?}", user.name);
+            if !user_names.insert(user.name.as_str()) || user.name.is_empty() {
+                out.push(format!("{at}: name is empty or used twice"));
+            }
+            if !user.password.starts_with("$argon2id$")
+                || argon2::PasswordHash::new(&user.password).is_err()
+            {
+                out.push(format!(
+                    "{at}: password must be an argon2id hash (make one with `pushgate hash-password`)"
+                ));
+            }
+        }
+        if self.console.session_idle_minutes == 0 || self.console.session_max_hours == 0 {
+            out.push(
+                "console.session_idle_minutes and console.session_max_hours must be above 0".into(),
+            );
         }
         let mut names = BTreeSet::new();
         for (i, port) in self.ports.iter().enumerate() {

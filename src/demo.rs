@@ -25,6 +25,12 @@ pub async fn run(dir: Option<PathBuf>, admin: SocketAddr) -> anyhow::Result<()> 
         std::fs::write(dir.join("scripts").join(name), source)?;
     }
     let (key, hash) = pushgate::admin::new_api_key();
+    // A one-time admin password, printed once and stored only as its hash.
+    let password: String = {
+        let bytes: [u8; 9] = rand::random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let password_hash = pushgate::admin::hash_password(&password).map_err(anyhow::Error::msg)?;
     let config_text = EXAMPLE_CONFIG
         .replace(
             "listen = \"127.0.0.1:8080\"",
@@ -39,7 +45,7 @@ pub async fn run(dir: Option<PathBuf>, admin: SocketAddr) -> anyhow::Result<()> 
     let account = dir.join("fcm-emulator-service-account.json");
     std::fs::write(&account, emulator.service_account_json())?;
     let config_text = format!(
-        "{config_text}\n[fcm]\nservice_account = \"{}\"\nendpoint = \"http://{}\"\n",
+        "{config_text}\n[[user]]\nname = \"admin\"\npassword = \"{password_hash}\"\nrole = \"admin\"\n\n[fcm]\nservice_account = \"{}\"\nendpoint = \"http://{}\"\n",
         account.display(),
         emulator.addr()
     );
@@ -51,6 +57,10 @@ pub async fn run(dir: Option<PathBuf>, admin: SocketAddr) -> anyhow::Result<()> 
     println!("  config:    {}", config_path.display());
     println!(
         "  ports:     fep-transfer ndjson on 127.0.0.1:9101, fep-notice EUC-KR fixed-width on 127.0.0.1:9102"
+    );
+    println!(
+        "  console:   http://{}/  (user admin, one-time password {password})",
+        app.admin_addr
     );
     println!("  admin API: http://{}/api/v1/ports", app.admin_addr);
     println!(

@@ -42,6 +42,8 @@ enum Command {
     },
     /// Print a new random API key and the sha256 line for the config.
     ApiKey,
+    /// Read a password from stdin and print its argon2id hash for `[[user]] password`.
+    HashPassword,
     /// A strict stand-in for FCM HTTP v1 (token endpoint + messages:send) on loopback.
     FcmEmulator(pushgate::emulator::EmulatorArgs),
 }
@@ -56,6 +58,25 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::HashPassword => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err()
+                || line.trim_end_matches(['\r', '\n']).is_empty()
+            {
+                eprintln!("pushgate: type the password on standard input (one line)");
+                return ExitCode::FAILURE;
+            }
+            match pushgate::admin::hash_password(line.trim_end_matches(['\r', '\n'])) {
+                Ok(hash) => {
+                    println!("{hash}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pushgate: hashing: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::ApiKey => {
             let (key, hash) = pushgate::admin::new_api_key();
             println!("key:    {key}");

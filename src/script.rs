@@ -1056,7 +1056,7 @@ fn phone_digits(s: &str) -> Option<String> {
 
 /// `010-****-5678`. Anything that is not a mobile number keeps only its last four characters,
 /// so a malformed number is never shown whole.
-fn mask_phone(s: &str) -> String {
+pub fn mask_phone(s: &str) -> String {
     match phone_digits(s) {
         Some(digits) => {
             let (head, rest) = digits.split_at(3);
@@ -1069,7 +1069,7 @@ fn mask_phone(s: &str) -> String {
 
 /// Replace every character but the first `keep_start` and last `keep_end` with `*`.
 /// Characters, not bytes, so Korean names mask as they read: `홍*동`.
-fn mask(s: &str, keep_start: usize, keep_end: usize) -> String {
+pub fn mask(s: &str, keep_start: usize, keep_end: usize) -> String {
     let count = s.chars().count();
     s.chars()
         .enumerate()

@@ -290,6 +290,31 @@ impl Supervisor {
         changes
     }
 
+    /// Recompile one port's script from disk and swap it in (the console's Save).
+    /// A port that never had a compiled script starts now if it autostarts.
+    pub async fn reload_script(&self, config: &Config, name: &str) -> Result<(), SupervisorError> {
+        let mut slots = self.slots.lock().await;
+        let slot = slots
+            .get_mut(name)
+            .ok_or_else(|| SupervisorError::UnknownPort(name.to_owned()))?;
+        let route = match compile_script(&self.engine, config, &slot.config) {
+            Ok(route) => route,
+            Err(e) => {
+                lock(&slot.status).script_error = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        let was_uncompiled = startable(slot).is_err();
+        if let Ok(mut current) = slot.route.write() {
+            *current = route;
+        }
+        lock(&slot.status).script_error = None;
+        if was_uncompiled && slot.config.autostart {
+            self.start_slot(Some(slot));
+        }
+        Ok(())
+    }
+
     /// Stop every port at once, letting each finish and ack what it received.
     pub async fn shutdown(&self) {
         let mut slots = self.slots.lock().await;

@@ -10,6 +10,7 @@ for extra in "$@"; do
     browser)
       command -v chromium >/dev/null 2>&1 || need+=(chromium)
       command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+      dpkg -s fonts-nanum >/dev/null 2>&1 || need+=(fonts-nanum)
       ;;
   esac
 done

@@ -12,7 +12,9 @@
 //!
 //! Nothing here reads a whole list or scans keys: each operation is O(log N + page).
 
+pub mod console;
 pub mod delivery;
+pub mod log;
 pub mod managed;
 
 use std::time::Duration;
@@ -127,6 +129,10 @@ pub struct Store {
     ingest: redis::Script,
     claim: redis::Script,
     finish: redis::Script,
+    window: redis::Script,
+    bitscan: redis::Script,
+    zfilter: redis::Script,
+    resend: redis::Script,
 }
 
 impl Store {
@@ -152,6 +158,10 @@ impl Store {
             ingest: redis::Script::new(INGEST_LUA),
             claim: redis::Script::new(delivery::CLAIM_LUA),
             finish: redis::Script::new(delivery::FINISH_LUA),
+            window: redis::Script::new(log::WINDOW_LUA),
+            bitscan: redis::Script::new(log::BITSCAN_LUA),
+            zfilter: redis::Script::new(log::ZFILTER_LUA),
+            resend: redis::Script::new(log::RESEND_LUA),
         })
     }
 

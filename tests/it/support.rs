@@ -169,11 +169,145 @@ name = "viewer"
 sha256 = "{}"
 scopes = ["read"]
 
+{users}
+
 {ports}
 "#,
         pushgate::admin::hash_api_key(TEST_KEY),
         pushgate::admin::hash_api_key(READ_ONLY_KEY),
+        users = user_tables(),
     )
+}
+
+/// Console users `admin`, `operator`, `viewer`, each with password `pw-<name>`.
+fn user_tables() -> &'static str {
+    static USERS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    USERS.get_or_init(|| {
+        ["admin", "operator", "viewer"]
+            .iter()
+            .map(|role| {
+                let hash = pushgate::admin::hash_password(&format!("pw-{role}")).unwrap();
+                format!("[[user]]\nname = \"{role}\"\npassword = \"{hash}\"\nrole = \"{role}\"\n")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+/// A console visitor: keeps its session cookie, never follows redirects.
+pub struct Web {
+    pub base: String,
+    client: reqwest::Client,
+    cookie: Option<String>,
+    /// The CSRF token of the signed-in session (read from the last page).
+    pub csrf: String,
+}
+
+pub struct Page {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    pub fn location(&self) -> &str {
+        self.headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+impl Web {
+    pub fn new(admin: SocketAddr) -> Web {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Web {
+            base: format!("http://{admin}"),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookie: None,
+            csrf: String::new(),
+        }
+    }
+
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Page {
+        let method: reqwest::Method = method.parse().unwrap();
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(cookie) = &self.cookie {
+            req = req.header("cookie", cookie.clone());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if method == reqwest::Method::POST {
+            req = req.form(form);
+        }
+        let response = req.send().await.expect("console answers");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        if let Some(set) = headers.get("set-cookie").and_then(|v| v.to_str().ok()) {
+            let pair = set.split(';').next().unwrap_or("").to_owned();
+            self.cookie = (!pair.ends_with('=')).then_some(pair);
+        }
+        let body = response.text().await.unwrap_or_default();
+        if let Some(token) = body
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        {
+            self.csrf = token.to_owned();
+        }
+        Page {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Page {
+        self.request("GET", path, &[], &[("accept", "text/html")])
+            .await
+    }
+
+    /// POST a form with the session's CSRF token.
+    pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let csrf = self.csrf.clone();
+        let mut fields = vec![("csrf", csrf.as_str())];
+        fields.extend_from_slice(form);
+        self.request("POST", path, &fields, &[]).await
+    }
+
+    pub async fn sign_in(&mut self, user: &str) -> Page {
+        let password = format!("pw-{user}");
+        let page = self
+            .request(
+                "POST",
+                "/login",
+                &[("user", user), ("password", &password)],
+                &[],
+            )
+            .await;
+        assert_eq!(page.status, 303, "{user} signs in: {}", page.body);
+        self.get("/").await
+    }
+
+    pub fn session_token(&self) -> String {
+        self.cookie
+            .as_deref()
+            .and_then(|c| c.split_once('='))
+            .map(|(_, v)| v.to_owned())
+            .unwrap_or_default()
+    }
 }
 
 /// A `[[port]]` block listening on a free port.

@@ -1,0 +1,1445 @@
+//! The console's pages: sign-in, dashboard (with live counters over SSE), push log,
+//! one push, scripts (check, try, save, versions) and the audit log. Plain forms
+//! work without JavaScript; every POST carries the session's CSRF token.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use askama::Template;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, SET_COOKIE};
+use hyper::{Method, Request, StatusCode};
+use serde_json::Value;
+
+use super::auth::{self, Session};
+use super::{AdminState, Reply, api, html, read_body, redirect, streaming, with_type};
+use crate::config::Role;
+use crate::ingest::now_ms;
+use crate::script::{format_local, mask, mask_phone};
+use crate::store::log::{LogQuery, Total, searchable_fields};
+use crate::supervisor::PortState;
+
+const STYLE: &str = include_str!("../../static/app.css");
+const SCRIPT: &str = include_str!("../../static/app.js");
+const PER_PAGE: u64 = 100;
+/// Rows a CSV export holds at most.
+const CSV_LIMIT: u64 = 100_000;
+/// The log's columns, in the order the old console showed them.
+const COLUMNS: &[&str] = &[
+    "sndn_rsev_hour",
+    "csno",
+    "uuid_id",
+    "device_id",
+    "msg_title",
+    "msg_contents",
+    "D_servicename",
+    "push_grp_id",
+    "cust_telno",
+    "fcm_send_yn",
+    "fcm_send_time",
+    "result",
+];
+const STATUSES: &[&str] = &[
+    "queued",
+    "scheduled",
+    "retrying",
+    "sent",
+    "failed",
+    "dropped",
+    "script_error",
+];
+
+/// What every signed-in page shows around its content.
+pub struct Chrome {
+    pub user: String,
+    pub role: &'static str,
+    pub csrf: String,
+    pub nav: &'static str,
+    pub can_operate: bool,
+    pub can_admin: bool,
+}
+
+impl Chrome {
+    fn new(session: &Session, nav: &'static str) -> Chrome {
+        Chrome {
+            user: session.user.clone(),
+            role: session.role.as_str(),
+            csrf: session.csrf.clone(),
+            nav,
+            can_operate: session.may(Role::Operator),
+            can_admin: session.may(Role::Admin),
+        }
+    }
+}
+
+fn render(page: &impl Template) -> Reply {
+    match page.render() {
+        Ok(text) => html(StatusCode::OK, text),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering a page");
+            html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "page failed to render".into(),
+            )
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    chrome: Option<Chrome>,
+    status: u16,
+    message: &'a str,
+}
+
+fn error_page(session: Option<&Session>, status: StatusCode, message: &str) -> Reply {
+    let mut reply = render(&ErrorPage {
+        chrome: session.map(|s| Chrome::new(s, "")),
+        status: status.as_u16(),
+        message,
+    });
+    *reply.status_mut() = status;
+    reply
+}
+
+/// A request, decoded once: query and (for POST) form fields.
+struct Input {
+    query: HashMap<String, String>,
+    form: HashMap<String, String>,
+}
+
+impl Input {
+    fn get(&self, key: &str) -> &str {
+        self.form
+            .get(key)
+            .or_else(|| self.query.get(key))
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+}
+
+fn pairs(text: &[u8]) -> HashMap<String, String> {
+    form_urlencoded::parse(text).into_owned().collect()
+}
+
+pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let config = state.config();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/static/app.css") => {
+            return with_type(
+                StatusCode::OK,
+                "text/css; charset=utf-8",
+                super::full(STYLE),
+            );
+        }
+        (&Method::GET, "/static/app.js") => {
+            return with_type(
+                StatusCode::OK,
+                "text/javascript; charset=utf-8",
+                super::full(SCRIPT),
+            );
+        }
+        _ => {}
+    }
+    let open = config.console.open_paths.contains(&path);
+    if open && path == "/healthz" {
+        return super::json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+    }
+    let query = pairs(req.uri().query().unwrap_or("").as_bytes());
+    let session = auth::session(&state.store, &config, req.headers(), now_ms()).await;
+    let headers = req.headers().clone();
+    let form = if method == Method::POST {
+        match read_body(req.into_body(), 1024 * 1024).await {
+            Ok(body) => pairs(&body),
+            Err(reply) => return reply,
+        }
+    } else {
+        HashMap::new()
+    };
+    let input = Input { query, form };
+    if path == "/login" {
+        return login(state, &method, &input, session.as_ref(), peer).await;
+    }
+    if path == "/healthz" && session.is_some() {
+        return super::json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+    }
+    let Some(session) = session else {
+        let wants_html = headers
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"));
+        return if method == Method::GET && wants_html {
+            redirect("/login")
+        } else {
+            super::json_error(StatusCode::UNAUTHORIZED, "sign in first")
+        };
+    };
+    if method == Method::POST && !auth::same(input.get("csrf"), &session.csrf) {
+        return error_page(
+            Some(&session),
+            StatusCode::FORBIDDEN,
+            "The form was missing its CSRF token or it was wrong. Reload the page and try again.",
+        );
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let s = &session;
+    match (&method, segments.as_slice()) {
+        (&Method::POST, ["logout"]) => logout(state, s).await,
+        (&Method::GET, [""]) => dashboard(state, s).await,
+        (&Method::GET, ["events"]) => events(state),
+        (&Method::POST, ["ports", name, action @ ("start" | "stop")]) => {
+            if !s.may(Role::Operator) {
+                return error_page(
+                    Some(s),
+                    StatusCode::FORBIDDEN,
+                    "Only operators may start and stop ports.",
+                );
+            }
+            match api::control_port(state, name, action, &s.user, peer).await {
+                Ok(_) => redirect("/"),
+                Err(e) => error_page(Some(s), StatusCode::CONFLICT, &e.to_string()),
+            }
+        }
+        (&Method::GET, ["log"]) => log_page(state, s, &input).await,
+        (&Method::GET, ["log.csv"]) => log_csv(state, s, &input).await,
+        (&Method::GET | &Method::POST, ["log", "flush"]) => {
+            flush(state, s, &method, &input, peer).await
+        }
+        (&Method::GET, ["push", id]) => push_page(state, s, id, None).await,
+        (&Method::POST, ["push", id, "resend"]) => resend(state, s, id, peer).await,
+        (&Method::GET, ["scripts"]) => scripts_page(state, s).await,
+        (&Method::GET | &Method::POST, ["scripts", port]) => {
+            script_page(state, s, port, &method, &input, peer).await
+        }
+        (&Method::GET, ["scripts", port, "versions", version]) => {
+            version_page(state, s, port, version).await
+        }
+        (&Method::GET, ["audit"]) => audit_page(state, s, &input).await,
+        _ => error_page(
+            Some(s),
+            StatusCode::NOT_FOUND,
+            &format!("There is no page at {path}."),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------- sign-in
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    chrome: Option<Chrome>,
+    user: &'a str,
+    error: &'a str,
+}
+
+async fn login(
+    state: &AdminState,
+    method: &Method,
+    input: &Input,
+    session: Option<&Session>,
+    peer: SocketAddr,
+) -> Reply {
+    if *method == Method::GET {
+        if session.is_some() {
+            return redirect("/");
+        }
+        return render(&LoginPage {
+            chrome: None,
+            user: "",
+            error: "",
+        });
+    }
+    let config = state.config();
+    let name = input.get("user").trim().to_owned();
+    let password = input.get("password").to_owned();
+    let refuse = |error: &str| {
+        let mut reply = render(&LoginPage {
+            chrome: None,
+            user: &name,
+            error,
+        });
+        *reply.status_mut() = StatusCode::UNAUTHORIZED;
+        reply
+    };
+    let max = config.console.max_failed_logins;
+    match state.store.failed_logins(&name).await {
+        Ok((count, ttl)) if count >= max => {
+            let wait = (ttl.max(1000) / 1000).to_string();
+            return refuse(&format!(
+                "Too many failed sign-ins for this user. Try again in {wait} s."
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => return refuse(&format!("Sign-in is unavailable: {e}")),
+    }
+    let user = config.users.iter().find(|u| u.name == name).cloned();
+    // Verify even for unknown users, so timing does not tell which names exist.
+    let phc = user
+        .as_ref()
+        .map(|u| u.password.clone())
+        .unwrap_or_else(|| dummy_hash().to_owned());
+    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &phc))
+        .await
+        .unwrap_or(false);
+    let addr = peer.ip().to_string();
+    let (Some(user), true) = (user, ok) else {
+        let _ = state
+            .store
+            .count_failed_login(&name, auth::FAILED_LOGIN_WINDOW_SECS)
+            .await;
+        let _ = state
+            .store
+            .audit(&[
+                ("who", &name),
+                ("action", "sign-in failed"),
+                ("target", ""),
+                ("addr", &addr),
+            ])
+            .await;
+        return refuse("Wrong user name or password.");
+    };
+    let _ = state.store.clear_failed_logins(&name).await;
+    match auth::start_session(&state.store, &config, &user.name, user.role, now_ms()).await {
+        Ok((_, cookie)) => {
+            let _ = state
+                .store
+                .audit(&[
+                    ("who", &user.name),
+                    ("action", "sign-in"),
+                    ("target", ""),
+                    ("addr", &addr),
+                ])
+                .await;
+            let mut reply = redirect("/");
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                reply.headers_mut().insert(SET_COOKIE, value);
+            }
+            reply
+        }
+        Err(e) => refuse(&format!("Sign-in is unavailable: {e}")),
+    }
+}
+
+/// An argon2id hash of a random string, checked when the user name is unknown.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        let secret: [u8; 16] = rand::random();
+        auth::hash_password(&format!("{secret:?}")).unwrap_or_default()
+    })
+}
+
+async fn logout(state: &AdminState, session: &Session) -> Reply {
+    let _ = state.store.delete_session(&session.token).await;
+    let mut reply = redirect("/login");
+    if let Ok(value) = HeaderValue::from_str(&auth::clear_cookie()) {
+        reply.headers_mut().insert(SET_COOKIE, value);
+    }
+    reply
+}
+
+// ---------------------------------------------------------------- dashboard
+
+struct PortCard {
+    name: String,
+    mode: &'static str,
+    addr: String,
+    state: &'static str,
+    running: bool,
+    connections: usize,
+    received: u64,
+    sent: u64,
+    failed: u64,
+    dropped: u64,
+    last_frame: String,
+    last_error: String,
+    script_error: String,
+    sparkline: String,
+    peak: u64,
+}
+
+struct RedisHealth {
+    role: String,
+    replicas: String,
+    aof: String,
+    aof_rewrite: String,
+    memory: String,
+    version: String,
+    error: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage {
+    chrome: Option<Chrome>,
+    ports: Vec<PortCard>,
+    admin_addr: String,
+    redis: RedisHealth,
+    due: u64,
+    inflight: u64,
+    records: u64,
+}
+
+fn state_name(state: PortState) -> &'static str {
+    match state {
+        PortState::Stopped => "stopped",
+        PortState::Starting => "starting",
+        PortState::Running => "running",
+        PortState::Failed => "failed",
+    }
+}
+
+async fn dashboard(state: &AdminState, session: &Session) -> Reply {
+    let config = state.config();
+    let now = now_ms();
+    let mut ports = Vec::new();
+    for view in state.supervisor.ports().await {
+        let totals: HashMap<String, u64> = state
+            .store
+            .port_totals(&view.name)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let minutes = state
+            .store
+            .minute_counts(&view.name, "received", now, 60)
+            .await
+            .unwrap_or_default();
+        let (sparkline, peak) = sparkline(&minutes);
+        let total = |k: &str| totals.get(k).copied().unwrap_or(0);
+        ports.push(PortCard {
+            mode: match view.mode {
+                crate::config::Mode::Listen => "listen",
+                crate::config::Mode::Connect => "connect",
+            },
+            addr: view.bound.clone().unwrap_or(view.addr.clone()),
+            state: state_name(view.state),
+            running: matches!(view.state, PortState::Running | PortState::Starting),
+            connections: view.connections,
+            received: total("received"),
+            sent: total("sent"),
+            failed: total("failed"),
+            dropped: total("dropped") + total("script_error"),
+            last_frame: view
+                .last_frame_ms
+                .map(|ms| format_local(ms, config.zone(), "%Y-%m-%d %H:%M:%S"))
+                .unwrap_or_else(|| "—".into()),
+            last_error: view.last_error.clone().unwrap_or_default(),
+            script_error: view.script_error.clone().unwrap_or_default(),
+            sparkline,
+            peak,
+            name: view.name,
+        });
+    }
+    let redis = redis_health(state).await;
+    let (due, inflight) = state.store.queue_depths().await.unwrap_or((0, 0));
+    let records = state.store.record_count().await.unwrap_or(0);
+    render(&DashboardPage {
+        chrome: Some(Chrome::new(session, "dashboard")),
+        ports,
+        admin_addr: config.admin.listen.to_string(),
+        redis,
+        due,
+        inflight,
+        records,
+    })
+}
+
+/// SVG polyline points (120×28 box) for per-minute counts, and the peak.
+fn sparkline(counts: &[u64]) -> (String, u64) {
+    let peak = counts.iter().copied().max().unwrap_or(0);
+    let n = counts.len().max(2) - 1;
+    let points = counts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let x = i as f64 * 120.0 / n as f64;
+            let y = if peak == 0 {
+                27.0
+            } else {
+                27.0 - (*c as f64 / peak as f64) * 25.0
+            };
+            format!("{x:.1},{y:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    (points, peak)
+}
+
+async fn redis_health(state: &AdminState) -> RedisHealth {
+    match state.store.info().await {
+        Ok(info) => {
+            let get = |k: &str| {
+                info.iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            RedisHealth {
+                role: get("role"),
+                replicas: get("connected_slaves"),
+                aof: if get("aof_enabled") == "1" {
+                    "on".into()
+                } else {
+                    "off".into()
+                },
+                aof_rewrite: get("aof_last_bgrewrite_status"),
+                memory: get("used_memory_human"),
+                version: get("redis_version"),
+                error: String::new(),
+            }
+        }
+        Err(e) => RedisHealth {
+            role: "unreachable".into(),
+            replicas: String::new(),
+            aof: String::new(),
+            aof_rewrite: String::new(),
+            memory: String::new(),
+            version: String::new(),
+            error: e.to_string(),
+        },
+    }
+}
+
+/// Server-Sent Events: every port's counters once a second.
+fn events(state: &AdminState) -> Reply {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let supervisor = state.supervisor.clone();
+    let store = state.store.clone();
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tx.send(Bytes::from_static(b"retry: 3000\n\n")).await;
+        loop {
+            let mut ports = Vec::new();
+            for view in supervisor.ports().await {
+                let totals: HashMap<String, u64> = store
+                    .port_totals(&view.name)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                let total = |k: &str| totals.get(k).copied().unwrap_or(0);
+                ports.push(serde_json::json!({
+                    "name": view.name,
+                    "state": state_name(view.state),
+                    "connections": view.connections,
+                    "received": total("received"),
+                    "sent": total("sent"),
+                    "failed": total("failed"),
+                    "dropped": total("dropped") + total("script_error"),
+                }));
+            }
+            let (due, inflight) = store.queue_depths().await.unwrap_or((0, 0));
+            let event = serde_json::json!({"ports": ports, "due": due, "inflight": inflight});
+            if tx
+                .send(Bytes::from(format!("data: {event}\n\n")))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return,
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    streaming(rx)
+}
+
+// ---------------------------------------------------------------- push log
+
+struct Row {
+    id: u64,
+    status: String,
+    cells: Vec<String>,
+}
+
+struct Choice {
+    value: String,
+    selected: bool,
+}
+
+#[derive(Template)]
+#[template(path = "log.html")]
+struct LogPageView {
+    chrome: Option<Chrome>,
+    fields: Vec<Choice>,
+    statuses: Vec<Choice>,
+    q: String,
+    from: String,
+    to: String,
+    oldest: bool,
+    columns: &'static [&'static str],
+    rows: Vec<Row>,
+    page: u64,
+    pages: u64,
+    total: String,
+    note: String,
+    error: String,
+    query_base: String,
+    prev: Option<u64>,
+    next: Option<u64>,
+    took_ms: String,
+}
+
+/// The log query from the request, and the same query string without `page`.
+fn log_query(input: &Input, zone: chrono_tz::Tz) -> Result<(LogQuery, String), String> {
+    let field = input.get("field").to_owned();
+    let parse_time = |key: &str| -> Result<Option<i64>, String> {
+        let text = input.get(key).trim().replace('T', " ");
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let naive = chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%d %H:%M")
+            .or_else(|_| chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%d %H:%M:%S"))
+            .map_err(|_| format!("{key} must look like 2026-11-25 09:30"))?;
+        naive
+            .and_local_timezone(zone)
+            .earliest()
+            .map(|t| Some(t.timestamp_millis()))
+            .ok_or_else(|| format!("{key} does not exist in {zone}"))
+    };
+    let status = input.get("status");
+    let query = LogQuery {
+        field: (!field.is_empty()).then_some(field.clone()),
+        value: input.get("q").to_owned(),
+        status: STATUSES.contains(&status).then(|| status.to_owned()),
+        from_ms: parse_time("from")?,
+        to_ms: parse_time("to")?,
+        oldest_first: input.get("order") == "oldest",
+        page: input.get("page").parse().unwrap_or(1).max(1),
+        per_page: PER_PAGE,
+    };
+    let base: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(
+            ["field", "q", "status", "from", "to", "order"]
+                .iter()
+                .map(|k| (*k, input.get(k)))
+                .filter(|(_, v)| !v.is_empty()),
+        )
+        .finish();
+    Ok((query, base))
+}
+
+/// A record's cell as the session may see it.
+fn cell(record: &Value, column: &str, session: &Session) -> String {
+    let text = match &record[column] {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    if session.may(Role::Operator) || text.is_empty() {
+        return text;
+    }
+    match column {
+        "cust_telno" => mask_phone(&text),
+        "csno" => mask(&text, 2, 2),
+        _ => text,
+    }
+}
+
+async fn log_page(state: &AdminState, session: &Session, input: &Input) -> Reply {
+    let config = state.config();
+    let mut page = LogPageView {
+        chrome: Some(Chrome::new(session, "log")),
+        fields: searchable_fields()
+            .into_iter()
+            .map(|f| Choice {
+                value: f.to_owned(),
+                selected: input.get("field") == f,
+            })
+            .collect(),
+        statuses: STATUSES
+            .iter()
+            .map(|s| Choice {
+                value: (*s).to_owned(),
+                selected: input.get("status") == *s,
+            })
+            .collect(),
+        q: input.get("q").to_owned(),
+        from: input.get("from").to_owned(),
+        to: input.get("to").to_owned(),
+        oldest: input.get("order") == "oldest",
+        columns: COLUMNS,
+        rows: Vec::new(),
+        page: 1,
+        pages: 1,
+        total: "0".into(),
+        note: String::new(),
+        error: String::new(),
+        query_base: String::new(),
+        prev: None,
+        next: None,
+        took_ms: String::new(),
+    };
+    let (query, base) = match log_query(input, config.zone()) {
+        Ok(q) => q,
+        Err(e) => {
+            page.error = e;
+            return render(&page);
+        }
+    };
+    let started = std::time::Instant::now();
+    match state.store.log_page(&query).await {
+        Ok(result) => {
+            page.took_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0);
+            let count = result.total.count();
+            page.pages = count.div_ceil(PER_PAGE).max(1);
+            page.page = query.page;
+            page.total = count.to_string();
+            if let Total::AtLeast { scanned, .. } = result.total {
+                page.total = format!("{count}+");
+                page.note = format!(
+                    "Substring search looked at the {scanned} {} records; narrow it with a time range to look further.",
+                    if query.oldest_first {
+                        "oldest"
+                    } else {
+                        "newest"
+                    }
+                );
+                page.pages = page
+                    .pages
+                    .max(query.page + u64::from(result.rows.len() as u64 == PER_PAGE));
+            }
+            page.prev = (query.page > 1).then(|| query.page - 1);
+            page.next = (query.page < page.pages).then(|| query.page + 1);
+            page.rows = result
+                .rows
+                .iter()
+                .map(|r| Row {
+                    id: r["id"].as_u64().unwrap_or(0),
+                    status: r["status"].as_str().unwrap_or("").to_owned(),
+                    cells: COLUMNS.iter().map(|c| cell(r, c, session)).collect(),
+                })
+                .collect();
+        }
+        Err(e) => page.error = e.to_string(),
+    }
+    page.query_base = base;
+    render(&page)
+}
+
+async fn log_csv(state: &AdminState, session: &Session, input: &Input) -> Reply {
+    let config = state.config();
+    let (mut query, _) = match log_query(input, config.zone()) {
+        Ok(q) => q,
+        Err(e) => return error_page(Some(session), StatusCode::BAD_REQUEST, &e),
+    };
+    query.per_page = 1000;
+    let mut out = String::from("\u{feff}id,status,");
+    out.push_str(&COLUMNS.join(","));
+    out.push_str("\r\n");
+    let mut written = 0;
+    for page in 1.. {
+        query.page = page;
+        let result = match state.store.log_page(&query).await {
+            Ok(r) => r,
+            Err(e) => {
+                return error_page(
+                    Some(session),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &e.to_string(),
+                );
+            }
+        };
+        for record in &result.rows {
+            let mut fields = vec![record["id"].to_string(), cell(record, "status", session)];
+            fields.extend(COLUMNS.iter().map(|c| cell(record, c, session)));
+            let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+            out.push_str(&line.join(","));
+            out.push_str("\r\n");
+            written += 1;
+        }
+        if (result.rows.len() as u64) < query.per_page || written >= CSV_LIMIT {
+            break;
+        }
+    }
+    let mut reply = with_type(StatusCode::OK, "text/csv; charset=utf-8", super::full(out));
+    reply.headers_mut().insert(
+        hyper::header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"pushgate-log.csv\""),
+    );
+    reply
+}
+
+/// Quote a CSV field; a leading =+-@ is defused so a spreadsheet never runs it.
+fn csv_field(text: &str) -> String {
+    let defused = if text.starts_with(['=', '+', '-', '@']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    };
+    format!("\"{}\"", defused.replace('"', "\"\""))
+}
+
+#[derive(Template)]
+#[template(path = "flush.html")]
+struct FlushPage {
+    chrome: Option<Chrome>,
+    records: u64,
+    done: Option<u64>,
+}
+
+async fn flush(
+    state: &AdminState,
+    session: &Session,
+    method: &Method,
+    input: &Input,
+    peer: SocketAddr,
+) -> Reply {
+    if !session.may(Role::Admin) {
+        return error_page(
+            Some(session),
+            StatusCode::FORBIDDEN,
+            "Only admins may flush the log.",
+        );
+    }
+    let records = state.store.record_count().await.unwrap_or(0);
+    if *method == Method::GET {
+        return render(&FlushPage {
+            chrome: Some(Chrome::new(session, "log")),
+            records,
+            done: None,
+        });
+    }
+    if input.get("confirm") != records.to_string() {
+        return error_page(
+            Some(session),
+            StatusCode::CONFLICT,
+            "The number of records changed since the confirmation page; look again before flushing.",
+        );
+    }
+    match state.store.flush().await {
+        Ok(keys) => {
+            let addr = peer.ip().to_string();
+            let detail = format!("{records} records, {keys} keys");
+            let _ = state
+                .store
+                .audit(&[
+                    ("who", &session.user),
+                    ("action", "flush"),
+                    ("target", &detail),
+                    ("addr", &addr),
+                ])
+                .await;
+            render(&FlushPage {
+                chrome: Some(Chrome::new(session, "log")),
+                records,
+                done: Some(keys),
+            })
+        }
+        Err(e) => error_page(
+            Some(session),
+            StatusCode::SERVICE_UNAVAILABLE,
+            &e.to_string(),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------- one push
+
+struct Field {
+    name: String,
+    value: String,
+}
+
+struct Attempt {
+    at: String,
+    attempt: String,
+    http: String,
+    outcome: String,
+    answer: String,
+}
+
+#[derive(Template)]
+#[template(path = "push.html")]
+struct PushPage {
+    chrome: Option<Chrome>,
+    id: u64,
+    status: String,
+    fields: Vec<Field>,
+    decision: String,
+    attempts: Vec<Attempt>,
+    can_resend: bool,
+    notice: String,
+}
+
+async fn push_page(state: &AdminState, session: &Session, id: &str, notice: Option<&str>) -> Reply {
+    let config = state.config();
+    let Ok(id) = id.parse::<u64>() else {
+        return error_page(Some(session), StatusCode::NOT_FOUND, "No such push.");
+    };
+    let record = match state.store.record(id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return error_page(
+                Some(session),
+                StatusCode::NOT_FOUND,
+                &format!("Push {id} is not stored (flushed or past retention)."),
+            );
+        }
+        Err(e) => {
+            return error_page(
+                Some(session),
+                StatusCode::SERVICE_UNAVAILABLE,
+                &e.to_string(),
+            );
+        }
+    };
+    let zone = config.zone();
+    let mut fields: Vec<Field> = record
+        .as_object()
+        .map(|m| {
+            m.keys()
+                .filter(|k| !matches!(k.as_str(), "history" | "decision"))
+                .map(|k| {
+                    let mut value = cell(&record, k, session);
+                    if matches!(k.as_str(), "received_at" | "due_at")
+                        && let Some(ms) = record[k].as_i64()
+                    {
+                        value =
+                            format!("{} ({ms})", format_local(ms, zone, "%Y-%m-%d %H:%M:%S%.3f"));
+                    }
+                    Field {
+                        name: k.clone(),
+                        value,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    fields.sort_by_key(|f| !COLUMNS.contains(&f.name.as_str()));
+    let attempts = record["history"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|a| Attempt {
+                    at: a["at"]
+                        .as_i64()
+                        .map(|ms| format_local(ms, zone, "%Y-%m-%d %H:%M:%S%.3f"))
+                        .unwrap_or_default(),
+                    attempt: a["attempt"].to_string(),
+                    http: a["http"].to_string(),
+                    outcome: a["outcome"].as_str().unwrap_or("").to_owned(),
+                    answer: a["answer"].as_str().unwrap_or("").to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let status = record["status"].as_str().unwrap_or("").to_owned();
+    let has_push = !record["decision"]["push"].is_null();
+    render(&PushPage {
+        chrome: Some(Chrome::new(session, "log")),
+        id,
+        can_resend: session.may(Role::Operator)
+            && has_push
+            && matches!(status.as_str(), "sent" | "failed"),
+        status,
+        fields,
+        decision: serde_json::to_string_pretty(&record["decision"]).unwrap_or_default(),
+        attempts,
+        notice: notice.unwrap_or("").to_owned(),
+    })
+}
+
+async fn resend(state: &AdminState, session: &Session, id: &str, peer: SocketAddr) -> Reply {
+    if !session.may(Role::Operator) {
+        return error_page(
+            Some(session),
+            StatusCode::FORBIDDEN,
+            "Only operators may resend.",
+        );
+    }
+    let Ok(num) = id.parse::<u64>() else {
+        return error_page(Some(session), StatusCode::NOT_FOUND, "No such push.");
+    };
+    let record = match state.store.record(num).await {
+        Ok(Some(r)) => r,
+        _ => return error_page(Some(session), StatusCode::NOT_FOUND, "No such push."),
+    };
+    if record["decision"]["push"].is_null()
+        || !matches!(record["status"].as_str(), Some("sent" | "failed"))
+    {
+        return error_page(
+            Some(session),
+            StatusCode::CONFLICT,
+            "Only a sent or failed push with a send decision can be resent.",
+        );
+    }
+    match state.store.resend(num, &record, now_ms()).await {
+        Ok(true) => {
+            let addr = peer.ip().to_string();
+            let _ = state
+                .store
+                .audit(&[
+                    ("who", &session.user),
+                    ("action", "resend"),
+                    ("target", &format!("push {num}")),
+                    ("addr", &addr),
+                ])
+                .await;
+            push_page(state, session, id, Some("Queued to be sent again.")).await
+        }
+        Ok(false) => {
+            push_page(
+                state,
+                session,
+                id,
+                Some("Not resent: the push changed meanwhile (it may already be queued)."),
+            )
+            .await
+        }
+        Err(e) => error_page(
+            Some(session),
+            StatusCode::SERVICE_UNAVAILABLE,
+            &e.to_string(),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------- scripts
+
+struct ScriptRow {
+    port: String,
+    path: String,
+    state: &'static str,
+    error: String,
+}
+
+#[derive(Template)]
+#[template(path = "scripts.html")]
+struct ScriptsPage {
+    chrome: Option<Chrome>,
+    scripts: Vec<ScriptRow>,
+}
+
+async fn scripts_page(state: &AdminState, session: &Session) -> Reply {
+    let scripts = state
+        .supervisor
+        .ports()
+        .await
+        .into_iter()
+        .map(|v| ScriptRow {
+            state: state_name(v.state),
+            path: v.script.clone(),
+            error: v.script_error.unwrap_or_default(),
+            port: v.name,
+        })
+        .collect();
+    render(&ScriptsPage {
+        chrome: Some(Chrome::new(session, "scripts")),
+        scripts,
+    })
+}
+
+struct Version {
+    name: String,
+    when: String,
+}
+
+#[derive(Template)]
+#[template(path = "script.html")]
+struct ScriptPage {
+    chrome: Option<Chrome>,
+    port: String,
+    path: String,
+    source: String,
+    sample: String,
+    record_id: String,
+    errors: Vec<String>,
+    result: String,
+    notice: String,
+    versions: Vec<Version>,
+}
+
+/// Earlier versions live beside the script: `<script>.versions/<unix ms>.rhai`.
+fn versions_dir(script: &Path) -> PathBuf {
+    let mut name = script
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".versions");
+    script.with_file_name(name)
+}
+
+fn list_versions(script: &Path, zone: chrono_tz::Tz) -> Vec<Version> {
+    let mut names: Vec<String> = std::fs::read_dir(versions_dir(script))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".rhai"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort_by(|a, b| b.cmp(a));
+    names
+        .into_iter()
+        .map(|name| {
+            let when = name
+                .trim_end_matches(".rhai")
+                .parse::<i64>()
+                .map(|ms| format_local(ms, zone, "%Y-%m-%d %H:%M:%S"))
+                .unwrap_or_default();
+            Version { name, when }
+        })
+        .collect()
+}
+
+/// Keep the current file as a version, then replace it atomically (write + rename).
+fn save_script(script: &Path, source: &str, keep: usize) -> std::io::Result<()> {
+    let dir = versions_dir(script);
+    std::fs::create_dir_all(&dir)?;
+    if script.exists() {
+        std::fs::copy(script, dir.join(format!("{}.rhai", now_ms())))?;
+    }
+    let tmp = script.with_extension("rhai.saving");
+    std::fs::write(&tmp, source)?;
+    std::fs::rename(&tmp, script)?;
+    let mut old: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    old.sort();
+    let excess = old.len().saturating_sub(keep);
+    for path in &old[..excess] {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
+}
+
+async fn script_page(
+    state: &AdminState,
+    session: &Session,
+    port: &str,
+    method: &Method,
+    input: &Input,
+    peer: SocketAddr,
+) -> Reply {
+    let config = state.config();
+    let Some(port_config) = config.port(port).cloned() else {
+        return error_page(
+            Some(session),
+            StatusCode::NOT_FOUND,
+            &format!("No port named {port}."),
+        );
+    };
+    let path = config.resolve(&port_config.script);
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut page = ScriptPage {
+        chrome: Some(Chrome::new(session, "scripts")),
+        port: port.to_owned(),
+        path: path.display().to_string(),
+        source: on_disk.clone(),
+        sample: SAMPLE.to_owned(),
+        record_id: String::new(),
+        errors: Vec::new(),
+        result: String::new(),
+        notice: String::new(),
+        versions: list_versions(&path, config.zone()),
+    };
+    if *method == Method::GET {
+        return render(&page);
+    }
+    let action = input.get("action");
+    let restore = input.get("restore");
+    page.source = if action == "restore" {
+        let file = versions_dir(&path).join(restore);
+        match (
+            restore.ends_with(".rhai") && !restore.contains('/'),
+            std::fs::read_to_string(&file),
+        ) {
+            (true, Ok(text)) => text,
+            _ => return error_page(Some(session), StatusCode::NOT_FOUND, "No such version."),
+        }
+    } else {
+        input.get("source").replace("\r\n", "\n")
+    };
+    page.sample = input.get("sample").to_owned();
+    page.record_id = input.get("record").to_owned();
+    let shown = path.display().to_string();
+    let compiled = state.engine.compile(&shown, &page.source);
+    match (&compiled, action) {
+        (Err(e), _) => page.errors.push(e.to_string()),
+        (Ok(_), "check") => page.notice = "Compiles.".into(),
+        (Ok(route), "try") => {
+            page.result = match try_message(state, &page.sample, &page.record_id).await {
+                Ok(msg) => match state.engine.route(route, &msg, now_ms()) {
+                    Ok(decision) => serde_json::to_string_pretty(&decision).unwrap_or_default(),
+                    Err(e) => format!("script_error: {shown}:{e}"),
+                },
+                Err(e) => e,
+            };
+        }
+        (Ok(_), "save" | "restore") => {
+            if !session.may(Role::Admin) {
+                return error_page(
+                    Some(session),
+                    StatusCode::FORBIDDEN,
+                    "Only admins may change scripts.",
+                );
+            }
+            if let Err(e) = save_script(&path, &page.source, config.console.script_versions) {
+                return error_page(
+                    Some(session),
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("Saving {shown}: {e}"),
+                );
+            }
+            match state.supervisor.reload_script(&config, port).await {
+                Ok(()) => {
+                    page.notice = if action == "save" {
+                        "Saved; the port routes with it from the next message.".into()
+                    } else {
+                        format!(
+                            "Restored {restore}; the port routes with it from the next message."
+                        )
+                    }
+                }
+                Err(e) => page.errors.push(e.to_string()),
+            }
+            let addr = peer.ip().to_string();
+            let what = if action == "save" {
+                "script save".to_owned()
+            } else {
+                format!("script restore {restore}")
+            };
+            let _ = state
+                .store
+                .audit(&[
+                    ("who", &session.user),
+                    ("action", &what),
+                    ("target", port),
+                    ("addr", &addr),
+                ])
+                .await;
+            page.versions = list_versions(&path, config.zone());
+        }
+        _ => {}
+    }
+    render(&page)
+}
+
+const SAMPLE: &str = r#"{"uniqueKey": "TRY-0001", "sndn_rsev_hour": "", "csno": "1234567890", "device_id": "fcm-token-sample", "msg_title": "이체 완료", "msg_contents": "10,000원이 입금되었습니다", "D_servicename": "TRF", "push_grp_id": "", "cust_telno": "01012345678"}"#;
+
+/// The message to try a script on: a stored record (without pushgate's own fields)
+/// or pasted JSON.
+async fn try_message(
+    state: &AdminState,
+    sample: &str,
+    record: &str,
+) -> Result<serde_json::Map<String, Value>, String> {
+    if !record.trim().is_empty() {
+        let id: u64 = record
+            .trim()
+            .parse()
+            .map_err(|_| "the record id must be a number".to_owned())?;
+        let stored = state
+            .store
+            .record(id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("record {id} is not stored"))?;
+        let mut map = stored.as_object().cloned().unwrap_or_default();
+        for f in crate::config::RESERVED_FIELDS
+            .iter()
+            .chain(&["history", "dry_run"])
+        {
+            map.remove(*f);
+        }
+        return Ok(map);
+    }
+    match serde_json::from_str::<Value>(sample) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err("the sample must be a JSON object".into()),
+        Err(e) => Err(format!("the sample is not valid JSON: {e}")),
+    }
+}
+
+struct DiffLine {
+    kind: &'static str,
+    text: String,
+}
+
+#[derive(Template)]
+#[template(path = "version.html")]
+struct VersionPage {
+    chrome: Option<Chrome>,
+    port: String,
+    version: String,
+    when: String,
+    lines: Vec<DiffLine>,
+}
+
+async fn version_page(state: &AdminState, session: &Session, port: &str, version: &str) -> Reply {
+    let config = state.config();
+    let Some(port_config) = config.port(port) else {
+        return error_page(
+            Some(session),
+            StatusCode::NOT_FOUND,
+            &format!("No port named {port}."),
+        );
+    };
+    let path = config.resolve(&port_config.script);
+    if !version.ends_with(".rhai") || version.contains('/') || version.contains("..") {
+        return error_page(Some(session), StatusCode::NOT_FOUND, "No such version.");
+    }
+    let Ok(old) = std::fs::read_to_string(versions_dir(&path).join(version)) else {
+        return error_page(Some(session), StatusCode::NOT_FOUND, "No such version.");
+    };
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    let diff = similar::TextDiff::from_lines(&old, &current);
+    let lines = diff
+        .iter_all_changes()
+        .map(|change| DiffLine {
+            kind: match change.tag() {
+                similar::ChangeTag::Delete => "del",
+                similar::ChangeTag::Insert => "ins",
+                similar::ChangeTag::Equal => "same",
+            },
+            text: change.to_string_lossy().trim_end_matches('\n').to_owned(),
+        })
+        .collect();
+    let when = version
+        .trim_end_matches(".rhai")
+        .parse::<i64>()
+        .map(|ms| format_local(ms, config.zone(), "%Y-%m-%d %H:%M:%S"))
+        .unwrap_or_default();
+    render(&VersionPage {
+        chrome: Some(Chrome::new(session, "scripts")),
+        port: port.to_owned(),
+        version: version.to_owned(),
+        when,
+        lines,
+    })
+}
+
+// ---------------------------------------------------------------- audit
+
+struct AuditRow {
+    when: String,
+    who: String,
+    action: String,
+    target: String,
+    addr: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    chrome: Option<Chrome>,
+    who: String,
+    action: String,
+    rows: Vec<AuditRow>,
+    older: String,
+}
+
+async fn audit_page(state: &AdminState, session: &Session, input: &Input) -> Reply {
+    let config = state.config();
+    let who = input.get("who").trim().to_owned();
+    let action = input.get("action").trim().to_owned();
+    let mut rows = Vec::new();
+    let mut before = Some(input.get("before").to_owned()).filter(|b| !b.is_empty());
+    let mut older = String::new();
+    // Walk back in chunks until a page of matches (bounded: 20 chunks).
+    for _ in 0..20 {
+        let entries = match state.store.audit_entries(before.as_deref(), 500).await {
+            Ok(e) => e,
+            Err(e) => {
+                return error_page(
+                    Some(session),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &e.to_string(),
+                );
+            }
+        };
+        let exhausted = entries.len() < 500;
+        for (id, fields) in entries {
+            before = Some(id.clone());
+            let get = |k: &str| {
+                fields
+                    .iter()
+                    .find(|(f, _)| f == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let row = AuditRow {
+                when: id
+                    .split('-')
+                    .next()
+                    .and_then(|ms| ms.parse::<i64>().ok())
+                    .map(|ms| format_local(ms, config.zone(), "%Y-%m-%d %H:%M:%S"))
+                    .unwrap_or_default(),
+                who: get("who"),
+                action: get("action"),
+                target: get("target"),
+                addr: get("addr"),
+            };
+            let matches = (who.is_empty() || row.who.contains(&who))
+                && (action.is_empty() || row.action.contains(&action));
+            if matches {
+                rows.push(row);
+                if rows.len() == 100 {
+                    older = id;
+                    break;
+                }
+            }
+        }
+        if rows.len() == 100 || exhausted {
+            break;
+        }
+    }
+    render(&AuditPage {
+        chrome: Some(Chrome::new(session, "audit")),
+        who,
+        action,
+        rows,
+        older,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_defused() {
+        assert_eq!(csv_field("이체 \"완료\""), "\"이체 \"\"완료\"\"\"");
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+    }
+
+    #[test]
+    fn sparkline_scales_to_the_peak() {
+        let (points, peak) = sparkline(&[0, 5, 10]);
+        assert_eq!(peak, 10);
+        assert_eq!(points, "0.0,27.0 60.0,14.5 120.0,2.0");
+        assert_eq!(sparkline(&[0, 0]).0, "0.0,27.0 120.0,27.0");
+    }
+
+    #[test]
+    fn viewers_see_masked_phone_and_customer_numbers() {
+        let record = serde_json::json!({"cust_telno": "01012345678", "csno": "1234567890", "msg_title": "제목"});
+        let viewer = Session {
+            token: String::new(),
+            user: "v".into(),
+            role: Role::Viewer,
+            csrf: String::new(),
+            created_ms: 0,
+        };
+        assert_eq!(cell(&record, "cust_telno", &viewer), "010-****-5678");
+        assert_eq!(cell(&record, "csno", &viewer), "12******90");
+        assert_eq!(cell(&record, "msg_title", &viewer), "제목");
+        let operator = Session {
+            role: Role::Operator,
+            ..viewer
+        };
+        assert_eq!(cell(&record, "cust_telno", &operator), "01012345678");
+    }
+}

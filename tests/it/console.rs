@@ -1,0 +1,620 @@
+//! The console over HTTP: roles, sessions, CSRF, masking, escaping, flush, resend,
+//! scripts and the audit log.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const SEND: &str = r#"
+fn route(msg) {
+    let push = send_token(msg.device_id, msg.msg_title, msg.msg_contents);
+    push.data = #{ uniqueKey: msg.uniqueKey };
+    push
+}
+"#;
+
+async fn console() -> (RedisServer, TestApp, std::net::SocketAddr) {
+    let redis = RedisServer::start();
+    let app = TestApp::start(
+        &redis,
+        &port_block("p", "send.rhai", ""),
+        &[("send.rhai", SEND)],
+    )
+    .await;
+    let addr = app.port_addr("p").await;
+    (redis, app, addr)
+}
+
+async fn store_messages(addr: std::net::SocketAddr, messages: &[Value]) -> Vec<u64> {
+    let telegrams = Telegrams::ndjson();
+    let bytes: Vec<u8> = messages
+        .iter()
+        .flat_map(|m| telegrams.frame_text(&m.to_string()))
+        .collect();
+    let acks = telegrams.exchange(addr, bytes, messages.len()).await;
+    acks.iter()
+        .map(|a| a["id"].as_str().expect("stored").parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_answers_each_role_within_its_rights() {
+    let (_redis, app, addr) = console().await;
+    let ids = store_messages(addr, &[message("page-1", 1)]).await;
+    let push = format!("/push/{}", ids[0]);
+    let pages = [
+        "/",
+        "/log",
+        "/log?field=csno&q=0000000001",
+        push.as_str(),
+        "/scripts",
+        "/scripts/p",
+        "/audit",
+        "/log.csv",
+    ];
+    for role in ["viewer", "operator", "admin"] {
+        let mut web = Web::new(app.app().admin_addr);
+        web.sign_in(role).await;
+        for path in pages {
+            let page = web.get(path).await;
+            assert_eq!(page.status, 200, "{role} GET {path}: {}", page.body);
+            if path != "/log.csv" {
+                assert!(
+                    page.body.contains(&format!("role-{role}")),
+                    "{role} GET {path} shows who is signed in"
+                );
+            }
+        }
+        let flush = web.get("/log/flush").await;
+        assert_eq!(
+            flush.status,
+            if role == "admin" { 200 } else { 403 },
+            "{role} flush page"
+        );
+        let dashboard = web.get("/").await;
+        let switch_enabled = !dashboard.body.contains("operators only");
+        assert_eq!(switch_enabled, role != "viewer", "{role} port switch");
+        let editor = web.get("/scripts/p").await;
+        assert_eq!(
+            editor.body.contains("id=\"save\""),
+            role == "admin",
+            "{role} may save scripts"
+        );
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_served_without_a_session_except_open_paths() {
+    let (_redis, app, _) = console().await;
+    let mut web = Web::new(app.app().admin_addr);
+    let page = web.get("/").await;
+    assert_eq!((page.status, page.location()), (303, "/login"));
+    for path in [
+        "/log", "/push/1", "/scripts", "/audit", "/events", "/log.csv",
+    ] {
+        let page = web.request("GET", path, &[], &[]).await;
+        assert_eq!(page.status, 401, "{path}");
+    }
+    let page = web.request("POST", "/ports/p/stop", &[], &[]).await;
+    assert_eq!(page.status, 401);
+    assert_eq!(web.get("/healthz").await.status, 200, "healthz is open");
+    let login = web.get("/login").await;
+    assert_eq!(login.status, 200);
+    let csp = login
+        .headers
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(login.headers.get("x-frame-options").unwrap(), "DENY");
+    assert_eq!(
+        login.headers.get("x-content-type-options").unwrap(),
+        "nosniff"
+    );
+    assert!(login.headers.get("referrer-policy").is_some());
+    assert!(!login.body.contains("<script>"), "no inline script");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_without_the_csrf_token_are_refused() {
+    let (_redis, app, _) = console().await;
+    let mut web = Web::new(app.app().admin_addr);
+    web.sign_in("operator").await;
+    let page = web.request("POST", "/ports/p/stop", &[], &[]).await;
+    assert_eq!(page.status, 403, "form without token");
+    let page = web
+        .request("POST", "/ports/p/stop", &[("csrf", "0000")], &[])
+        .await;
+    assert_eq!(page.status, 403, "form with a wrong token");
+    let page = web.request("POST", "/api/v1/ports/p/stop", &[], &[]).await;
+    assert_eq!(page.status, 403, "fetch without X-CSRF-Token");
+    assert_eq!(
+        app.app().supervisor.port("p").await.unwrap().state,
+        pushgate::supervisor::PortState::Running
+    );
+
+    let csrf = web.csrf.clone();
+    let page = web
+        .request(
+            "POST",
+            "/api/v1/ports/p/stop",
+            &[],
+            &[("x-csrf-token", &csrf)],
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(
+        app.app().supervisor.port("p").await.unwrap().state,
+        pushgate::supervisor::PortState::Stopped
+    );
+    let page = web.post("/ports/p/start", &[]).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    app.port_addr("p").await;
+
+    let mut viewer = Web::new(app.app().admin_addr);
+    viewer.sign_in("viewer").await;
+    assert_eq!(
+        viewer.post("/ports/p/stop", &[]).await.status,
+        403,
+        "viewers may not stop ports"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_expire_when_idle_or_too_old_and_end_on_sign_out() {
+    let (redis, app, _) = console().await;
+    let mut web = Web::new(app.app().admin_addr);
+    web.sign_in("viewer").await;
+    let key = format!("pg:session:{}", web.session_token());
+    let mut con = redis.connection();
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut con).unwrap();
+    assert!(
+        ttl > 29 * 60_000 && ttl <= 30 * 60_000,
+        "idle timeout of 30 min set: {ttl}"
+    );
+    // Idle expiry is Redis's TTL: shorten it, let it pass, and the session is gone.
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(50)
+        .query(&mut con)
+        .unwrap();
+    eventually(Duration::from_secs(5), "session key expired", || {
+        let key = key.clone();
+        let mut con = redis.connection();
+        async move {
+            (!redis::cmd("EXISTS")
+                .arg(&key)
+                .query::<bool>(&mut con)
+                .unwrap())
+            .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(web.get("/log").await.status, 303, "idle session ends");
+
+    // Absolute timeout: a session signed in 13 hours ago ends even if used.
+    web.sign_in("viewer").await;
+    let key = format!("pg:session:{}", web.session_token());
+    let text: String = redis::cmd("GET").arg(&key).query(&mut con).unwrap();
+    let mut session: Value = serde_json::from_str(&text).unwrap();
+    session["created_ms"] = json!(pushgate::ingest::now_ms() - 13 * 3_600_000);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(session.to_string())
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        web.get("/log").await.status,
+        303,
+        "session past its absolute timeout ends"
+    );
+
+    web.sign_in("viewer").await;
+    assert_eq!(web.get("/log").await.status, 200);
+    let page = web.post("/logout", &[]).await;
+    assert_eq!(page.status, 303);
+    assert_eq!(web.get("/log").await.status, 303, "signed out");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_sign_ins_are_throttled() {
+    let (_redis, app, _) = console().await;
+    let mut web = Web::new(app.app().admin_addr);
+    for _ in 0..5 {
+        let page = web
+            .request(
+                "POST",
+                "/login",
+                &[("user", "admin"), ("password", "wrong")],
+                &[],
+            )
+            .await;
+        assert_eq!(page.status, 401);
+        assert!(page.body.contains("Wrong user name or password"));
+    }
+    let page = web
+        .request(
+            "POST",
+            "/login",
+            &[("user", "admin"), ("password", "pw-admin")],
+            &[],
+        )
+        .await;
+    assert_eq!(
+        page.status, 401,
+        "the right password is refused while throttled"
+    );
+    assert!(
+        page.body.contains("Too many failed sign-ins"),
+        "{}",
+        page.body
+    );
+    // Another user is not affected.
+    web.sign_in("operator").await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_see_masked_numbers_and_message_text_is_inert() {
+    let (_redis, app, addr) = console().await;
+    let mut m = message("xss", 7);
+    m["msg_title"] = json!("<script>alert(1)</script><img src=x onerror=alert(2)>이체");
+    m["cust_telno"] = json!("01098765432");
+    m["csno"] = json!("5550001234");
+    let ids = store_messages(addr, &[m]).await;
+    let push = format!("/push/{}", ids[0]);
+
+    let mut viewer = Web::new(app.app().admin_addr);
+    viewer.sign_in("viewer").await;
+    for path in ["/log", push.as_str()] {
+        let body = viewer.get(path).await.body;
+        assert!(
+            body.contains("010-****-5432"),
+            "{path} masks the phone number"
+        );
+        assert!(
+            !body.contains("01098765432"),
+            "{path} leaks the phone number"
+        );
+        assert!(
+            !body.contains("5550001234"),
+            "{path} leaks the customer number"
+        );
+        assert!(
+            body.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+            "{path} escapes the title"
+        );
+        assert!(
+            !body.contains("<script>alert"),
+            "{path} renders a live script"
+        );
+        assert!(!body.contains("<img src=x"), "{path} renders a live tag");
+        assert!(body.contains("이체"), "{path} keeps the Korean text");
+    }
+    let csv = viewer.get("/log.csv").await.body;
+    assert!(
+        csv.contains("010-****-5432") && !csv.contains("01098765432"),
+        "CSV is masked too"
+    );
+
+    let mut operator = Web::new(app.app().admin_addr);
+    operator.sign_in("operator").await;
+    assert!(
+        operator.get("/log").await.body.contains("01098765432"),
+        "operators see the number"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_pages_searches_and_filters() {
+    let (_redis, app, addr) = console().await;
+    let mut messages = Vec::new();
+    for n in 0..250 {
+        let mut m = message(&format!("L{n:03}"), n);
+        m["csno"] = json!(if n % 2 == 0 {
+            "7770000001"
+        } else {
+            "7770000002"
+        });
+        m["msg_title"] = json!(if n % 50 == 0 {
+            "긴급 공지"
+        } else {
+            "이체 완료"
+        });
+        messages.push(m);
+    }
+    store_messages(addr, &messages).await;
+    let mut web = Web::new(app.app().admin_addr);
+    web.sign_in("operator").await;
+
+    let page = web.get("/log").await.body;
+    assert!(page.contains("page 1 of 3"), "250 records, 100 a page");
+    assert!(page.contains(">250</b> records"));
+    let first_row = |body: &str| {
+        body.split("<td><a href=\"/push/")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(first_row(&page).as_deref(), Some("250"), "newest first");
+    let page = web.get("/log?order=oldest&page=3").await.body;
+    assert!(page.contains("page 3 of 3"));
+    assert_eq!(first_row(&page).as_deref(), Some("201"));
+
+    let page = web.get("/log?field=csno&q=7770000001").await.body;
+    assert!(
+        page.contains("page 1 of 2") && page.contains(">125</b> records"),
+        "indexed search"
+    );
+    let page = web.get("/log?field=csno&q=7770000001&page=2").await.body;
+    assert_eq!(page.matches("<td><a href=\"/push/").count(), 25);
+
+    let page = web
+        .get("/log?field=msg_title&q=%EA%B8%B4%EA%B8%89")
+        .await
+        .body;
+    assert!(
+        page.contains(">5</b> records"),
+        "substring search on the title"
+    );
+    let page = web
+        .get("/log?status=queued&field=D_servicename&q=TRF")
+        .await
+        .body;
+    assert!(page.contains(">125</b> records"), "bitmap field AND status");
+    let page = web.get("/log?status=sent").await.body;
+    assert!(page.contains(">0</b> records"));
+    let page = web
+        .get("/log?from=2000-01-01%2000:00&to=2000-01-02%2000:00")
+        .await
+        .body;
+    assert!(
+        page.contains(">0</b> records"),
+        "time range before any record"
+    );
+    let page = web.get("/log?from=bad").await.body;
+    assert!(page.contains("from must look like"));
+
+    let csv = web.get("/log.csv?field=csno&q=7770000002").await.body;
+    assert_eq!(csv.lines().count(), 126, "header + 125 rows");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_asks_for_confirmation_naming_the_count_then_deletes_only_our_keys() {
+    let (redis, app, addr) = console().await;
+    store_messages(
+        addr,
+        &[message("f1", 1), message("f2", 2), message("f3", 3)],
+    )
+    .await;
+    let mut con = redis.connection();
+    let _: () = redis::cmd("SET")
+        .arg("other:app:key")
+        .arg("keep me")
+        .query(&mut con)
+        .unwrap();
+    let mut web = Web::new(app.app().admin_addr);
+    web.sign_in("admin").await;
+    let page = web.get("/log/flush").await;
+    assert!(
+        page.body.contains("id=\"flush-count\">3<"),
+        "names how many will go"
+    );
+    let page = web.post("/log/flush", &[("confirm", "2")]).await;
+    assert_eq!(page.status, 409, "a stale count is refused");
+    let page = web.post("/log/flush", &[("confirm", "3")]).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let left: u64 = redis::cmd("HLEN")
+        .arg("pg:keyIndex")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(left, 0);
+    let kept: String = redis::cmd("GET")
+        .arg("other:app:key")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(kept, "keep me");
+    let audit = web.get("/audit?action=flush").await;
+    assert!(
+        audit.body.contains("3 records"),
+        "{} {}",
+        audit.status,
+        audit.body
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_resends_a_failed_push_and_it_is_audited() {
+    let redis = RedisServer::start();
+    let emu = emulator(&["--fail-token", "bad-=INVALID_ARGUMENT"]).await;
+    let sa = tempfile::tempdir().unwrap();
+    let fcm = fcm_table(&emu, sa.path(), "");
+    let app = TestApp::start_with(
+        &redis,
+        &port_block("p", "send.rhai", ""),
+        &[("send.rhai", SEND)],
+        &fcm,
+    )
+    .await;
+    let addr = app.port_addr("p").await;
+    let mut m = message("resend-me", 1);
+    m["device_id"] = json!("bad-token");
+    let id = store_messages(addr, &[m]).await[0];
+    let store = app.app().store.clone();
+    eventually(Duration::from_secs(10), "push failed", || {
+        let store = store.clone();
+        async move {
+            store
+                .record(id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|r| r["status"] == "failed")
+        }
+    })
+    .await;
+    let mut viewer = Web::new(app.app().admin_addr);
+    viewer.sign_in("viewer").await;
+    assert!(
+        !viewer
+            .get(&format!("/push/{id}"))
+            .await
+            .body
+            .contains("id=\"resend\"")
+    );
+    let mut web = Web::new(app.app().admin_addr);
+    web.sign_in("operator").await;
+    let page = web.get(&format!("/push/{id}")).await;
+    assert!(page.body.contains("id=\"resend\""));
+    assert!(
+        page.body.contains("INVALID_ARGUMENT"),
+        "the attempt and FCM's answer are shown"
+    );
+    let page = web.post(&format!("/push/{id}/resend"), &[]).await;
+    assert!(
+        page.body.contains("Queued to be sent again"),
+        "{}",
+        page.body
+    );
+    let record = eventually(Duration::from_secs(10), "second attempt", || {
+        let store = store.clone();
+        async move {
+            store
+                .record(id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|r| r["attempts"] == 2)
+        }
+    })
+    .await;
+    assert_eq!(record["status"], "failed");
+    assert!(
+        web.get("/audit?action=resend")
+            .await
+            .body
+            .contains(&format!("push {id}"))
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_check_try_save_with_versions_and_restore() {
+    let (_redis, app, addr) = console().await;
+    let mut web = Web::new(app.app().admin_addr);
+    web.sign_in("admin").await;
+    web.get("/scripts/p").await;
+
+    let broken = "fn route(msg) {\n    let x = ;\n}\n";
+    let page = web
+        .post("/scripts/p", &[("action", "check"), ("source", broken)])
+        .await;
+    assert!(
+        page.body.contains("send.rhai:2:"),
+        "compile error with line: {}",
+        page.body
+    );
+    let page = web
+        .post("/scripts/p", &[("action", "save"), ("source", broken)])
+        .await;
+    assert!(
+        page.body.contains("compile-error"),
+        "a broken script is not saved"
+    );
+
+    let drop_all = "fn route(msg) { drop(\"maintenance\") }\n";
+    let page = web
+        .post(
+            "/scripts/p",
+            &[
+                ("action", "try"),
+                ("source", drop_all),
+                ("sample", r#"{"uniqueKey":"t"}"#),
+            ],
+        )
+        .await;
+    assert!(
+        page.body.contains("maintenance"),
+        "try shows the decision: {}",
+        page.body
+    );
+    assert_eq!(
+        app.app().store.record_count().await.unwrap(),
+        0,
+        "try has no side effects"
+    );
+
+    let page = web
+        .post("/scripts/p", &[("action", "save"), ("source", drop_all)])
+        .await;
+    assert!(page.body.contains("Saved"), "{}", page.body);
+    let on_disk = std::fs::read_to_string(app.dir.path().join("send.rhai")).unwrap();
+    assert_eq!(on_disk, drop_all);
+    let ids = store_messages(addr, &[message("after-save", 1)]).await;
+    let record = app.app().store.record(ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        record["status"], "dropped",
+        "the saved rule applies to the next message"
+    );
+
+    let editor = web.get("/scripts/p").await.body;
+    let version = editor
+        .split("/scripts/p/versions/")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a version is listed")
+        .to_owned();
+    let diff = web
+        .get(&format!("/scripts/p/versions/{version}"))
+        .await
+        .body;
+    assert!(
+        diff.contains("class=\"ins\">+ fn route(msg) { drop"),
+        "diff shows the change: {diff}"
+    );
+    let page = web
+        .post(
+            "/scripts/p",
+            &[("action", "restore"), ("restore", &version)],
+        )
+        .await;
+    assert!(page.body.contains("Restored"), "{}", page.body);
+    assert_eq!(
+        std::fs::read_to_string(app.dir.path().join("send.rhai")).unwrap(),
+        SEND
+    );
+    let ids = store_messages(addr, &[message("after-restore", 2)]).await;
+    assert_eq!(
+        app.app().store.record(ids[0]).await.unwrap().unwrap()["status"],
+        "queued"
+    );
+    assert_eq!(
+        web.get("/scripts/p/versions/..%2F..%2Fetc%2Fpasswd")
+            .await
+            .status,
+        404
+    );
+
+    let audit = web.get("/audit").await.body;
+    for action in ["sign-in", "script save", "script restore"] {
+        assert!(audit.contains(action), "audit shows {action}");
+    }
+    let only = web.get("/audit?action=restore").await.body;
+    assert!(!only.contains(">sign-in<"), "filtered");
+    app.shutdown().await;
+}
