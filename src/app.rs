@@ -162,6 +162,7 @@ impl App {
             engine,
             config: RwLock::new(config.clone()),
             shutdown: admin_cancel.clone(),
+            admin_addr,
         });
         let admin_task = tokio::spawn(admin::serve(
             listener,

@@ -41,6 +41,8 @@ pub struct AdminState {
     pub config: RwLock<Config>,
     /// Cancelled when the process drains: live streams end.
     pub shutdown: CancellationToken,
+    /// Where the console actually listens (the config may say port 0).
+    pub admin_addr: SocketAddr,
 }
 
 impl AdminState {

@@ -444,7 +444,7 @@ async fn dashboard(state: &AdminState, session: &Session) -> Reply {
     render(&DashboardPage {
         chrome: Some(Chrome::new(session, "dashboard")),
         ports,
-        admin_addr: config.admin.listen.to_string(),
+        admin_addr: state.admin_addr.to_string(),
         redis,
         due,
         inflight,

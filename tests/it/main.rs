@@ -1,6 +1,8 @@
 //! Integration tests: real redis-server processes, real sockets, the real binary.
 
 mod api;
+mod browser;
+mod browser_support;
 mod console;
 mod delivery;
 mod ingest;
