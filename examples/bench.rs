@@ -27,9 +27,142 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         println!("pushgate benchmark: ndjson port, transfer.rhai, Redis 7 AOF everysec (managed), {WINDOW} frames in flight per connection");
-        ingest().await?;
-        end_to_end().await
+        let only = std::env::args().nth(1).unwrap_or_default();
+        if only.is_empty() || only == "ingest" {
+            ingest().await?;
+        }
+        if only.is_empty() || only == "end-to-end" {
+            end_to_end().await?;
+        }
+        if only.is_empty() || only == "log" {
+            log_queries().await?;
+        }
+        Ok(())
     })
+}
+
+/// Fill Redis with 10k, 100k and 1M realistic records (through the store's own group
+/// commit, bypassing TCP), then time the console's log page at each size: the store
+/// query alone and the whole HTTP page (query + render), as the median of 20 runs.
+async fn log_queries() -> anyhow::Result<()> {
+    use pushgate::store::{NewRecord, Status};
+    let dir = tempfile::tempdir()?;
+    let password = pushgate::admin::hash_password("bench").map_err(anyhow::Error::msg)?;
+    let extra =
+        format!("[[user]]\nname = \"bench\"\npassword = \"{password}\"\nrole = \"admin\"\n");
+    let (app, _) = start(dir.path(), &extra).await?;
+    let store = app.store.clone();
+    let config = Config::load(&dir.path().join("bench.toml"))?;
+    let (_, cookie) = pushgate::admin::auth::start_session(
+        &store,
+        &config,
+        "bench",
+        pushgate::config::Role::Admin,
+        pushgate::ingest::now_ms(),
+    )
+    .await?;
+    let cookie = cookie.split(';').next().unwrap_or("").to_owned();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", app.admin_addr);
+    let used = |info: Vec<(String, String)>| {
+        info.iter()
+            .find(|(k, _)| k == "used_memory")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let baseline = used(store.info().await?);
+    let mut stored = 0u64;
+    for target in [10_000u64, 100_000, 1_000_000] {
+        let started = Instant::now();
+        while stored < target {
+            let batch: Vec<NewRecord> = (stored..(stored + 1000).min(target))
+                .map(|n| {
+                    let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&format!(
+                        "{{\"uniqueKey\":\"L{n}\",\"sndn_rsev_hour\":\"\",\"csno\":\"{:010}\",\"device_id\":\"fcm-token-{:0>140}\",\"cust_telno\":\"010{:08}\",\"uuid_id\":\"u{n}\",\"msg_title\":\"{}\",\"msg_contents\":\"{n}원이 입금되었습니다. 잔액을 확인하세요.\",\"D_servicename\":\"TRF\",\"push_grp_id\":\"\"}}",
+                        n % 100_000, n % 50_000, n % 10_000_000, if n % 1000 == 0 { "긴급 공지" } else { "이체 완료" }
+                    )).unwrap_or_default();
+                    NewRecord {
+                        unique_key: format!("L{n}"),
+                        port: "bench".into(),
+                        received_at_ms: pushgate::ingest::now_ms(),
+                        fields,
+                        status: if n % 10 == 0 { Status::Failed } else { Status::Sent },
+                        due_ms: None,
+                        decision: None,
+                        error: None,
+                    }
+                })
+                .collect();
+            store.ingest(&batch).await?;
+            stored += batch.len() as u64;
+        }
+        let load = started.elapsed();
+        let per_record = (used(store.info().await?) - baseline) / stored;
+        println!(
+            "log at {stored} records (loaded in {:.1} s, {per_record} bytes of Redis per record incl. indexes):",
+            load.as_secs_f64()
+        );
+        let csno = format!("{:010}", 4242);
+        let queries = [
+            ("newest first, page 1", String::new()),
+            ("newest first, page 50", "page=50".to_owned()),
+            ("oldest first, page 1", "order=oldest".to_owned()),
+            ("csno search (indexed)", format!("field=csno&q={csno}")),
+            ("status=failed (bitmap)", "status=failed".to_owned()),
+            (
+                "title substring (bounded)",
+                "field=msg_title&q=%EA%B8%B4%EA%B8%89".to_owned(),
+            ),
+        ];
+        for (name, query) in queries {
+            let mut q = pushgate::store::log::LogQuery {
+                per_page: 100,
+                page: 1,
+                ..Default::default()
+            };
+            for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+                match &*k {
+                    "page" => q.page = v.parse().unwrap_or(1),
+                    "order" => q.oldest_first = v == "oldest",
+                    "field" => q.field = Some(v.into_owned()),
+                    "q" => q.value = v.into_owned(),
+                    "status" => q.status = Some(v.into_owned()),
+                    _ => {}
+                }
+            }
+            let mut store_times = Vec::new();
+            let mut page_times = Vec::new();
+            for _ in 0..20 {
+                let t = Instant::now();
+                let page = store.log_page(&q).await?;
+                store_times.push(t.elapsed());
+                anyhow::ensure!(!page.rows.is_empty(), "{name}: no rows");
+                let t = Instant::now();
+                let response = http
+                    .get(format!("{base}/log?{query}"))
+                    .header("cookie", &cookie)
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "{name}: HTTP {}",
+                    response.status()
+                );
+                let _ = response.bytes().await?;
+                page_times.push(t.elapsed());
+            }
+            store_times.sort();
+            page_times.sort();
+            println!(
+                "  {name:<28} store {:>6.2} ms   whole page {:>6.2} ms   (median of 20)",
+                store_times[10].as_secs_f64() * 1000.0,
+                page_times[10].as_secs_f64() * 1000.0
+            );
+        }
+    }
+    app.shutdown().await;
+    Ok(())
 }
 
 /// Write the config and script to a fresh temp dir and start pushgate.
