@@ -1,6 +1,7 @@
 //! Wiring: config → (managed) Redis → store writer → sender → script engine → supervisor → admin.
 //! `serve` runs it until a signal; tests start it in-process and drive it directly.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState};
 use crate::config::{Config, FcmConfig, PortChanges};
 use crate::fcm::{self, ClientSettings, Credentials, FcmClient, ServiceAccount};
-use crate::script::{Limits, RouteEngine};
+use crate::script::{CompiledRoute, Limits, RouteEngine};
 use crate::sender::{Policy, Sender};
 use crate::signals::Signal;
 use crate::store::managed::ManagedRedis;
@@ -32,6 +33,7 @@ pub struct App {
     admin_task: tokio::task::JoinHandle<()>,
     writer_task: tokio::task::JoinHandle<()>,
     delivery: Option<Delivery>,
+    retention: tokio::task::JoinHandle<()>,
     managed: Option<ManagedRedis>,
 }
 
@@ -87,6 +89,58 @@ impl Delivery {
         self.cancel.cancel();
         let _ = self.task.await;
         let _ = self.refresher.await;
+    }
+}
+
+/// Compile the route script of every ingest API key.
+fn compile_api_routes(
+    engine: &RouteEngine,
+    config: &Config,
+) -> anyhow::Result<HashMap<String, CompiledRoute>> {
+    let mut routes = HashMap::new();
+    for key in &config.api_keys {
+        if let Some(script) = &key.script {
+            let path = config.resolve(script);
+            let shown = path.display().to_string();
+            let source = std::fs::read_to_string(&path).with_context(|| {
+                format!("reading the script of API key {:?}: {shown}", key.name)
+            })?;
+            let route = engine
+                .compile(&shown, &source)
+                .map_err(|e| anyhow::anyhow!("{e} (API key {:?})", key.name))?;
+            routes.insert(key.name.clone(), route);
+        }
+    }
+    Ok(routes)
+}
+
+/// Remove records past `retention_days` once a minute, in small batches.
+async fn retention_loop(store: Store, retention_days: u64, cancel: CancellationToken) {
+    if retention_days == 0 {
+        return;
+    }
+    let keep_ms = (retention_days * 86_400_000) as i64;
+    loop {
+        let cutoff = crate::ingest::now_ms() - keep_ms;
+        match store.prune(cutoff, 500).await {
+            Ok(p) if p.removed > 0 || p.held > 0 => {
+                crate::metrics::metrics()
+                    .retention_removed
+                    .inc_by(p.removed);
+                tracing::info!(
+                    removed = p.removed,
+                    held = p.held,
+                    retention_days,
+                    "retention removed old records"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention pass failed; retrying in a minute"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = cancel.cancelled() => return,
+        }
     }
 }
 
@@ -148,7 +202,8 @@ impl App {
             }
         };
         let engine = Arc::new(engine_for(&config));
-        let supervisor = Arc::new(Supervisor::new(engine.clone(), committer));
+        let supervisor = Arc::new(Supervisor::new(engine.clone(), committer.clone()));
+        let api_routes = compile_api_routes(&engine, &config)?;
         supervisor.install(&config).await?;
         let listener = admin::bind(config.admin.listen)
             .await
@@ -163,7 +218,15 @@ impl App {
             config: RwLock::new(config.clone()),
             shutdown: admin_cancel.clone(),
             admin_addr,
+            sender: delivery.as_ref().map(|d| d.sender.clone()),
+            committer,
+            api_routes: RwLock::new(api_routes),
         });
+        let retention = tokio::spawn(retention_loop(
+            store.clone(),
+            config.store.retention_days,
+            admin_cancel.clone(),
+        ));
         let admin_task = tokio::spawn(admin::serve(
             listener,
             admin_state.clone(),
@@ -180,6 +243,7 @@ impl App {
             admin_task,
             writer_task,
             delivery,
+            retention,
             managed,
         })
     }
@@ -207,6 +271,16 @@ impl App {
         if let Ok(mut console) = self.admin_state.config.write() {
             *console = new.clone();
         }
+        match compile_api_routes(&self.admin_state.engine, &new) {
+            Ok(routes) => {
+                if let Ok(mut slot) = self.admin_state.api_routes.write() {
+                    *slot = routes;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload: an API key's script does not compile; keeping the previous ones")
+            }
+        }
         tracing::info!(
             added = changes.added.len(),
             removed = changes.removed.len(),
@@ -225,6 +299,7 @@ impl App {
         self.supervisor.shutdown().await;
         // Every port has awaited its own commits, so the writer holds nothing now.
         self.writer_task.abort();
+        self.retention.abort();
         if let Some(delivery) = self.delivery {
             delivery.stop().await;
         }

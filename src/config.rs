@@ -170,6 +170,13 @@ pub struct StoreConfig {
     /// Per-minute counters live this long (hours).
     #[serde(default = "default_stats_ttl_hours")]
     pub stats_ttl_hours: u64,
+    /// Records older than this are removed (with their index entries); 0 = keep forever.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
+}
+
+fn default_retention_days() -> u64 {
+    30
 }
 
 fn default_max_batch() -> usize {
@@ -184,6 +191,7 @@ impl Default for StoreConfig {
         Self {
             max_batch: default_max_batch(),
             stats_ttl_hours: default_stats_ttl_hours(),
+            retention_days: default_retention_days(),
         }
     }
 }
@@ -331,7 +339,7 @@ fn default_session_max_hours() -> u64 {
     12
 }
 fn default_open_paths() -> Vec<String> {
-    vec!["/healthz".into(), "/metrics".into()]
+    vec!["/healthz".into(), "/readyz".into(), "/metrics".into()]
 }
 fn default_script_versions() -> usize {
     20
@@ -400,9 +408,15 @@ pub struct ApiKey {
     pub name: String,
     /// Lower-case hex SHA-256 of the key.
     pub sha256: String,
-    /// `read` (list ports), `control` (start/stop/restart).
+    /// `read` (ports, pushes), `control` (start/stop/restart, legal hold), `ingest` (POST pushes).
     #[serde(default = "default_scopes")]
     pub scopes: Vec<Scope>,
+    /// (ingest) The route script for pushes posted with this key.
+    #[serde(default)]
+    pub script: Option<PathBuf>,
+    /// (ingest) Fields that must be present and non-empty, besides `uniqueKey`.
+    #[serde(default)]
+    pub required: Vec<String>,
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -423,6 +437,7 @@ fn default_scopes() -> Vec<Scope> {
 pub enum Scope {
     Read,
     Control,
+    Ingest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -659,6 +674,18 @@ impl Config {
                     .sha256
                     .bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if key.scopes.contains(&Scope::Ingest) != key.script.is_some() {
+                out.push(format!(
+                    "{at}: a key with the ingest scope needs a script, and only such a key may name one"
+                ));
+            }
+            if !key
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                out.push(format!("{at}: name must be letters, digits, '-' and '_'"));
+            }
             if !hex_ok {
                 out.push(format!(
                     "{at}: sha256 must be 64 lower-case hex digits (make one with `pushgate api-key`)"

@@ -153,6 +153,11 @@ impl Credentials {
         &self.account.project_id
     }
 
+    /// A token is cached and not expired.
+    pub fn has_token(&self) -> bool {
+        self.cached().is_some_and(|t| Instant::now() < t.expires_at)
+    }
+
     fn cached(&self) -> Option<AccessToken> {
         self.current.read().ok().and_then(|t| t.clone())
     }

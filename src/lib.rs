@@ -8,6 +8,7 @@
 //! - [`fcm`]: service-account tokens, the HTTP v1 client, error classes.
 //! - [`sender`]: the in-flight pool, retry/schedule policy, durable queue claims.
 //! - [`emulator`]: the strict FCM stand-in (`pushgate fcm-emulator`) for tests and the demo.
+//! - [`metrics`]: every counter and histogram, and the `/metrics` text.
 //! - [`supervisor`]: port lifecycle (start, stop, restart with backoff, states) and reload.
 //! - [`admin`]: the hyper admin listener and its authenticated JSON API.
 //! - [`signals`]: SIGHUP = reload, SIGTERM/SIGINT = graceful drain.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod emulator;
 pub mod fcm;
 pub mod ingest;
+pub mod metrics;
 pub mod script;
 pub mod sender;
 pub mod signals;

@@ -15,8 +15,17 @@ mod demo;
     about = "Push-notification gateway: TCP telegrams → Redis → Rhai routes → FCM"
 )]
 struct Cli {
+    /// Log lines as human-readable text or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::FcmConfig;
 use crate::fcm::{self, Answer, FcmClient, Retry};
 use crate::ingest::now_ms;
+use crate::metrics::{labels, metrics};
 use crate::script::{Push, Target, format_local};
 use crate::store::delivery::{Claimed, Outcome};
 use crate::store::{Status, Store};
@@ -118,6 +119,11 @@ impl Sender {
         if let Ok(mut set) = self.dry_run_ports.write() {
             *set = ports.into_iter().collect();
         }
+    }
+
+    /// Whether an FCM access token is at hand (for `/readyz`).
+    pub fn has_token(&self) -> bool {
+        self.client.credentials().has_token()
     }
 
     fn is_dry_run(&self, port: &str) -> bool {
@@ -260,7 +266,17 @@ impl Sender {
                 ),
             ),
             (Some(push), None) => {
+                let started = std::time::Instant::now();
                 let answer = self.client.send(&fcm::message_for(&push), dry_run).await;
+                let m = metrics();
+                m.send_seconds.observe(started.elapsed().as_secs_f64());
+                let (outcome, class) = match &answer {
+                    Answer::Accepted { .. } => ("accepted", "NONE"),
+                    Answer::Refused { class, .. } => ("refused", class.name()),
+                };
+                m.sends
+                    .get_or_create(&labels(&[("outcome", outcome), ("class", class)]))
+                    .inc();
                 self.judge(&push, answer, attempts, received_at).await
             }
         };
@@ -371,6 +387,7 @@ impl Sender {
                 if attempts >= self.policy.max_attempts || too_old {
                     (Status::Failed, None, false, step)
                 } else {
+                    metrics().retries.inc();
                     (Status::Retrying, Some(retry_at), false, step)
                 }
             }

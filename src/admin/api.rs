@@ -1,27 +1,42 @@
-//! The JSON API: `/api/v1/ports` and start/stop/restart. Callers are systems with an
-//! API key (`Authorization: Bearer`) or the console's own JavaScript (session cookie
-//! plus `X-CSRF-Token` on POST).
+//! The JSON API. Systems call it with an API key (`Authorization: Bearer`); the
+//! console's own JavaScript with its session cookie plus `X-CSRF-Token` on POST.
+//!
+//! - `GET /api/v1/ports`, `GET /api/v1/ports/{name}` (read)
+//! - `POST /api/v1/ports/{name}/start|stop|restart` (control)
+//! - `POST /api/v1/pushes` one message or an array of up to 1,000 (ingest, key only)
+//! - `GET /api/v1/pushes/{id}`, `GET /api/v1/pushes?field=value&status=…&page=…` (read)
+//! - `POST|DELETE /api/v1/pushes/{id}/hold` legal hold on or off (control)
 
 use std::net::SocketAddr;
 
 use hyper::body::Incoming;
-use hyper::header::WWW_AUTHENTICATE;
+use hyper::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, StatusCode};
+use serde_json::{Value, json};
 
 use super::auth::{self, Session};
-use super::{AdminState, Reply, json, json_error, read_body};
+use super::{AdminState, Reply, json as reply_json, json_error, read_body};
 use crate::config::{Role, Scope};
-use crate::ingest::now_ms;
+use crate::ingest::{self, Ack, now_ms};
+use crate::store::log::{LogQuery, searchable_fields};
 use crate::supervisor::SupervisorError;
+
+/// Largest body `POST /api/v1/pushes` takes.
+pub const MAX_INGEST_BODY: usize = 4 * 1024 * 1024;
+/// Most messages in one `POST /api/v1/pushes`.
+pub const MAX_BATCH: usize = 1000;
 
 pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Reply {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let needed = match (&method, segments.as_slice()) {
-        (&Method::GET, ["api", "v1", "ports"] | ["api", "v1", "ports", _]) => Role::Viewer,
-        (&Method::POST, ["api", "v1", "ports", _, "start" | "stop" | "restart"]) => Role::Operator,
-        (_, ["api", "v1", "ports", ..]) => {
+        (&Method::GET, ["api", "v1", "ports"] | ["api", "v1", "ports", _]) => Scope::Read,
+        (&Method::POST, ["api", "v1", "ports", _, "start" | "stop" | "restart"]) => Scope::Control,
+        (&Method::POST, ["api", "v1", "pushes"]) => Scope::Ingest,
+        (&Method::GET, ["api", "v1", "pushes"] | ["api", "v1", "pushes", _]) => Scope::Read,
+        (&Method::POST | &Method::DELETE, ["api", "v1", "pushes", _, "hold"]) => Scope::Control,
+        (_, ["api", "v1", "ports" | "pushes", ..]) => {
             return json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} is not allowed on {path}"),
@@ -29,31 +44,57 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
         }
         _ => return json_error(StatusCode::NOT_FOUND, format!("no such API: {path}")),
     };
-    let caller = match authorize(state, &req, needed).await {
+    // Pushes carry personal data unmasked: only API keys may read them.
+    let session_ok = segments.get(2) == Some(&"ports");
+    let caller = match authorize(state, &req, needed, session_ok).await {
         Ok(c) => c,
         Err(reply) => return reply,
     };
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    if needed == Scope::Ingest {
+        return ingest(state, req, &caller).await;
+    }
     if read_body(req.into_body(), 64 * 1024).await.is_err() {
         return json_error(StatusCode::PAYLOAD_TOO_LARGE, "body over 65536 bytes");
     }
     let sup = &state.supervisor;
-    let (name, action) = match segments.as_slice() {
-        ["api", "v1", "ports"] => return json(StatusCode::OK, &sup.ports().await),
-        ["api", "v1", "ports", name] => {
-            return match sup.port(name).await {
-                Some(view) => json(StatusCode::OK, &view),
-                None => json_error(StatusCode::NOT_FOUND, format!("no port named {name:?}")),
+    match segments.as_slice() {
+        ["api", "v1", "ports"] => reply_json(StatusCode::OK, &sup.ports().await),
+        ["api", "v1", "ports", name] => match sup.port(name).await {
+            Some(view) => reply_json(StatusCode::OK, &view),
+            None => json_error(StatusCode::NOT_FOUND, format!("no port named {name:?}")),
+        },
+        ["api", "v1", "ports", name, action] => {
+            match control_port(state, name, action, &caller, peer).await {
+                Ok(view) => reply_json(StatusCode::OK, &view),
+                Err(e @ SupervisorError::UnknownPort(_)) => {
+                    json_error(StatusCode::NOT_FOUND, e.to_string())
+                }
+                Err(e) => json_error(StatusCode::CONFLICT, e.to_string()),
+            }
+        }
+        ["api", "v1", "pushes"] => search(state, &query).await,
+        ["api", "v1", "pushes", id] => match id.parse::<u64>() {
+            Ok(id) => match state.store.record(id).await {
+                Ok(Some(record)) => reply_json(StatusCode::OK, &record),
+                Ok(None) => json_error(StatusCode::NOT_FOUND, format!("no push {id}")),
+                Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            },
+            Err(_) => json_error(StatusCode::BAD_REQUEST, format!("{id:?} is not a push id")),
+        },
+        ["api", "v1", "pushes", id, "hold"] => {
+            let Ok(id) = id.parse::<u64>() else {
+                return json_error(StatusCode::BAD_REQUEST, format!("{id:?} is not a push id"));
             };
+            match set_hold(state, id, method == Method::POST, &caller, peer).await {
+                Ok(record) => reply_json(StatusCode::OK, &record),
+                Err((status, message)) => json_error(status, message),
+            }
         }
-        ["api", "v1", "ports", name, action] => (*name, *action),
-        _ => return json_error(StatusCode::NOT_FOUND, format!("no such API: {path}")),
-    };
-    match control_port(state, name, action, &caller, peer).await {
-        Ok(view) => json(StatusCode::OK, &view),
-        Err(e @ SupervisorError::UnknownPort(_)) => {
-            json_error(StatusCode::NOT_FOUND, e.to_string())
-        }
-        Err(e) => json_error(StatusCode::CONFLICT, e.to_string()),
+        _ => json_error(StatusCode::NOT_FOUND, format!("no such API: {path}")),
     }
 }
 
@@ -73,61 +114,279 @@ pub(super) async fn control_port(
     };
     if result.is_ok() {
         tracing::info!(port = %name, %action, %who, "port control");
-        let addr = peer.ip().to_string();
-        let what = format!("port {action}");
-        if let Err(e) = state
-            .store
-            .audit(&[
-                ("who", who),
-                ("action", &what),
-                ("target", name),
-                ("addr", &addr),
-            ])
-            .await
-        {
-            tracing::warn!(error = %e, "writing the audit log");
-        }
+        audit(state, who, &format!("port {action}"), name, peer).await;
     }
     result
 }
 
-/// An API key with the scope, or a console session with the role (and, for POST,
-/// its CSRF token in `X-CSRF-Token`). Returns who is calling, for the audit log.
+pub(super) async fn audit(
+    state: &AdminState,
+    who: &str,
+    action: &str,
+    target: &str,
+    peer: SocketAddr,
+) {
+    let addr = peer.ip().to_string();
+    if let Err(e) = state
+        .store
+        .audit(&[
+            ("who", who),
+            ("action", action),
+            ("target", target),
+            ("addr", &addr),
+        ])
+        .await
+    {
+        tracing::warn!(error = %e, "writing the audit log");
+    }
+}
+
+/// Set or clear a record's legal hold (kept past retention), and audit it.
+pub(super) async fn set_hold(
+    state: &AdminState,
+    id: u64,
+    hold: bool,
+    who: &str,
+    peer: SocketAddr,
+) -> Result<Value, (StatusCode, String)> {
+    let unavailable =
+        |e: crate::store::StoreError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    for _ in 0..5 {
+        let record = state
+            .store
+            .record(id)
+            .await
+            .map_err(unavailable)?
+            .ok_or((StatusCode::NOT_FOUND, format!("no push {id}")))?;
+        if state
+            .store
+            .set_hold(id, &record, hold)
+            .await
+            .map_err(unavailable)?
+        {
+            let action = if hold {
+                "legal hold"
+            } else {
+                "legal hold released"
+            };
+            audit(state, who, action, &format!("push {id}"), peer).await;
+            return state
+                .store
+                .record(id)
+                .await
+                .map_err(unavailable)?
+                .ok_or((StatusCode::NOT_FOUND, format!("no push {id}")));
+        }
+        // The sender changed it meanwhile: read it again.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err((
+        StatusCode::CONFLICT,
+        format!("push {id} keeps changing; try again"),
+    ))
+}
+
+/// `POST /api/v1/pushes`: the same checks, dedupe, routing and store as a port.
+async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Reply {
+    let is_json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        );
+    }
+    let key_name = caller.trim_start_matches("api:").to_owned();
+    let body = match read_body(req.into_body(), MAX_INGEST_BODY).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
+    };
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("body is not valid JSON: {e}"),
+            );
+        }
+    };
+    let (items, single) = match value {
+        Value::Object(_) => (vec![value], true),
+        Value::Array(items) if items.is_empty() => {
+            return json_error(StatusCode::BAD_REQUEST, "the array holds no message");
+        }
+        Value::Array(items) if items.len() > MAX_BATCH => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{} messages in one request; at most {MAX_BATCH}",
+                    items.len()
+                ),
+            );
+        }
+        Value::Array(items) => (items, false),
+        _ => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "body must be a message object or an array of them",
+            );
+        }
+    };
+    let config = state.config();
+    let Some(key) = config.api_keys.iter().find(|k| k.name == key_name) else {
+        return json_error(StatusCode::UNAUTHORIZED, "missing or unknown API key");
+    };
+    let Some(route) = state
+        .api_routes
+        .read()
+        .ok()
+        .and_then(|r| r.get(&key.name).cloned())
+    else {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the route script of key {:?} is not compiled", key.name),
+        );
+    };
+    let zone = config.zone();
+    let parsed = items
+        .into_iter()
+        .map(|item| match item {
+            Value::Object(map) => ingest::check_message(map, &key.required, zone),
+            other => Err(ingest::Refusal {
+                key: None,
+                error: format!("each message must be a JSON object, got {}", kind(&other)),
+                reason: "json",
+            }),
+        })
+        .collect();
+    let source = format!("api-{}", key.name);
+    let acks = ingest::store_parsed(&state.committer, &state.engine, &route, &source, parsed).await;
+    let all_unstored = acks
+        .iter()
+        .all(|a| matches!(a, Ack::Error { error, .. } if error.starts_with("not stored")));
+    let results: Vec<Value> = acks
+        .iter()
+        .map(|a| serde_json::from_str(&a.to_json()).unwrap_or(Value::Null))
+        .collect();
+    let status = if all_unstored {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    if single {
+        let result = results.into_iter().next().unwrap_or(Value::Null);
+        let status = if result["ok"] == true {
+            StatusCode::OK
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+            status
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        return reply_json(status, &result);
+    }
+    let stored = results.iter().filter(|r| r["ok"] == true).count();
+    reply_json(
+        status,
+        &json!({"stored": stored, "refused": results.len() - stored, "results": results}),
+    )
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `GET /api/v1/pushes?field=value`: the first searchable field given, plus `status`,
+/// `order=oldest`, `page`, `per_page` (≤ 1000).
+async fn search(state: &AdminState, query: &[(String, String)]) -> Reply {
+    let fields = searchable_fields();
+    let mut q = LogQuery {
+        page: 1,
+        per_page: 100,
+        ..Default::default()
+    };
+    for (k, v) in query {
+        match k.as_str() {
+            "status" => q.status = Some(v.clone()),
+            "order" => q.oldest_first = v == "oldest",
+            "page" => q.page = v.parse().unwrap_or(1),
+            "per_page" => q.per_page = v.parse().unwrap_or(100),
+            field if fields.contains(&field) && q.field.is_none() => {
+                q.field = Some(field.to_owned());
+                q.value = v.clone();
+            }
+            other => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{other:?} is not a search parameter (fields: {}; status, order, page, per_page)",
+                        fields.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    match state.store.log_page(&q).await {
+        Ok(page) => {
+            let (total, complete) = match page.total {
+                crate::store::log::Total::Exact(n) => (n, true),
+                crate::store::log::Total::AtLeast { found, .. } => (found, false),
+            };
+            reply_json(
+                StatusCode::OK,
+                &json!({"total": total, "complete": complete, "page": q.page, "pushes": page.rows}),
+            )
+        }
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// An API key with the scope, or (where `session_ok`) a console session with the
+/// matching role and, for POST/DELETE, its CSRF token in `X-CSRF-Token`. Returns who
+/// is calling.
 async fn authorize(
     state: &AdminState,
     req: &Request<Incoming>,
-    needed: Role,
+    needed: Scope,
+    session_ok: bool,
 ) -> Result<String, Reply> {
     let config = state.config();
     if let Some(key) = auth::api_key(req.headers(), &config.api_keys) {
-        let allowed = key.scopes.iter().any(|s| auth::scope_role(*s) >= needed);
-        if !allowed {
-            let scope = if needed >= Role::Operator {
-                Scope::Control
-            } else {
-                Scope::Read
-            };
+        if !auth::key_allows(key, needed) {
             return Err(json_error(
                 StatusCode::FORBIDDEN,
-                format!("API key {:?} lacks the {scope:?} scope", key.name).to_lowercase(),
+                format!("API key {:?} lacks the {needed:?} scope", key.name).to_lowercase(),
             ));
         }
         return Ok(format!("api:{}", key.name));
     }
-    let session: Option<Session> =
-        auth::session(&state.store, &config, req.headers(), now_ms()).await;
+    let session: Option<Session> = if !session_ok {
+        None
+    } else {
+        auth::session(&state.store, &config, req.headers(), now_ms()).await
+    };
     let Some(session) = session else {
-        let mut reply = json_error(
-            StatusCode::UNAUTHORIZED,
-            "missing or unknown API key or session",
-        );
+        let mut reply = json_error(StatusCode::UNAUTHORIZED, "missing or unknown API key");
         reply.headers_mut().insert(
             WWW_AUTHENTICATE,
             hyper::header::HeaderValue::from_static("Bearer"),
         );
         return Err(reply);
     };
-    if req.method() == Method::POST {
+    if req.method() != Method::GET {
         let token = req
             .headers()
             .get("x-csrf-token")
@@ -140,13 +399,18 @@ async fn authorize(
             ));
         }
     }
-    if !session.may(needed) {
+    let role = if needed == Scope::Read {
+        Role::Viewer
+    } else {
+        Role::Operator
+    };
+    if !session.may(role) {
         return Err(json_error(
             StatusCode::FORBIDDEN,
             format!(
                 "{} may not do this (needs {})",
                 session.role.as_str(),
-                needed.as_str()
+                role.as_str()
             ),
         ));
     }

@@ -167,12 +167,11 @@ pub fn api_key<'a>(headers: &HeaderMap, keys: &'a [ApiKey]) -> Option<&'a ApiKey
     keys.iter().find(|k| same(&k.sha256, &hash))
 }
 
-/// Which console role an API scope stands for.
-pub fn scope_role(scope: Scope) -> Role {
-    match scope {
-        Scope::Read => Role::Viewer,
-        Scope::Control => Role::Operator,
-    }
+/// Whether a key's scopes cover `needed` (`control` includes `read`).
+pub fn key_allows(key: &ApiKey, needed: Scope) -> bool {
+    key.scopes
+        .iter()
+        .any(|s| *s == needed || (*s == Scope::Control && needed == Scope::Read))
 }
 
 #[cfg(test)]

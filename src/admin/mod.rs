@@ -6,6 +6,7 @@
 mod api;
 pub mod auth;
 mod pages;
+mod probes;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -43,6 +44,12 @@ pub struct AdminState {
     pub shutdown: CancellationToken,
     /// Where the console actually listens (the config may say port 0).
     pub admin_addr: SocketAddr,
+    /// The sender, when `[fcm]` is configured (for `/readyz`).
+    pub sender: Option<Arc<crate::sender::Sender>>,
+    /// Where `POST /api/v1/pushes` hands its records.
+    pub committer: crate::store::Committer,
+    /// Compiled route scripts of the ingest API keys, by key name.
+    pub api_routes: RwLock<std::collections::HashMap<String, crate::script::CompiledRoute>>,
 }
 
 impl AdminState {

@@ -146,9 +146,9 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
         }
         _ => {}
     }
-    let open = config.console.open_paths.contains(&path);
-    if open && path == "/healthz" {
-        return super::json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+    let probe = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    if probe && config.console.open_paths.contains(&path) {
+        return super::probes::answer(state, &path).await;
     }
     let query = pairs(req.uri().query().unwrap_or("").as_bytes());
     let session = auth::session(&state.store, &config, req.headers(), now_ms()).await;
@@ -165,8 +165,8 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
     if path == "/login" {
         return login(state, &method, &input, session.as_ref(), peer).await;
     }
-    if path == "/healthz" && session.is_some() {
-        return super::json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+    if probe && session.is_some() {
+        return super::probes::answer(state, &path).await;
     }
     let Some(session) = session else {
         let wants_html = headers
@@ -212,6 +212,35 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
         }
         (&Method::GET, ["push", id]) => push_page(state, s, id, None).await,
         (&Method::POST, ["push", id, "resend"]) => resend(state, s, id, peer).await,
+        (&Method::POST, ["push", id, "hold"]) => {
+            if !s.may(Role::Operator) {
+                return error_page(
+                    Some(s),
+                    StatusCode::FORBIDDEN,
+                    "Only operators may place a legal hold.",
+                );
+            }
+            let Ok(num) = id.parse::<u64>() else {
+                return error_page(Some(s), StatusCode::NOT_FOUND, "No such push.");
+            };
+            let hold = input.get("hold") == "1";
+            match api::set_hold(state, num, hold, &s.user, peer).await {
+                Ok(_) => {
+                    push_page(
+                        state,
+                        s,
+                        id,
+                        Some(if hold {
+                            "Legal hold placed: retention keeps this push."
+                        } else {
+                            "Legal hold released."
+                        }),
+                    )
+                    .await
+                }
+                Err((status, message)) => error_page(Some(s), status, &message),
+            }
+        }
         (&Method::GET, ["scripts"]) => scripts_page(state, s).await,
         (&Method::GET | &Method::POST, ["scripts", port]) => {
             script_page(state, s, port, &method, &input, peer).await
@@ -870,6 +899,8 @@ struct PushPage {
     decision: String,
     attempts: Vec<Attempt>,
     can_resend: bool,
+    can_hold: bool,
+    held: bool,
     notice: String,
 }
 
@@ -943,6 +974,8 @@ async fn push_page(state: &AdminState, session: &Session, id: &str, notice: Opti
         can_resend: session.may(Role::Operator)
             && has_push
             && matches!(status.as_str(), "sent" | "failed"),
+        can_hold: session.may(Role::Operator),
+        held: record["legal_hold"] == true,
         status,
         fields,
         decision: serde_json::to_string_pretty(&record["decision"]).unwrap_or_default(),

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Mode, Payload, PortConfig, RESERVED_FIELDS};
+use crate::metrics::{labels, metrics};
 use crate::script::{CompiledRoute, Decision, RouteEngine};
 use crate::store::{Committer, NewRecord, Status, Stored};
 
@@ -166,6 +167,7 @@ async fn refuse(ctx: PortContext, mut stream: TcpStream, peer: SocketAddr) {
     );
     tracing::warn!(port = %ctx.config.name, %peer, "{text}");
     ctx.live.rejected.fetch_add(1, Ordering::Relaxed);
+    record_reject(&ctx.config.name, "max_connections");
     let mut out = Vec::new();
     encode_ack(&ctx.config, &Ack::error(None, text), &mut out);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
@@ -338,10 +340,21 @@ async fn process_buffer(
     }
     if let Some(e) = &broken {
         ctx.live.rejected.fetch_add(1, Ordering::Relaxed);
+        record_reject(&ctx.config.name, "framing");
         encode_ack(&ctx.config, &Ack::error(None, e.to_string()), acks);
         buf.clear();
     }
     broken
+}
+
+fn record_reject(port: &str, reason: &str) {
+    let m = metrics();
+    m.frames
+        .get_or_create(&labels(&[("port", port), ("result", "rejected")]))
+        .inc();
+    m.rejected
+        .get_or_create(&labels(&[("port", port), ("reason", reason)]))
+        .inc();
 }
 
 /// A frame's decoded message, or why it was refused (with its key when known).
@@ -355,6 +368,12 @@ pub struct Message {
 pub struct Refusal {
     pub key: Option<String>,
     pub error: String,
+    /// A short fixed name for metrics (`json`, `charset`, `unique_key`, …).
+    pub reason: &'static str,
+}
+
+fn refusal(key: Option<String>, reason: &'static str, error: String) -> Refusal {
+    Refusal { key, error, reason }
 }
 
 /// Decode a frame body and check it: a JSON object (or fixed-width telegram) with a
@@ -364,27 +383,42 @@ pub fn parse_message(
     zone: chrono_tz::Tz,
     body: &[u8],
 ) -> Result<Message, Refusal> {
-    let refuse = |key: Option<String>, error: String| Refusal { key, error };
-    let mut fields = match port.payload {
+    let fields = match port.payload {
         Payload::Json => {
             let text = port
                 .encoding
                 .decode(body)
-                .map_err(|e| refuse(None, e.to_string()))?;
+                .map_err(|e| refusal(None, "charset", e.to_string()))?;
             match serde_json::from_str::<Value>(&text) {
                 Ok(Value::Object(map)) => map,
                 Ok(other) => {
-                    return Err(refuse(
+                    return Err(refusal(
                         None,
+                        "json",
                         format!("frame is JSON {} but must be an object", json_kind(&other)),
                     ));
                 }
-                Err(e) => return Err(refuse(None, format!("frame is not valid JSON: {e}"))),
+                Err(e) => {
+                    return Err(refusal(
+                        None,
+                        "json",
+                        format!("frame is not valid JSON: {e}"),
+                    ));
+                }
             }
         }
         Payload::Fixed => fixed::decode_fixed(&port.fields, body, port.encoding)
-            .map_err(|e| refuse(None, e.to_string()))?,
+            .map_err(|e| refusal(None, "fixed", e.to_string()))?,
     };
+    check_message(fields, &port.required, zone)
+}
+
+/// The checks every message passes, whatever carried it (a port or the HTTP API).
+pub fn check_message(
+    mut fields: Map<String, Value>,
+    required: &[String],
+    zone: chrono_tz::Tz,
+) -> Result<Message, Refusal> {
     for name in STANDARD_FIELDS {
         if let Some(v @ (Value::Number(_) | Value::Bool(_))) = fields.get(*name) {
             let text = v.to_string();
@@ -394,18 +428,24 @@ pub fn parse_message(
     let key = match fields.get("uniqueKey") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
         Some(Value::String(_)) | None => {
-            return Err(refuse(None, "uniqueKey is missing or empty".into()));
+            return Err(refusal(
+                None,
+                "unique_key",
+                "uniqueKey is missing or empty".into(),
+            ));
         }
         Some(other) => {
-            return Err(refuse(
+            return Err(refusal(
                 None,
+                "unique_key",
                 format!("uniqueKey must be a string, got {}", json_kind(other)),
             ));
         }
     };
     if key.len() > MAX_UNIQUE_KEY_BYTES {
-        return Err(refuse(
+        return Err(refusal(
             None,
+            "unique_key",
             format!(
                 "uniqueKey is {} bytes, the limit is {MAX_UNIQUE_KEY_BYTES}",
                 key.len()
@@ -414,25 +454,28 @@ pub fn parse_message(
     }
     let some_key = || Some(key.clone());
     if let Some(name) = RESERVED_FIELDS.iter().find(|f| fields.contains_key(**f)) {
-        return Err(refuse(
+        return Err(refusal(
             some_key(),
+            "reserved_field",
             format!("field {name:?} is reserved for pushgate's own record fields"),
         ));
     }
-    for name in &port.required {
+    for name in required {
         let present = fields
             .get(name)
             .and_then(crate::store::scalar_text)
             .is_some_and(|t| !t.is_empty());
         if !present {
-            return Err(refuse(
+            return Err(refusal(
                 some_key(),
+                "required_field",
                 format!("required field {name:?} is missing or empty"),
             ));
         }
     }
     if let Some(Value::String(reserved)) = fields.get("sndn_rsev_hour") {
-        crate::script::parse_reserved_time(reserved, zone).map_err(|e| refuse(some_key(), e))?;
+        crate::script::parse_reserved_time(reserved, zone)
+            .map_err(|e| refusal(some_key(), "reserved_time", e))?;
     }
     Ok(Message {
         unique_key: key,
@@ -510,6 +553,46 @@ fn encode_ack(port: &PortConfig, ack: &Ack, out: &mut Vec<u8>) {
 /// Route the good messages (off the runtime), store them in one group commit, and
 /// return one ack per parsed frame, in order.
 async fn store_messages(ctx: &PortContext, parsed: Vec<Result<Message, Refusal>>) -> Vec<Ack> {
+    let route = ctx.route.read().map(|r| r.clone()).ok();
+    let acks = match route {
+        Some(route) => {
+            store_parsed(
+                &ctx.committer,
+                &ctx.engine,
+                &route,
+                &ctx.config.name,
+                parsed,
+            )
+            .await
+        }
+        None => parsed
+            .into_iter()
+            .map(|p| {
+                Ack::error(
+                    p.ok().map(|m| m.unique_key),
+                    "route script unavailable".into(),
+                )
+            })
+            .collect(),
+    };
+    if let Some(Ack::Error { error, .. }) = acks.iter().find(
+        |a| matches!(a, Ack::Error { key: Some(_), error } if error.starts_with("not stored")),
+    ) {
+        ctx.live.note_error(error.clone());
+    }
+    acks
+}
+
+/// Route, store and answer checked messages for `source` (a port, or `api:<key>`):
+/// the one path every message takes into Redis. Records metrics on the way.
+pub async fn store_parsed(
+    committer: &Committer,
+    engine: &Arc<RouteEngine>,
+    route: &CompiledRoute,
+    source: &str,
+    parsed: Vec<Result<Message, Refusal>>,
+) -> Vec<Ack> {
+    let m = metrics();
     let messages: Vec<Message> = parsed
         .iter()
         .filter_map(|p| p.as_ref().ok().cloned())
@@ -517,47 +600,74 @@ async fn store_messages(ctx: &PortContext, parsed: Vec<Result<Message, Refusal>>
     let records = if messages.is_empty() {
         Ok(Vec::new())
     } else {
-        let engine = ctx.engine.clone();
-        let route = ctx.route.read().map(|r| r.clone()).map_err(|_| ());
-        let port = ctx.config.name.clone();
-        match route {
-            Ok(route) => tokio::task::spawn_blocking(move || {
-                messages
-                    .into_iter()
-                    .map(|m| route_message(&engine, &route, &port, m))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .map_err(|e| format!("routing task failed: {e}")),
-            Err(_) => Err("route script lock poisoned".to_owned()),
-        }
+        let engine = engine.clone();
+        let route = route.clone();
+        let port = source.to_owned();
+        tokio::task::spawn_blocking(move || {
+            messages
+                .into_iter()
+                .map(|m| route_message(&engine, &route, &port, m))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| format!("routing task failed: {e}"))
     };
     let stored = match records {
         Ok(records) if records.is_empty() => Ok(Vec::new()),
-        Ok(records) => ctx
-            .committer
-            .commit(records)
-            .await
-            .map_err(|e| format!("not stored, send again: {e}")),
+        Ok(records) => {
+            for r in &records {
+                m.decisions
+                    .get_or_create(&labels(&[("port", source), ("status", r.status.as_str())]))
+                    .inc();
+            }
+            committer
+                .commit(records)
+                .await
+                .map_err(|e| format!("not stored, send again: {e}"))
+        }
         Err(e) => Err(e),
     };
-    if let Err(e) = &stored {
-        ctx.live.note_error(e.clone());
-    }
     let mut stored = stored.map(Vec::into_iter);
+    let count = |result: &str| {
+        m.frames
+            .get_or_create(&labels(&[("port", source), ("result", result)]))
+            .inc()
+    };
+    let reject = |reason: &str| {
+        count("rejected");
+        m.rejected
+            .get_or_create(&labels(&[("port", source), ("reason", reason)]))
+            .inc();
+    };
     parsed
         .into_iter()
         .map(|p| match (p, &mut stored) {
-            (Err(refusal), _) => Ack::error(refusal.key, refusal.error),
-            (Ok(m), Ok(results)) => match results.next() {
-                Some(s) => Ack::Stored {
-                    key: m.unique_key,
-                    id: s.id(),
-                    dup: matches!(s, Stored::Duplicate { .. }),
-                },
-                None => Ack::error(Some(m.unique_key), "store returned too few results".into()),
+            (Err(refusal), _) => {
+                reject(refusal.reason);
+                Ack::error(refusal.key, refusal.error)
+            }
+            (Ok(msg), Ok(results)) => match results.next() {
+                Some(s) => {
+                    let dup = matches!(s, Stored::Duplicate { .. });
+                    count(if dup { "duplicate" } else { "stored" });
+                    Ack::Stored {
+                        key: msg.unique_key,
+                        id: s.id(),
+                        dup,
+                    }
+                }
+                None => {
+                    reject("store");
+                    Ack::error(
+                        Some(msg.unique_key),
+                        "store returned too few results".into(),
+                    )
+                }
             },
-            (Ok(m), Err(e)) => Ack::error(Some(m.unique_key), e.clone()),
+            (Ok(msg), Err(e)) => {
+                reject("store");
+                Ack::error(Some(msg.unique_key), e.clone())
+            }
         })
         .collect()
 }

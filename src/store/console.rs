@@ -3,6 +3,20 @@
 use super::{Store, StoreError};
 
 impl Store {
+    /// Redis answers and accepts a write (for `/readyz`).
+    pub async fn write_check(&self) -> Result<(), StoreError> {
+        let _: () = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.key("ready"))
+                    .arg(crate::ingest::now_ms())
+                    .arg("PX")
+                    .arg(60_000),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Store a session under its token for `idle_ms`.
     pub async fn put_session(
         &self,

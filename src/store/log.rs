@@ -107,6 +107,15 @@ impl Store {
         let (ids, total) = match field.map(|f| (f, index_of(f))) {
             None => match &status_key {
                 None => {
+                    // The plain listing starts where retention stopped; records kept
+                    // by legal hold below that are found by searching.
+                    let lo = lo.max(self.retention_floor().await?);
+                    if lo > hi {
+                        return Ok(LogPage {
+                            rows: Vec::new(),
+                            total: Total::Exact(0),
+                        });
+                    }
                     let total = hi - lo + 1;
                     (
                         window_page(lo, hi, q.oldest_first, offset, per_page),
@@ -154,6 +163,14 @@ impl Store {
             rows: self.records(&ids).await?,
             total,
         })
+    }
+
+    /// The lowest id retention has not looked at (1 when it never ran).
+    pub async fn retention_floor(&self) -> Result<u64, StoreError> {
+        let next: Option<u64> = self
+            .query(redis::cmd("GET").arg(self.key("retention:next")))
+            .await?;
+        Ok(next.unwrap_or(1))
     }
 
     async fn bit_at(&self, key: &str, id: u64) -> Result<bool, StoreError> {
@@ -465,9 +482,11 @@ local function at(id)
   end
   return nil
 end
+-- Ids below retention:next were removed by retention (except held ones).
+local floor = tonumber(redis.call('GET', p .. 'retention:next') or '1')
 -- first id with received_at >= t (last + 1 if none)
 local function first_at_or_after(t)
-  local lo, hi = 1, last + 1
+  local lo, hi = floor, last + 1
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
     local ts = at(mid)

@@ -16,6 +16,7 @@ pub mod console;
 pub mod delivery;
 pub mod log;
 pub mod managed;
+pub mod retention;
 
 use std::time::Duration;
 
@@ -133,6 +134,8 @@ pub struct Store {
     bitscan: redis::Script,
     zfilter: redis::Script,
     resend: redis::Script,
+    prune: redis::Script,
+    swap: redis::Script,
 }
 
 impl Store {
@@ -162,6 +165,8 @@ impl Store {
             bitscan: redis::Script::new(log::BITSCAN_LUA),
             zfilter: redis::Script::new(log::ZFILTER_LUA),
             resend: redis::Script::new(log::RESEND_LUA),
+            prune: redis::Script::new(retention::PRUNE_LUA),
+            swap: redis::Script::new(retention::SWAP_LUA),
         })
     }
 
@@ -499,8 +504,18 @@ async fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
-        match store.ingest(&records).await {
+        let started = std::time::Instant::now();
+        let written = store.ingest(&records).await;
+        let m = crate::metrics::metrics();
+        m.redis_seconds.observe(started.elapsed().as_secs_f64());
+        m.commit_batch.observe(records.len() as f64);
+        match written {
             Ok(results) => {
+                let new = results
+                    .iter()
+                    .filter(|r| matches!(r, Stored::New { .. }))
+                    .count();
+                m.stored.inc_by(new as u64);
                 if results.iter().any(|r| matches!(r, Stored::New { .. })) {
                     stored.notify_one();
                 }

@@ -1,0 +1,65 @@
+//! `/healthz` (the process answers), `/readyz` (Redis reachable and writable, the
+//! sender holds an FCM token) and `/metrics` (Prometheus text).
+
+use hyper::StatusCode;
+use serde_json::json;
+
+use super::{AdminState, Reply, full, json, with_type};
+use crate::metrics::{labels, metrics};
+use crate::supervisor::PortState;
+
+pub(super) async fn answer(state: &AdminState, path: &str) -> Reply {
+    match path {
+        "/readyz" => ready(state).await,
+        "/metrics" => scrape(state).await,
+        _ => json(StatusCode::OK, &json!({"status": "ok"})),
+    }
+}
+
+async fn ready(state: &AdminState) -> Reply {
+    let redis = match state.store.write_check().await {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    let fcm = match &state.sender {
+        None => "not configured".to_owned(),
+        Some(sender) if sender.has_token() => "ok".to_owned(),
+        Some(_) => "no access token yet".to_owned(),
+    };
+    let ready = redis == "ok" && fcm != "no access token yet";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &json!({"ready": ready, "redis": redis, "fcm": fcm}))
+}
+
+async fn scrape(state: &AdminState) -> Reply {
+    let m = metrics();
+    if let Ok((due, inflight)) = state.store.queue_depths().await {
+        m.due.set(due as i64);
+        m.inflight.set(inflight as i64);
+    }
+    for view in state.supervisor.ports().await {
+        for candidate in [
+            PortState::Stopped,
+            PortState::Starting,
+            PortState::Running,
+            PortState::Failed,
+        ] {
+            let name = serde_json::to_value(candidate)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            m.port_state
+                .get_or_create(&labels(&[("port", &view.name), ("state", &name)]))
+                .set(i64::from(view.state == candidate));
+        }
+    }
+    with_type(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        full(m.render()),
+    )
+}

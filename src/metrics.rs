@@ -1,0 +1,175 @@
+//! Every metric pushgate exports, in one place, and the `/metrics` text.
+//!
+//! One registry per process (there is one pushgate per process); parts record into
+//! it through [`metrics()`]. Label values come from small fixed sets (port names,
+//! reasons, statuses, error classes), never from message contents.
+
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Frames answered, by port and result (`stored`, `duplicate`, `rejected`).
+    pub frames: Family<Labels, Counter>,
+    /// Frames refused, by port and reason.
+    pub rejected: Family<Labels, Counter>,
+    /// Records written by the group commit (new records only).
+    pub stored: Counter,
+    /// Route decisions, by port and resulting status.
+    pub decisions: Family<Labels, Counter>,
+    /// FCM sends by outcome (`accepted`, `refused`) and error class.
+    pub sends: Family<Labels, Counter>,
+    /// Seconds from request to FCM's answer.
+    pub send_seconds: Histogram,
+    /// Sends that will be tried again.
+    pub retries: Counter,
+    /// Ids in the `due` and `inflight` queues (sampled at scrape).
+    pub due: Gauge,
+    pub inflight: Gauge,
+    /// Seconds per group-commit round trip to Redis.
+    pub redis_seconds: Histogram,
+    /// Records per group-commit round trip.
+    pub commit_batch: Histogram,
+    /// 1 for the state each port is in (sampled at scrape).
+    pub port_state: Family<Labels, Gauge>,
+    /// Records removed by retention.
+    pub retention_removed: Counter,
+}
+
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("pushgate");
+        let m = Metrics {
+            frames: Family::default(),
+            rejected: Family::default(),
+            stored: Counter::default(),
+            decisions: Family::default(),
+            sends: Family::default(),
+            send_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            retries: Counter::default(),
+            due: Gauge::default(),
+            inflight: Gauge::default(),
+            redis_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            port_state: Family::default(),
+            retention_removed: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "frames",
+            "Frames answered, by port and result",
+            m.frames.clone(),
+        );
+        registry.register(
+            "frames_rejected",
+            "Frames refused, by port and reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "records_stored",
+            "New records written to Redis",
+            m.stored.clone(),
+        );
+        registry.register(
+            "route_decisions",
+            "Route decisions, by port and status",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "fcm_sends",
+            "FCM sends by outcome and error class",
+            m.sends.clone(),
+        );
+        registry.register(
+            "fcm_send_seconds",
+            "Seconds from an FCM request to its answer",
+            m.send_seconds.clone(),
+        );
+        registry.register(
+            "fcm_retries",
+            "Sends scheduled to be tried again",
+            m.retries.clone(),
+        );
+        registry.register(
+            "queue_due",
+            "Records waiting in the due queue",
+            m.due.clone(),
+        );
+        registry.register(
+            "queue_inflight",
+            "Records claimed by a sender",
+            m.inflight.clone(),
+        );
+        registry.register(
+            "redis_commit_seconds",
+            "Seconds per group-commit round trip",
+            m.redis_seconds.clone(),
+        );
+        registry.register(
+            "commit_batch_records",
+            "Records per group-commit round trip",
+            m.commit_batch.clone(),
+        );
+        registry.register(
+            "port_state",
+            "1 for each port's current state",
+            m.port_state.clone(),
+        );
+        registry.register(
+            "retention_removed",
+            "Records removed by retention",
+            m.retention_removed.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_metric_with_its_labels() {
+        let m = metrics();
+        m.frames
+            .get_or_create(&labels(&[("port", "t"), ("result", "stored")]))
+            .inc();
+        m.send_seconds.observe(0.02);
+        let text = m.render();
+        assert!(
+            text.contains("pushgate_frames_total{port=\"t\",result=\"stored\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE pushgate_fcm_send_seconds histogram"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with EOF");
+    }
+}

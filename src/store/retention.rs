@@ -1,0 +1,121 @@
+//! Retention: records older than the cut-off leave Redis with every index entry that
+//! points at them, in small batches (one short Lua call each), oldest first. A record
+//! with `legal_hold: true` stays.
+
+use serde_json::Value;
+
+use super::{BITMAP_FIELDS, Store, StoreError, ZSET_FIELDS};
+
+/// What one pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub removed: u64,
+    pub held: u64,
+}
+
+impl Store {
+    /// Remove records received before `cutoff_ms`, at most `batch` ids per round trip,
+    /// until none is left. Ids below `retention:next` have been looked at already.
+    pub async fn prune(&self, cutoff_ms: i64, batch: u64) -> Result<Pruned, StoreError> {
+        let (_, last_old) = self.id_window(None, Some(cutoff_ms - 1)).await?;
+        let mut total = Pruned::default();
+        loop {
+            let mut invocation = self.prune.prepare_invoke();
+            invocation
+                .arg(&self.prefix)
+                .arg(last_old)
+                .arg(batch)
+                .arg(ZSET_FIELDS.join(","))
+                .arg(BITMAP_FIELDS.join(","));
+            let mut con = self.con.clone();
+            let (removed, held, more): (u64, u64, u8) =
+                self.run(invocation.invoke_async(&mut con)).await?;
+            total.removed += removed;
+            total.held += held;
+            if more == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Set or clear `legal_hold` on a record, if it is still as the caller saw it.
+    pub async fn set_hold(
+        &self,
+        id: u64,
+        expected: &Value,
+        hold: bool,
+    ) -> Result<bool, StoreError> {
+        let mut record = expected.clone();
+        if let Some(map) = record.as_object_mut() {
+            if hold {
+                map.insert("legal_hold".into(), true.into());
+            } else {
+                map.remove("legal_hold");
+            }
+        }
+        let mut invocation = self.swap.prepare_invoke();
+        invocation
+            .arg(self.key(&format!("rec:{id}")))
+            .arg(expected.to_string())
+            .arg(record.to_string());
+        let mut con = self.con.clone();
+        let applied: i64 = self.run(invocation.invoke_async(&mut con)).await?;
+        Ok(applied == 1)
+    }
+}
+
+/// ARGV: record key, expected JSON, new JSON. Replaces only an unchanged record.
+pub(super) const SWAP_LUA: &str = r#"
+if redis.call('GET', ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('SET', ARGV[1], ARGV[3])
+return 1
+"#;
+
+/// ARGV: prefix, last id to prune, batch, zset fields (comma list), bitmap fields.
+/// Walks ids from `retention:next`; removes each record and its index entries unless
+/// held. Returns removed, held, more (1 when ids are left below the limit).
+/// Reading a record with cjson is safe here: nothing is written back from it.
+pub(super) const PRUNE_LUA: &str = r#"
+local p, last, batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local zfields, bfields = {}, {}
+for f in string.gmatch(ARGV[4], '[^,]+') do zfields[#zfields + 1] = f end
+for f in string.gmatch(ARGV[5], '[^,]+') do bfields[#bfields + 1] = f end
+local next_id = tonumber(redis.call('GET', p .. 'retention:next') or '1')
+local removed, held = 0, 0
+local stop = math.min(last, next_id + batch - 1)
+for id = next_id, stop do
+  local text = redis.call('GET', p .. 'rec:' .. id)
+  if text then
+    local ok, rec = pcall(cjson.decode, text)
+    if ok and rec['legal_hold'] == true then
+      held = held + 1
+    elseif ok then
+      for _, f in ipairs(zfields) do
+        local v = rec[f]
+        if type(v) == 'string' and v ~= '' then
+          redis.call('ZREM', p .. 'idx:' .. f .. ':' .. v, id)
+        end
+      end
+      for _, f in ipairs(bfields) do
+        local v = rec[f]
+        if type(v) == 'string' and v ~= '' then
+          redis.call('SETBIT', p .. 'bit:' .. f .. ':' .. v, id, 0)
+        end
+      end
+      if type(rec['uniqueKey']) == 'string' then
+        redis.call('HDEL', p .. 'keyIndex', rec['uniqueKey'])
+      end
+      redis.call('ZREM', p .. 'due', id)
+      redis.call('ZREM', p .. 'inflight', id)
+      redis.call('DEL', p .. 'rec:' .. id)
+      removed = removed + 1
+    end
+  end
+end
+if stop >= next_id then
+  redis.call('SET', p .. 'retention:next', stop + 1)
+end
+local more = 0
+if stop < last then more = 1 end
+return {removed, held, more}
+"#;
