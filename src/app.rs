@@ -248,6 +248,11 @@ impl App {
         })
     }
 
+    /// The config as currently running.
+    pub fn config_snapshot(&self) -> Config {
+        self.admin_state.config()
+    }
+
     /// Re-read the config file and scripts and apply the difference. A config that
     /// does not load changes nothing.
     pub async fn reload(&self) -> anyhow::Result<PortChanges> {

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use pushgate::app::App;
@@ -14,7 +15,11 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("notice.rhai", include_str!("../scripts/notice.rhai")),
 ];
 
-pub async fn run(dir: Option<PathBuf>, admin: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(
+    dir: Option<PathBuf>,
+    admin: SocketAddr,
+    ephemeral_ports: bool,
+) -> anyhow::Result<()> {
     let dir = match dir {
         Some(dir) => dir,
         None => std::env::temp_dir().join(format!("pushgate-demo-{}", std::process::id())),
@@ -49,6 +54,13 @@ pub async fn run(dir: Option<PathBuf>, admin: SocketAddr) -> anyhow::Result<()> 
         account.display(),
         emulator.addr()
     );
+    let config_text = if ephemeral_ports {
+        config_text
+            .replace("127.0.0.1:9101", "127.0.0.1:0")
+            .replace("127.0.0.1:9102", "127.0.0.1:0")
+    } else {
+        config_text
+    };
     let config_path = dir.join("pushgate.toml");
     std::fs::write(&config_path, config_text)?;
     let config = Config::load(&config_path)?;
@@ -75,7 +87,9 @@ pub async fn run(dir: Option<PathBuf>, admin: SocketAddr) -> anyhow::Result<()> 
         "             curl -H 'Authorization: Bearer {key}' http://{}/api/v1/ports",
         app.admin_addr
     );
+    let feeder = tokio::spawn(feed(app.supervisor.clone(), app.config_snapshot()));
     let result = app.run_until_signalled().await;
+    feeder.abort();
     emulator.shutdown().await;
     result
 }
@@ -97,4 +111,90 @@ fn emulator_args() -> pushgate::emulator::EmulatorArgs {
         "dead-",
     ]);
     cli.args
+}
+
+/// A gentle stream of realistic pushes into both ports, as the FEP would send them:
+/// transfer alerts as JSON lines, notices as EUC-KR fixed-width telegrams.
+async fn feed(supervisor: std::sync::Arc<pushgate::supervisor::Supervisor>, config: Config) {
+    use pushgate::ingest::fixed::encode_fixed;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TITLES: &[(&str, &str)] = &[
+        ("입금 알림", "원이 입금되었습니다"),
+        ("출금 알림", "원이 출금되었습니다"),
+        ("이체 완료", "원 이체가 완료되었습니다"),
+        ("카드 승인", "원 결제가 승인되었습니다"),
+    ];
+    let mut n: u64 = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        n += 1;
+        let zone = config.zone();
+        let now = chrono::Utc::now().with_timezone(&zone);
+        let key = format!("DEMO-{}-{n:06}", now.format("%Y%m%d%H%M%S"));
+        let (title, tail) = TITLES[(n % 4) as usize];
+        let amount = 10_000 * (1 + n % 37);
+        // About one in ten goes to a token FCM no longer knows; one in eight is reserved.
+        let token = if n % 10 == 3 {
+            format!("dead-{n:08}")
+        } else {
+            format!("demo-token-{:0>140}", n % 97)
+        };
+        let reserved = if n % 8 == 5 {
+            (now + chrono::Duration::minutes(2))
+                .format("%Y%m%d%H%M%S")
+                .to_string()
+        } else {
+            String::new()
+        };
+        let mut message = serde_json::json!({
+            "uniqueKey": key,
+            "sndn_rsev_hour": reserved,
+            "csno": format!("{:010}", 4_000_000 + n % 500),
+            "uuid_id": format!("U{n:08}"),
+            "device_id": token,
+            "msg_title": title,
+            "msg_contents": format!("{amount}{tail}"),
+            "D_servicename": "TRF",
+            "push_grp_id": "",
+            "cust_telno": format!("010{:08}", 20_000_000 + n % 9000),
+        });
+        let notice = n % 5 == 0;
+        let port_name = if notice { "fep-notice" } else { "fep-transfer" };
+        if notice {
+            // Marketing at night is held by the notice script; one in three is a group notice.
+            message["D_servicename"] = (if n % 2 == 0 { "MKT" } else { "NTC" }).into();
+            message["msg_title"] = "공지사항".into();
+            message["msg_contents"] = "점검 안내: 오늘 23시부터 30분간 이체가 중단됩니다".into();
+            if n % 3 == 0 {
+                message["push_grp_id"] = "all-users".into();
+            }
+        }
+        let Some(port) = config.port(port_name) else {
+            continue;
+        };
+        let Some(addr) = supervisor.port(port_name).await.and_then(|v| v.bound) else {
+            continue;
+        };
+        let body = match port.payload {
+            pushgate::config::Payload::Fixed => match message
+                .as_object()
+                .map(|m| encode_fixed(&port.fields, m, port.encoding))
+            {
+                Some(Ok(bytes)) => bytes,
+                _ => continue,
+            },
+            pushgate::config::Payload::Json => {
+                port.encoding.encode(&message.to_string()).into_owned()
+            }
+        };
+        let mut frame = Vec::new();
+        if port.framing().encode(&body, &mut frame).is_err() {
+            continue;
+        }
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await {
+            let _ = stream.write_all(&frame).await;
+            let mut ack = [0u8; 512];
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut ack)).await;
+        }
+    }
 }

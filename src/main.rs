@@ -8,6 +8,7 @@ use pushgate::app::App;
 use pushgate::config::Config;
 
 mod demo;
+mod send;
 
 #[derive(Parser)]
 #[command(
@@ -45,14 +46,19 @@ enum Command {
         /// Where the demo keeps its config, scripts and Redis data (default: a temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Admin API address.
+        /// Console and admin API address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         admin: std::net::SocketAddr,
+        /// Let the two example ports take any free port (for tests).
+        #[arg(long, hide = true)]
+        ephemeral_ports: bool,
     },
     /// Print a new random API key and the sha256 line for the config.
     ApiKey,
     /// Read a password from stdin and print its argon2id hash for `[[user]] password`.
     HashPassword,
+    /// Send telegrams (JSON lines from a file or stdin) to a port and print the acks.
+    Send(send::SendArgs),
     /// A strict stand-in for FCM HTTP v1 (token endpoint + messages:send) on loopback.
     FcmEmulator(pushgate::emulator::EmulatorArgs),
 }
@@ -99,7 +105,12 @@ fn main() -> ExitCode {
                 .run_until_signalled()
                 .await
         }),
-        Command::Demo { dir, admin } => run(demo::run(dir, admin)),
+        Command::Demo {
+            dir,
+            admin,
+            ephemeral_ports,
+        } => run(demo::run(dir, admin, ephemeral_ports)),
+        Command::Send(args) => run(send::run(args)),
         Command::FcmEmulator(args) => run(async move {
             let mut signals = pushgate::signals::listen()?;
             let terminated = async move {

@@ -149,41 +149,19 @@ pub(super) async fn set_hold(
     who: &str,
     peer: SocketAddr,
 ) -> Result<Value, (StatusCode, String)> {
-    let unavailable =
-        |e: crate::store::StoreError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-    for _ in 0..5 {
-        let record = state
-            .store
-            .record(id)
-            .await
-            .map_err(unavailable)?
-            .ok_or((StatusCode::NOT_FOUND, format!("no push {id}")))?;
-        if state
-            .store
-            .set_hold(id, &record, hold)
-            .await
-            .map_err(unavailable)?
-        {
+    match state.store.set_hold(id, hold).await {
+        Ok(Some(record)) => {
             let action = if hold {
                 "legal hold"
             } else {
                 "legal hold released"
             };
             audit(state, who, action, &format!("push {id}"), peer).await;
-            return state
-                .store
-                .record(id)
-                .await
-                .map_err(unavailable)?
-                .ok_or((StatusCode::NOT_FOUND, format!("no push {id}")));
+            Ok(record)
         }
-        // The sender changed it meanwhile: read it again.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        Ok(None) => Err((StatusCode::NOT_FOUND, format!("no push {id}"))),
+        Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
-    Err((
-        StatusCode::CONFLICT,
-        format!("push {id} keeps changing; try again"),
-    ))
 }
 
 /// `POST /api/v1/pushes`: the same checks, dedupe, routing and store as a port.

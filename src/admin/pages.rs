@@ -18,7 +18,7 @@ use super::{AdminState, Reply, api, html, read_body, redirect, streaming, with_t
 use crate::config::Role;
 use crate::ingest::now_ms;
 use crate::script::{format_local, mask, mask_phone};
-use crate::store::log::{LogQuery, Total, searchable_fields};
+use crate::store::log::{LogQuery, Resend, Total, searchable_fields};
 use crate::supervisor::PortState;
 
 const STYLE: &str = include_str!("../../static/app.css");
@@ -995,42 +995,26 @@ async fn resend(state: &AdminState, session: &Session, id: &str, peer: SocketAdd
     let Ok(num) = id.parse::<u64>() else {
         return error_page(Some(session), StatusCode::NOT_FOUND, "No such push.");
     };
-    let record = match state.store.record(num).await {
-        Ok(Some(r)) => r,
-        _ => return error_page(Some(session), StatusCode::NOT_FOUND, "No such push."),
-    };
-    if record["decision"]["push"].is_null()
-        || !matches!(record["status"].as_str(), Some("sent" | "failed"))
-    {
-        return error_page(
+    match state.store.resend(num, now_ms()).await {
+        Ok(Resend::Queued) => {
+            api::audit(state, &session.user, "resend", &format!("push {num}"), peer).await;
+            push_page(state, session, id, Some("Queued to be sent again.")).await
+        }
+        Ok(Resend::NotResendable) => error_page(
             Some(session),
             StatusCode::CONFLICT,
             "Only a sent or failed push with a send decision can be resent.",
-        );
-    }
-    match state.store.resend(num, &record, now_ms()).await {
-        Ok(true) => {
-            let addr = peer.ip().to_string();
-            let _ = state
-                .store
-                .audit(&[
-                    ("who", &session.user),
-                    ("action", "resend"),
-                    ("target", &format!("push {num}")),
-                    ("addr", &addr),
-                ])
-                .await;
-            push_page(state, session, id, Some("Queued to be sent again.")).await
-        }
-        Ok(false) => {
+        ),
+        Ok(Resend::Busy) => {
             push_page(
                 state,
                 session,
                 id,
-                Some("Not resent: the push changed meanwhile (it may already be queued)."),
+                Some("Not resent: the push is queued or being sent right now."),
             )
             .await
         }
+        Ok(Resend::Missing) => error_page(Some(session), StatusCode::NOT_FOUND, "No such push."),
         Err(e) => error_page(
             Some(session),
             StatusCode::SERVICE_UNAVAILABLE,

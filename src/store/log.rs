@@ -316,28 +316,50 @@ impl Store {
         Ok(LogPage { rows, total })
     }
 
-    /// Queue a finished record to be sent again, if it has a send decision and is not
-    /// queued or in flight. `expected` is the record as the operator saw it: a record
-    /// changed since is not touched (returns false).
-    pub async fn resend(&self, id: u64, expected: &Value, now_ms: i64) -> Result<bool, StoreError> {
-        let old: Status = serde_json::from_value(expected["status"].clone())
-            .map_err(|e| StoreError::Protocol(format!("record {id} status: {e}")))?;
-        let mut record = expected.clone();
-        if let Some(map) = record.as_object_mut() {
-            map.insert("status".into(), Status::Queued.as_str().into());
-            map.insert("due_at".into(), now_ms.into());
+    /// The record's stored text (what compare-and-set compares) and its parsed value.
+    pub(super) async fn record_text(&self, id: u64) -> Result<Option<(String, Value)>, StoreError> {
+        let text: Option<String> = self
+            .query(redis::cmd("GET").arg(self.key(&format!("rec:{id}"))))
+            .await?;
+        text.map(|t| {
+            let value =
+                serde_json::from_str(&t).map_err(|e| StoreError::Protocol(e.to_string()))?;
+            Ok((t, value))
+        })
+        .transpose()
+    }
+
+    /// Queue a sent or failed record with a send decision to be sent again, unless it
+    /// is queued or in flight. Retries when the sender changes it meanwhile.
+    pub async fn resend(&self, id: u64, now_ms: i64) -> Result<Resend, StoreError> {
+        for _ in 0..5 {
+            let Some((text, mut record)) = self.record_text(id).await? else {
+                return Ok(Resend::Missing);
+            };
+            let old = record["status"].as_str().unwrap_or_default().to_owned();
+            if record["decision"]["push"].is_null() || !matches!(old.as_str(), "sent" | "failed") {
+                return Ok(Resend::NotResendable);
+            }
+            if let Some(map) = record.as_object_mut() {
+                map.insert("status".into(), Status::Queued.as_str().into());
+                map.insert("due_at".into(), now_ms.into());
+            }
+            let mut invocation = self.resend.prepare_invoke();
+            invocation
+                .arg(&self.prefix)
+                .arg(id)
+                .arg(&text)
+                .arg(record.to_string())
+                .arg(&old)
+                .arg(now_ms);
+            let mut con = self.con.clone();
+            let applied: i64 = self.run(invocation.invoke_async(&mut con)).await?;
+            if applied == 1 {
+                return Ok(Resend::Queued);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let mut invocation = self.resend.prepare_invoke();
-        invocation
-            .arg(&self.prefix)
-            .arg(id)
-            .arg(expected.to_string())
-            .arg(record.to_string())
-            .arg(old.as_str())
-            .arg(now_ms);
-        let mut con = self.con.clone();
-        let applied: i64 = self.run(invocation.invoke_async(&mut con)).await?;
-        Ok(applied == 1)
+        Ok(Resend::Busy)
     }
 
     /// Stored records (the `keyIndex` size).
@@ -453,6 +475,17 @@ impl Store {
             redis::from_redis_value(reply).map_err(|e| StoreError::Protocol(e.to_string()))?;
         Ok(entries)
     }
+}
+
+/// What a resend did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    Queued,
+    /// Not sent or failed, or routed to no push: nothing to send again.
+    NotResendable,
+    /// Queued or in flight (or changing) right now.
+    Busy,
+    Missing,
 }
 
 /// Ids of one page of the plain window `lo..=hi`.

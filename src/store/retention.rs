@@ -38,29 +38,35 @@ impl Store {
         }
     }
 
-    /// Set or clear `legal_hold` on a record, if it is still as the caller saw it.
-    pub async fn set_hold(
-        &self,
-        id: u64,
-        expected: &Value,
-        hold: bool,
-    ) -> Result<bool, StoreError> {
-        let mut record = expected.clone();
-        if let Some(map) = record.as_object_mut() {
-            if hold {
-                map.insert("legal_hold".into(), true.into());
-            } else {
-                map.remove("legal_hold");
+    /// Set or clear `legal_hold` on a record (retrying while the sender changes it).
+    /// Returns the record as stored, or None when there is no such record.
+    pub async fn set_hold(&self, id: u64, hold: bool) -> Result<Option<Value>, StoreError> {
+        for _ in 0..10 {
+            let Some((text, mut record)) = self.record_text(id).await? else {
+                return Ok(None);
+            };
+            if let Some(map) = record.as_object_mut() {
+                if hold {
+                    map.insert("legal_hold".into(), true.into());
+                } else {
+                    map.remove("legal_hold");
+                }
             }
+            let mut invocation = self.swap.prepare_invoke();
+            invocation
+                .arg(self.key(&format!("rec:{id}")))
+                .arg(&text)
+                .arg(record.to_string());
+            let mut con = self.con.clone();
+            let applied: i64 = self.run(invocation.invoke_async(&mut con)).await?;
+            if applied == 1 {
+                return Ok(Some(record));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let mut invocation = self.swap.prepare_invoke();
-        invocation
-            .arg(self.key(&format!("rec:{id}")))
-            .arg(expected.to_string())
-            .arg(record.to_string());
-        let mut con = self.con.clone();
-        let applied: i64 = self.run(invocation.invoke_async(&mut con)).await?;
-        Ok(applied == 1)
+        Err(StoreError::Protocol(format!(
+            "record {id} kept changing; try again"
+        )))
     }
 }
 

@@ -7,6 +7,7 @@ mod console;
 mod delivery;
 mod ingest;
 mod lifecycle;
+mod operations;
 mod process;
 mod redis_outage;
 mod routes;
