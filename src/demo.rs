@@ -158,14 +158,14 @@ async fn feed(supervisor: std::sync::Arc<pushgate::supervisor::Supervisor>, conf
             "push_grp_id": "",
             "cust_telno": format!("010{:08}", 20_000_000 + n % 9000),
         });
-        let notice = n % 5 == 0;
+        let notice = n.is_multiple_of(5);
         let port_name = if notice { "fep-notice" } else { "fep-transfer" };
         if notice {
             // Marketing at night is held by the notice script; one in three is a group notice.
-            message["D_servicename"] = (if n % 2 == 0 { "MKT" } else { "NTC" }).into();
+            message["D_servicename"] = (if n.is_multiple_of(2) { "MKT" } else { "NTC" }).into();
             message["msg_title"] = "공지사항".into();
             message["msg_contents"] = "점검 안내: 오늘 23시부터 30분간 이체가 중단됩니다".into();
-            if n % 3 == 0 {
+            if n.is_multiple_of(3) {
                 message["push_grp_id"] = "all-users".into();
             }
         }

@@ -328,12 +328,12 @@ async fn retention_removes_exactly_the_old_records_and_their_index_entries_keepi
         port: "p".into(),
         received_at_ms: now - age_days * day,
         fields: message(&format!("R{n}"), n).as_object().unwrap().clone(),
-        status: if n % 3 == 0 {
+        status: if n.is_multiple_of(3) {
             Status::Queued
         } else {
             Status::Dropped
         },
-        due_ms: (n % 3 == 0).then_some(now),
+        due_ms: n.is_multiple_of(3).then_some(now),
         decision: None,
         error: None,
     };
