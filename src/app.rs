@@ -87,7 +87,16 @@ impl Delivery {
     /// Stop claiming; in-flight sends finish and their outcomes are written.
     async fn stop(self) {
         self.cancel.cancel();
-        let _ = self.task.await;
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(30), &mut task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "sender did not finish within 30 s (Redis unreachable?); unwritten outcomes will be re-sent after their leases expire"
+            );
+            task.abort();
+        }
         let _ = self.refresher.await;
     }
 }
@@ -144,6 +153,16 @@ async fn retention_loop(store: Store, retention_days: u64, cancel: CancellationT
     }
 }
 
+/// A Redis URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 fn dry_run_ports(config: &Config) -> Vec<String> {
     config
         .ports
@@ -184,10 +203,10 @@ impl App {
             Duration::from_millis(config.redis.timeout_ms),
             config.store.stats_ttl_hours * 3600,
         )
-        .with_context(|| format!("opening redis at {url}"))?;
+        .with_context(|| format!("opening redis at {}", redact(&url)))?;
         if let Err(e) = store.ping().await {
             // Not fatal: ports answer with error acks until Redis is back.
-            tracing::error!(%url, error = %e, "redis is not reachable yet");
+            tracing::error!(url = %redact(&url), error = %e, "redis is not reachable yet");
         }
         let stored = Arc::new(Notify::new());
         let (committer, writer_task) =
@@ -220,6 +239,8 @@ impl App {
             admin_addr,
             sender: delivery.as_ref().map(|d| d.sender.clone()),
             committer,
+            script_saves: tokio::sync::Mutex::new(()),
+            flushing: std::sync::atomic::AtomicBool::new(false),
             api_routes: RwLock::new(api_routes),
         });
         let retention = tokio::spawn(retention_loop(

@@ -736,7 +736,10 @@ impl RedisConfig {
                 out.push("redis.managed = true needs redis.dir (where the AOF lives)".into());
             }
         } else if let Err(e) = redis::Client::open(self.url.as_str()) {
-            out.push(format!("redis.url = {:?}: {e}", self.url));
+            out.push(format!(
+                "redis.url = {:?}: {e}",
+                crate::app::redact(&self.url)
+            ));
         }
     }
 }
@@ -785,8 +788,9 @@ impl PortConfig {
         match (self.framing, self.len_digits) {
             (FramingKind::AsciiLen, digits) => {
                 let digits = digits.unwrap_or(DEFAULT_LEN_DIGITS);
-                if !(1..=9).contains(&digits) {
-                    out.push(format!("{at}: len_digits = {digits} is outside 1..=9"));
+                // Fewer than 3 digits cannot carry an ack naming a long uniqueKey.
+                if !(3..=9).contains(&digits) {
+                    out.push(format!("{at}: len_digits = {digits} is outside 3..=9"));
                 } else {
                     let largest = 10usize.pow(u32::from(digits)) - 1;
                     if max_frame_bytes > largest {
@@ -941,8 +945,8 @@ script = "scripts/transfer.rhai"
             ),
             ("len_digits = 4", "len_digits only applies"),
             (
-                "framing = \"ascii-len\"\nlen_digits = 2\nmax_frame_bytes = 100",
-                "cannot be written in 2 digits",
+                "framing = \"ascii-len\"\nlen_digits = 3\nmax_frame_bytes = 1000",
+                "cannot be written in 3 digits",
             ),
             ("payload = \"fixed\"", "needs a [[port.fields]] layout"),
             ("max_connections = 0", "max_connections must be at least 1"),

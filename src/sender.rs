@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -150,9 +152,17 @@ impl Sender {
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.policy.max_in_flight));
         let (done, outcomes) = mpsc::channel(self.policy.max_in_flight * 2);
-        let finisher = tokio::spawn(finish_loop(self.store.clone(), outcomes));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let finisher = tokio::spawn(finish_loop(self.store.clone(), outcomes, stalled.clone()));
         let sends = TaskTracker::new();
         while !cancel.is_cancelled() {
+            if stalled.load(Ordering::Acquire) {
+                // Redis refuses our outcomes: claim nothing until they are written.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    _ = cancel.cancelled() => break,
+                }
+            }
             if let Some(until) = self.paused() {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => {}
@@ -203,8 +213,12 @@ impl Sender {
                 let dead_since = token_of(&claim.record).and_then(|t| dead.get(t).copied());
                 sends.spawn(async move {
                     let outcome = this.attempt(claim, dead_since).await;
-                    drop(permit);
-                    let _ = done.send(outcome).await;
+                    let _ = done
+                        .send(Pending {
+                            outcome,
+                            _slot: permit,
+                        })
+                        .await;
                 });
             }
         }
@@ -242,7 +256,9 @@ impl Sender {
             serde_json::from_value(record["status"].clone()).unwrap_or(Status::Queued);
         let port = record["worker"].as_str().unwrap_or_default().to_owned();
         let attempts = record["attempts"].as_u64().unwrap_or(0) as u32 + 1;
+        // A reserved push ages from its reserved time, not from when it arrived.
         let received_at = record["received_at"].as_i64().unwrap_or_else(now_ms);
+        let received_at = received_at.max(record["decision"]["at_ms"].as_i64().unwrap_or(0));
         let push: Option<Push> = serde_json::from_value(record["decision"]["push"].clone()).ok();
         let dry_run = self.is_dry_run(&port);
 
@@ -267,7 +283,17 @@ impl Sender {
             ),
             (Some(push), None) => {
                 let started = std::time::Instant::now();
-                let answer = self.client.send(&fcm::message_for(&push), dry_run).await;
+                // The whole attempt (token refresh, resend after a 401) must end well
+                // inside the lease, or another claim could send the record meanwhile.
+                let deadline = self.policy.lease.mul_f64(0.8);
+                let answer = tokio::time::timeout(deadline, self.client.send(&fcm::message_for(&push), dry_run))
+                    .await
+                    .unwrap_or_else(|_| Answer::Refused {
+                        class: fcm::ErrorClass::Transport,
+                        http: 0,
+                        body: json!({"error": format!("no answer within {deadline:?} (80% of the lease)")}).to_string(),
+                        retry_after: None,
+                    });
                 let m = metrics();
                 m.send_seconds.observe(started.elapsed().as_secs_f64());
                 let (outcome, class) = match &answer {
@@ -419,9 +445,22 @@ fn token_of(record: &Value) -> Option<&str> {
     record["decision"]["push"]["target"]["token"].as_str()
 }
 
-/// Write outcomes in batches; a failed write is retried (the records stay leased
-/// meanwhile) rather than dropped.
-async fn finish_loop(store: Store, mut outcomes: mpsc::Receiver<Outcome>) {
+/// An outcome on its way to Redis, with the in-flight slot it still holds: the slot
+/// is given back only once the outcome is written, so the sender never claims more
+/// while answers it already has are unwritten.
+struct Pending {
+    outcome: Outcome,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Write outcomes in batches. A failed write is retried until it succeeds (the records
+/// stay leased meanwhile, and `stalled` stops new claims so that this sender never
+/// re-claims its own unwritten records when their leases run out).
+async fn finish_loop(
+    store: Store,
+    mut outcomes: mpsc::Receiver<Pending>,
+    stalled: Arc<AtomicBool>,
+) {
     while let Some(first) = outcomes.recv().await {
         let mut batch = vec![first];
         while batch.len() < FINISH_BATCH {
@@ -430,10 +469,12 @@ async fn finish_loop(store: Store, mut outcomes: mpsc::Receiver<Outcome>) {
                 Err(_) => break,
             }
         }
+        let written: Vec<Outcome> = batch.iter().map(|p| p.outcome.clone()).collect();
         let mut wait = Duration::from_millis(100);
-        for attempt in 1.. {
-            match store.finish(&batch).await {
+        loop {
+            match store.finish(&written).await {
                 Ok(applied) => {
+                    stalled.store(false, Ordering::Release);
                     let lost = applied.iter().filter(|a| !**a).count();
                     if lost > 0 {
                         tracing::warn!(
@@ -443,17 +484,15 @@ async fn finish_loop(store: Store, mut outcomes: mpsc::Receiver<Outcome>) {
                     }
                     break;
                 }
-                Err(e) if attempt < 20 => {
+                Err(e) => {
+                    stalled.store(true, Ordering::Release);
                     tracing::warn!(error = %e, records = batch.len(), "writing send outcomes; retrying");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, records = batch.len(), "giving up writing outcomes; their leases will expire and they will be sent again");
-                    break;
-                }
             }
         }
+        drop(batch);
     }
 }
 

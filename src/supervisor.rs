@@ -192,13 +192,23 @@ impl Supervisor {
         Ok(view(slot))
     }
 
+    /// Stop a port. Its drain (up to DRAIN_LIMIT) runs without holding the port table,
+    /// so the console and the API keep answering meanwhile.
     pub async fn stop(&self, name: &str) -> Result<PortView, SupervisorError> {
-        let mut slots = self.slots.lock().await;
-        let slot = slots
-            .get_mut(name)
-            .ok_or_else(|| SupervisorError::UnknownPort(name.to_owned()))?;
-        stop_slot(slot).await;
-        Ok(view(slot))
+        let (running, status, live) = {
+            let mut slots = self.slots.lock().await;
+            let slot = slots
+                .get_mut(name)
+                .ok_or_else(|| SupervisorError::UnknownPort(name.to_owned()))?;
+            (slot.running.take(), slot.status.clone(), slot.live.clone())
+        };
+        if let Some(running) = running {
+            drain(name, running).await;
+            mark_stopped(&status, &live);
+        }
+        self.port(name)
+            .await
+            .ok_or_else(|| SupervisorError::UnknownPort(name.to_owned()))
     }
 
     pub async fn restart(&self, name: &str) -> Result<PortView, SupervisorError> {
@@ -257,7 +267,8 @@ impl Supervisor {
                 let was_running = slot.running.is_some();
                 stop_slot(slot).await;
                 slot.config = port.clone();
-                if was_running || port.autostart {
+                // Never run a port on the stand-in for a script that did not compile.
+                if (was_running || port.autostart) && startable(slot).is_ok() {
                     self.start_slot(Some(slot));
                 }
             }
@@ -338,17 +349,25 @@ fn startable(slot: &Slot) -> Result<(), SupervisorError> {
 }
 
 async fn stop_slot(slot: &mut Slot) {
-    let Some(running) = slot.running.take() else {
-        return;
-    };
+    if let Some(running) = slot.running.take() {
+        drain(&slot.config.name, running).await;
+        mark_stopped(&slot.status, &slot.live);
+    }
+}
+
+/// Cancel a port task and wait (bounded) for it to finish what it received.
+async fn drain(name: &str, running: Running) {
     running.cancel.cancel();
     let mut task = running.task;
     if tokio::time::timeout(DRAIN_LIMIT, &mut task).await.is_err() {
-        tracing::warn!(port = %slot.config.name, "did not drain within {DRAIN_LIMIT:?}; aborting");
+        tracing::warn!(port = %name, "did not drain within {DRAIN_LIMIT:?}; aborting");
         task.abort();
     }
-    set_state(&slot.status, PortState::Stopped, None);
-    if let Ok(mut bound) = slot.live.bound.lock() {
+}
+
+fn mark_stopped(status: &Mutex<Status>, live: &PortLive) {
+    set_state(status, PortState::Stopped, None);
+    if let Ok(mut bound) = live.bound.lock() {
         *bound = None;
     }
 }

@@ -181,6 +181,12 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
             "Content-Type must be application/json",
         );
     }
+    if state.flushing.load(std::sync::atomic::Ordering::SeqCst) {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the log is being flushed; send again shortly",
+        );
+    }
     let key_name = caller.trim_start_matches("api:").to_owned();
     let body = match read_body(req.into_body(), MAX_INGEST_BODY).await {
         Ok(b) => b,

@@ -48,6 +48,10 @@ pub struct AdminState {
     pub sender: Option<Arc<crate::sender::Sender>>,
     /// Where `POST /api/v1/pushes` hands its records.
     pub committer: crate::store::Committer,
+    /// One script Save at a time (each keeps a version and swaps the port's script).
+    pub script_saves: tokio::sync::Mutex<()>,
+    /// Set while the log is flushed: HTTP ingest waits it out.
+    pub flushing: std::sync::atomic::AtomicBool,
     /// Compiled route scripts of the ingest API keys, by key name.
     pub api_routes: RwLock<std::collections::HashMap<String, crate::script::CompiledRoute>>,
 }

@@ -296,9 +296,15 @@ async fn login(
         *reply.status_mut() = StatusCode::UNAUTHORIZED;
         reply
     };
+    // Count the attempt before checking it, so parallel guesses cannot all slip in
+    // under the limit; a success clears the count.
     let max = config.console.max_failed_logins;
-    match state.store.failed_logins(&name).await {
-        Ok((count, ttl)) if count >= max => {
+    match state
+        .store
+        .count_failed_login(&name, auth::FAILED_LOGIN_WINDOW_SECS)
+        .await
+    {
+        Ok((count, ttl)) if count > max => {
             let wait = (ttl.max(1000) / 1000).to_string();
             return refuse(&format!(
                 "Too many failed sign-ins for this user. Try again in {wait} s."
@@ -318,10 +324,6 @@ async fn login(
         .unwrap_or(false);
     let addr = peer.ip().to_string();
     let (Some(user), true) = (user, ok) else {
-        let _ = state
-            .store
-            .count_failed_login(&name, auth::FAILED_LOGIN_WINDOW_SECS)
-            .await;
         let _ = state
             .store
             .audit(&[
@@ -788,7 +790,13 @@ async fn log_csv(state: &AdminState, session: &Session, input: &Input) -> Reply 
             out.push_str("\r\n");
             written += 1;
         }
-        if (result.rows.len() as u64) < query.per_page || written >= CSV_LIMIT {
+        // A substring search rescans its budget for every page: one page is the limit.
+        let bounded = matches!(result.total, Total::AtLeast { .. })
+            || query
+                .field
+                .as_deref()
+                .is_some_and(|f| crate::store::log::SUBSTRING_FIELDS.contains(&f));
+        if (result.rows.len() as u64) < query.per_page || written >= CSV_LIMIT || bounded {
             break;
         }
     }
@@ -840,6 +848,24 @@ async fn flush(
             done: None,
         });
     }
+    let running: Vec<String> = state
+        .supervisor
+        .ports()
+        .await
+        .into_iter()
+        .filter(|p| p.state != PortState::Stopped)
+        .map(|p| p.name)
+        .collect();
+    if !running.is_empty() {
+        return error_page(
+            Some(session),
+            StatusCode::CONFLICT,
+            &format!(
+                "Stop every port before flushing, so that nothing arrives meanwhile. Still running: {}.",
+                running.join(", ")
+            ),
+        );
+    }
     if input.get("confirm") != records.to_string() {
         return error_page(
             Some(session),
@@ -847,7 +873,14 @@ async fn flush(
             "The number of records changed since the confirmation page; look again before flushing.",
         );
     }
-    match state.store.flush().await {
+    state
+        .flushing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let flushed = state.store.flush().await;
+    state
+        .flushing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    match flushed {
         Ok(keys) => {
             let addr = peer.ip().to_string();
             let detail = format!("{records} records, {keys} keys");
@@ -978,10 +1011,24 @@ async fn push_page(state: &AdminState, session: &Session, id: &str, notice: Opti
         held: record["legal_hold"] == true,
         status,
         fields,
-        decision: serde_json::to_string_pretty(&record["decision"]).unwrap_or_default(),
+        decision: masked_decision(&record, session),
         attempts,
         notice: notice.unwrap_or("").to_owned(),
     })
+}
+
+/// The route decision as text; for viewers with the record's phone and customer
+/// numbers masked wherever a script copied them in.
+fn masked_decision(record: &Value, session: &Session) -> String {
+    let mut text = serde_json::to_string_pretty(&record["decision"]).unwrap_or_default();
+    if !session.may(Role::Operator) {
+        for column in ["cust_telno", "csno"] {
+            if let Some(value) = record[column].as_str().filter(|v| v.len() >= 4) {
+                text = text.replace(value, &cell(record, column, session));
+            }
+        }
+    }
+    text
 }
 
 async fn resend(state: &AdminState, session: &Session, id: &str, peer: SocketAddr) -> Reply {
@@ -1118,7 +1165,7 @@ fn save_script(script: &Path, source: &str, keep: usize) -> std::io::Result<()> 
     if script.exists() {
         std::fs::copy(script, dir.join(format!("{}.rhai", now_ms())))?;
     }
-    let tmp = script.with_extension("rhai.saving");
+    let tmp = script.with_extension(format!("rhai.saving-{}", rand::random::<u64>()));
     std::fs::write(&tmp, source)?;
     std::fs::rename(&tmp, script)?;
     let mut old: Vec<PathBuf> = std::fs::read_dir(&dir)?
@@ -1187,11 +1234,29 @@ async fn script_page(
         (Err(e), _) => page.errors.push(e.to_string()),
         (Ok(_), "check") => page.notice = "Compiles.".into(),
         (Ok(route), "try") => {
+            // A script can print any field it is given, so Try is for operators and up.
+            if !session.may(Role::Operator) {
+                return error_page(
+                    Some(session),
+                    StatusCode::FORBIDDEN,
+                    "Only operators may try scripts.",
+                );
+            }
             page.result = match try_message(state, &page.sample, &page.record_id).await {
-                Ok(msg) => match state.engine.route(route, &msg, now_ms()) {
-                    Ok(decision) => serde_json::to_string_pretty(&decision).unwrap_or_default(),
-                    Err(e) => format!("script_error: {shown}:{e}"),
-                },
+                Ok(msg) => {
+                    let engine = state.engine.clone();
+                    let route = route.clone();
+                    let decided =
+                        tokio::task::spawn_blocking(move || engine.route(&route, &msg, now_ms()))
+                            .await;
+                    match decided {
+                        Ok(Ok(decision)) => {
+                            serde_json::to_string_pretty(&decision).unwrap_or_default()
+                        }
+                        Ok(Err(e)) => format!("script_error: {shown}:{e}"),
+                        Err(e) => format!("the script could not run: {e}"),
+                    }
+                }
                 Err(e) => e,
             };
         }
@@ -1203,6 +1268,7 @@ async fn script_page(
                     "Only admins may change scripts.",
                 );
             }
+            let _one_save_at_a_time = state.script_saves.lock().await;
             if let Err(e) = save_script(&path, &page.source, config.console.script_versions) {
                 return error_page(
                     Some(session),

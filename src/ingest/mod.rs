@@ -41,6 +41,8 @@ pub const STANDARD_FIELDS: &[&str] = &[
 ];
 
 const MAX_UNIQUE_KEY_BYTES: usize = 256;
+/// How long writing acks to a peer may take before the connection is dropped.
+const ACK_WRITE_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -237,8 +239,11 @@ async fn serve_connection(
     let why_closed = loop {
         let broken = process_buffer(ctx, &mut buf, &mut acks).await;
         if !acks.is_empty() {
-            if let Err(e) = stream.write_all(&acks).await {
-                break format!("writing acks: {e}");
+            // A peer that stops reading its acks must not hold the connection forever.
+            match tokio::time::timeout(ACK_WRITE_LIMIT, stream.write_all(&acks)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break format!("writing acks: {e}"),
+                Err(_) => break format!("peer did not take its acks within {ACK_WRITE_LIMIT:?}"),
             }
             acks.clear();
         }
@@ -253,7 +258,7 @@ async fn serve_connection(
                 drain_available(&stream, &mut buf);
                 process_buffer(ctx, &mut buf, &mut acks).await;
                 if !acks.is_empty() {
-                    let _ = stream.write_all(&acks).await;
+                    let _ = tokio::time::timeout(ACK_WRITE_LIMIT, stream.write_all(&acks)).await;
                 }
                 break "port stopping".to_owned();
             }

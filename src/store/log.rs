@@ -369,7 +369,8 @@ impl Store {
     }
 
     /// Delete every key under the prefix, in batches (never FLUSHDB), except the audit
-    /// log and console sessions (flushing is audited, and signs nobody out). Returns keys deleted.
+    /// log, console sessions and the id counter (ids are never reused, so a record
+    /// written meanwhile cannot collide with a key being deleted). Returns keys deleted.
     pub async fn flush(&self) -> Result<u64, StoreError> {
         let pattern = format!("{}*", self.prefix.replace('*', "\\*").replace('?', "\\?"));
         let mut cursor: u64 = 0;
@@ -385,7 +386,7 @@ impl Store {
                         .arg(1000),
                 )
                 .await?;
-            let keep = [self.key("audit"), self.key("session:")];
+            let keep = [self.key("audit"), self.key("session:"), self.key("seq")];
             let keys: Vec<String> = keys
                 .into_iter()
                 .filter(|k| !keep.iter().any(|kept| k.starts_with(kept.as_str())))
@@ -395,6 +396,15 @@ impl Store {
                 deleted += n;
             }
             if next == 0 {
+                // Ids are never reused: the plain listing starts after the flushed ones.
+                let last = self.last_id().await?;
+                let _: () = self
+                    .query(
+                        redis::cmd("SET")
+                            .arg(self.key("retention:next"))
+                            .arg(last + 1),
+                    )
+                    .await?;
                 return Ok(deleted);
             }
             cursor = next;

@@ -414,6 +414,10 @@ async fn flush_asks_for_confirmation_naming_the_count_then_deletes_only_our_keys
         page.body.contains("id=\"flush-count\">3<"),
         "names how many will go"
     );
+    let page = web.post("/log/flush", &[("confirm", "3")]).await;
+    assert_eq!(page.status, 409, "refused while a port runs");
+    assert!(page.body.contains("Stop every port"), "{}", page.body);
+    assert_eq!(web.post("/ports/p/stop", &[]).await.status, 303);
     let page = web.post("/log/flush", &[("confirm", "2")]).await;
     assert_eq!(page.status, 409, "a stale count is refused");
     let page = web.post("/log/flush", &[("confirm", "3")]).await;
@@ -435,6 +439,12 @@ async fn flush_asks_for_confirmation_naming_the_count_then_deletes_only_our_keys
         audit.status,
         audit.body
     );
+    // Ids are never reused after a flush, and the listing counts only what is there.
+    assert_eq!(web.post("/ports/p/start", &[]).await.status, 303);
+    let addr = app.port_addr("p").await;
+    let ids = store_messages(addr, &[message("after-flush", 9)]).await;
+    assert_eq!(ids, [4], "the id counter survives the flush");
+    assert!(web.get("/log").await.body.contains(">1</b> records"));
     app.shutdown().await;
 }
 
