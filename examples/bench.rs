@@ -89,7 +89,12 @@ async fn log_queries() -> anyhow::Result<()> {
                         fields,
                         status: if n % 10 == 0 { Status::Failed } else { Status::Sent },
                         due_ms: None,
-                        decision: None,
+                        // What transfer.rhai decides, so memory per record is realistic.
+                        decision: Some(serde_json::json!({"action": "send", "push": {
+                            "target": {"token": format!("fcm-token-{:0>140}", n % 50_000)},
+                            "title": "이체 완료", "body": format!("{n}원이 입금되었습니다. 잔액을 확인하세요."),
+                            "data": {"uniqueKey": format!("L{n}"), "D_servicename": "TRF"},
+                            "android": {"priority": "high"}}})),
                         error: None,
                     }
                 })
@@ -103,6 +108,12 @@ async fn log_queries() -> anyhow::Result<()> {
             "log at {stored} records (loaded in {:.1} s, {per_record} bytes of Redis per record incl. indexes):",
             load.as_secs_f64()
         );
+        let mark = mark_one_sent(&store, stored).await?;
+        println!(
+            "  {:<28} store {:>6.2} ms   (claim + outcome write, median of 20)",
+            "mark one record sent", mark
+        );
+        let mut figures = serde_json::json!({"records": stored, "bytes_per_record": per_record, "mark_sent_ms": mark});
         let csno = format!("{:010}", 4242);
         let queries = [
             ("newest first, page 1", String::new()),
@@ -159,9 +170,219 @@ async fn log_queries() -> anyhow::Result<()> {
                 store_times[10].as_secs_f64() * 1000.0,
                 page_times[10].as_secs_f64() * 1000.0
             );
+            figures[name] = serde_json::json!({
+                "store_ms": store_times[10].as_secs_f64() * 1000.0,
+                "page_ms": page_times[10].as_secs_f64() * 1000.0,
+            });
+        }
+        write_json(&format!("log-{stored}"), &figures)?;
+        if stored <= 100_000 {
+            old_design(&store, stored, &figures).await?;
         }
     }
     app.shutdown().await;
+    Ok(())
+}
+
+/// Claim one due record and write its outcome, the sender's per-record Redis work.
+async fn mark_one_sent(store: &pushgate::store::Store, n: u64) -> anyhow::Result<f64> {
+    use pushgate::store::{NewRecord, Status, delivery::Outcome};
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let now = pushgate::ingest::now_ms();
+        let record = NewRecord {
+            unique_key: format!("MARK-{n}-{i}"),
+            port: "bench".into(),
+            received_at_ms: now,
+            fields: serde_json::Map::new(),
+            status: Status::Queued,
+            due_ms: Some(now),
+            decision: None,
+            error: None,
+        };
+        store.ingest(&[record]).await?;
+        let t = Instant::now();
+        let claimed = store
+            .claim(pushgate::ingest::now_ms(), now + 30_000, 10)
+            .await?;
+        let outcomes: Vec<Outcome> = claimed
+            .into_iter()
+            .map(|c| {
+                let mut record = c.record;
+                record["status"] = "sent".into();
+                Outcome {
+                    id: c.id,
+                    lease: c.lease,
+                    record,
+                    old_status: Status::Queued,
+                    new_status: Status::Sent,
+                    retry_at_ms: None,
+                    delivered: true,
+                    port: "bench".into(),
+                    at_ms: now,
+                }
+            })
+            .collect();
+        anyhow::ensure!(
+            store.finish(&outcomes).await?.iter().all(|a| *a),
+            "outcome refused"
+        );
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[10].as_secs_f64() * 1000.0)
+}
+
+/// The layout pushgate replaces, in the same Redis: one list `pushTable` of JSON
+/// strings, `keyIndex` uniqueKey → list index; a page loads the whole list, reverses,
+/// filters and slices; an update reads the whole list and LSETs one element.
+async fn old_design(
+    store: &pushgate::store::Store,
+    n: u64,
+    new: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let url = store_url(store);
+    let client = redis::Client::open(url.as_str())?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let used = |con: &mut redis::aio::MultiplexedConnection| {
+        let mut con = con.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("memory")
+                .query_async(&mut con)
+                .await?;
+            Ok::<u64, redis::RedisError>(
+                info.lines()
+                    .find_map(|l| l.strip_prefix("used_memory:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0),
+            )
+        }
+    };
+    let _: () = redis::cmd("DEL")
+        .arg("old:pushTable")
+        .arg("old:keyIndex")
+        .query_async(&mut con)
+        .await?;
+    let before = used(&mut con).await?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            let record = serde_json::json!({
+                "uniqueKey": format!("L{i}"), "sndn_rsev_hour": "", "csno": format!("{:010}", i % 100_000),
+                "device_id": format!("fcm-token-{:0>140}", i % 50_000), "cust_telno": format!("010{:08}", i % 10_000_000),
+                "uuid_id": format!("u{i}"), "msg_title": "이체 완료", "msg_contents": format!("{i}원이 입금되었습니다. 잔액을 확인하세요."),
+                "D_servicename": "TRF", "push_grp_id": "", "fcm_send_yn": "Y", "fcm_send_time": "20261125093000",
+                "result": "{\"name\":\"projects/p/messages/1\"}",
+            });
+            pipe.cmd("RPUSH")
+                .arg("old:pushTable")
+                .arg(record.to_string())
+                .ignore();
+            pipe.cmd("HSET")
+                .arg("old:keyIndex")
+                .arg(format!("L{i}"))
+                .arg(i)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut con).await?;
+    }
+    let per_record = (used(&mut con).await? - before) / n;
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1000.0
+    };
+    let runs = if n > 10_000 { 5 } else { 20 };
+    let (mut page, mut search, mut update) = (Vec::new(), Vec::new(), Vec::new());
+    let csno = format!("{:010}", 4242);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let all: Vec<String> = redis::cmd("LRANGE")
+            .arg("old:pushTable")
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await?;
+        let rows: Vec<&String> = all.iter().rev().take(100).collect();
+        anyhow::ensure!(rows.len() == 100.min(n as usize));
+        page.push(t.elapsed());
+
+        let t = Instant::now();
+        let all: Vec<String> = redis::cmd("LRANGE")
+            .arg("old:pushTable")
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await?;
+        let hits: Vec<serde_json::Value> = all
+            .iter()
+            .rev()
+            .filter_map(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+            .filter(|r| r["csno"] == csno.as_str())
+            .take(100)
+            .collect();
+        anyhow::ensure!(!hits.is_empty() || n < 4243);
+        search.push(t.elapsed());
+
+        let t = Instant::now();
+        let index: u64 = redis::cmd("HGET")
+            .arg("old:keyIndex")
+            .arg(format!("L{}", n / 2))
+            .query_async(&mut con)
+            .await?;
+        let all: Vec<String> = redis::cmd("LRANGE")
+            .arg("old:pushTable")
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await?;
+        let mut record: serde_json::Value = serde_json::from_str(&all[index as usize])?;
+        record["fcm_send_yn"] = "Y".into();
+        let _: () = redis::cmd("LSET")
+            .arg("old:pushTable")
+            .arg(index)
+            .arg(record.to_string())
+            .query_async(&mut con)
+            .await?;
+        update.push(t.elapsed());
+    }
+    let (page, search, update) = (median(page), median(search), median(update));
+    let ratio =
+        |old: f64, key: &str, field: &str| old / new[key][field].as_f64().unwrap_or(f64::NAN);
+    println!("  old single-list design at {n} records ({per_record} bytes of Redis per record):");
+    println!(
+        "    newest page {page:>9.2} ms ({:.0}x pushgate)   csno search {search:>9.2} ms ({:.0}x)   mark one sent {update:>9.2} ms ({:.0}x)",
+        ratio(page, "newest first, page 1", "store_ms"),
+        ratio(search, "csno search (indexed)", "store_ms"),
+        update / new["mark_sent_ms"].as_f64().unwrap_or(f64::NAN)
+    );
+    write_json(
+        &format!("old-design-{n}"),
+        &serde_json::json!({
+            "records": n, "bytes_per_record": per_record,
+            "newest_page_ms": page, "csno_search_ms": search, "mark_sent_ms": update,
+        }),
+    )?;
+    let _: () = redis::cmd("DEL")
+        .arg("old:pushTable")
+        .arg("old:keyIndex")
+        .query_async(&mut con)
+        .await?;
+    Ok(())
+}
+
+fn store_url(store: &pushgate::store::Store) -> String {
+    store.url().to_owned()
+}
+
+/// `target/bench/{name}.json`, for comparing runs.
+fn write_json(name: &str, value: &serde_json::Value) -> anyhow::Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(value)?,
+    )?;
     Ok(())
 }
 
@@ -199,32 +420,76 @@ async fn ingest() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (app, addr) = start(dir.path(), "").await?;
     for connections in [1, 8] {
-        let (acked, elapsed) = on_thread(move || load(addr, connections, Limit::Time(RUN)))?;
+        let (acked, elapsed, latencies) =
+            on_thread(move || load(addr, connections, Limit::Time(RUN)))?;
+        let rate = acked as f64 / elapsed.as_secs_f64();
         println!(
-            "ingest, {connections} connection(s): {acked} frames acked in {:.2} s = {:.0} frames/s",
-            elapsed.as_secs_f64(),
-            acked as f64 / elapsed.as_secs_f64()
+            "ingest, {connections} connection(s): {acked} frames acked in {:.2} s = {rate:.0} frames/s",
+            elapsed.as_secs_f64()
         );
+        write_json(
+            &format!("ingest-{connections}"),
+            &serde_json::json!({
+                "connections": connections, "frames": acked, "seconds": elapsed.as_secs_f64(), "frames_per_second": rate,
+                "ack_latency": percentiles(latencies),
+            }),
+        )?;
     }
     app.shutdown().await;
     Ok(())
 }
 
-async fn end_to_end() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+/// pushgate with `[fcm]` pointing at an in-process emulator.
+async fn start_with_emulator(
+    dir: &Path,
+) -> anyhow::Result<(App, SocketAddr, pushgate::emulator::Emulator)> {
     let emulator = pushgate::emulator::Emulator::start(emulator_args()).await?;
-    let account = dir.path().join("sa.json");
+    let account = dir.join("sa.json");
     std::fs::write(&account, emulator.service_account_json())?;
     let fcm = format!(
         "[fcm]\nservice_account = \"{}\"\nendpoint = \"http://{}\"\n",
         account.display(),
         emulator.addr()
     );
-    let (app, addr) = start(dir.path(), &fcm).await?;
+    let (app, addr) = start(dir, &fcm).await?;
+    Ok((app, addr, emulator))
+}
+
+fn percentiles(mut latencies: Vec<Duration>) -> serde_json::Value {
+    latencies.sort();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    serde_json::json!({"count": latencies.len(), "p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": at(1.0)})
+}
+
+async fn end_to_end() -> anyhow::Result<()> {
+    // Ack latency at a fixed offered rate, with the sender delivering meanwhile.
+    let dir = tempfile::tempdir()?;
+    let (app, addr, emulator) = start_with_emulator(dir.path()).await?;
+    let paced = std::thread::spawn(move || paced_load(addr, 8, 5000, Duration::from_secs(10)))
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    let fixed = percentiles(paced);
+    println!(
+        "ack latency at 5,000 frames/s offered (8 connections, 10 s, sender running): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        fixed["p50_ms"].as_f64().unwrap_or(0.0),
+        fixed["p99_ms"].as_f64().unwrap_or(0.0),
+        fixed["max_ms"].as_f64().unwrap_or(0.0)
+    );
+    app.shutdown().await;
+    emulator.shutdown().await;
+
+    // Saturation: how fast pushes reach `sent`.
+    let dir = tempfile::tempdir()?;
+    let (app, addr, emulator) = start_with_emulator(dir.path()).await?;
+    let store = app.store.clone();
     let started = Instant::now();
     let per_connection = END_TO_END_PUSHES / 8;
     let load = std::thread::spawn(move || load(addr, 8, Limit::Frames(per_connection)));
-    while emulator.stats().accepted < END_TO_END_PUSHES {
+    while store.count_bits("status", "sent").await? < END_TO_END_PUSHES {
         tokio::time::sleep(Duration::from_millis(20)).await;
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(300),
@@ -232,18 +497,131 @@ async fn end_to_end() -> anyhow::Result<()> {
         );
     }
     let elapsed = started.elapsed();
-    let (acked, ingest_elapsed) = load
+    let (acked, ingest_elapsed, saturated) = load
         .join()
         .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    let saturated = percentiles(saturated);
+    let rate = END_TO_END_PUSHES as f64 / elapsed.as_secs_f64();
     println!(
-        "end to end, 8 connections: {acked} frames acked in {:.2} s; all {END_TO_END_PUSHES} accepted by the FCM emulator after {:.2} s = {:.0} pushes/s",
+        "end to end, 8 connections: {acked} frames acked in {:.2} s; all {END_TO_END_PUSHES} `sent` (accepted by the FCM emulator, outcome written) after {:.2} s = {rate:.0} pushes/s; ack latency at saturation p50 {:.1} ms, p99 {:.1} ms",
         ingest_elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
-        END_TO_END_PUSHES as f64 / elapsed.as_secs_f64()
+        saturated["p50_ms"].as_f64().unwrap_or(0.0),
+        saturated["p99_ms"].as_f64().unwrap_or(0.0),
     );
+    let accepted = emulator.stats().accepted;
     app.shutdown().await;
     emulator.shutdown().await;
-    Ok(())
+    let peak_rss_kib = peak_rss_kib();
+    println!(
+        "peak RSS of the whole benchmark process (pushgate + load generator + emulator): {} MiB",
+        peak_rss_kib / 1024
+    );
+    write_json(
+        "end-to-end",
+        &serde_json::json!({
+            "pushes": END_TO_END_PUSHES, "seconds_to_sent": elapsed.as_secs_f64(), "pushes_per_second": rate,
+            "emulator_accepted": accepted, "ack_latency_at_5000_per_s": fixed, "ack_latency_at_saturation": saturated,
+            "peak_rss_kib_whole_process": peak_rss_kib,
+        }),
+    )
+}
+
+/// VmHWM of this process, KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// `connections` clients together offering `rate` frames/s for `run`; each frame's
+/// ack latency (acks come back in order per connection).
+fn paced_load(
+    addr: SocketAddr,
+    connections: usize,
+    rate: u64,
+    run: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut tasks = Vec::new();
+        for c in 0..connections {
+            tasks.push(tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                let (mut rd, mut wr) = stream.into_split();
+                let per_tick = rate as f64 / connections as f64 / 1000.0; // frames per ms
+                let sent_at = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+                let reader = {
+                    let sent_at = sent_at.clone();
+                    tokio::spawn(async move {
+                        let mut latencies = Vec::new();
+                        let mut buf = vec![0u8; 65536];
+                        loop {
+                            let n = rd.read(&mut buf).await?;
+                            if n == 0 {
+                                return anyhow::Ok(latencies);
+                            }
+                            let now = Instant::now();
+                            for _ in buf[..n].iter().filter(|b| **b == b'\n') {
+                                if let Some(at) = sent_at.lock().map_err(|_| anyhow::anyhow!("lock"))?.pop_front() {
+                                    latencies.push(now - at);
+                                }
+                            }
+                        }
+                    })
+                };
+                let started = Instant::now();
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                let mut owed = 0.0;
+                let mut n = 0u64;
+                let pid = std::process::id();
+                while started.elapsed() < run {
+                    tick.tick().await;
+                    owed += per_tick;
+                    let mut out = String::new();
+                    while owed >= 1.0 {
+                        owed -= 1.0;
+                        out.push_str(&format!(
+                            "{{\"uniqueKey\":\"p{pid}-{c}-{n}\",\"device_id\":\"fcm-token-{n:0>140}\",\"csno\":\"{:010}\",\"msg_title\":\"이체 완료\",\"msg_contents\":\"{n}원이 입금되었습니다\",\"D_servicename\":\"TRF\"}}\n",
+                            n % 100_000
+                        ));
+                        n += 1;
+                    }
+                    if !out.is_empty() {
+                        let now = Instant::now();
+                        {
+                            let mut q = sent_at.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+                            for _ in 0..out.matches('\n').count() {
+                                q.push_back(now);
+                            }
+                        }
+                        wr.write_all(out.as_bytes()).await?;
+                    }
+                }
+                // Let the last acks arrive, then close.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !sent_at.lock().map_err(|_| anyhow::anyhow!("lock"))?.is_empty() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                drop(wr);
+                reader.await?
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await??);
+        }
+        Ok(all)
+    })
 }
 
 fn emulator_args() -> pushgate::emulator::EmulatorArgs {
@@ -255,9 +633,9 @@ fn emulator_args() -> pushgate::emulator::EmulatorArgs {
     <Cli as clap::Parser>::parse_from(["fcm-emulator", "--listen", "127.0.0.1:0"]).args
 }
 
-fn on_thread(
-    work: impl FnOnce() -> anyhow::Result<(u64, Duration)> + Send + 'static,
-) -> anyhow::Result<(u64, Duration)> {
+fn on_thread<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
     std::thread::spawn(work)
         .join()
         .map_err(|_| anyhow::anyhow!("load thread panicked"))?
@@ -271,7 +649,11 @@ enum Limit {
 }
 
 /// Drive `connections` clients on a separate single-threaded runtime.
-fn load(addr: SocketAddr, connections: usize, limit: Limit) -> anyhow::Result<(u64, Duration)> {
+fn load(
+    addr: SocketAddr,
+    connections: usize,
+    limit: Limit,
+) -> anyhow::Result<(u64, Duration, Vec<Duration>)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -282,20 +664,24 @@ fn load(addr: SocketAddr, connections: usize, limit: Limit) -> anyhow::Result<(u
             tasks.push(tokio::spawn(client(addr, c, started, limit)));
         }
         let mut acked = 0;
+        let mut latencies = Vec::new();
         for task in tasks {
-            acked += task.await??;
+            let (n, l) = task.await??;
+            acked += n;
+            latencies.extend(l);
         }
-        Ok((acked, started.elapsed()))
+        Ok((acked, started.elapsed(), latencies))
     })
 }
 
-/// One FEP connection: keep WINDOW frames outstanding until the limit, count ok acks.
+/// One FEP connection: keep WINDOW frames outstanding until the limit; count ok acks
+/// and time each from its write to its ack.
 async fn client(
     addr: SocketAddr,
     id: usize,
     started: Instant,
     limit: Limit,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, Vec<Duration>)> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (mut rd, mut wr) = stream.into_split();
@@ -312,6 +698,8 @@ async fn client(
     let mut acked = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
     let mut out = String::new();
+    let mut written_at = std::collections::VecDeque::new();
+    let mut latencies = Vec::new();
     loop {
         let sending = match limit {
             Limit::Time(run) => started.elapsed() < run,
@@ -323,14 +711,16 @@ async fn client(
                 Limit::Frames(n) => n,
                 Limit::Time(_) => u64::MAX,
             };
+            let now = Instant::now();
             while sent - acked < WINDOW as u64 && sent < cap {
                 out.push_str(&frame(sent));
+                written_at.push_back(now);
                 sent += 1;
             }
             wr.write_all(out.as_bytes()).await?;
         }
         if !sending && acked == sent {
-            return Ok(acked);
+            return Ok((acked, latencies));
         }
         let n = rd.read(&mut buf).await?;
         if n == 0 {
@@ -339,6 +729,12 @@ async fn client(
         let acks = buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
         if buf[..n].windows(11).any(|w| w == b"\"ok\":false,") {
             anyhow::bail!("error ack: {}", String::from_utf8_lossy(&buf[..n]));
+        }
+        let now = Instant::now();
+        for _ in 0..acks {
+            if let Some(at) = written_at.pop_front() {
+                latencies.push(now - at);
+            }
         }
         acked += acks;
     }

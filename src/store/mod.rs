@@ -123,6 +123,7 @@ impl Stored {
 /// reconnects by itself after Redis restarts.
 #[derive(Clone)]
 pub struct Store {
+    url: String,
     con: ConnectionManager,
     prefix: String,
     timeout: Duration,
@@ -154,6 +155,7 @@ impl Store {
             .set_max_delay(Duration::from_millis(500));
         let con = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Store {
+            url: url.to_owned(),
             con,
             prefix: prefix.to_owned(),
             timeout,
@@ -168,6 +170,11 @@ impl Store {
             prune: redis::Script::new(retention::PRUNE_LUA),
             swap: redis::Script::new(retention::SWAP_LUA),
         })
+    }
+
+    /// Where this store's Redis is (may contain a password: do not log it).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     pub fn key(&self, suffix: &str) -> String {
