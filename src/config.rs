@@ -29,6 +29,9 @@ pub const RESERVED_FIELDS: &[&str] = &[
     "decision",
     "due_at",
     "error",
+    "history",
+    "dry_run",
+    "legal_hold",
 ];
 
 #[derive(Debug, thiserror::Error)]

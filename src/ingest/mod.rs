@@ -620,10 +620,18 @@ pub async fn store_parsed(
     let stored = match records {
         Ok(records) if records.is_empty() => Ok(Vec::new()),
         Ok(records) => {
+            // Counted per batch, not per frame: a label lookup costs more than a frame.
+            let mut by_status: Vec<(&'static str, u64)> = Vec::new();
             for r in &records {
+                match by_status.iter_mut().find(|(s, _)| *s == r.status.as_str()) {
+                    Some((_, n)) => *n += 1,
+                    None => by_status.push((r.status.as_str(), 1)),
+                }
+            }
+            for (status, n) in by_status {
                 m.decisions
-                    .get_or_create(&labels(&[("port", source), ("status", r.status.as_str())]))
-                    .inc();
+                    .get_or_create(&labels(&[("port", source), ("status", status)]))
+                    .inc_by(n);
             }
             committer
                 .commit(records)
@@ -633,28 +641,23 @@ pub async fn store_parsed(
         Err(e) => Err(e),
     };
     let mut stored = stored.map(Vec::into_iter);
-    let count = |result: &str| {
-        m.frames
-            .get_or_create(&labels(&[("port", source), ("result", result)]))
-            .inc()
-    };
-    let reject = |reason: &str| {
-        count("rejected");
-        m.rejected
-            .get_or_create(&labels(&[("port", source), ("reason", reason)]))
-            .inc();
-    };
-    parsed
+    let (mut new, mut dups) = (0u64, 0u64);
+    let mut rejects: Vec<&'static str> = Vec::new();
+    let acks: Vec<Ack> = parsed
         .into_iter()
         .map(|p| match (p, &mut stored) {
             (Err(refusal), _) => {
-                reject(refusal.reason);
+                rejects.push(refusal.reason);
                 Ack::error(refusal.key, refusal.error)
             }
             (Ok(msg), Ok(results)) => match results.next() {
                 Some(s) => {
                     let dup = matches!(s, Stored::Duplicate { .. });
-                    count(if dup { "duplicate" } else { "stored" });
+                    if dup {
+                        dups += 1;
+                    } else {
+                        new += 1;
+                    }
                     Ack::Stored {
                         key: msg.unique_key,
                         id: s.id(),
@@ -662,7 +665,7 @@ pub async fn store_parsed(
                     }
                 }
                 None => {
-                    reject("store");
+                    rejects.push("store");
                     Ack::error(
                         Some(msg.unique_key),
                         "store returned too few results".into(),
@@ -670,11 +673,27 @@ pub async fn store_parsed(
                 }
             },
             (Ok(msg), Err(e)) => {
-                reject("store");
+                rejects.push("store");
                 Ack::error(Some(msg.unique_key), e.clone())
             }
         })
-        .collect()
+        .collect();
+    let frames = |result: &str, n: u64| {
+        if n > 0 {
+            m.frames
+                .get_or_create(&labels(&[("port", source), ("result", result)]))
+                .inc_by(n);
+        }
+    };
+    frames("stored", new);
+    frames("duplicate", dups);
+    frames("rejected", rejects.len() as u64);
+    for reason in rejects {
+        m.rejected
+            .get_or_create(&labels(&[("port", source), ("reason", reason)]))
+            .inc();
+    }
+    acks
 }
 
 /// Run the route script on one message and turn its decision into a record.

@@ -367,25 +367,40 @@ pub fn scalar_text(value: &Value) -> Option<String> {
 }
 
 /// The record's JSON after `{"id":N,` — the id is only known inside the Lua script.
+/// Serialised straight from the message map (no copy of it).
 fn record_body_after_id(record: &NewRecord) -> String {
-    let mut map = record.fields.clone();
-    map.insert("worker".into(), record.port.clone().into());
-    map.insert("status".into(), record.status.as_str().into());
-    map.insert("received_at".into(), record.received_at_ms.into());
-    map.insert("attempts".into(), 0.into());
-    map.insert("fcm_send_yn".into(), "N".into());
-    map.insert("fcm_send_time".into(), "".into());
-    map.insert("result".into(), "".into());
-    if let Some(due) = record.due_ms {
-        map.insert("due_at".into(), due.into());
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        #[serde(flatten)]
+        fields: &'a Map<String, Value>,
+        worker: &'a str,
+        status: &'static str,
+        received_at: i64,
+        attempts: u32,
+        fcm_send_yn: &'static str,
+        fcm_send_time: &'static str,
+        result: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        due_at: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        decision: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a str>,
     }
-    if let Some(decision) = &record.decision {
-        map.insert("decision".into(), decision.clone());
-    }
-    if let Some(error) = &record.error {
-        map.insert("error".into(), error.clone().into());
-    }
-    let text = Value::Object(map).to_string();
+    let body = Body {
+        fields: &record.fields,
+        worker: &record.port,
+        status: record.status.as_str(),
+        received_at: record.received_at_ms,
+        attempts: 0,
+        fcm_send_yn: "N",
+        fcm_send_time: "",
+        result: "",
+        due_at: record.due_ms,
+        decision: record.decision.as_ref(),
+        error: record.error.as_deref(),
+    };
+    let text = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
     // `{...}` → `...}`; the script prepends `{"id":N,`.
     text[1..].to_owned()
 }
