@@ -245,7 +245,10 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
             Value::Object(map) => ingest::check_message(map, &key.required, zone),
             other => Err(ingest::Refusal {
                 key: None,
-                error: format!("each message must be a JSON object, got {}", kind(&other)),
+                error: format!(
+                    "each message must be a JSON object, got {}",
+                    ingest::json_kind(&other)
+                ),
                 reason: "json",
             }),
         })
@@ -280,17 +283,6 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
         status,
         &json!({"stored": stored, "refused": results.len() - stored, "results": results}),
     )
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// `GET /api/v1/pushes?field=value`: the first searchable field given, plus `status`,

@@ -26,20 +26,6 @@ use crate::metrics::{labels, metrics};
 use crate::script::{CompiledRoute, Decision, RouteEngine};
 use crate::store::{Committer, NewRecord, Status, Stored};
 
-/// The standard fields of a push message; numbers sent in them are kept as text.
-pub const STANDARD_FIELDS: &[&str] = &[
-    "uniqueKey",
-    "sndn_rsev_hour",
-    "csno",
-    "uuid_id",
-    "device_id",
-    "msg_title",
-    "msg_contents",
-    "D_servicename",
-    "push_grp_id",
-    "cust_telno",
-];
-
 const MAX_UNIQUE_KEY_BYTES: usize = 256;
 /// How long writing acks to a peer may take before the connection is dropped.
 const ACK_WRITE_LIMIT: Duration = Duration::from_secs(30);
@@ -424,10 +410,11 @@ pub fn check_message(
     required: &[String],
     zone: chrono_tz::Tz,
 ) -> Result<Message, Refusal> {
-    for name in STANDARD_FIELDS {
-        if let Some(v @ (Value::Number(_) | Value::Bool(_))) = fields.get(*name) {
+    // Numbers sent in the standard fields are kept as text.
+    for name in crate::script::STANDARD_FIELDS {
+        if let Some(v @ (Value::Number(_) | Value::Bool(_))) = fields.get(name) {
             let text = v.to_string();
-            fields.insert((*name).to_owned(), Value::String(text));
+            fields.insert(name.to_owned(), Value::String(text));
         }
     }
     let key = match fields.get("uniqueKey") {
@@ -488,7 +475,8 @@ pub fn check_message(
     })
 }
 
-fn json_kind(value: &Value) -> &'static str {
+/// "a string", "an array", … for messages about a JSON value.
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -10,14 +10,6 @@ use serde_json::json;
 use crate::browser_support::Browser;
 use crate::support::*;
 
-const SEND: &str = r#"
-fn route(msg) {
-    let push = send_token(msg.device_id, msg.msg_title, msg.msg_contents);
-    push.data = #{ uniqueKey: msg.uniqueKey };
-    push
-}
-"#;
-
 async fn store(addr: SocketAddr, messages: &[serde_json::Value]) -> Vec<serde_json::Value> {
     let telegrams = Telegrams::ndjson();
     let bytes: Vec<u8> = messages

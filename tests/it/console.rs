@@ -7,14 +7,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-const SEND: &str = r#"
-fn route(msg) {
-    let push = send_token(msg.device_id, msg.msg_title, msg.msg_contents);
-    push.data = #{ uniqueKey: msg.uniqueKey };
-    push
-}
-"#;
-
 async fn console() -> (RedisServer, TestApp, std::net::SocketAddr) {
     let redis = RedisServer::start();
     let app = TestApp::start(

@@ -10,15 +10,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// Routes to the message's `device_id`, with `uniqueKey` in `data` for exactly-once checks.
-const TO_DEVICE: &str = r#"
-fn route(msg) {
-    let push = send_token(msg.device_id, msg.msg_title, msg.msg_contents);
-    push.data = #{ uniqueKey: msg.uniqueKey };
-    push
-}
-"#;
-
 fn push(key: &str, token: &str) -> Value {
     json!({"uniqueKey": key, "device_id": token, "msg_title": "입금", "msg_contents": "10,000원이 입금되었습니다"})
 }
@@ -99,7 +90,7 @@ async fn each_fcm_error_class_ends_in_its_record_state() {
     let app = TestApp::start_with(
         &redis,
         &port_block("p", "device.rhai", ""),
-        &[("device.rhai", TO_DEVICE)],
+        &[("device.rhai", SEND)],
         &fcm,
     )
     .await;
@@ -200,7 +191,7 @@ async fn an_unreachable_endpoint_is_retried_as_unavailable_then_failed() {
     let app = TestApp::start_with(
         &redis,
         &port_block("p", "device.rhai", ""),
-        &[("device.rhai", TO_DEVICE)],
+        &[("device.rhai", SEND)],
         &fcm,
     )
     .await;
@@ -231,7 +222,7 @@ async fn access_tokens_expiring_during_a_run_fail_no_send() {
     let app = TestApp::start_with(
         &redis,
         &port_block("p", "device.rhai", ""),
-        &[("device.rhai", TO_DEVICE)],
+        &[("device.rhai", SEND)],
         &fcm,
     )
     .await;
@@ -280,7 +271,7 @@ async fn a_503_and_429_storm_ends_with_every_push_sent_exactly_once() {
     let app = TestApp::start_with(
         &redis,
         &port_block("p", "device.rhai", ""),
-        &[("device.rhai", TO_DEVICE)],
+        &[("device.rhai", SEND)],
         &fcm,
     )
     .await;
@@ -341,7 +332,7 @@ async fn a_push_reserved_three_seconds_ahead_goes_out_within_a_second_after() {
     let app = TestApp::start_with(
         &redis,
         &port_block("p", "device.rhai", ""),
-        &[("device.rhai", TO_DEVICE)],
+        &[("device.rhai", SEND)],
         &fcm,
     )
     .await;
@@ -389,7 +380,7 @@ async fn a_dry_run_port_sends_validate_only() {
     let app = TestApp::start_with(
         &redis,
         &port_block("p", "device.rhai", "dry_run = true"),
-        &[("device.rhai", TO_DEVICE)],
+        &[("device.rhai", SEND)],
         &fcm,
     )
     .await;
@@ -413,7 +404,7 @@ async fn sigkill_mid_send_then_restart_finishes_every_push_and_counts_the_resent
     let redis = RedisServer::start();
     let emu = emulator(&["--latency-ms", "150"]).await;
     let dir = tempfile::tempdir().unwrap();
-    write_scripts(dir.path(), &[("device.rhai", TO_DEVICE)]);
+    write_scripts(dir.path(), &[("device.rhai", SEND)]);
     let max_in_flight = 128;
     let fcm = fcm_table(
         &emu,

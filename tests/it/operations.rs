@@ -6,14 +6,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-const SEND: &str = r#"
-fn route(msg) {
-    let push = send_token(msg.device_id, msg.msg_title, msg.msg_contents);
-    push.data = #{ uniqueKey: msg.uniqueKey };
-    push
-}
-"#;
-
 const INGEST_KEY: &str = "pgk_ingest-key";
 
 fn ingest_key_table() -> String {

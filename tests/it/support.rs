@@ -18,6 +18,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const TRANSFER_SCRIPT: &str = include_str!("../../scripts/transfer.rhai");
 pub const NOTICE_SCRIPT: &str = include_str!("../../scripts/notice.rhai");
+/// Sends every message to its `device_id`, with `uniqueKey` in `data` (exactly-once checks).
+pub const SEND: &str = r#"
+fn route(msg) {
+    let push = send_token(msg.device_id, msg.msg_title, msg.msg_contents);
+    push.data = #{ uniqueKey: msg.uniqueKey };
+    push
+}
+"#;
 
 /// Poll `check` until it returns Some, or panic with `what` after `within`.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
