@@ -36,10 +36,10 @@ pub const RESERVED_FIELDS: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config {}: {source}", .path.display())]
+    #[error("reading config {}: {cause}", .path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}:{line}:{column}: {message}", .path.display())]
     Parse {
@@ -592,9 +592,9 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 impl Config {
     /// Read, parse and validate `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         let base_dir = path
             .parent()

@@ -345,6 +345,8 @@ impl ErrorClass {
 }
 
 /// Classify an error answer: the FcmError detail first, then `error.status`, then HTTP.
+/// Only FCM's own UNREGISTERED detail marks a token dead: a bare 404 (a wrong endpoint
+/// path, a proxy's page) is `Other`, so a misconfiguration cannot bury good tokens.
 pub fn classify(http_status: u16, body: &str) -> ErrorClass {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     let error = parsed.as_ref().map(|v| &v["error"]);
@@ -374,7 +376,7 @@ pub fn classify(http_status: u16, body: &str) -> ErrorClass {
     let status = error.and_then(|e| e["status"].as_str());
     let by_status = match status {
         Some("INVALID_ARGUMENT") => Some(ErrorClass::InvalidArgument),
-        Some("NOT_FOUND") if http_status == 404 => Some(ErrorClass::Unregistered),
+
         Some("UNAUTHENTICATED") => Some(ErrorClass::Unauthenticated),
         Some("RESOURCE_EXHAUSTED") => Some(ErrorClass::QuotaExceeded),
         Some("UNAVAILABLE") => Some(ErrorClass::Unavailable),
@@ -387,7 +389,6 @@ pub fn classify(http_status: u16, body: &str) -> ErrorClass {
     match http_status {
         400 => ErrorClass::InvalidArgument,
         401 => ErrorClass::Unauthenticated,
-        404 => ErrorClass::Unregistered,
         429 => ErrorClass::QuotaExceeded,
         500 => ErrorClass::Internal,
         502..=504 => ErrorClass::Unavailable,
@@ -676,6 +677,15 @@ mod tests {
         );
         assert_eq!(classify(429, ""), ErrorClass::QuotaExceeded);
         assert_eq!(classify(418, ""), ErrorClass::Other);
+        assert_eq!(
+            classify(404, "<html>not found</html>"),
+            ErrorClass::Other,
+            "a bare 404 kills no token"
+        );
+        assert_eq!(
+            classify(404, &envelope(404, "NOT_FOUND", None)),
+            ErrorClass::Other
+        );
     }
 
     #[test]

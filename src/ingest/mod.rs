@@ -32,11 +32,11 @@ const ACK_WRITE_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("binding {addr} for port {port}: {source}")]
+    #[error("binding {addr} for port {port}: {cause}")]
     Bind {
         port: String,
         addr: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -99,13 +99,14 @@ async fn listen(
     cancel: CancellationToken,
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), IngestError> {
-    let listener = TcpListener::bind(&ctx.config.addr)
-        .await
-        .map_err(|source| IngestError::Bind {
-            port: ctx.config.name.clone(),
-            addr: ctx.config.addr.clone(),
-            source,
-        })?;
+    let listener =
+        TcpListener::bind(&ctx.config.addr)
+            .await
+            .map_err(|cause| IngestError::Bind {
+                port: ctx.config.name.clone(),
+                addr: ctx.config.addr.clone(),
+                cause,
+            })?;
     let local = listener.local_addr().ok();
     if let Ok(mut bound) = ctx.live.bound.lock() {
         *bound = local;

@@ -8,18 +8,15 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+/// How long a starting Redis may take to answer PING (AOF loading included).
+const READY_LIMIT: Duration = Duration::from_secs(300);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManagedError {
-    #[error("creating redis dir {dir}: {source}")]
-    Dir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("starting {bin}: {source}")]
-    Spawn {
-        bin: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("creating redis dir {dir}: {cause}")]
+    Dir { dir: PathBuf, cause: std::io::Error },
+    #[error("starting {bin}: {cause}")]
+    Spawn { bin: PathBuf, cause: std::io::Error },
     #[error("managed redis did not answer PING within {0:?} (see {1})")]
     NotReady(Duration, PathBuf),
 }
@@ -38,13 +35,13 @@ impl ManagedRedis {
         dir: &Path,
         port: Option<u16>,
     ) -> Result<ManagedRedis, ManagedError> {
-        std::fs::create_dir_all(dir).map_err(|source| ManagedError::Dir {
+        std::fs::create_dir_all(dir).map_err(|cause| ManagedError::Dir {
             dir: dir.to_owned(),
-            source,
+            cause,
         })?;
-        let dir = std::fs::canonicalize(dir).map_err(|source| ManagedError::Dir {
+        let dir = std::fs::canonicalize(dir).map_err(|cause| ManagedError::Dir {
             dir: dir.to_owned(),
-            source,
+            cause,
         })?;
         let socket = dir.join("redis.sock");
         let url = match port {
@@ -58,9 +55,10 @@ impl ManagedRedis {
             port,
         };
         let child = spec.spawn()?;
-        wait_ready(&url, Duration::from_secs(10))
+        // Loading a large AOF takes a while; do not give up on a Redis that is loading.
+        wait_ready(&url, READY_LIMIT)
             .await
-            .map_err(|_| ManagedError::NotReady(Duration::from_secs(10), spec.log()))?;
+            .map_err(|_| ManagedError::NotReady(READY_LIMIT, spec.log()))?;
         tracing::info!(dir = %dir.display(), %url, "managed redis is up");
         let cancel = CancellationToken::new();
         let task = tokio::spawn(supervise(spec, child, url.clone(), cancel.clone()));
@@ -112,9 +110,9 @@ impl Spec {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
-        cmd.spawn().map_err(|source| ManagedError::Spawn {
+        cmd.spawn().map_err(|cause| ManagedError::Spawn {
             bin: self.bin.clone(),
-            source,
+            cause,
         })
     }
 }
@@ -150,7 +148,7 @@ async fn supervise(spec: Spec, mut child: Child, url: String, cancel: Cancellati
                 match spec.spawn() {
                     Ok(new) => {
                         child = new;
-                        if wait_ready(&url, Duration::from_secs(10)).await.is_ok() {
+                        if wait_ready(&url, READY_LIMIT).await.is_ok() {
                             backoff = Duration::from_millis(200);
                         }
                     }

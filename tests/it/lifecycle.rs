@@ -209,3 +209,36 @@ fn check_reports_each_error_as_file_line_column_and_fails() {
     assert!(!ok);
     assert_eq!(stderr.lines().count(), 2, "one line per problem: {stderr}");
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_scripts(dir.path(), &[("t.rhai", TRANSFER_SCRIPT)]);
+    let config = dir.path().join("c.toml");
+    // An unreachable Redis makes `serve` log an error at once; `check` then stops nothing.
+    std::fs::write(&config, "[redis]\nurl = \"redis://127.0.0.1:1\"\ntimeout_ms = 200\n[admin]\nlisten = \"127.0.0.1:0\"\n[[port]]\nname = \"p\"\naddr = \"127.0.0.1:0\"\nscript = \"t.rhai\"\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let first = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .next()
+        .unwrap()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(line["level"], "ERROR");
+    assert!(
+        line["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("redis is not reachable"),
+        "{line}"
+    );
+    assert!(!first.contains("127.0.0.1:1\\u"), "no colour codes");
+}
