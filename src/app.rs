@@ -102,7 +102,7 @@ impl Delivery {
 }
 
 /// Compile the route script of every ingest API key.
-fn compile_api_routes(
+pub fn compile_api_routes(
     engine: &RouteEngine,
     config: &Config,
 ) -> anyhow::Result<HashMap<String, CompiledRoute>> {

@@ -166,6 +166,16 @@ fn check(path: &std::path::Path) -> ExitCode {
             failed = true;
         }
     }
+    if let Err(e) = pushgate::app::compile_api_routes(&engine, &config) {
+        eprintln!("{e}");
+        failed = true;
+    }
+    if let Some(fcm) = &config.fcm
+        && let Err(e) = pushgate::fcm::ServiceAccount::load(&config.resolve(&fcm.service_account))
+    {
+        eprintln!("{e}");
+        failed = true;
+    }
     if failed {
         return ExitCode::FAILURE;
     }

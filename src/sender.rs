@@ -326,6 +326,8 @@ impl Sender {
             map.insert("result".into(), step.answer.clone().into());
             if dry_run {
                 map.insert("dry_run".into(), true.into());
+            } else {
+                map.remove("dry_run");
             }
             match retry_at {
                 Some(at) => map.insert("due_at".into(), at.into()),

@@ -344,7 +344,11 @@ async fn authorize(
         if !auth::key_allows(key, needed) {
             return Err(json_error(
                 StatusCode::FORBIDDEN,
-                format!("API key {:?} lacks the {needed:?} scope", key.name).to_lowercase(),
+                format!(
+                    "API key {:?} lacks the {} scope",
+                    key.name,
+                    format!("{needed:?}").to_lowercase()
+                ),
             ));
         }
         return Ok(format!("api:{}", key.name));

@@ -208,6 +208,18 @@ fn check_reports_each_error_as_file_line_column_and_fails() {
     let (ok, _, stderr) = check(&config);
     assert!(!ok);
     assert_eq!(stderr.lines().count(), 2, "one line per problem: {stderr}");
+
+    std::fs::write(
+        &config,
+        format!(
+            "{}[fcm]\nservice_account = \"missing.json\"\nendpoint = \"http://127.0.0.1:1\"\n",
+            port_block("b", "ok.rhai", "")
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&config);
+    assert!(!ok, "a missing service account fails check");
+    assert!(stderr.contains("missing.json"), "{stderr}");
 }
 
 #[test]
