@@ -469,3 +469,52 @@ async fn sigkill_mid_send_then_restart_finishes_every_push_and_counts_the_resent
         twice.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_longer_than_the_lease_mid_send_sends_nothing_twice() {
+    let mut redis = RedisServer::start();
+    let emu = emulator(&["--latency-ms", "1500"]).await;
+    let sa_dir = tempfile::tempdir().unwrap();
+    let fcm = fcm_table(
+        &emu,
+        sa_dir.path(),
+        "max_in_flight = 256\nlease_secs = 2\nrequest_timeout_ms = 1800\nretry_base_ms = 100",
+    );
+    let app = TestApp::start_with(
+        &redis,
+        &port_block("p", "device.rhai", ""),
+        &[("device.rhai", SEND)],
+        &fcm,
+    )
+    .await;
+    let addr = app.port_addr("p").await;
+    let total = 40;
+    let keys: Vec<String> = (0..total).map(|n| format!("outage-{n}")).collect();
+    let messages: Vec<Value> = keys.iter().map(|k| push(k, "tok-1")).collect();
+    send_all(addr, &messages).await;
+    let store = app.app().store.clone();
+    eventually(Duration::from_secs(10), "all claimed and in flight", || {
+        let store = store.clone();
+        async move { (store.queue_depths().await.ok()? == (0, total as u64)).then_some(()) }
+    })
+    .await;
+    // FCM answers while Redis cannot take the outcomes, and the 2 s leases run out
+    // meanwhile; the sender has free slots, so only its stall keeps it from
+    // re-claiming (and re-sending) its own records when Redis returns.
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.restart();
+    let done = wait_final(&app.app().store, &keys, Duration::from_secs(60)).await;
+    assert!(
+        done.values().all(|r| r["status"] == "sent"),
+        "every record ends sent"
+    );
+    let stats = emu.stats();
+    let twice: Vec<_> = stats.by_key.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "sent twice after an outage without a crash: {twice:?}"
+    );
+    assert_eq!(stats.by_key.len(), total);
+    app.shutdown().await;
+}
