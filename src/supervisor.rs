@@ -222,6 +222,14 @@ impl Supervisor {
         Ok(view(slot))
     }
 
+    /// The compiled route a port uses now (None if it has none that compiled).
+    pub async fn route_of(&self, name: &str) -> Option<CompiledRoute> {
+        let slots = self.slots.lock().await;
+        let slot = slots.get(name)?;
+        startable(slot).ok()?;
+        slot.route.read().ok().map(|r| r.clone())
+    }
+
     pub async fn ports(&self) -> Vec<PortView> {
         self.slots.lock().await.values().map(view).collect()
     }

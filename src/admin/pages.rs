@@ -212,6 +212,7 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
         }
         (&Method::GET, ["push", id]) => push_page(state, s, id, None).await,
         (&Method::POST, ["push", id, "resend"]) => resend(state, s, id, peer).await,
+        (&Method::POST, ["push", id, "reroute"]) => reroute(state, s, id, peer).await,
         (&Method::POST, ["push", id, "hold"]) => {
             if !s.may(Role::Operator) {
                 return error_page(
@@ -932,6 +933,7 @@ struct PushPage {
     decision: String,
     attempts: Vec<Attempt>,
     can_resend: bool,
+    can_reroute: bool,
     can_hold: bool,
     held: bool,
     notice: String,
@@ -1008,6 +1010,8 @@ async fn push_page(state: &AdminState, session: &Session, id: &str, notice: Opti
             && has_push
             && matches!(status.as_str(), "sent" | "failed"),
         can_hold: session.may(Role::Operator),
+        can_reroute: session.may(Role::Operator)
+            && matches!(status.as_str(), "script_error" | "dropped"),
         held: record["legal_hold"] == true,
         status,
         fields,
@@ -1015,6 +1019,127 @@ async fn push_page(state: &AdminState, session: &Session, id: &str, notice: Opti
         attempts,
         notice: notice.unwrap_or("").to_owned(),
     })
+}
+
+/// Run a `script_error` or `dropped` record through its port's current script again
+/// (after the script was fixed), storing the new decision as if it had just arrived.
+async fn reroute(state: &AdminState, session: &Session, id: &str, peer: SocketAddr) -> Reply {
+    if !session.may(Role::Operator) {
+        return error_page(
+            Some(session),
+            StatusCode::FORBIDDEN,
+            "Only operators may route a push again.",
+        );
+    }
+    let Ok(num) = id.parse::<u64>() else {
+        return error_page(Some(session), StatusCode::NOT_FOUND, "No such push.");
+    };
+    let (text, record) = match state.store.record_text(num).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return error_page(Some(session), StatusCode::NOT_FOUND, "No such push."),
+        Err(e) => {
+            return error_page(
+                Some(session),
+                StatusCode::SERVICE_UNAVAILABLE,
+                &e.to_string(),
+            );
+        }
+    };
+    let old: crate::store::Status = match serde_json::from_value(record["status"].clone()) {
+        Ok(s @ (crate::store::Status::ScriptError | crate::store::Status::Dropped)) => s,
+        _ => {
+            return error_page(
+                Some(session),
+                StatusCode::CONFLICT,
+                "Only a push that ended script_error or dropped can be routed again.",
+            );
+        }
+    };
+    let worker = record["worker"].as_str().unwrap_or_default().to_owned();
+    let route = match worker.strip_prefix("api-") {
+        Some(key) => state
+            .api_routes
+            .read()
+            .ok()
+            .and_then(|r| r.get(key).cloned()),
+        None => state.supervisor.route_of(&worker).await,
+    };
+    let Some(route) = route else {
+        return error_page(
+            Some(session),
+            StatusCode::CONFLICT,
+            &format!("{worker} has no script that compiles right now."),
+        );
+    };
+    let mut fields = record.as_object().cloned().unwrap_or_default();
+    for f in crate::config::RESERVED_FIELDS {
+        fields.remove(*f);
+    }
+    let message = crate::ingest::Message {
+        unique_key: record["uniqueKey"].as_str().unwrap_or_default().to_owned(),
+        fields,
+    };
+    let engine = state.engine.clone();
+    let routed = match tokio::task::spawn_blocking(move || {
+        crate::ingest::route_message(&engine, &route, &worker, message)
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return error_page(
+                Some(session),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("routing failed: {e}"),
+            );
+        }
+    };
+    let mut updated = record.clone();
+    if let Some(map) = updated.as_object_mut() {
+        map.insert("status".into(), routed.status.as_str().into());
+        for (key, value) in [
+            ("decision", routed.decision.clone()),
+            ("due_at", routed.due_ms.map(Value::from)),
+            ("error", routed.error.clone().map(Value::from)),
+        ] {
+            match value {
+                Some(v) => map.insert(key.into(), v),
+                None => map.remove(key),
+            };
+        }
+    }
+    match state
+        .store
+        .requeue(num, &text, &updated, old, routed.status, routed.due_ms)
+        .await
+    {
+        Ok(true) => {
+            api::audit(
+                state,
+                &session.user,
+                "route again",
+                &format!("push {num}"),
+                peer,
+            )
+            .await;
+            let notice = format!("Routed again: now {}.", routed.status.as_str());
+            push_page(state, session, id, Some(&notice)).await
+        }
+        Ok(false) => {
+            push_page(
+                state,
+                session,
+                id,
+                Some("Not routed again: the push changed meanwhile."),
+            )
+            .await
+        }
+        Err(e) => error_page(
+            Some(session),
+            StatusCode::SERVICE_UNAVAILABLE,
+            &e.to_string(),
+        ),
+    }
 }
 
 /// The route decision as text; for viewers with the record's phone and customer

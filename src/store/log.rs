@@ -316,8 +316,33 @@ impl Store {
         Ok(LogPage { rows, total })
     }
 
+    /// Replace a record that is neither queued nor in flight, if it is still exactly
+    /// `expected`, moving its status bit and (with `due`) queueing it. False = changed.
+    pub async fn requeue(
+        &self,
+        id: u64,
+        expected: &str,
+        record: &Value,
+        old: Status,
+        new: Status,
+        due: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.resend.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(id)
+            .arg(expected)
+            .arg(record.to_string())
+            .arg(old.as_str())
+            .arg(new.as_str())
+            .arg(due.map(|d| d.to_string()).unwrap_or_default());
+        let mut con = self.con.clone();
+        let applied: i64 = self.run(invocation.invoke_async(&mut con)).await?;
+        Ok(applied == 1)
+    }
+
     /// The record's stored text (what compare-and-set compares) and its parsed value.
-    pub(super) async fn record_text(&self, id: u64) -> Result<Option<(String, Value)>, StoreError> {
+    pub async fn record_text(&self, id: u64) -> Result<Option<(String, Value)>, StoreError> {
         let text: Option<String> = self
             .query(redis::cmd("GET").arg(self.key(&format!("rec:{id}"))))
             .await?;
@@ -344,17 +369,12 @@ impl Store {
                 map.insert("status".into(), Status::Queued.as_str().into());
                 map.insert("due_at".into(), now_ms.into());
             }
-            let mut invocation = self.resend.prepare_invoke();
-            invocation
-                .arg(&self.prefix)
-                .arg(id)
-                .arg(&text)
-                .arg(record.to_string())
-                .arg(&old)
-                .arg(now_ms);
-            let mut con = self.con.clone();
-            let applied: i64 = self.run(invocation.invoke_async(&mut con)).await?;
-            if applied == 1 {
+            let old: Status = serde_json::from_value(Value::String(old))
+                .map_err(|e| StoreError::Protocol(format!("record {id} status: {e}")))?;
+            if self
+                .requeue(id, &text, &record, old, Status::Queued, Some(now_ms))
+                .await?
+            {
                 return Ok(Resend::Queued);
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -633,15 +653,21 @@ return out
 
 /// ARGV: prefix, id, expected JSON, new JSON, old status, due ms. Applies only if
 /// the record is unchanged and neither queued nor in flight.
-pub(super) const RESEND_LUA: &str = r#"
-local p, id, expected, new, old, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+/// ARGV: prefix, id, expected JSON, new JSON, old status, new status, due ms ("" =
+/// none). Applies only if the record is unchanged and neither queued nor in flight.
+pub(super) const REQUEUE_LUA: &str = r#"
+local p, id, expected, new, old, status, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if redis.call('GET', p .. 'rec:' .. id) ~= expected then return 0 end
 if redis.call('ZSCORE', p .. 'inflight', id) or redis.call('ZSCORE', p .. 'due', id) then return 0 end
 redis.call('SET', p .. 'rec:' .. id, new)
-redis.call('SETBIT', p .. 'bit:status:' .. old, id, 0)
-redis.call('SETBIT', p .. 'bit:status:queued', id, 1)
-redis.call('ZADD', p .. 'due', due, id)
-redis.call('PUBLISH', p .. 'events', '{"event":"resend","ids":[' .. id .. ']}')
+if old ~= status then
+  redis.call('SETBIT', p .. 'bit:status:' .. old, id, 0)
+  redis.call('SETBIT', p .. 'bit:status:' .. status, id, 1)
+end
+if due ~= '' then
+  redis.call('ZADD', p .. 'due', due, id)
+end
+redis.call('PUBLISH', p .. 'events', '{"event":"requeue","ids":[' .. id .. ']}')
 return 1
 "#;
 

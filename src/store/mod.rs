@@ -166,7 +166,7 @@ impl Store {
             window: redis::Script::new(log::WINDOW_LUA),
             bitscan: redis::Script::new(log::BITSCAN_LUA),
             zfilter: redis::Script::new(log::ZFILTER_LUA),
-            resend: redis::Script::new(log::RESEND_LUA),
+            resend: redis::Script::new(log::REQUEUE_LUA),
             prune: redis::Script::new(retention::PRUNE_LUA),
             swap: redis::Script::new(retention::SWAP_LUA),
         })

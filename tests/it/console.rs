@@ -620,3 +620,65 @@ async fn scripts_check_try_save_with_versions_and_restore() {
     assert!(!only.contains(">sign-in<"), "filtered");
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_error_push_is_routed_again_once_the_script_is_fixed() {
+    let redis = RedisServer::start();
+    let broken = "fn route(msg) { if msg.D_servicename == \"TRF\" { throw \"bug in rule\" } drop(\"other\") }";
+    let app = TestApp::start(
+        &redis,
+        &port_block("p", "send.rhai", ""),
+        &[("send.rhai", broken)],
+    )
+    .await;
+    let addr = app.port_addr("p").await;
+    let ids = store_messages(addr, &[message("stuck", 0)]).await;
+    let store = app.app().store.clone();
+    assert_eq!(
+        store.record(ids[0]).await.unwrap().unwrap()["status"],
+        "script_error"
+    );
+
+    let mut web = Web::new(app.app().admin_addr);
+    web.sign_in("admin").await;
+    let push = format!("/push/{}", ids[0]);
+    assert!(web.get(&push).await.body.contains("id=\"reroute\""));
+    web.get("/scripts/p").await;
+    let page = web
+        .post("/scripts/p", &[("action", "save"), ("source", SEND)])
+        .await;
+    assert!(page.body.contains("Saved"), "{}", page.body);
+    let page = web.post(&format!("{push}/reroute"), &[]).await;
+    assert!(
+        page.body.contains("Routed again: now queued"),
+        "{}",
+        page.body
+    );
+    let record = store.record(ids[0]).await.unwrap().unwrap();
+    assert_eq!(record["status"], "queued");
+    assert!(record.get("error").is_none(), "{record}");
+    assert_eq!(
+        record["decision"]["push"]["target"]["token"],
+        record["device_id"]
+    );
+    assert!(
+        store.due_at(ids[0]).await.unwrap().is_some(),
+        "queued for the sender"
+    );
+    assert!(store.has_bit("status", "queued", ids[0]).await.unwrap());
+    assert!(
+        !store
+            .has_bit("status", "script_error", ids[0])
+            .await
+            .unwrap()
+    );
+    let page = web.post(&format!("{push}/reroute"), &[]).await;
+    assert_eq!(page.status, 409, "a queued push is not routed again");
+    assert!(
+        web.get("/audit?action=route")
+            .await
+            .body
+            .contains(&format!("push {}", ids[0]))
+    );
+    app.shutdown().await;
+}
