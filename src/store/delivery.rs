@@ -55,8 +55,7 @@ impl Store {
         let pairs: Vec<(u64, String)> = self.run(invocation.invoke_async(&mut con)).await?;
         let mut claimed = Vec::with_capacity(pairs.len());
         for (id, text) in pairs {
-            let record = serde_json::from_str(&text)
-                .map_err(|e| StoreError::Protocol(format!("record {id} is not JSON: {e}")))?;
+            let record = super::record::decode(&text)?;
             claimed.push(Claimed {
                 id,
                 lease: lease_until_ms,
@@ -82,7 +81,7 @@ impl Store {
             invocation
                 .arg(o.id)
                 .arg(o.lease)
-                .arg(o.record.to_string())
+                .arg(super::record::encode(&o.record))
                 .arg(o.old_status.as_str())
                 .arg(o.new_status.as_str())
                 .arg(o.retry_at_ms.map(|ms| ms.to_string()).unwrap_or_default())

@@ -332,7 +332,7 @@ impl Store {
             .arg(&self.prefix)
             .arg(id)
             .arg(expected)
-            .arg(record.to_string())
+            .arg(super::record::encode(record))
             .arg(old.as_str())
             .arg(new.as_str())
             .arg(due.map(|d| d.to_string()).unwrap_or_default());
@@ -347,8 +347,7 @@ impl Store {
             .query(redis::cmd("GET").arg(self.key(&format!("rec:{id}"))))
             .await?;
         text.map(|t| {
-            let value =
-                serde_json::from_str(&t).map_err(|e| StoreError::Protocol(e.to_string()))?;
+            let value = super::record::decode(&t)?;
             Ok((t, value))
         })
         .transpose()

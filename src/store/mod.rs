@@ -16,6 +16,7 @@ pub mod console;
 pub mod delivery;
 pub mod log;
 pub mod managed;
+pub mod record;
 pub mod retention;
 
 use std::time::Duration;
@@ -254,8 +255,7 @@ impl Store {
         let text: Option<String> = self
             .query(redis::cmd("GET").arg(self.key(&format!("rec:{id}"))))
             .await?;
-        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Protocol(e.to_string())))
-            .transpose()
+        text.map(|t| record::decode(&t)).transpose()
     }
 
     /// Several records by id in one round trip (missing ones are skipped).
@@ -271,7 +271,7 @@ impl Store {
         texts
             .into_iter()
             .flatten()
-            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Protocol(e.to_string())))
+            .map(|t| record::decode(&t))
             .collect()
     }
 
@@ -367,38 +367,47 @@ pub fn scalar_text(value: &Value) -> Option<String> {
 }
 
 /// The record's JSON after `{"id":N,` — the id is only known inside the Lua script.
-/// Serialised straight from the message map (no copy of it).
-fn record_body_after_id(record: &NewRecord) -> String {
+/// Serialised straight from the message map (no copy of it), in the compact form of
+/// [`record::encode`]: empty standard fields and default outcome fields left out.
+fn record_body_after_id(new: &NewRecord) -> String {
+    /// The message's fields minus the ones the compact form leaves out.
+    struct Fields<'a>(&'a Map<String, Value>);
+    impl serde::Serialize for Fields<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let kept = self.0.iter().filter(|(k, v)| !record::omit_field(k, v));
+            let mut map = s.serialize_map(None)?;
+            for (k, v) in kept {
+                map.serialize_entry(k, v)?;
+            }
+            map.end()
+        }
+    }
     #[derive(serde::Serialize)]
     struct Body<'a> {
         #[serde(flatten)]
-        fields: &'a Map<String, Value>,
+        fields: Fields<'a>,
         worker: &'a str,
         status: &'static str,
         received_at: i64,
-        attempts: u32,
-        fcm_send_yn: &'static str,
-        fcm_send_time: &'static str,
-        result: &'static str,
         #[serde(skip_serializing_if = "Option::is_none")]
         due_at: Option<i64>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        decision: Option<&'a Value>,
+        decision: Option<Value>,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<&'a str>,
     }
     let body = Body {
-        fields: &record.fields,
-        worker: &record.port,
-        status: record.status.as_str(),
-        received_at: record.received_at_ms,
-        attempts: 0,
-        fcm_send_yn: "N",
-        fcm_send_time: "",
-        result: "",
-        due_at: record.due_ms,
-        decision: record.decision.as_ref(),
-        error: record.error.as_deref(),
+        fields: Fields(&new.fields),
+        worker: &new.port,
+        status: new.status.as_str(),
+        received_at: new.received_at_ms,
+        due_at: new.due_ms,
+        decision: new
+            .decision
+            .as_ref()
+            .map(|d| record::compact_decision(d, &new.fields)),
+        error: new.error.as_deref(),
     };
     let text = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
     // `{...}` → `...}`; the script prepends `{"id":N,`.

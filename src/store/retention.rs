@@ -56,7 +56,7 @@ impl Store {
             invocation
                 .arg(self.key(&format!("rec:{id}")))
                 .arg(&text)
-                .arg(record.to_string());
+                .arg(super::record::encode(&record));
             let mut con = self.con.clone();
             let applied: i64 = self.run(invocation.invoke_async(&mut con)).await?;
             if applied == 1 {
@@ -102,6 +102,8 @@ for id = next_id, stop do
           redis.call('ZREM', p .. 'idx:' .. f .. ':' .. v, id)
         end
       end
+      -- The compact form leaves fcm_send_yn out while it is N.
+      if rec['fcm_send_yn'] == nil then rec['fcm_send_yn'] = 'N' end
       for _, f in ipairs(bfields) do
         local v = rec[f]
         if type(v) == 'string' and v ~= '' then

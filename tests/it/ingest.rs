@@ -120,7 +120,7 @@ async fn ten_thousand_over(
         let key = format!("K{n:08}");
         let id = ids[&key];
         let rec: String = redis::from_redis_value(row[0].clone()).expect("record stored");
-        let rec: Value = serde_json::from_str(&rec).unwrap();
+        let rec: Value = pushgate::store::record::decode(&rec).unwrap();
         assert_eq!(rec["id"], id);
         assert_eq!(rec["uniqueKey"], key.as_str());
         assert_eq!(rec["msg_title"], "이체 완료");
@@ -136,7 +136,7 @@ async fn ten_thousand_over(
             (4, "cust_telno"),
             (5, "uuid_id"),
         ] {
-            if rec.get(what).is_none() {
+            if rec[what].as_str().unwrap_or("").is_empty() {
                 continue; // not in this port's fixed-width layout
             }
             let score: Option<f64> = redis::from_redis_value(row[i].clone()).unwrap();

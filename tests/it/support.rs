@@ -664,5 +664,5 @@ pub fn record(con: &mut redis::Connection, id: u64) -> Option<Value> {
         .arg(format!("pg:rec:{id}"))
         .query(con)
         .unwrap();
-    text.map(|t| serde_json::from_str(&t).unwrap())
+    text.map(|t| pushgate::store::record::decode(&t).unwrap())
 }
