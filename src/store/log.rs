@@ -236,6 +236,27 @@ impl Store {
         count: u64,
     ) -> Result<(Vec<u64>, Total), StoreError> {
         let (min, max) = (lo.to_string(), hi.to_string());
+        let shared: bool = self.query(redis::cmd("EXISTS").arg(zkey)).await?;
+        if !shared {
+            // Held by at most one record: its id is in the `ix:` hash.
+            let (field, value) = zkey
+                .strip_prefix(&self.key("idx:"))
+                .and_then(|rest| rest.split_once(':'))
+                .unwrap_or_default();
+            let mut ids: Vec<u64> = self
+                .single_id(field, value)
+                .await?
+                .into_iter()
+                .filter(|id| (lo..=hi).contains(id))
+                .collect();
+            if let (Some(bits), Some(&id)) = (status_key, ids.first())
+                && !self.bit_at(bits, id).await?
+            {
+                ids.clear();
+            }
+            let total = Total::Exact(ids.len() as u64);
+            return Ok((if offset == 0 { ids } else { Vec::new() }, total));
+        }
         let Some(bits) = status_key else {
             let total: u64 = self
                 .query(redis::cmd("ZCOUNT").arg(zkey).arg(&min).arg(&max))

@@ -4,7 +4,10 @@
 //! - `seq`: record id counter; ids are dense and grow with arrival.
 //! - `rec:{id}`: the record as one compact JSON string.
 //! - `keyIndex`: hash `uniqueKey` → id, the idempotency check.
-//! - `idx:{field}:{value}`: zset of ids (score = id) for high-cardinality fields.
+//! - `idx:{field}:{value}`: zset of ids (score = id) for a high-cardinality field's value
+//!   held by two records or more; a value held by one record is a field of the hash
+//!   `ix:{field}:{bucket}` (value → id, bucket = first 4 hex digits of its SHA-1), which
+//!   costs a fraction of a key of its own. See `INDEX_LUA`.
 //! - `bit:{field}:{value}`: bitmap with bit `id` set, for low-cardinality fields.
 //! - `due`: zset of ids to send, scored by unix ms.
 //! - `stats:{port}:{unix minute}` / `stats:{port}:total`: counters for the console.
@@ -138,6 +141,7 @@ pub struct Store {
     resend: redis::Script,
     prune: redis::Script,
     swap: redis::Script,
+    single: redis::Script,
 }
 
 impl Store {
@@ -170,6 +174,7 @@ impl Store {
             resend: redis::Script::new(log::REQUEUE_LUA),
             prune: redis::Script::new(retention::PRUNE_LUA),
             swap: redis::Script::new(retention::SWAP_LUA),
+            single: redis::Script::new(SINGLE_LUA),
         })
     }
 
@@ -287,18 +292,31 @@ impl Store {
         value: &str,
         limit: usize,
     ) -> Result<Vec<u64>, StoreError> {
-        self.query(
-            redis::cmd("ZRANGE")
-                .arg(self.key(&format!("idx:{field}:{value}")))
-                .arg("+inf")
-                .arg("-inf")
-                .arg("BYSCORE")
-                .arg("REV")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit),
-        )
-        .await
+        let ids: Vec<u64> = self
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(self.key(&format!("idx:{field}:{value}")))
+                    .arg("+inf")
+                    .arg("-inf")
+                    .arg("BYSCORE")
+                    .arg("REV")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit),
+            )
+            .await?;
+        if !ids.is_empty() {
+            return Ok(ids);
+        }
+        Ok(self.single_id(field, value).await?.into_iter().collect())
+    }
+
+    /// The one record holding a value not (yet) shared by another (the `ix:` hash).
+    pub async fn single_id(&self, field: &str, value: &str) -> Result<Option<u64>, StoreError> {
+        let mut invocation = self.single.prepare_invoke();
+        invocation.arg(&self.prefix).arg(field).arg(value);
+        let mut con = self.con.clone();
+        self.run(invocation.invoke_async(&mut con)).await
     }
 
     /// Is record `id` in the bitmap of `field == value`?
@@ -426,6 +444,23 @@ local out = {}
 local stats = {}
 local minutes = {}
 local stored = {}
+-- A value's first id goes into a small shared hash; the second turns it into a zset.
+local function index(suffix, id)
+  local key = p .. suffix
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('ZADD', key, id, id)
+    return
+  end
+  local field, value = string.match(suffix, '^idx:([^:]+):(.*)$')
+  local bucket = p .. 'ix:' .. field .. ':' .. string.sub(redis.sha1hex(value), 1, 4)
+  local other = redis.call('HGET', bucket, value)
+  if other then
+    redis.call('HDEL', bucket, value)
+    redis.call('ZADD', key, other, other, id, id)
+  else
+    redis.call('HSET', bucket, value, id)
+  end
+end
 local function count(key, field)
   local k = key .. '\0' .. field
   stats[k] = (stats[k] or 0) + 1
@@ -452,7 +487,7 @@ for r = 1, n do
     redis.call('SET', p .. 'rec:' .. id, '{"id":' .. id .. ',' .. body)
     redis.call('HSET', p .. 'keyIndex', ukey, id)
     for z = zfirst, zfirst + nz - 1 do
-      redis.call('ZADD', p .. ARGV[z], id, id)
+      index(ARGV[z], id)
     end
     for b = bfirst, bfirst + nb - 1 do
       redis.call('SETBIT', p .. ARGV[b], id, 1)
@@ -478,6 +513,12 @@ if #stored > 0 then
   redis.call('PUBLISH', p .. 'events', '{"event":"stored","ids":[' .. table.concat(stored, ',') .. ']}')
 end
 return out
+"#;
+
+/// ARGV: prefix, field, value → the id of the one record holding that value, if any.
+const SINGLE_LUA: &str = r#"
+local bucket = ARGV[1] .. 'ix:' .. ARGV[2] .. ':' .. string.sub(redis.sha1hex(ARGV[3]), 1, 4)
+return redis.call('HGET', bucket, ARGV[3])
 "#;
 
 /// One connection's frames waiting for the writer.

@@ -100,6 +100,10 @@ for id = next_id, stop do
         local v = rec[f]
         if type(v) == 'string' and v ~= '' then
           redis.call('ZREM', p .. 'idx:' .. f .. ':' .. v, id)
+          local bucket = p .. 'ix:' .. f .. ':' .. string.sub(redis.sha1hex(v), 1, 4)
+          if redis.call('HGET', bucket, v) == tostring(id) then
+            redis.call('HDEL', bucket, v)
+          end
         end
       end
       -- The compact form leaves fcm_send_yn out while it is N.

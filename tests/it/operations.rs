@@ -389,6 +389,17 @@ async fn retention_removes_exactly_the_old_records_and_their_index_entries_keepi
             assert!(alive(id), "{key} points at removed record {id}");
         }
     }
+    let singles: Vec<String> = redis::cmd("KEYS").arg("pg:ix:*").query(&mut con).unwrap();
+    assert!(
+        !singles.is_empty(),
+        "values held by one record are indexed too"
+    );
+    for key in singles {
+        let entries: Vec<(String, u64)> = redis::cmd("HGETALL").arg(&key).query(&mut con).unwrap();
+        for (value, id) in entries {
+            assert!(alive(id), "{key} {value} points at removed record {id}");
+        }
+    }
     let bitmaps: Vec<String> = redis::cmd("KEYS").arg("pg:bit:*").query(&mut con).unwrap();
     for key in bitmaps {
         let bytes: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut con).unwrap();
