@@ -254,3 +254,89 @@ fn log_format_json_writes_one_json_object_per_line() {
     );
     assert!(!first.contains("127.0.0.1:1\\u"), "no colour codes");
 }
+
+/// `pushgate send`, as an operator testing a port would run it.
+fn send_by_hand(args: &[&str], input: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .arg("send")
+        .args(args)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_frames_json_and_fixed_width_telegrams_and_prints_the_acks() {
+    let redis = RedisServer::start();
+    let ports = format!(
+        "{}{}",
+        port_block("j", "t.rhai", ""),
+        port_block(
+            "f",
+            "t.rhai",
+            &format!(
+                "framing = \"ascii-len\"\nencoding = \"euc-kr\"\npayload = \"fixed\"\n{FIXED_LAYOUT}"
+            )
+        )
+    );
+    let app = TestApp::start(&redis, &ports, &[("t.rhai", TRANSFER_SCRIPT)]).await;
+    let json_addr = app.port_addr("j").await.to_string();
+    let fixed_addr = app.port_addr("f").await.to_string();
+    let lines = format!("{}\n{}\n", message("S1", 1), message("S2", 2));
+    let (ok, stdout, stderr) =
+        tokio::task::spawn_blocking(move || send_by_hand(&["--addr", &json_addr], &lines))
+            .await
+            .unwrap();
+    assert!(ok, "{stderr}");
+    let acks: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(acks.len(), 2, "{stdout}");
+    assert!(acks.iter().all(|a| a["ok"] == true));
+
+    let config = app.config_path.display().to_string();
+    let line = format!("{}\n", message("S3", 3));
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        send_by_hand(
+            &["--config", &config, "--port", "f", "--addr", &fixed_addr],
+            &line,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("\"key\":\"S3\"") && stdout.contains("\"ok\":true"),
+        "{stdout}"
+    );
+    let id = app
+        .app()
+        .store
+        .id_for_key("S3")
+        .await
+        .unwrap()
+        .expect("stored");
+    let record = app.app().store.record(id).await.unwrap().unwrap();
+    assert_eq!(
+        record["msg_title"], "이체 완료",
+        "EUC-KR fixed-width telegram decoded"
+    );
+    app.shutdown().await;
+}
