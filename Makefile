@@ -20,6 +20,7 @@ test: deps-browser
 
 ## Ingest frames/s and end-to-end pushes/s (to the FCM emulator), written to stdout.
 bench: deps
+	$(CARGO) build --release --bin pushgate
 	$(CARGO) run --release --example bench
 
 ## What every commit must pass.

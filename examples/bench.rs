@@ -34,6 +34,9 @@ fn main() -> anyhow::Result<()> {
         if only.is_empty() || only == "end-to-end" {
             end_to_end().await?;
         }
+        if only.is_empty() || only == "rss" {
+            rss().await?;
+        }
         if only.is_empty() || only == "log" {
             log_queries().await?;
         }
@@ -437,6 +440,89 @@ async fn ingest() -> anyhow::Result<()> {
     }
     app.shutdown().await;
     Ok(())
+}
+
+/// pushgate's own peak RSS at full rate: the release binary as its own process
+/// (`make bench` builds it), managed Redis and the emulator outside it, 100,000 pushes.
+async fn rss() -> anyhow::Result<()> {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/pushgate");
+    if !bin.exists() {
+        println!(
+            "pushgate RSS: skipped ({} not built; `make bench` builds it)",
+            bin.display()
+        );
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let emulator = pushgate::emulator::Emulator::start(emulator_args()).await?;
+    std::fs::write(dir.path().join("sa.json"), emulator.service_account_json())?;
+    std::fs::write(
+        dir.path().join("transfer.rhai"),
+        include_str!("../scripts/transfer.rhai"),
+    )?;
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+    let (port_addr, admin_addr) = (free()?, free()?);
+    let config = dir.path().join("rss.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[redis]\nmanaged = true\ndir = \"redis\"\n[admin]\nlisten = \"{admin_addr}\"\n\
+             [fcm]\nservice_account = \"sa.json\"\nendpoint = \"http://{}\"\n\
+             [[port]]\nname = \"bench\"\naddr = \"{port_addr}\"\nscript = \"transfer.rhai\"\n",
+            emulator.addr()
+        ),
+    )?;
+    let mut child = std::process::Command::new(&bin)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let status = move |field: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix(field)
+                        .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
+                })
+            })
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(port_addr).await.is_err() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "pushgate did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let idle = status("VmRSS:");
+    let per_connection = END_TO_END_PUSHES / 8;
+    let load = std::thread::spawn(move || load(port_addr, 8, Limit::Frames(per_connection)));
+    while emulator.stats().accepted < END_TO_END_PUSHES {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "RSS run took over 5 minutes"
+        );
+    }
+    let _ = load.join();
+    let peak = status("VmHWM:");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+    emulator.shutdown().await;
+    println!(
+        "pushgate process RSS: {} MiB idle, peak {} MiB while delivering {END_TO_END_PUSHES} pushes at full rate",
+        idle / 1024,
+        peak / 1024
+    );
+    write_json(
+        "rss",
+        &serde_json::json!({"idle_kib": idle, "peak_kib": peak, "pushes": END_TO_END_PUSHES}),
+    )
 }
 
 /// pushgate with `[fcm]` pointing at an in-process emulator.
