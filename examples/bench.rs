@@ -34,6 +34,9 @@ fn main() -> anyhow::Result<()> {
         if only.is_empty() || only == "end-to-end" {
             end_to_end().await?;
         }
+        if only.is_empty() || only == "budget" {
+            redis_budget().await?;
+        }
         if only.is_empty() || only == "rss" {
             rss().await?;
         }
@@ -440,6 +443,103 @@ async fn ingest() -> anyhow::Result<()> {
     }
     app.shutdown().await;
     Ok(())
+}
+
+/// Where the time goes: Redis's share. Ingest (the group-commit Lua script) and delivery
+/// (claim + outcome write) driven straight through the store, 50,000 records each,
+/// with Redis's own CPU time per record from `INFO cpu`.
+async fn redis_budget() -> anyhow::Result<()> {
+    use pushgate::store::{NewRecord, Status, delivery::Outcome};
+    let dir = tempfile::tempdir()?;
+    let (app, _) = start(dir.path(), "").await?;
+    let store = app.store.clone();
+    let cpu = |info: Vec<(String, String)>| -> f64 {
+        ["used_cpu_sys", "used_cpu_user"]
+            .iter()
+            .filter_map(|k| {
+                info.iter()
+                    .find(|(key, _)| key == k)
+                    .and_then(|(_, v)| v.parse::<f64>().ok())
+            })
+            .sum()
+    };
+    let n = 50_000u64;
+    let now = pushgate::ingest::now_ms();
+    let cpu0 = cpu(store.info_section("cpu").await?);
+    let started = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(512) {
+        let batch: Vec<NewRecord> = chunk
+            .iter()
+            .map(|i| NewRecord {
+                unique_key: format!("B{i}"),
+                port: "bench".into(),
+                received_at_ms: now,
+                fields: serde_json::json!({"uniqueKey": format!("B{i}"), "csno": format!("{:010}", i % 100_000),
+                    "device_id": format!("fcm-token-{:0>140}", i % 50_000), "cust_telno": format!("010{:08}", i),
+                    "uuid_id": format!("u{i}"), "msg_title": "이체 완료", "msg_contents": format!("{i}원이 입금되었습니다"),
+                    "D_servicename": "TRF"}).as_object().cloned().unwrap_or_default(),
+                status: Status::Queued,
+                due_ms: Some(now),
+                decision: Some(serde_json::json!({"action": "send", "push": {"target": {"token": format!("fcm-token-{:0>140}", i % 50_000)}, "title": "이체 완료"}})),
+                error: None,
+            })
+            .collect();
+        store.ingest(&batch).await?;
+    }
+    let ingest_wall = started.elapsed().as_secs_f64() / n as f64 * 1e6;
+    let cpu1 = cpu(store.info_section("cpu").await?);
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < n {
+        let claimed = store
+            .claim(
+                pushgate::ingest::now_ms(),
+                pushgate::ingest::now_ms() + 30_000,
+                256,
+            )
+            .await?;
+        anyhow::ensure!(!claimed.is_empty(), "nothing left to claim after {done}");
+        let outcomes: Vec<Outcome> = claimed
+            .into_iter()
+            .map(|c| {
+                let mut record = c.record;
+                record["status"] = "sent".into();
+                record["fcm_send_yn"] = "Y".into();
+                Outcome {
+                    id: c.id,
+                    lease: c.lease,
+                    record,
+                    old_status: Status::Queued,
+                    new_status: Status::Sent,
+                    retry_at_ms: None,
+                    delivered: true,
+                    port: "bench".into(),
+                    at_ms: now,
+                }
+            })
+            .collect();
+        done += outcomes.len() as u64;
+        store.finish(&outcomes).await?;
+    }
+    let deliver_wall = started.elapsed().as_secs_f64() / n as f64 * 1e6;
+    let cpu2 = cpu(store.info_section("cpu").await?);
+    let (ingest_cpu, deliver_cpu) = (
+        (cpu1 - cpu0) / n as f64 * 1e6,
+        (cpu2 - cpu1) / n as f64 * 1e6,
+    );
+    println!(
+        "Redis budget per push: ingest {ingest_cpu:.1} µs of Redis CPU ({ingest_wall:.1} µs wall), claim + outcome {deliver_cpu:.1} µs ({deliver_wall:.1} µs wall); one Redis core caps the whole path near {:.0} pushes/s",
+        1e6 / (ingest_cpu + deliver_cpu)
+    );
+    app.shutdown().await;
+    write_json(
+        "redis-budget",
+        &serde_json::json!({
+            "records": n, "ingest_redis_cpu_us": ingest_cpu, "ingest_wall_us": ingest_wall,
+            "deliver_redis_cpu_us": deliver_cpu, "deliver_wall_us": deliver_wall,
+            "ceiling_pushes_per_second": 1e6 / (ingest_cpu + deliver_cpu),
+        }),
+    )
 }
 
 /// pushgate's own peak RSS at full rate: the release binary as its own process

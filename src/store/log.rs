@@ -471,6 +471,16 @@ impl Store {
         Ok(counts.into_iter().map(|c| c.unwrap_or(0)).collect())
     }
 
+    /// One Redis `INFO` section as key/value pairs.
+    pub async fn info_section(&self, section: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let text: String = self.query(redis::cmd("INFO").arg(section)).await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect())
+    }
+
     /// Redis `INFO` sections as key/value pairs.
     pub async fn info(&self) -> Result<Vec<(String, String)>, StoreError> {
         let text: String = self
