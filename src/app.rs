@@ -224,7 +224,7 @@ impl App {
         let supervisor = Arc::new(Supervisor::new(engine.clone(), committer.clone()));
         let api_routes = compile_api_routes(&engine, &config)?;
         supervisor.install(&config).await?;
-        let listener = admin::bind(config.admin.listen)
+        let listener = tokio::net::TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("binding the admin listener {}", config.admin.listen))?;
         let admin_addr = listener.local_addr()?;

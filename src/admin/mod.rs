@@ -68,10 +68,6 @@ impl AdminState {
 pub type Body = BoxBody<Bytes, Infallible>;
 pub type Reply = Response<Body>;
 
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 /// Serve until `cancel`; open connections finish their current request.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: CancellationToken) {
     let tracker = TaskTracker::new();

@@ -126,14 +126,6 @@ impl Store {
         let mut con = self.con.clone();
         self.run(pipe.query_async(&mut con)).await
     }
-
-    /// The lease expiry of an in-flight record (unix ms).
-    pub async fn lease_of(&self, id: u64) -> Result<Option<i64>, StoreError> {
-        let score: Option<f64> = self
-            .query(redis::cmd("ZSCORE").arg(self.key("inflight")).arg(id))
-            .await?;
-        Ok(score.map(|s| s as i64))
-    }
 }
 
 /// ARGV: prefix, now, lease_until, max. Returns id, record JSON pairs.

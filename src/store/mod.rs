@@ -285,32 +285,6 @@ impl Store {
             .await
     }
 
-    /// Ids with `field == value` for a zset-indexed field, newest first, at most `limit`.
-    pub async fn ids_with(
-        &self,
-        field: &str,
-        value: &str,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
-        let ids: Vec<u64> = self
-            .query(
-                redis::cmd("ZRANGE")
-                    .arg(self.key(&format!("idx:{field}:{value}")))
-                    .arg("+inf")
-                    .arg("-inf")
-                    .arg("BYSCORE")
-                    .arg("REV")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit),
-            )
-            .await?;
-        if !ids.is_empty() {
-            return Ok(ids);
-        }
-        Ok(self.single_id(field, value).await?.into_iter().collect())
-    }
-
     /// The one record holding a value not (yet) shared by another (the `ix:` hash).
     pub async fn single_id(&self, field: &str, value: &str) -> Result<Option<u64>, StoreError> {
         let mut invocation = self.single.prepare_invoke();
