@@ -24,7 +24,8 @@ use crate::supervisor::Supervisor;
 /// A running pushgate.
 pub struct App {
     pub config_path: PathBuf,
-    config: tokio::sync::Mutex<Config>,
+    /// Held while a reload applies, so two SIGHUPs cannot interleave.
+    reloading: tokio::sync::Mutex<()>,
     pub admin_addr: SocketAddr,
     pub store: Store,
     pub supervisor: Arc<Supervisor>,
@@ -234,7 +235,7 @@ impl App {
             supervisor: supervisor.clone(),
             store: store.clone(),
             engine,
-            config: RwLock::new(config.clone()),
+            config: RwLock::new(Arc::new(config.clone())),
             shutdown: admin_cancel.clone(),
             admin_addr,
             sender: delivery.as_ref().map(|d| d.sender.clone()),
@@ -255,7 +256,7 @@ impl App {
         ));
         Ok(App {
             config_path: config_path.to_owned(),
-            config: tokio::sync::Mutex::new(config),
+            reloading: tokio::sync::Mutex::new(()),
             admin_addr,
             store,
             supervisor,
@@ -270,7 +271,7 @@ impl App {
     }
 
     /// The config as currently running.
-    pub fn config_snapshot(&self) -> Config {
+    pub fn config_snapshot(&self) -> Arc<Config> {
         self.admin_state.config()
     }
 
@@ -278,7 +279,8 @@ impl App {
     /// does not load changes nothing.
     pub async fn reload(&self) -> anyhow::Result<PortChanges> {
         let new = Config::load(&self.config_path)?;
-        let mut current = self.config.lock().await;
+        let _one_reload_at_a_time = self.reloading.lock().await;
+        let current = self.admin_state.config();
         if new.redis != current.redis || new.admin != current.admin || new.store != current.store {
             tracing::warn!(
                 "reload: [redis], [admin] and [store] changes take effect at the next restart"
@@ -294,8 +296,8 @@ impl App {
             tracing::warn!("reload: script limits and zone take effect at the next restart");
         }
         let changes = self.supervisor.reload(&current, &new).await;
-        if let Ok(mut console) = self.admin_state.config.write() {
-            *console = new.clone();
+        if let Ok(mut running) = self.admin_state.config.write() {
+            *running = Arc::new(new.clone());
         }
         match compile_api_routes(&self.admin_state.engine, &new) {
             Ok(routes) => {
@@ -315,7 +317,6 @@ impl App {
             "reloaded {}",
             self.config_path.display()
         );
-        *current = new;
         Ok(changes)
     }
 

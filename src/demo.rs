@@ -115,7 +115,10 @@ fn emulator_args() -> pushgate::emulator::EmulatorArgs {
 
 /// A gentle stream of realistic pushes into both ports, as the FEP would send them:
 /// transfer alerts as JSON lines, notices as EUC-KR fixed-width telegrams.
-async fn feed(supervisor: std::sync::Arc<pushgate::supervisor::Supervisor>, config: Config) {
+async fn feed(
+    supervisor: std::sync::Arc<pushgate::supervisor::Supervisor>,
+    config: std::sync::Arc<Config>,
+) {
     use pushgate::ingest::fixed::encode_fixed;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const TITLES: &[(&str, &str)] = &[

@@ -39,7 +39,7 @@ pub struct AdminState {
     pub store: Store,
     pub engine: Arc<RouteEngine>,
     /// The running config; replaced on reload.
-    pub config: RwLock<Config>,
+    pub config: RwLock<Arc<Config>>,
     /// Cancelled when the process drains: live streams end.
     pub shutdown: CancellationToken,
     /// Where the console actually listens (the config may say port 0).
@@ -57,7 +57,8 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    pub fn config(&self) -> Config {
+    /// The running config (cheap: shared, not copied).
+    pub fn config(&self) -> Arc<Config> {
         self.config
             .read()
             .map(|c| c.clone())
