@@ -1071,10 +1071,7 @@ async fn reroute(state: &AdminState, session: &Session, id: &str, peer: SocketAd
             &format!("{worker} has no script that compiles right now."),
         );
     };
-    let mut fields = record.as_object().cloned().unwrap_or_default();
-    for f in crate::config::RESERVED_FIELDS {
-        fields.remove(*f);
-    }
+    let fields = crate::store::record::message_fields(&record);
     let message = crate::ingest::Message {
         unique_key: record["uniqueKey"].as_str().unwrap_or_default().to_owned(),
         fields,
@@ -1455,14 +1452,7 @@ async fn try_message(
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("record {id} is not stored"))?;
-        let mut map = stored.as_object().cloned().unwrap_or_default();
-        for f in crate::config::RESERVED_FIELDS
-            .iter()
-            .chain(&["history", "dry_run"])
-        {
-            map.remove(*f);
-        }
-        return Ok(map);
+        return Ok(crate::store::record::message_fields(&stored));
     }
     match serde_json::from_str::<Value>(sample) {
         Ok(Value::Object(map)) => Ok(map),

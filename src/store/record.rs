@@ -61,6 +61,15 @@ pub fn encode(record: &Value) -> String {
     record.to_string()
 }
 
+/// The message as it arrived: a record without the fields pushgate added.
+pub fn message_fields(record: &Value) -> Map<String, Value> {
+    let mut fields = record.as_object().cloned().unwrap_or_default();
+    for name in crate::config::RESERVED_FIELDS {
+        fields.remove(*name);
+    }
+    fields
+}
+
 /// Whether a message field may be left out of the stored record.
 pub fn omit_field(name: &str, value: &Value) -> bool {
     value.as_str() == Some("") && STANDARD_FIELDS.contains(&name)
