@@ -13,6 +13,15 @@ const ZSET_FILTER_BUDGET: u64 = 50_000;
 /// Fields searched by substring (not indexed).
 pub const SUBSTRING_FIELDS: &[&str] = &["msg_title", "msg_contents"];
 
+/// The ids received in a time range, and where retention stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub lo: u64,
+    pub hi: u64,
+    /// The lowest id retention has not looked at (1 when it never ran).
+    pub floor: u64,
+}
+
 /// What the operator asked for.
 #[derive(Debug, Clone, Default)]
 pub struct LogQuery {
@@ -91,7 +100,7 @@ impl Store {
     pub async fn log_page(&self, q: &LogQuery) -> Result<LogPage, StoreError> {
         let per_page = q.per_page.clamp(1, 1000);
         let offset = q.page.max(1).saturating_sub(1) * per_page;
-        let (lo, hi) = self.id_window(q.from_ms, q.to_ms).await?;
+        let Window { lo, hi, floor } = self.id_window(q.from_ms, q.to_ms).await?;
         if lo > hi {
             return Ok(LogPage {
                 rows: Vec::new(),
@@ -109,7 +118,7 @@ impl Store {
                 None => {
                     // The plain listing starts where retention stopped; records kept
                     // by legal hold below that are found by searching.
-                    let lo = lo.max(self.retention_floor().await?);
+                    let lo = lo.max(floor);
                     if lo > hi {
                         return Ok(LogPage {
                             rows: Vec::new(),
@@ -165,14 +174,6 @@ impl Store {
         })
     }
 
-    /// The lowest id retention has not looked at (1 when it never ran).
-    pub async fn retention_floor(&self) -> Result<u64, StoreError> {
-        let next: Option<u64> = self
-            .query(redis::cmd("GET").arg(self.key("retention:next")))
-            .await?;
-        Ok(next.unwrap_or(1))
-    }
-
     async fn bit_at(&self, key: &str, id: u64) -> Result<bool, StoreError> {
         let bit: u8 = self.query(redis::cmd("GETBIT").arg(key).arg(id)).await?;
         Ok(bit == 1)
@@ -184,20 +185,15 @@ impl Store {
         &self,
         from_ms: Option<i64>,
         to_ms: Option<i64>,
-    ) -> Result<(u64, u64), StoreError> {
-        let last = self.last_id().await?;
-        if from_ms.is_none() && to_ms.is_none() {
-            return Ok((1, last));
-        }
+    ) -> Result<Window, StoreError> {
         let mut invocation = self.window.prepare_invoke();
         invocation
             .arg(&self.prefix)
-            .arg(last)
-            .arg(from_ms.unwrap_or(i64::MIN).to_string())
-            .arg(to_ms.unwrap_or(i64::MAX).to_string());
+            .arg(from_ms.map(|ms| ms.to_string()).unwrap_or_default())
+            .arg(to_ms.map(|ms| ms.to_string()).unwrap_or_default());
         let mut con = self.con.clone();
-        let (lo, hi): (u64, u64) = self.run(invocation.invoke_async(&mut con)).await?;
-        Ok((lo, hi))
+        let (lo, hi, floor): (u64, u64, u64) = self.run(invocation.invoke_async(&mut con)).await?;
+        Ok(Window { lo, hi, floor })
     }
 
     async fn bit_page(
@@ -561,10 +557,17 @@ fn window_page(lo: u64, hi: u64, oldest_first: bool, offset: u64, count: u64) ->
     }
 }
 
-/// ARGV: prefix, last id, from ms, to ms → first and last id received in range
-/// (first > last when none). Binary search on `received_at`; ids grow with time.
+/// ARGV: prefix, from ms, to ms ("" = open) → first and last id received in range
+/// (first > last when none) and the retention floor, in one round trip. Binary search
+/// on `received_at`; ids grow with time.
 pub(super) const WINDOW_LUA: &str = r#"
-local p, last, from, to = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local p, from, to = ARGV[1], ARGV[2], ARGV[3]
+local last = tonumber(redis.call('GET', p .. 'seq') or '0')
+-- Ids below retention:next were removed by retention (except held ones).
+local floor = tonumber(redis.call('GET', p .. 'retention:next') or '1')
+if from == '' and to == '' then
+  return {1, last, floor}
+end
 local function at(id)
   -- A missing record (removed by retention) reads as the next one that exists.
   for probe = id, math.min(last, id + 64) do
@@ -575,8 +578,6 @@ local function at(id)
   end
   return nil
 end
--- Ids below retention:next were removed by retention (except held ones).
-local floor = tonumber(redis.call('GET', p .. 'retention:next') or '1')
 -- first id with received_at >= t (last + 1 if none)
 local function first_at_or_after(t)
   local lo, hi = floor, last + 1
@@ -587,9 +588,11 @@ local function first_at_or_after(t)
   end
   return lo
 end
-local first = first_at_or_after(from)
-local after = first_at_or_after(to + 1)
-return {first, after - 1}
+local first = 1
+if from ~= '' then first = first_at_or_after(tonumber(from)) end
+local after = last + 1
+if to ~= '' then after = first_at_or_after(tonumber(to) + 1) end
+return {first, after - 1, floor}
 "#;
 
 /// ARGV: tmp key, lo, hi, newest-first (0/1), offset, count, bitmap keys…

@@ -17,7 +17,7 @@ impl Store {
     /// Remove records received before `cutoff_ms`, at most `batch` ids per round trip,
     /// until none is left. Ids below `retention:next` have been looked at already.
     pub async fn prune(&self, cutoff_ms: i64, batch: u64) -> Result<Pruned, StoreError> {
-        let (_, last_old) = self.id_window(None, Some(cutoff_ms - 1)).await?;
+        let last_old = self.id_window(None, Some(cutoff_ms - 1)).await?.hi;
         let mut total = Pruned::default();
         loop {
             let mut invocation = self.prune.prepare_invoke();
