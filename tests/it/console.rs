@@ -444,16 +444,7 @@ async fn flush_asks_for_confirmation_naming_the_count_then_deletes_only_our_keys
 async fn an_operator_resends_a_failed_push_and_it_is_audited() {
     let redis = RedisServer::start();
     let emu = emulator(&["--fail-token", "bad-=INVALID_ARGUMENT"]).await;
-    let sa = tempfile::tempdir().unwrap();
-    let fcm = fcm_table(&emu, sa.path(), "");
-    let app = TestApp::start_with(
-        &redis,
-        &port_block("p", "send.rhai", ""),
-        &[("send.rhai", SEND)],
-        &fcm,
-    )
-    .await;
-    let addr = app.port_addr("p").await;
+    let (app, addr) = start_delivering(&redis, &emu, "", "").await;
     let mut m = message("resend-me", 1);
     m["device_id"] = json!("bad-token");
     let id = store_messages(addr, &[m]).await[0];

@@ -81,20 +81,13 @@ async fn each_fcm_error_class_ends_in_its_record_state() {
         "dead-",
     ])
     .await;
-    let sa_dir = tempfile::tempdir().unwrap();
-    let fcm = fcm_table(
-        &emu,
-        sa_dir.path(),
-        "max_attempts = 3\nretry_base_ms = 50\nretry_max_ms = 200\nquota_retry_ms = 100",
-    );
-    let app = TestApp::start_with(
+    let (app, addr) = start_delivering(
         &redis,
-        &port_block("p", "device.rhai", ""),
-        &[("device.rhai", SEND)],
-        &fcm,
+        &emu,
+        "max_attempts = 3\nretry_base_ms = 50\nretry_max_ms = 200\nquota_retry_ms = 100",
+        "",
     )
     .await;
-    let addr = app.port_addr("p").await;
     let store = &app.app().store;
 
     let cases = [
@@ -217,16 +210,7 @@ async fn an_unreachable_endpoint_is_retried_as_unavailable_then_failed() {
 async fn access_tokens_expiring_during_a_run_fail_no_send() {
     let redis = RedisServer::start();
     let emu = emulator(&["--token-ttl", "2"]).await;
-    let sa_dir = tempfile::tempdir().unwrap();
-    let fcm = fcm_table(&emu, sa_dir.path(), "max_attempts = 1");
-    let app = TestApp::start_with(
-        &redis,
-        &port_block("p", "device.rhai", ""),
-        &[("device.rhai", SEND)],
-        &fcm,
-    )
-    .await;
-    let addr = app.port_addr("p").await;
+    let (app, addr) = start_delivering(&redis, &emu, "max_attempts = 1", "").await;
     let mut keys = Vec::new();
     let started = Instant::now();
     // Batches spread over more than three token lifetimes.
@@ -262,20 +246,13 @@ async fn access_tokens_expiring_during_a_run_fail_no_send() {
 async fn a_503_and_429_storm_ends_with_every_push_sent_exactly_once() {
     let redis = RedisServer::start();
     let emu = emulator(&["--fail-503", "0.15", "--fail-429", "0.15"]).await;
-    let sa_dir = tempfile::tempdir().unwrap();
-    let fcm = fcm_table(
-        &emu,
-        sa_dir.path(),
-        "max_attempts = 25\nretry_base_ms = 100\nretry_max_ms = 400\nquota_retry_ms = 100",
-    );
-    let app = TestApp::start_with(
+    let (app, addr) = start_delivering(
         &redis,
-        &port_block("p", "device.rhai", ""),
-        &[("device.rhai", SEND)],
-        &fcm,
+        &emu,
+        "max_attempts = 25\nretry_base_ms = 100\nretry_max_ms = 400\nquota_retry_ms = 100",
+        "",
     )
     .await;
-    let addr = app.port_addr("p").await;
     let total = 5000;
     let keys: Vec<String> = (0..total).map(|n| format!("storm-{n}")).collect();
     let messages: Vec<Value> = keys
@@ -327,16 +304,7 @@ async fn a_503_and_429_storm_ends_with_every_push_sent_exactly_once() {
 async fn a_push_reserved_three_seconds_ahead_goes_out_within_a_second_after() {
     let redis = RedisServer::start();
     let emu = emulator(&[]).await;
-    let sa_dir = tempfile::tempdir().unwrap();
-    let fcm = fcm_table(&emu, sa_dir.path(), "");
-    let app = TestApp::start_with(
-        &redis,
-        &port_block("p", "device.rhai", ""),
-        &[("device.rhai", SEND)],
-        &fcm,
-    )
-    .await;
-    let addr = app.port_addr("p").await;
+    let (app, addr) = start_delivering(&redis, &emu, "", "").await;
     // sndn_rsev_hour has whole seconds: the next whole second at least 3 s from now.
     let now = chrono::Utc::now().with_timezone(&chrono_tz::Asia::Seoul);
     let reserved =
@@ -375,16 +343,8 @@ async fn a_push_reserved_three_seconds_ahead_goes_out_within_a_second_after() {
 async fn a_dry_run_port_sends_validate_only() {
     let redis = RedisServer::start();
     let emu = emulator(&[]).await;
-    let sa_dir = tempfile::tempdir().unwrap();
-    let fcm = fcm_table(&emu, sa_dir.path(), "");
-    let app = TestApp::start_with(
-        &redis,
-        &port_block("p", "device.rhai", "dry_run = true"),
-        &[("device.rhai", SEND)],
-        &fcm,
-    )
-    .await;
-    send_all(app.port_addr("p").await, &[push("dry", "tok-1")]).await;
+    let (app, addr) = start_delivering(&redis, &emu, "", "dry_run = true").await;
+    send_all(addr, &[push("dry", "tok-1")]).await;
     let rec = &wait_final(
         &app.app().store,
         &["dry".to_owned()],
@@ -474,20 +434,13 @@ async fn sigkill_mid_send_then_restart_finishes_every_push_and_counts_the_resent
 async fn redis_down_longer_than_the_lease_mid_send_sends_nothing_twice() {
     let mut redis = RedisServer::start();
     let emu = emulator(&["--latency-ms", "1500"]).await;
-    let sa_dir = tempfile::tempdir().unwrap();
-    let fcm = fcm_table(
-        &emu,
-        sa_dir.path(),
-        "max_in_flight = 256\nlease_secs = 2\nrequest_timeout_ms = 1800\nretry_base_ms = 100",
-    );
-    let app = TestApp::start_with(
+    let (app, addr) = start_delivering(
         &redis,
-        &port_block("p", "device.rhai", ""),
-        &[("device.rhai", SEND)],
-        &fcm,
+        &emu,
+        "max_in_flight = 256\nlease_secs = 2\nrequest_timeout_ms = 1800\nretry_base_ms = 100",
+        "",
     )
     .await;
-    let addr = app.port_addr("p").await;
     let total = 40;
     let keys: Vec<String> = (0..total).map(|n| format!("outage-{n}")).collect();
     let messages: Vec<Value> = keys.iter().map(|k| push(k, "tok-1")).collect();

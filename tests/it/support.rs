@@ -658,6 +658,23 @@ pub fn fcm_table(emulator: &pushgate::emulator::Emulator, dir: &Path, settings: 
     )
 }
 
+/// pushgate with one port `p` routed by [`SEND`] and `[fcm]` (plus `settings`) pointing
+/// at `emulator`; returns the app and where `p` listens.
+pub async fn start_delivering(
+    redis: &RedisServer,
+    emulator: &pushgate::emulator::Emulator,
+    settings: &str,
+    port_extra: &str,
+) -> (TestApp, SocketAddr) {
+    // The service account is read once, at start.
+    let account = tempfile::tempdir().unwrap();
+    let fcm = fcm_table(emulator, account.path(), settings);
+    let ports = port_block("p", "device.rhai", port_extra);
+    let app = TestApp::start_with(redis, &ports, &[("device.rhai", SEND)], &fcm).await;
+    let addr = app.port_addr("p").await;
+    (app, addr)
+}
+
 /// Every record id's JSON, read straight from Redis.
 pub fn record(con: &mut redis::Connection, id: u64) -> Option<Value> {
     let text: Option<String> = redis::cmd("GET")
