@@ -192,7 +192,7 @@ async fn log_queries() -> anyhow::Result<()> {
 
 /// Claim one due record and write its outcome, the sender's per-record Redis work.
 async fn mark_one_sent(store: &pushgate::store::Store, n: u64) -> anyhow::Result<f64> {
-    use pushgate::store::{NewRecord, Status, delivery::Outcome};
+    use pushgate::store::{NewRecord, Status};
     let mut times = Vec::new();
     for i in 0..20 {
         let now = pushgate::ingest::now_ms();
@@ -211,24 +211,7 @@ async fn mark_one_sent(store: &pushgate::store::Store, n: u64) -> anyhow::Result
         let claimed = store
             .claim(pushgate::ingest::now_ms(), now + 30_000, 10)
             .await?;
-        let outcomes: Vec<Outcome> = claimed
-            .into_iter()
-            .map(|c| {
-                let mut record = c.record;
-                record["status"] = "sent".into();
-                Outcome {
-                    id: c.id,
-                    lease: c.lease,
-                    record,
-                    old_status: Status::Queued,
-                    new_status: Status::Sent,
-                    retry_at_ms: None,
-                    delivered: true,
-                    port: "bench".into(),
-                    at_ms: now,
-                }
-            })
-            .collect();
+        let outcomes = sent_outcomes(claimed, now);
         anyhow::ensure!(
             store.finish(&outcomes).await?.iter().all(|a| *a),
             "outcome refused"
@@ -449,7 +432,7 @@ async fn ingest() -> anyhow::Result<()> {
 /// (claim + outcome write) driven straight through the store, 50,000 records each,
 /// with Redis's own CPU time per record from `INFO cpu`.
 async fn redis_budget() -> anyhow::Result<()> {
-    use pushgate::store::{NewRecord, Status, delivery::Outcome};
+    use pushgate::store::{NewRecord, Status};
     let dir = tempfile::tempdir()?;
     let (app, _) = start(dir.path(), "").await?;
     let store = app.store.clone();
@@ -499,25 +482,7 @@ async fn redis_budget() -> anyhow::Result<()> {
             )
             .await?;
         anyhow::ensure!(!claimed.is_empty(), "nothing left to claim after {done}");
-        let outcomes: Vec<Outcome> = claimed
-            .into_iter()
-            .map(|c| {
-                let mut record = c.record;
-                record["status"] = "sent".into();
-                record["fcm_send_yn"] = "Y".into();
-                Outcome {
-                    id: c.id,
-                    lease: c.lease,
-                    record,
-                    old_status: Status::Queued,
-                    new_status: Status::Sent,
-                    retry_at_ms: None,
-                    delivered: true,
-                    port: "bench".into(),
-                    at_ms: now,
-                }
-            })
-            .collect();
+        let outcomes = sent_outcomes(claimed, now);
         done += outcomes.len() as u64;
         store.finish(&outcomes).await?;
     }
@@ -578,17 +543,7 @@ async fn rss() -> anyhow::Result<()> {
         .stderr(std::process::Stdio::null())
         .spawn()?;
     let pid = child.id();
-    let status = move |field: &str| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines().find_map(|l| {
-                    l.strip_prefix(field)
-                        .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
-                })
-            })
-            .unwrap_or(0)
-    };
+    let status = |field: &str| proc_status_kib(&pid.to_string(), field);
     let started = Instant::now();
     while tokio::net::TcpStream::connect(port_addr).await.is_err() {
         anyhow::ensure!(
@@ -715,15 +670,46 @@ async fn end_to_end() -> anyhow::Result<()> {
 
 /// VmHWM of this process, KiB.
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    proc_status_kib("self", "VmHWM:")
+}
+
+/// A `kB` line of `/proc/{pid}/status`, e.g. `VmRSS:`.
+fn proc_status_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:")
+                l.strip_prefix(field)
                     .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
             })
         })
         .unwrap_or(0)
+}
+
+/// The outcome the sender would write for claimed records FCM accepted.
+fn sent_outcomes(
+    claimed: Vec<pushgate::store::delivery::Claimed>,
+    now: i64,
+) -> Vec<pushgate::store::delivery::Outcome> {
+    claimed
+        .into_iter()
+        .map(|c| {
+            let mut record = c.record;
+            record["status"] = "sent".into();
+            record["fcm_send_yn"] = "Y".into();
+            pushgate::store::delivery::Outcome {
+                id: c.id,
+                lease: c.lease,
+                record,
+                old_status: pushgate::store::Status::Queued,
+                new_status: pushgate::store::Status::Sent,
+                retry_at_ms: None,
+                delivered: true,
+                port: "bench".into(),
+                at_ms: now,
+            }
+        })
+        .collect()
 }
 
 /// `connections` clients together offering `rate` frames/s for `run`; each frame's
