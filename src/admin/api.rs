@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::auth::{self, Session};
 use super::{AdminState, Reply, json as reply_json, json_error, read_body};
 use crate::config::{Role, Scope};
-use crate::ingest::{self, Ack, now_ms};
+use crate::ingest::{self, now_ms};
 use crate::store::log::{LogQuery, searchable_fields};
 use crate::supervisor::SupervisorError;
 
@@ -254,10 +254,10 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
         })
         .collect();
     let source = format!("api-{}", key.name);
-    let acks = ingest::store_parsed(&state.committer, &state.engine, &route, &source, parsed).await;
-    let all_unstored = acks
-        .iter()
-        .all(|a| matches!(a, Ack::Error { error, .. } if error.starts_with("not stored")));
+    let answered =
+        ingest::store_parsed(&state.committer, &state.engine, &route, &source, parsed).await;
+    let all_unstored = answered.unstored.is_some();
+    let acks = answered.acks;
     let results: Vec<Value> = acks
         .iter()
         .map(|a| serde_json::from_str(&a.to_json()).unwrap_or(Value::Null))

@@ -547,19 +547,8 @@ fn encode_ack(port: &PortConfig, ack: &Ack, out: &mut Vec<u8>) {
 /// Route the good messages (off the runtime), store them in one group commit, and
 /// return one ack per parsed frame, in order.
 async fn store_messages(ctx: &PortContext, parsed: Vec<Result<Message, Refusal>>) -> Vec<Ack> {
-    let route = ctx.route.read().map(|r| r.clone()).ok();
-    let acks = match route {
-        Some(route) => {
-            store_parsed(
-                &ctx.committer,
-                &ctx.engine,
-                &route,
-                &ctx.config.name,
-                parsed,
-            )
-            .await
-        }
-        None => parsed
+    let Some(route) = ctx.route.read().map(|r| r.clone()).ok() else {
+        return parsed
             .into_iter()
             .map(|p| {
                 Ack::error(
@@ -567,14 +556,28 @@ async fn store_messages(ctx: &PortContext, parsed: Vec<Result<Message, Refusal>>
                     "route script unavailable".into(),
                 )
             })
-            .collect(),
+            .collect();
     };
-    if let Some(Ack::Error { error, .. }) = acks.iter().find(
-        |a| matches!(a, Ack::Error { key: Some(_), error } if error.starts_with("not stored")),
-    ) {
-        ctx.live.note_error(error.clone());
+    let answered = store_parsed(
+        &ctx.committer,
+        &ctx.engine,
+        &route,
+        &ctx.config.name,
+        parsed,
+    )
+    .await;
+    if let Some(error) = answered.unstored {
+        ctx.live.note_error(error);
     }
-    acks
+    answered.acks
+}
+
+/// The answers to a batch of messages.
+pub struct Answered {
+    /// One per message, in order.
+    pub acks: Vec<Ack>,
+    /// Why nothing was stored, when the write itself failed (Redis down, …).
+    pub unstored: Option<String>,
 }
 
 /// Route, store and answer checked messages for `source` (a port, or `api:<key>`):
@@ -585,7 +588,7 @@ pub async fn store_parsed(
     route: &CompiledRoute,
     source: &str,
     parsed: Vec<Result<Message, Refusal>>,
-) -> Vec<Ack> {
+) -> Answered {
     let m = metrics();
     let messages: Vec<Message> = parsed
         .iter()
@@ -629,6 +632,7 @@ pub async fn store_parsed(
         }
         Err(e) => Err(e),
     };
+    let unstored = stored.as_ref().err().cloned();
     let mut stored = stored.map(Vec::into_iter);
     let (mut new, mut dups) = (0u64, 0u64);
     let mut rejects: Vec<&'static str> = Vec::new();
@@ -682,7 +686,7 @@ pub async fn store_parsed(
             .get_or_create(&labels(&[("port", source), ("reason", reason)]))
             .inc();
     }
-    acks
+    Answered { acks, unstored }
 }
 
 /// Run the route script on one message and turn its decision into a record.

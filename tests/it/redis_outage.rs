@@ -44,6 +44,14 @@ async fn redis_killed_and_restarted_mid_stream_loses_no_acked_frame() {
         );
         n += 1;
     }
+    let view = app.app().supervisor.port("p").await.unwrap();
+    assert!(
+        view.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("send again"),
+        "the port shows why frames were refused: {view:?}"
+    );
     redis.restart();
     // Ingest resumes on the same connection without anyone restarting the port.
     let deadline = Instant::now() + Duration::from_secs(20);
