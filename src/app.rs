@@ -343,7 +343,13 @@ impl App {
         while let Some(signal) = signals.recv().await {
             match signal {
                 Signal::Reload => {
-                    if let Err(e) = self.reload().await {
+                    let result = self.reload().await;
+                    let outcome = if result.is_ok() { "applied" } else { "failed" };
+                    crate::metrics::metrics()
+                        .reloads
+                        .get_or_create(&crate::metrics::labels(&[("result", outcome)]))
+                        .inc();
+                    if let Err(e) = result {
                         tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running config");
                     }
                 }

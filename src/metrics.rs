@@ -42,6 +42,8 @@ pub struct Metrics {
     pub port_state: Family<Labels, Gauge>,
     /// Records removed by retention.
     pub retention_removed: Counter,
+    /// Config reloads (SIGHUP) by result (`applied`, `failed`).
+    pub reloads: Family<Labels, Counter>,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -66,6 +68,7 @@ impl Metrics {
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             port_state: Family::default(),
             retention_removed: Counter::default(),
+            reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +131,7 @@ impl Metrics {
             "1 for each port's current state",
             m.port_state.clone(),
         );
+        registry.register("reloads", "Config reloads by result", m.reloads.clone());
         registry.register(
             "retention_removed",
             "Records removed by retention",

@@ -157,9 +157,32 @@ async fn sighup_applies_added_removed_changed_and_keeps_a_broken_script_out() {
     // A config that does not load changes nothing.
     std::fs::write(dir.path().join("pushgate.toml"), "this is not toml =").unwrap();
     process.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = tokio::task::block_in_place(|| http_text(admin, "/metrics"));
+        if text.contains("pushgate_reloads_total{result=\"failed\"} 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broken reload was never attempted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let ack = one_frame(&mut keep_conn, "k2").await;
-    assert_eq!(ack["ok"], true);
-    assert!(tokio::task::block_in_place(|| process.port("new")).is_some());
+    assert_eq!(
+        ack["ok"], true,
+        "connections of unchanged ports survive a failed reload"
+    );
+    let ports: Vec<String> = tokio::task::block_in_place(|| process.ports())
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ports,
+        ["change", "keep", "new", "swap"],
+        "a failed reload changes no port"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

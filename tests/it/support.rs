@@ -501,6 +501,31 @@ pub fn message(key: &str, n: usize) -> Value {
     })
 }
 
+/// A GET without a key; returns (status, body text).
+pub fn http_text(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = StdStream::connect(addr).expect("connect admin");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// A minimal blocking HTTP/1.1 request; returns (status, JSON body).
 pub fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>) -> (u16, Value) {
     let mut stream = StdStream::connect(addr).expect("connect admin");
