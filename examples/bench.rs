@@ -361,7 +361,10 @@ async fn old_design(
 }
 
 fn store_url(store: &pushgate::store::Store) -> String {
-    store.url().to_owned()
+    match store.target() {
+        pushgate::store::Target::Direct(url) => url.clone(),
+        pushgate::store::Target::Sentinel { url, .. } => url.clone(),
+    }
 }
 
 /// `target/bench/{name}.json`, for comparing runs.

@@ -18,8 +18,8 @@ use crate::script::{CompiledRoute, Limits, RouteEngine};
 use crate::sender::{Policy, Sender};
 use crate::signals::Signal;
 use crate::store::managed::ManagedRedis;
-use crate::store::{Committer, Store};
-use crate::supervisor::Supervisor;
+use crate::store::{Committer, Store, Target};
+use crate::supervisor::{Node, Supervisor};
 
 /// A running pushgate.
 pub struct App {
@@ -33,6 +33,7 @@ pub struct App {
     admin_cancel: CancellationToken,
     admin_task: tokio::task::JoinHandle<()>,
     writer_task: tokio::task::JoinHandle<()>,
+    node_task: tokio::task::JoinHandle<()>,
     delivery: Option<Delivery>,
     retention: tokio::task::JoinHandle<()>,
     managed: Option<ManagedRedis>,
@@ -154,6 +155,15 @@ async fn retention_loop(store: Store, retention_days: u64, cancel: CancellationT
     }
 }
 
+/// This machine's name, for the default node id.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// A Redis URL without its password, for logs and errors.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -198,20 +208,42 @@ impl App {
         let url = managed
             .as_ref()
             .map_or(config.redis.url.clone(), |m| m.url().to_owned());
-        let store = Store::open(
-            &url,
+        let target = if config.redis.sentinels.is_empty() {
+            Target::Direct(url.clone())
+        } else {
+            Target::Sentinel {
+                sentinels: config.redis.sentinels.clone(),
+                master_name: config.redis.master_name.clone().unwrap_or_default(),
+                url: url.clone(),
+            }
+        };
+        let shown = match &target {
+            Target::Direct(url) => redact(url),
+            Target::Sentinel { master_name, .. } => format!("master {master_name:?} via Sentinel"),
+        };
+        let store = Store::open_target(
+            target,
             &config.redis.prefix,
             Duration::from_millis(config.redis.timeout_ms),
             config.store.stats_ttl_hours * 3600,
         )
-        .with_context(|| format!("opening redis at {}", redact(&url)))?;
+        .with_context(|| format!("opening redis at {shown}"))?;
         if let Err(e) = store.ping().await {
             // Not fatal: ports answer with error acks until Redis is back.
-            tracing::error!(url = %redact(&url), error = %e, "redis is not reachable yet");
+            tracing::error!(redis = %shown, error = %e, "redis is not reachable yet");
         }
         let stored = Arc::new(Notify::new());
-        let (committer, writer_task) =
-            Committer::spawn(store.clone(), config.store.max_batch, stored.clone());
+        // The writer has a connection of its own: its WAITs must not hold up others.
+        let writer_store = store.dedicated(
+            config.redis.ack_replicas,
+            config.redis.ack_replicas_timeout_ms,
+        )?;
+        let (committer, writer_task) = Committer::spawn(
+            writer_store,
+            config.store.max_batch,
+            config.redis.commit_retry(),
+            stored.clone(),
+        );
         let delivery = match &config.fcm {
             Some(fcm_config) => {
                 Some(Delivery::start(&config, fcm_config, store.clone(), stored).await?)
@@ -222,13 +254,24 @@ impl App {
             }
         };
         let engine = Arc::new(engine_for(&config));
-        let supervisor = Arc::new(Supervisor::new(engine.clone(), committer.clone()));
-        let api_routes = compile_api_routes(&engine, &config)?;
-        supervisor.install(&config).await?;
         let listener = tokio::net::TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("binding the admin listener {}", config.admin.listen))?;
         let admin_addr = listener.local_addr()?;
+        let node = Arc::new(Node {
+            store: store.clone(),
+            id: config
+                .node
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", hostname(), admin_addr.port())),
+            instance: format!("{:08x}", rand::random::<u32>()),
+            lease: Duration::from_millis(config.node.port_lease_ms),
+        });
+        tracing::info!(node = %node.id, instance = %node.instance, "this node");
+        let supervisor = Arc::new(Supervisor::new(engine.clone(), committer.clone(), node));
+        let api_routes = compile_api_routes(&engine, &config)?;
+        supervisor.install(&config).await?;
         tracing::info!(%admin_addr, "admin API listening");
         let admin_cancel = CancellationToken::new();
         let admin_state = Arc::new(AdminState {
@@ -249,6 +292,11 @@ impl App {
             config.store.retention_days,
             admin_cancel.clone(),
         ));
+        let node_task = tokio::spawn(
+            supervisor
+                .clone()
+                .node_loop(admin_addr.to_string(), admin_cancel.clone()),
+        );
         let admin_task = tokio::spawn(admin::serve(
             listener,
             admin_state.clone(),
@@ -264,6 +312,7 @@ impl App {
             admin_cancel,
             admin_task,
             writer_task,
+            node_task,
             delivery,
             retention,
             managed,
@@ -323,6 +372,7 @@ impl App {
     /// Stop accepting, let every port finish and ack what it received, then stop.
     pub async fn shutdown(self) {
         self.admin_cancel.cancel();
+        let _ = self.node_task.await;
         self.supervisor.shutdown().await;
         // Every port has awaited its own commits, so the writer holds nothing now.
         self.writer_task.abort();

@@ -67,6 +67,8 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
     pub store: StoreConfig,
     #[serde(default)]
     pub script: ScriptConfig,
@@ -115,6 +117,24 @@ pub struct RedisConfig {
     /// A Redis round trip slower than this fails, and its frames get error acks.
     #[serde(default = "default_redis_timeout_ms")]
     pub timeout_ms: u64,
+    /// Sentinel addresses (`redis://host:port`); when set, pushgate asks them for the
+    /// master named `master_name` and follows a failover. `url` then only supplies the
+    /// password and db of the master.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    #[serde(default)]
+    pub master_name: Option<String>,
+    /// Ack a frame only once `WAIT` confirms its record reached this many replicas.
+    #[serde(default)]
+    pub ack_replicas: u32,
+    /// How long `WAIT` may take before the frames get error acks ("send again").
+    #[serde(default = "default_ack_replicas_timeout_ms")]
+    pub ack_replicas_timeout_ms: u64,
+    /// A group commit that fails on a lost connection is retried for this long (on
+    /// the new master after a failover) before its frames get error acks.
+    /// Default: 5000 with Sentinel, 300 without.
+    #[serde(default)]
+    pub commit_retry_ms: Option<u64>,
 }
 
 fn default_redis_url() -> String {
@@ -129,6 +149,9 @@ fn default_redis_server() -> PathBuf {
 fn default_redis_timeout_ms() -> u64 {
     3000
 }
+fn default_ack_replicas_timeout_ms() -> u64 {
+    1000
+}
 
 impl Default for RedisConfig {
     fn default() -> Self {
@@ -140,7 +163,21 @@ impl Default for RedisConfig {
             managed_port: None,
             server_bin: default_redis_server(),
             timeout_ms: default_redis_timeout_ms(),
+            sentinels: Vec::new(),
+            master_name: None,
+            ack_replicas: 0,
+            ack_replicas_timeout_ms: default_ack_replicas_timeout_ms(),
+            commit_retry_ms: None,
         }
+    }
+}
+
+impl RedisConfig {
+    /// How long a failed group commit is retried (see `commit_retry_ms`).
+    pub fn commit_retry(&self) -> std::time::Duration {
+        // Without Sentinel, long enough to get past a connection that broke while idle.
+        let default = if self.sentinels.is_empty() { 300 } else { 5000 };
+        std::time::Duration::from_millis(self.commit_retry_ms.unwrap_or(default))
     }
 }
 
@@ -150,6 +187,32 @@ pub struct AdminConfig {
     /// The admin listener (JSON API, later the console).
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+}
+
+/// This process among the nodes sharing one Redis.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique among the nodes; default `{hostname}:{admin port}`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// A connect-mode port runs on the node holding its lease; a node that stops
+    /// renewing it (dead, paused, cut off from Redis) loses the port after this long.
+    #[serde(default = "default_lease_ms")]
+    pub port_lease_ms: u64,
+}
+
+fn default_lease_ms() -> u64 {
+    5000
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: None,
+            port_lease_ms: default_lease_ms(),
+        }
+    }
 }
 
 fn default_admin_listen() -> SocketAddr {
@@ -657,6 +720,14 @@ impl Config {
             ));
         }
         self.redis.problems(&mut out);
+        if self.node.port_lease_ms < 1000 {
+            out.push("node.port_lease_ms must be 1000 or more".into());
+        }
+        if let Some(id) = &self.node.id
+            && (id.is_empty() || id.len() > 64 || id.contains('/'))
+        {
+            out.push("node.id must be 1-64 characters without '/'".into());
+        }
         if let Some(fcm) = &self.fcm {
             fcm.problems(&mut out);
         }
@@ -733,6 +804,26 @@ impl RedisConfig {
         }
         if self.timeout_ms == 0 {
             out.push("redis.timeout_ms must be above 0".into());
+        }
+        if !self.sentinels.is_empty() {
+            if self.managed {
+                out.push("redis.sentinels and redis.managed cannot be used together".into());
+            }
+            if self.master_name.as_deref().is_none_or(str::is_empty) {
+                out.push(
+                    "redis.sentinels needs redis.master_name (the name Sentinel monitors)".into(),
+                );
+            }
+            for s in &self.sentinels {
+                if let Err(e) = redis::Client::open(s.as_str()) {
+                    out.push(format!("redis.sentinels: {:?}: {e}", crate::app::redact(s)));
+                }
+            }
+        } else if self.master_name.is_some() {
+            out.push("redis.master_name is only used with redis.sentinels".into());
+        }
+        if self.ack_replicas > 0 && self.ack_replicas_timeout_ms == 0 {
+            out.push("redis.ack_replicas_timeout_ms must be above 0".into());
         }
         if self.managed {
             if self.dir.is_none() {

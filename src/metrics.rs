@@ -44,6 +44,14 @@ pub struct Metrics {
     pub retention_removed: Counter,
     /// Config reloads (SIGHUP) by result (`applied`, `failed`).
     pub reloads: Family<Labels, Counter>,
+    /// Times Sentinel named a new master and the store switched to it.
+    pub master_switches: Counter,
+    /// Group commits whose `WAIT` saw too few replicas (their frames got error acks).
+    pub replication_timeouts: Counter,
+    /// Group commits tried again after a connection failure.
+    pub commit_retries: Counter,
+    /// Connect-mode port leases taken and lost by this node.
+    pub port_leases: Family<Labels, Counter>,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -69,6 +77,10 @@ impl Metrics {
             port_state: Family::default(),
             retention_removed: Counter::default(),
             reloads: Family::default(),
+            master_switches: Counter::default(),
+            replication_timeouts: Counter::default(),
+            commit_retries: Counter::default(),
+            port_leases: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -132,6 +144,26 @@ impl Metrics {
             m.port_state.clone(),
         );
         registry.register("reloads", "Config reloads by result", m.reloads.clone());
+        registry.register(
+            "redis_master_switches",
+            "Times Sentinel named a new Redis master and pushgate switched to it",
+            m.master_switches.clone(),
+        );
+        registry.register(
+            "replication_timeouts",
+            "Group commits that too few replicas confirmed in time (frames got error acks)",
+            m.replication_timeouts.clone(),
+        );
+        registry.register(
+            "commit_retries",
+            "Group commits tried again after a Redis connection failure",
+            m.commit_retries.clone(),
+        );
+        registry.register(
+            "port_leases",
+            "Connect-mode port leases by port and event (acquired, lost, released)",
+            m.port_leases.clone(),
+        );
         registry.register(
             "retention_removed",
             "Records removed by retention",

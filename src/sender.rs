@@ -285,15 +285,28 @@ impl Sender {
                 let started = std::time::Instant::now();
                 // The whole attempt (token refresh, resend after a 401) must end well
                 // inside the lease, or another claim could send the record meanwhile.
-                let deadline = self.policy.lease.mul_f64(0.8);
-                let answer = tokio::time::timeout(deadline, self.client.send(&fcm::message_for(&push), dry_run))
-                    .await
-                    .unwrap_or_else(|_| Answer::Refused {
+                // Measured from now, not from the claim: a process paused (SIGSTOP, a
+                // VM stall) since claiming may find the lease nearly gone, and then
+                // must not send at all.
+                let margin = self.policy.lease.mul_f64(0.2).as_millis() as i64;
+                let deadline = Duration::from_millis((lease - margin - now_ms()).max(0) as u64);
+                let answer = if deadline.is_zero() {
+                    Answer::Refused {
                         class: fcm::ErrorClass::Transport,
                         http: 0,
-                        body: json!({"error": format!("no answer within {deadline:?} (80% of the lease)")}).to_string(),
+                        body: json!({"error": "not sent: the claim's lease ran out before the send began (was this process paused?)"}).to_string(),
                         retry_after: None,
-                    });
+                    }
+                } else {
+                    tokio::time::timeout(deadline, self.client.send(&fcm::message_for(&push), dry_run))
+                        .await
+                        .unwrap_or_else(|_| Answer::Refused {
+                            class: fcm::ErrorClass::Transport,
+                            http: 0,
+                            body: json!({"error": format!("no answer within {deadline:?} (before 80% of the lease)")}).to_string(),
+                            retry_after: None,
+                        })
+                };
                 let m = metrics();
                 m.send_seconds.observe(started.elapsed().as_secs_f64());
                 let (outcome, class) = match &answer {

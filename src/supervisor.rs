@@ -14,10 +14,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, PortChanges, PortConfig};
-use crate::ingest::{self, PortContext, PortLive};
+use crate::config::{Config, Mode, PortChanges, PortConfig};
+use crate::ingest::{self, PortContext, PortFence, PortLive};
 use crate::script::{CompileError, CompiledRoute, RouteEngine};
-use crate::store::Committer;
+use crate::store::cluster::{Acquired, Wanted, holder_node};
+use crate::store::{Committer, Store};
 
 /// How long a stop waits for connections to finish their frames.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
@@ -28,13 +29,37 @@ const UNCOMPILED: &str =
 const UNCOMPILED_PATH: &str = "<no compiled script>";
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PortState {
     Stopped,
     Starting,
     Running,
     Failed,
+    /// A connect-mode port waiting for its lease: another node runs it.
+    Standby,
+}
+
+impl PortState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortState::Stopped => "stopped",
+            PortState::Starting => "starting",
+            PortState::Running => "running",
+            PortState::Failed => "failed",
+            PortState::Standby => "standby",
+        }
+    }
+}
+
+/// This process among the nodes sharing one Redis.
+pub struct Node {
+    pub store: Store,
+    /// Unique among the nodes (`[node] id`, default `{hostname}:{admin port}`).
+    pub id: String,
+    /// Unique to this process, so a restarted node can tell its own old lease.
+    pub instance: String,
+    pub lease: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +85,8 @@ pub struct PortView {
     pub state: PortState,
     pub last_error: Option<String>,
     pub restarts: u32,
+    /// Connect mode: the node holding the port's lease (this one when running).
+    pub holder: Option<String>,
     /// Set when the script on disk does not compile; the port keeps the previous one.
     pub script_error: Option<String>,
     pub script: String,
@@ -76,6 +103,7 @@ struct Status {
     state: PortState,
     last_error: Option<String>,
     restarts: u32,
+    holder: Option<String>,
     script_error: Option<String>,
 }
 
@@ -96,6 +124,7 @@ struct Running {
 pub struct Supervisor {
     engine: Arc<RouteEngine>,
     committer: Committer,
+    node: Arc<Node>,
     slots: tokio::sync::Mutex<BTreeMap<String, Slot>>,
 }
 
@@ -120,30 +149,76 @@ pub fn compile_script(
 }
 
 impl Supervisor {
-    pub fn new(engine: Arc<RouteEngine>, committer: Committer) -> Supervisor {
+    pub fn new(engine: Arc<RouteEngine>, committer: Committer, node: Arc<Node>) -> Supervisor {
         Supervisor {
             engine,
             committer,
+            node,
             slots: tokio::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// Add every port of `config` (scripts must compile) and start the autostart ones.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Add every port of `config` (scripts must compile) and start the ones to run:
+    /// what an operator last asked of the port (on any node), else `autostart`.
     pub async fn install(&self, config: &Config) -> Result<(), SupervisorError> {
         let mut compiled = Vec::new();
         for port in &config.ports {
             compiled.push((port.clone(), compile_script(&self.engine, config, port)?));
         }
+        let wanted = self.node.store.wanted().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the operators' port switches from redis; using autostart");
+            Default::default()
+        });
         let mut slots = self.slots.lock().await;
         for (port, route) in compiled {
-            let autostart = port.autostart;
+            let run = match wanted.get(&port.name) {
+                Some(w) => *w == Wanted::Run,
+                None => port.autostart,
+            };
             let name = port.name.clone();
             slots.insert(name.clone(), self.new_slot(port, route));
-            if autostart {
+            if run {
                 self.start_slot(slots.get_mut(&name));
             }
         }
         Ok(())
+    }
+
+    /// Tell every node (through Redis) what an operator asked of a port.
+    async fn publish_wanted(&self, name: &str, wanted: Wanted) {
+        if let Err(e) = self.node.store.set_wanted(name, wanted).await {
+            tracing::warn!(port = %name, error = %e, "cannot record the port switch in redis; other nodes will not follow it");
+        }
+    }
+
+    /// Apply what operators asked of the ports on other nodes (called every second).
+    pub async fn follow_operators(&self) {
+        let Ok(wanted) = self.node.store.wanted().await else {
+            return;
+        };
+        let mut to_stop = Vec::new();
+        {
+            let mut slots = self.slots.lock().await;
+            for (name, slot) in slots.iter_mut() {
+                match wanted.get(name) {
+                    Some(Wanted::Run) if slot.running.is_none() && startable(slot).is_ok() => {
+                        tracing::info!(port = %name, "started, as an operator asked on another node");
+                        lock(&slot.status).restarts = 0;
+                        self.start_slot(Some(slot));
+                    }
+                    Some(Wanted::Stop) if slot.running.is_some() => to_stop.push(name.clone()),
+                    _ => {}
+                }
+            }
+        }
+        for name in to_stop {
+            tracing::info!(port = %name, "stopping, as an operator asked on another node");
+            let _ = self.stop_here(&name).await;
+        }
     }
 
     fn new_slot(&self, config: PortConfig, route: CompiledRoute) -> Slot {
@@ -153,6 +228,7 @@ impl Supervisor {
                 state: PortState::Stopped,
                 last_error: None,
                 restarts: 0,
+                holder: None,
                 script_error: None,
             })),
             route: Arc::new(RwLock::new(route)),
@@ -173,12 +249,20 @@ impl Supervisor {
             engine: self.engine.clone(),
             route: slot.route.clone(),
             live: slot.live.clone(),
+            fence: None,
         };
         set_state(&slot.status, PortState::Starting, None);
-        let task = tokio::spawn(keep_running(ctx, slot.status.clone(), cancel.clone()));
+        let task = tokio::spawn(keep_running(
+            ctx,
+            slot.status.clone(),
+            cancel.clone(),
+            self.node.clone(),
+        ));
         slot.running = Some(Running { cancel, task });
     }
 
+    /// Start a port here and on every other node (a connect-mode port runs where its
+    /// lease is, and waits in standby elsewhere).
     pub async fn start(&self, name: &str) -> Result<PortView, SupervisorError> {
         let mut slots = self.slots.lock().await;
         let slot = slots
@@ -188,13 +272,22 @@ impl Supervisor {
             startable(slot)?;
             lock(&slot.status).restarts = 0;
         }
+        self.publish_wanted(name, Wanted::Run).await;
         self.start_slot(Some(slot));
         Ok(view(slot))
     }
 
-    /// Stop a port. Its drain (up to DRAIN_LIMIT) runs without holding the port table,
-    /// so the console and the API keep answering meanwhile.
+    /// Stop a port here and on every other node.
     pub async fn stop(&self, name: &str) -> Result<PortView, SupervisorError> {
+        if self.slots.lock().await.contains_key(name) {
+            self.publish_wanted(name, Wanted::Stop).await;
+        }
+        self.stop_here(name).await
+    }
+
+    /// Stop a port on this node. Its drain (up to DRAIN_LIMIT) runs without holding
+    /// the port table, so the console and the API keep answering meanwhile.
+    async fn stop_here(&self, name: &str) -> Result<PortView, SupervisorError> {
         let (running, status, live) = {
             let mut slots = self.slots.lock().await;
             let slot = slots
@@ -375,15 +468,45 @@ async fn drain(name: &str, running: Running) {
 
 fn mark_stopped(status: &Mutex<Status>, live: &PortLive) {
     set_state(status, PortState::Stopped, None);
+    lock(status).holder = None;
     if let Ok(mut bound) = live.bound.lock() {
         *bound = None;
     }
 }
 
 /// Run the port; when it fails, mark it failed and start it again after a backoff.
-async fn keep_running(ctx: PortContext, status: Arc<Mutex<Status>>, cancel: CancellationToken) {
+/// A connect-mode port first waits (in standby) for its lease, and stops acting the
+/// moment the lease is lost, then waits for it again.
+async fn keep_running(
+    mut ctx: PortContext,
+    status: Arc<Mutex<Status>>,
+    cancel: CancellationToken,
+    node: Arc<Node>,
+) {
     let mut backoff = Duration::from_secs(1);
     loop {
+        let mut renewer = None;
+        let run_cancel = if ctx.config.mode == Mode::Connect {
+            let Some(fence) = wait_for_lease(&ctx.config.name, &status, &node, &cancel).await
+            else {
+                return;
+            };
+            let lost = cancel.child_token();
+            renewer = Some(tokio::spawn(keep_lease(
+                node.clone(),
+                ctx.config.name.clone(),
+                fence.clone(),
+                lost.clone(),
+                status.clone(),
+            )));
+            ctx.fence = Some(PortFence {
+                fence,
+                lost: lost.clone(),
+            });
+            lost
+        } else {
+            cancel.clone()
+        };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let watch_ready = {
             let status = status.clone();
@@ -393,10 +516,29 @@ async fn keep_running(ctx: PortContext, status: Arc<Mutex<Status>>, cancel: Canc
                 }
             }
         };
-        let run = ingest::run_port(ctx.clone(), cancel.clone(), ready_tx);
+        let run = ingest::run_port(ctx.clone(), run_cancel.clone(), ready_tx);
         let (result, ()) = tokio::join!(run, watch_ready);
+        if let Some(task) = renewer {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(PortFence { fence, .. }) = ctx.fence.take() {
+            match node.store.release_port(&ctx.config.name, &fence).await {
+                Ok(true) => lease_event(&ctx.config.name, "released"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(port = %ctx.config.name, error = %e, "releasing the port lease; it expires by itself")
+                }
+            }
+        }
+        if cancel.is_cancelled() {
+            return;
+        }
+        if run_cancel.is_cancelled() {
+            // The lease was lost: back to standby, without counting a failure.
+            continue;
+        }
         match result {
-            Ok(()) if cancel.is_cancelled() => return,
             Ok(()) => set_state(&status, PortState::Failed, Some("port task ended".into())),
             Err(e) => {
                 tracing::error!(port = %ctx.config.name, error = %e, retry_in = ?backoff, "port failed");
@@ -413,6 +555,101 @@ async fn keep_running(ctx: PortContext, status: Arc<Mutex<Status>>, cancel: Canc
             s.restarts += 1;
             s.state = PortState::Starting;
         }
+    }
+}
+
+fn lease_event(port: &str, event: &str) {
+    crate::metrics::metrics()
+        .port_leases
+        .get_or_create(&crate::metrics::labels(&[("port", port), ("event", event)]))
+        .inc();
+}
+
+/// Try for the port's lease every fifth of the lease time until it is ours (None if
+/// cancelled first). Meanwhile the port is in standby and shows who holds it.
+async fn wait_for_lease(
+    port: &str,
+    status: &Mutex<Status>,
+    node: &Node,
+    cancel: &CancellationToken,
+) -> Option<crate::store::Fence> {
+    let ttl = node.lease.as_millis() as u64;
+    loop {
+        match node
+            .store
+            .acquire_port(port, &node.id, &node.instance, ttl)
+            .await
+        {
+            Ok(Acquired::Ours(fence)) => {
+                tracing::info!(port, token = %fence.token, "took the port's lease");
+                lease_event(port, "acquired");
+                let mut s = lock(status);
+                s.holder = Some(node.id.clone());
+                return Some(fence);
+            }
+            Ok(Acquired::Held(holder)) => {
+                let mut s = lock(status);
+                s.state = PortState::Standby;
+                s.holder = Some(holder_node(&holder).to_owned());
+            }
+            Err(e) => {
+                let mut s = lock(status);
+                s.state = PortState::Standby;
+                s.holder = None;
+                s.last_error = Some(format!("cannot take the port's lease: {e}"));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(node.lease / 5) => {}
+            _ = cancel.cancelled() => return None,
+        }
+    }
+}
+
+/// Renew the lease every third of its time. Cancel `lost` once another node holds it,
+/// or once it may have expired without a renewal getting through (Redis unreachable):
+/// from then on another node may run the port, so this one must not.
+async fn keep_lease(
+    node: Arc<Node>,
+    port: String,
+    fence: crate::store::Fence,
+    lost: CancellationToken,
+    status: Arc<Mutex<Status>>,
+) {
+    let ttl = node.lease.as_millis() as u64;
+    let mut valid_until = tokio::time::Instant::now() + node.lease;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(node.lease / 3) => {}
+            _ = lost.cancelled() => return,
+        }
+        let sent_at = tokio::time::Instant::now();
+        let renewed =
+            tokio::time::timeout(node.lease / 3, node.store.renew_port(&port, &fence, ttl)).await;
+        let why = match renewed {
+            Ok(Ok(true)) => {
+                valid_until = sent_at + node.lease;
+                continue;
+            }
+            Ok(Ok(false)) => "another node holds the port's lease now".to_owned(),
+            Ok(Err(e)) if tokio::time::Instant::now() + node.lease / 5 >= valid_until => {
+                format!("could not renew the port's lease before it ran out: {e}")
+            }
+            Err(_) if tokio::time::Instant::now() + node.lease / 5 >= valid_until => {
+                "could not renew the port's lease before it ran out: redis did not answer"
+                    .to_owned()
+            }
+            _ => continue,
+        };
+        tracing::warn!(port = %port, "{why}; this node stops acting on the port");
+        lease_event(&port, "lost");
+        {
+            let mut s = lock(&status);
+            s.state = PortState::Standby;
+            s.last_error = Some(why);
+        }
+        lost.cancel();
+        return;
     }
 }
 
@@ -447,6 +684,7 @@ fn view(slot: &Slot) -> PortView {
         state: status.state,
         last_error: status.last_error.clone().or(port_error),
         restarts: status.restarts,
+        holder: status.holder.clone(),
         script_error: status.script_error.clone(),
         script: slot.config.script.display().to_string(),
         connections: live.connections.load(Ordering::Relaxed),
@@ -454,5 +692,63 @@ fn view(slot: &Slot) -> PortView {
         duplicates: live.duplicates.load(Ordering::Relaxed),
         rejected: live.rejected.load(Ordering::Relaxed),
         last_frame_ms: (last_frame > 0).then_some(last_frame),
+    }
+}
+
+/// A node's heartbeat lives this long without a renewal.
+const HEARTBEAT_TTL_MS: u64 = 5000;
+
+/// What the console shows of one node, from its heartbeat.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct NodeBeat {
+    pub id: String,
+    pub console: String,
+    pub started_ms: i64,
+    pub version: String,
+    pub ports: Vec<NodePort>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct NodePort {
+    pub name: String,
+    pub state: PortState,
+}
+
+impl Supervisor {
+    /// Every second until `cancel`: publish this node's heartbeat (its ports and their
+    /// states) and apply what operators asked of the ports on other nodes.
+    pub async fn node_loop(self: Arc<Self>, console: String, cancel: CancellationToken) {
+        let started_ms = crate::ingest::now_ms();
+        loop {
+            let beat = NodeBeat {
+                id: self.node.id.clone(),
+                console: console.clone(),
+                started_ms,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                ports: self
+                    .ports()
+                    .await
+                    .into_iter()
+                    .map(|p| NodePort {
+                        name: p.name,
+                        state: p.state,
+                    })
+                    .collect(),
+            };
+            let body = serde_json::to_string(&beat).unwrap_or_default();
+            if let Err(e) = self
+                .node
+                .store
+                .heartbeat(&self.node.id, &body, HEARTBEAT_TTL_MS)
+                .await
+            {
+                tracing::debug!(error = %e, "node heartbeat");
+            }
+            self.follow_operators().await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
     }
 }

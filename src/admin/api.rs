@@ -254,8 +254,15 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
         })
         .collect();
     let source = format!("api-{}", key.name);
-    let answered =
-        ingest::store_parsed(&state.committer, &state.engine, &route, &source, parsed).await;
+    let answered = ingest::store_parsed(
+        &state.committer,
+        &state.engine,
+        &route,
+        &source,
+        None,
+        parsed,
+    )
+    .await;
     let all_unstored = answered.unstored.is_some();
     let acks = answered.acks;
     let results: Vec<Value> = acks

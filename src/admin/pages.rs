@@ -418,15 +418,6 @@ struct DashboardPage {
     records: u64,
 }
 
-fn state_name(state: PortState) -> &'static str {
-    match state {
-        PortState::Stopped => "stopped",
-        PortState::Starting => "starting",
-        PortState::Running => "running",
-        PortState::Failed => "failed",
-    }
-}
-
 async fn dashboard(state: &AdminState, session: &Session) -> Reply {
     let config = state.config();
     let now = now_ms();
@@ -452,7 +443,7 @@ async fn dashboard(state: &AdminState, session: &Session) -> Reply {
                 crate::config::Mode::Connect => "connect",
             },
             addr: view.bound.clone().unwrap_or(view.addr.clone()),
-            state: state_name(view.state),
+            state: view.state.as_str(),
             running: matches!(view.state, PortState::Running | PortState::Starting),
             connections: view.connections,
             received: total("received"),
@@ -560,7 +551,7 @@ fn events(state: &AdminState) -> Reply {
                 let total = |k: &str| totals.get(k).copied().unwrap_or(0);
                 ports.push(serde_json::json!({
                     "name": view.name,
-                    "state": state_name(view.state),
+                    "state": view.state.as_str(),
                     "connections": view.connections,
                     "received": total("received"),
                     "sent": total("sent"),
@@ -1215,7 +1206,7 @@ async fn scripts_page(state: &AdminState, session: &Session) -> Reply {
         .await
         .into_iter()
         .map(|v| ScriptRow {
-            state: state_name(v.state),
+            state: v.state.as_str(),
             path: v.script.clone(),
             error: v.script_error.unwrap_or_default(),
             port: v.name,

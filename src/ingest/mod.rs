@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Mode, Payload, PortConfig, RESERVED_FIELDS};
 use crate::metrics::{labels, metrics};
 use crate::script::{CompiledRoute, Decision, RouteEngine};
-use crate::store::{Committer, NewRecord, Status, Stored};
+use crate::store::{Committer, Fence, NewRecord, Status, Stored};
 
 const MAX_UNIQUE_KEY_BYTES: usize = 256;
 /// How long writing acks to a peer may take before the connection is dropped.
@@ -75,10 +75,20 @@ pub struct PortContext {
     /// The compiled route; the supervisor swaps it on reload without restarting the port.
     pub route: Arc<RwLock<CompiledRoute>>,
     pub live: Arc<PortLive>,
+    /// Connect mode: the port's lease, which every write must still hold.
+    pub fence: Option<PortFence>,
 }
 
 /// Run a port until `cancel`: in-flight frames are finished and acked before it returns.
 /// `ready` fires once the port is listening (or dialling).
+/// A connect-mode port's lease as its writes carry it, and the token cancelled when
+/// the lease turns out lost (the port then stops acting at once).
+#[derive(Clone)]
+pub struct PortFence {
+    pub fence: Fence,
+    pub lost: CancellationToken,
+}
+
 pub async fn run_port(
     ctx: PortContext,
     cancel: CancellationToken,
@@ -563,11 +573,19 @@ async fn store_messages(ctx: &PortContext, parsed: Vec<Result<Message, Refusal>>
         &ctx.engine,
         &route,
         &ctx.config.name,
+        ctx.fence.as_ref().map(|f| &f.fence),
         parsed,
     )
     .await;
     if let Some(error) = answered.unstored {
         ctx.live.note_error(error);
+    }
+    if answered.fenced
+        && let Some(f) = &ctx.fence
+    {
+        ctx.live
+            .note_error("this node lost the port's lease; another node runs it".into());
+        f.lost.cancel();
     }
     answered.acks
 }
@@ -578,6 +596,8 @@ pub struct Answered {
     pub acks: Vec<Ack>,
     /// Why nothing was stored, when the write itself failed (Redis down, …).
     pub unstored: Option<String>,
+    /// The fence refused the records: another node holds the port now.
+    pub fenced: bool,
 }
 
 /// Route, store and answer checked messages for `source` (a port, or `api:<key>`):
@@ -587,6 +607,7 @@ pub async fn store_parsed(
     engine: &Arc<RouteEngine>,
     route: &CompiledRoute,
     source: &str,
+    fence: Option<&Fence>,
     parsed: Vec<Result<Message, Refusal>>,
 ) -> Answered {
     let m = metrics();
@@ -626,7 +647,7 @@ pub async fn store_parsed(
                     .inc_by(n);
             }
             committer
-                .commit(records)
+                .commit(records, fence.cloned())
                 .await
                 .map_err(|e| format!("not stored, send again: {e}"))
         }
@@ -634,7 +655,7 @@ pub async fn store_parsed(
     };
     let unstored = stored.as_ref().err().cloned();
     let mut stored = stored.map(Vec::into_iter);
-    let (mut new, mut dups) = (0u64, 0u64);
+    let (mut new, mut dups, mut fenced) = (0u64, 0u64, false);
     let mut rejects: Vec<&'static str> = Vec::new();
     let acks: Vec<Ack> = parsed
         .into_iter()
@@ -644,18 +665,29 @@ pub async fn store_parsed(
                 Ack::error(refusal.key, refusal.error)
             }
             (Ok(msg), Ok(results)) => match results.next() {
-                Some(s) => {
-                    let dup = matches!(s, Stored::Duplicate { .. });
-                    if dup {
-                        dups += 1;
-                    } else {
-                        new += 1;
-                    }
+                Some(Stored::New { id }) => {
+                    new += 1;
                     Ack::Stored {
                         key: msg.unique_key,
-                        id: s.id(),
-                        dup,
+                        id,
+                        dup: false,
                     }
+                }
+                Some(Stored::Duplicate { id }) => {
+                    dups += 1;
+                    Ack::Stored {
+                        key: msg.unique_key,
+                        id,
+                        dup: true,
+                    }
+                }
+                Some(Stored::Fenced) => {
+                    fenced = true;
+                    rejects.push("fenced");
+                    Ack::error(
+                        Some(msg.unique_key),
+                        format!("not stored, send again: this node no longer holds port {source} (another node took it over)"),
+                    )
                 }
                 None => {
                     rejects.push("store");
@@ -686,7 +718,11 @@ pub async fn store_parsed(
             .get_or_create(&labels(&[("port", source), ("reason", reason)]))
             .inc();
     }
-    Answered { acks, unstored }
+    Answered {
+        acks,
+        unstored,
+        fenced,
+    }
 }
 
 /// Run the route script on one message and turn its decision into a record.

@@ -51,7 +51,7 @@ impl Store {
             .arg(now_ms)
             .arg(lease_until_ms)
             .arg(max);
-        let mut con = self.con.clone();
+        let mut con = self.con().await?;
         let pairs: Vec<(u64, String)> = self.run(invocation.invoke_async(&mut con)).await?;
         let mut claimed = Vec::with_capacity(pairs.len());
         for (id, text) in pairs {
@@ -89,7 +89,7 @@ impl Store {
                 .arg(format!("stats:{}:{minute}", o.port))
                 .arg(format!("stats:{}:total", o.port));
         }
-        let mut con = self.con.clone();
+        let mut con = self.con().await?;
         let applied: Vec<i64> = self.run(invocation.invoke_async(&mut con)).await?;
         Ok(applied.into_iter().map(|a| a == 1).collect())
     }
@@ -123,7 +123,7 @@ impl Store {
             .arg(self.key("due"))
             .cmd("ZCARD")
             .arg(self.key("inflight"));
-        let mut con = self.con.clone();
+        let mut con = self.con().await?;
         self.run(pipe.query_async(&mut con)).await
     }
 }

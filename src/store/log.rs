@@ -191,7 +191,7 @@ impl Store {
             .arg(&self.prefix)
             .arg(from_ms.map(|ms| ms.to_string()).unwrap_or_default())
             .arg(to_ms.map(|ms| ms.to_string()).unwrap_or_default());
-        let mut con = self.con.clone();
+        let mut con = self.con().await?;
         let (lo, hi, floor): (u64, u64, u64) = self.run(invocation.invoke_async(&mut con)).await?;
         Ok(Window { lo, hi, floor })
     }
@@ -214,7 +214,7 @@ impl Store {
             .arg(offset)
             .arg(count)
             .arg(keys);
-        let mut con = self.con.clone();
+        let mut con = self.con().await?;
         let out: Vec<u64> = self.run(invocation.invoke_async(&mut con)).await?;
         let total = out.first().copied().unwrap_or(0);
         Ok((out.into_iter().skip(1).collect(), Total::Exact(total)))
@@ -277,7 +277,7 @@ impl Store {
             .arg(offset)
             .arg(count)
             .arg(ZSET_FILTER_BUDGET);
-        let mut con = self.con.clone();
+        let mut con = self.con().await?;
         let out: Vec<u64> = self.run(invocation.invoke_async(&mut con)).await?;
         let (found, scanned, exhausted) = (out[0], out[1], out[2] == 1);
         let total = if exhausted {
@@ -353,7 +353,7 @@ impl Store {
             .arg(old.as_str())
             .arg(new.as_str())
             .arg(due.map(|d| d.to_string()).unwrap_or_default());
-        let mut con = self.con.clone();
+        let mut con = self.con().await?;
         let applied: i64 = self.run(invocation.invoke_async(&mut con)).await?;
         Ok(applied == 1)
     }
@@ -462,7 +462,7 @@ impl Store {
                 .arg(self.key(&format!("stats:{port}:{m}")))
                 .arg(field);
         }
-        let mut con = self.con.clone();
+        let mut con = self.con().await?;
         let counts: Vec<Option<u64>> = self.run(pipe.query_async(&mut con)).await?;
         Ok(counts.into_iter().map(|c| c.unwrap_or(0)).collect())
     }

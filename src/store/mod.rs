@@ -15,8 +15,10 @@
 //!
 //! Nothing here reads a whole list or scans keys: each operation is O(log N + page).
 
+pub mod cluster;
 pub mod console;
 pub mod delivery;
+mod link;
 pub mod log;
 pub mod managed;
 pub mod record;
@@ -24,7 +26,9 @@ pub mod retention;
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use link::Link;
+pub use link::Target;
+use redis::aio::ConnectionManager;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -53,6 +57,39 @@ pub enum StoreError {
     Commit(String),
     #[error("unexpected answer from redis: {0}")]
     Protocol(String),
+    #[error(
+        "written on the master, but WAIT confirmed it on {reached} of {wanted} replicas within {timeout_ms} ms; send again (a repeat is acked as a duplicate once it is replicated)"
+    )]
+    NotReplicated {
+        reached: u32,
+        wanted: u32,
+        timeout_ms: u64,
+    },
+}
+
+impl StoreError {
+    /// Worth trying again soon: the connection, not the request, failed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || matches!(e.code(), Some("READONLY" | "LOADING" | "MASTERDOWN"))
+            }
+            StoreError::Timeout(_) | StoreError::NotReplicated { .. } => true,
+            StoreError::WriterGone | StoreError::Commit(_) | StoreError::Protocol(_) => false,
+        }
+    }
+}
+
+/// A write allowed only while Redis key `key` (under the prefix) holds `token`: how a
+/// connect-mode port's records are refused once its node lost the port's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub token: String,
 }
 
 /// Where a record stands. Stored as its snake_case name and indexed by bitmap.
@@ -113,25 +150,21 @@ pub enum Stored {
     Duplicate {
         id: u64,
     },
-}
-
-impl Stored {
-    pub fn id(self) -> u64 {
-        match self {
-            Stored::New { id } | Stored::Duplicate { id } => id,
-        }
-    }
+    /// Not written: the writer's [`Fence`] no longer holds (another node has the port).
+    Fenced,
 }
 
 /// Handle to Redis. Cheap to clone: clones share one multiplexed connection that
-/// reconnects by itself after Redis restarts.
+/// reconnects by itself after Redis restarts (and follows Sentinel to a new master).
 #[derive(Clone)]
 pub struct Store {
-    url: String,
-    con: ConnectionManager,
+    link: Arc<Link>,
     prefix: String,
     timeout: Duration,
     stats_ttl_secs: u64,
+    /// Writes wait for `WAIT ack_replicas` (0 = do not wait).
+    ack_replicas: u32,
+    ack_replicas_timeout_ms: u64,
     ingest: redis::Script,
     claim: redis::Script,
     finish: redis::Script,
@@ -145,26 +178,36 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connect (lazily: a Redis that is down at start-up is retried on first use).
+    /// Connect to one Redis (lazily: a Redis that is down at start-up is retried on
+    /// first use).
     pub fn open(
         url: &str,
         prefix: &str,
         timeout: Duration,
         stats_ttl_secs: u64,
     ) -> Result<Store, StoreError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.min(Duration::from_secs(1))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let con = ConnectionManager::new_lazy_with_config(client, config)?;
+        Store::open_target(
+            Target::Direct(url.to_owned()),
+            prefix,
+            timeout,
+            stats_ttl_secs,
+        )
+    }
+
+    /// Connect to a fixed address or through Sentinel (lazily, either way).
+    pub fn open_target(
+        target: Target,
+        prefix: &str,
+        timeout: Duration,
+        stats_ttl_secs: u64,
+    ) -> Result<Store, StoreError> {
         Ok(Store {
-            url: url.to_owned(),
-            con,
+            link: Arc::new(Link::new(target, timeout)?),
             prefix: prefix.to_owned(),
             timeout,
             stats_ttl_secs,
+            ack_replicas: 0,
+            ack_replicas_timeout_ms: 0,
             ingest: redis::Script::new(INGEST_LUA),
             claim: redis::Script::new(delivery::CLAIM_LUA),
             finish: redis::Script::new(delivery::FINISH_LUA),
@@ -178,9 +221,29 @@ impl Store {
         })
     }
 
-    /// Where this store's Redis is (may contain a password: do not log it).
-    pub fn url(&self) -> &str {
-        &self.url
+    /// Where this store's Redis is.
+    pub fn target(&self) -> &Target {
+        self.link.target()
+    }
+
+    /// The master's address as last connected (no password), if known.
+    pub fn master(&self) -> Option<String> {
+        self.link.master()
+    }
+
+    /// The same store on a connection of its own (the group-commit writer's, so that
+    /// its `WAIT`s hold up nobody else), acking only once `replicas` confirm a write.
+    pub fn dedicated(&self, replicas: u32, timeout_ms: u64) -> Result<Store, StoreError> {
+        Ok(Store {
+            link: Arc::new(self.link.fresh(self.timeout)?),
+            ack_replicas: replicas,
+            ack_replicas_timeout_ms: timeout_ms,
+            ..self.clone()
+        })
+    }
+
+    async fn con(&self) -> Result<ConnectionManager, StoreError> {
+        self.link.connection().await
     }
 
     pub fn key(&self, suffix: &str) -> String {
@@ -192,13 +255,20 @@ impl Store {
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
         match tokio::time::timeout(self.timeout, fut).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                self.link.failed().await;
+                Err(e.into())
+            }
+            Err(_) => {
+                self.link.failed().await;
+                Err(StoreError::Timeout(self.timeout))
+            }
         }
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut con = self.con.clone();
+        let mut con = self.con().await?;
         self.run(cmd.query_async(&mut con)).await
     }
 
@@ -210,6 +280,19 @@ impl Store {
     /// Write records in one atomic round trip (a Lua script): dedupe by `uniqueKey`,
     /// allocate ids, store, index, schedule, count. Answers in input order.
     pub async fn ingest(&self, records: &[NewRecord]) -> Result<Vec<Stored>, StoreError> {
+        self.ingest_fenced(records, &[], &vec![0; records.len()])
+            .await
+    }
+
+    /// [`Store::ingest`], where record `i` is written only if `fences[fence_of[i] - 1]`
+    /// holds (`fence_of[i] == 0`: unfenced). With `ack_replicas`, the same round trip
+    /// ends with `WAIT`, and too few replicas fail the whole batch.
+    pub async fn ingest_fenced(
+        &self,
+        records: &[NewRecord],
+        fences: &[Fence],
+        fence_of: &[usize],
+    ) -> Result<Vec<Stored>, StoreError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -217,10 +300,15 @@ impl Store {
         invocation
             .arg(&self.prefix)
             .arg(records.len())
-            .arg(self.stats_ttl_secs);
-        for record in records {
+            .arg(self.stats_ttl_secs)
+            .arg(fences.len());
+        for fence in fences {
+            invocation.arg(&fence.key).arg(&fence.token);
+        }
+        for (record, fence) in records.iter().zip(fence_of) {
             let minute = record.received_at_ms.div_euclid(60_000);
             invocation
+                .arg(fence)
                 .arg(&record.unique_key)
                 .arg(record_body_after_id(record))
                 .arg(record.due_ms.map(|ms| ms.to_string()).unwrap_or_default());
@@ -233,8 +321,12 @@ impl Store {
                 .arg(format!("stats:{}:total", record.port))
                 .arg(record.status.as_str());
         }
-        let mut con = self.con.clone();
-        let flat: Vec<i64> = self.run(invocation.invoke_async(&mut con)).await?;
+        let mut con = self.con().await?;
+        let flat: Vec<i64> = if self.ack_replicas == 0 {
+            self.run(invocation.invoke_async(&mut con)).await?
+        } else {
+            self.ingest_replicated(&invocation, &mut con).await?
+        };
         if flat.len() != records.len() * 2 {
             return Err(StoreError::Protocol(format!(
                 "ingest returned {} numbers for {} records",
@@ -246,13 +338,45 @@ impl Store {
             .chunks_exact(2)
             .map(|pair| {
                 let id = pair[0] as u64;
-                if pair[1] == 1 {
-                    Stored::Duplicate { id }
-                } else {
-                    Stored::New { id }
+                match pair[1] {
+                    1 => Stored::Duplicate { id },
+                    2 => Stored::Fenced,
+                    _ => Stored::New { id },
                 }
             })
             .collect())
+    }
+
+    /// The ingest script and `WAIT` in one pipeline, so both run on one connection:
+    /// `WAIT` then covers this write (on a new connection it would cover nothing). A
+    /// duplicate also writes (its counters), so its `WAIT` covers the first write too.
+    async fn ingest_replicated(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        con: &mut ConnectionManager,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(invocation)
+            .cmd("WAIT")
+            .arg(self.ack_replicas)
+            .arg(self.ack_replicas_timeout_ms);
+        let mut answer: Result<(Vec<i64>, u32), StoreError> = self.run(pipe.query_async(con)).await;
+        if let Err(StoreError::Redis(e)) = &answer
+            && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        {
+            let _: String = self.run(self.ingest.load_async(con)).await?;
+            answer = self.run(pipe.query_async(con)).await;
+        }
+        let (flat, reached) = answer?;
+        if reached < self.ack_replicas {
+            crate::metrics::metrics().replication_timeouts.inc();
+            return Err(StoreError::NotReplicated {
+                reached,
+                wanted: self.ack_replicas,
+                timeout_ms: self.ack_replicas_timeout_ms,
+            });
+        }
+        Ok(flat)
     }
 
     /// One record by id, as stored.
@@ -289,7 +413,7 @@ impl Store {
     pub async fn single_id(&self, field: &str, value: &str) -> Result<Option<u64>, StoreError> {
         let mut invocation = self.single.prepare_invoke();
         invocation.arg(&self.prefix).arg(field).arg(value);
-        let mut con = self.con.clone();
+        let mut con = self.con().await?;
         self.run(invocation.invoke_async(&mut con)).await
     }
 
@@ -407,13 +531,20 @@ fn record_body_after_id(new: &NewRecord) -> String {
 }
 
 /// Group commit: the whole batch is one EVALSHA, so Redis applies it atomically.
-/// Per record: uniqueKey, body, due, n, n zset keys, m, m bitmap keys, minute stats key,
-/// total stats key, status. Returns id, dup-flag pairs in input order.
+/// ARGV: prefix, n, stats ttl, f, then f fences (key, token), then per record: fence
+/// number (0 = none), uniqueKey, body, due, n, n zset keys, m, m bitmap keys, minute
+/// stats key, total stats key, status. Returns id, flag pairs in input order (flag
+/// 0 = new, 1 = duplicate, 2 = refused by its fence).
 const INGEST_LUA: &str = r#"
 local p = ARGV[1]
 local n = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
-local i = 4
+local nf = tonumber(ARGV[4])
+local holds = {}
+for f = 1, nf do
+  holds[f] = redis.call('GET', p .. ARGV[3 + 2 * f]) == ARGV[4 + 2 * f]
+end
+local i = 5 + 2 * nf
 local out = {}
 local stats = {}
 local minutes = {}
@@ -440,6 +571,8 @@ local function count(key, field)
   stats[k] = (stats[k] or 0) + 1
 end
 for r = 1, n do
+  local fence = tonumber(ARGV[i])
+  i = i + 1
   local ukey, body, due = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local nz = tonumber(ARGV[i + 3])
   local zfirst = i + 4
@@ -447,11 +580,17 @@ for r = 1, n do
   local bfirst = zfirst + nz + 1
   local minute_key, total_key, status = ARGV[bfirst + nb], ARGV[bfirst + nb + 1], ARGV[bfirst + nb + 2]
   i = bfirst + nb + 3
-  minutes[minute_key] = true
-  count(minute_key, 'received')
-  count(total_key, 'received')
-  local existing = redis.call('HGET', p .. 'keyIndex', ukey)
-  if existing then
+  local existing = false
+  if fence == 0 or holds[fence] then
+    minutes[minute_key] = true
+    count(minute_key, 'received')
+    count(total_key, 'received')
+    existing = redis.call('HGET', p .. 'keyIndex', ukey)
+  end
+  if fence > 0 and not holds[fence] then
+    out[#out + 1] = 0
+    out[#out + 1] = 2
+  elseif existing then
     out[#out + 1] = tonumber(existing)
     out[#out + 1] = 1
     count(minute_key, 'dup')
@@ -498,6 +637,7 @@ return redis.call('HGET', bucket, ARGV[3])
 /// One connection's frames waiting for the writer.
 struct Pending {
     records: Vec<NewRecord>,
+    fence: Option<Fence>,
     reply: oneshot::Sender<Result<Vec<Stored>, StoreError>>,
 }
 
@@ -511,71 +651,130 @@ impl Committer {
     /// Start the writer. It ends once every `Committer` clone is dropped and the
     /// queue is empty, so dropping them after the ports stop drains it.
     /// `stored` is notified after each write that stored records (the sender waits on it).
+    /// A write that fails on the connection is tried again for up to `retry_for`.
     pub fn spawn(
         store: Store,
         max_batch: usize,
+        retry_for: Duration,
         stored: Arc<Notify>,
     ) -> (Committer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(1024);
-        let task = tokio::spawn(write_loop(store, rx, max_batch, stored));
+        let writer = Writer {
+            store,
+            max_batch,
+            retry_for,
+            stored,
+        };
+        let task = tokio::spawn(writer.run(rx));
         (Committer { tx }, task)
     }
 
-    /// Resolves once the records are in Redis (or the write failed).
-    pub async fn commit(&self, records: Vec<NewRecord>) -> Result<Vec<Stored>, StoreError> {
+    /// Resolves once the records are in Redis (or the write failed). With a `fence`,
+    /// the records are refused ([`Stored::Fenced`]) unless it holds.
+    pub async fn commit(
+        &self,
+        records: Vec<NewRecord>,
+        fence: Option<Fence>,
+    ) -> Result<Vec<Stored>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Pending { records, reply })
+            .send(Pending {
+                records,
+                fence,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 }
 
-/// Whatever queued up during the previous round trip goes together in the next one.
-async fn write_loop(
+struct Writer {
     store: Store,
-    mut rx: mpsc::Receiver<Pending>,
     max_batch: usize,
+    retry_for: Duration,
     stored: Arc<Notify>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut records = Vec::new();
-        let mut replies = Vec::new();
-        let mut next = Some(first);
-        while let Some(pending) = next.take() {
-            replies.push((pending.reply, pending.records.len()));
-            records.extend(pending.records);
-            if records.len() < max_batch {
-                next = rx.try_recv().ok();
+}
+
+impl Writer {
+    /// Whatever queued up during the previous round trip goes together in the next one.
+    async fn run(self, mut rx: mpsc::Receiver<Pending>) {
+        while let Some(first) = rx.recv().await {
+            let mut records = Vec::new();
+            let mut replies = Vec::new();
+            let mut fences: Vec<Fence> = Vec::new();
+            let mut fence_of = Vec::new();
+            let mut next = Some(first);
+            while let Some(pending) = next.take() {
+                let fence = match pending.fence {
+                    None => 0,
+                    Some(fence) => match fences.iter().position(|f| *f == fence) {
+                        Some(at) => at + 1,
+                        None => {
+                            fences.push(fence);
+                            fences.len()
+                        }
+                    },
+                };
+                fence_of.extend(std::iter::repeat_n(fence, pending.records.len()));
+                replies.push((pending.reply, pending.records.len()));
+                records.extend(pending.records);
+                if records.len() < self.max_batch {
+                    next = rx.try_recv().ok();
+                }
+            }
+            let written = self.write(&records, &fences, &fence_of).await;
+            match written {
+                Ok(results) => {
+                    let new = results
+                        .iter()
+                        .filter(|r| matches!(r, Stored::New { .. }))
+                        .count();
+                    crate::metrics::metrics().stored.inc_by(new as u64);
+                    if new > 0 {
+                        self.stored.notify_one();
+                    }
+                    let mut results = results.into_iter();
+                    for (reply, n) in replies {
+                        let _ = reply.send(Ok(results.by_ref().take(n).collect()));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(records = records.len(), error = %e, "group commit failed");
+                    let text = e.to_string();
+                    for (reply, _) in replies {
+                        let _ = reply.send(Err(StoreError::Commit(text.clone())));
+                    }
+                }
             }
         }
-        let started = std::time::Instant::now();
-        let written = store.ingest(&records).await;
+    }
+
+    /// One group commit, tried again while the connection (not the request) fails
+    /// and `retry_for` lasts. Trying again is safe: a record that did get written
+    /// comes back as a duplicate of itself.
+    async fn write(
+        &self,
+        records: &[NewRecord],
+        fences: &[Fence],
+        fence_of: &[usize],
+    ) -> Result<Vec<Stored>, StoreError> {
         let m = crate::metrics::metrics();
-        m.redis_seconds.observe(started.elapsed().as_secs_f64());
-        m.commit_batch.observe(records.len() as f64);
-        match written {
-            Ok(results) => {
-                let new = results
-                    .iter()
-                    .filter(|r| matches!(r, Stored::New { .. }))
-                    .count();
-                m.stored.inc_by(new as u64);
-                if results.iter().any(|r| matches!(r, Stored::New { .. })) {
-                    stored.notify_one();
+        let give_up = tokio::time::Instant::now() + self.retry_for;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let started = std::time::Instant::now();
+            let written = self.store.ingest_fenced(records, fences, fence_of).await;
+            m.redis_seconds.observe(started.elapsed().as_secs_f64());
+            m.commit_batch.observe(records.len() as f64);
+            match written {
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+                    tracing::warn!(records = records.len(), error = %e, retry_in = ?pause, "group commit failed; trying again");
+                    m.commit_retries.inc();
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
                 }
-                let mut results = results.into_iter();
-                for (reply, n) in replies {
-                    let _ = reply.send(Ok(results.by_ref().take(n).collect()));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(records = records.len(), error = %e, "group commit failed");
-                let text = e.to_string();
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(StoreError::Commit(text.clone())));
-                }
+                other => return other,
             }
         }
     }

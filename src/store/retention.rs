@@ -27,7 +27,7 @@ impl Store {
                 .arg(batch)
                 .arg(ZSET_FIELDS.join(","))
                 .arg(BITMAP_FIELDS.join(","));
-            let mut con = self.con.clone();
+            let mut con = self.con().await?;
             let (removed, held, more): (u64, u64, u8) =
                 self.run(invocation.invoke_async(&mut con)).await?;
             total.removed += removed;
@@ -57,7 +57,7 @@ impl Store {
                 .arg(self.key(&format!("rec:{id}")))
                 .arg(&text)
                 .arg(super::record::encode(&record));
-            let mut con = self.con.clone();
+            let mut con = self.con().await?;
             let applied: i64 = self.run(invocation.invoke_async(&mut con)).await?;
             if applied == 1 {
                 return Ok(Some(record));

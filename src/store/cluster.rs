@@ -1,0 +1,242 @@
+//! What the nodes sharing one Redis keep there:
+//! - `lease:{port}`: which node runs a connect-mode port, as `{node}/{instance}/{epoch}`,
+//!   with a TTL. `lease:{port}:epoch` counts acquisitions, so every holder has a token
+//!   no earlier holder had; the ingest script writes a port's records only while the
+//!   lease still holds that token (the fence).
+//! - `node:{id}`: a node's heartbeat (JSON, with a TTL); `nodes`: zset of node ids by
+//!   the last heartbeat (ms).
+//! - `portctl`: hash port → `run` / `stop`, what an operator last asked of the port, which
+//!   every node follows.
+
+use std::collections::HashMap;
+
+use super::{Fence, Store, StoreError};
+
+/// Take the lease if it is free, or if it was this node's (by id) before a restart.
+/// ARGV: prefix, port, node id, instance, ttl ms. Returns {1, token} or {0, holder}.
+const ACQUIRE_LUA: &str = r#"
+local key = ARGV[1] .. 'lease:' .. ARGV[2]
+local holder = redis.call('GET', key)
+if holder then
+  local node, instance = string.match(holder, '^(.*)/([^/]*)/[^/]*$')
+  if node ~= ARGV[3] or instance == ARGV[4] then
+    return {0, holder}
+  end
+end
+local epoch = redis.call('INCR', key .. ':epoch')
+local token = ARGV[3] .. '/' .. ARGV[4] .. '/' .. epoch
+redis.call('SET', key, token, 'PX', ARGV[5])
+return {1, token}
+"#;
+
+/// ARGV: prefix, port, token, ttl ms (0 = release). 1 if the token still held it.
+const RENEW_LUA: &str = r#"
+local key = ARGV[1] .. 'lease:' .. ARGV[2]
+if redis.call('GET', key) ~= ARGV[3] then
+  return 0
+end
+if ARGV[4] == '0' then
+  redis.call('DEL', key)
+else
+  redis.call('PEXPIRE', key, ARGV[4])
+end
+return 1
+"#;
+
+/// What an operator last asked of a port, for every node to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    Run,
+    Stop,
+}
+
+/// The answer to an acquire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    Ours(Fence),
+    /// Another node holds it (its `{node}/{instance}/{epoch}`).
+    Held(String),
+}
+
+/// The node part of a lease holder `{node}/{instance}/{epoch}`.
+pub fn holder_node(holder: &str) -> &str {
+    holder.rsplitn(3, '/').last().unwrap_or(holder)
+}
+
+impl Store {
+    pub fn lease_key(port: &str) -> String {
+        format!("lease:{port}")
+    }
+
+    pub async fn acquire_port(
+        &self,
+        port: &str,
+        node: &str,
+        instance: &str,
+        ttl_ms: u64,
+    ) -> Result<Acquired, StoreError> {
+        let (won, value): (u8, String) = self
+            .query(
+                redis::cmd("EVAL")
+                    .arg(ACQUIRE_LUA)
+                    .arg(0)
+                    .arg(&self.prefix)
+                    .arg(port)
+                    .arg(node)
+                    .arg(instance)
+                    .arg(ttl_ms),
+            )
+            .await?;
+        Ok(if won == 1 {
+            Acquired::Ours(Fence {
+                key: Store::lease_key(port),
+                token: value,
+            })
+        } else {
+            Acquired::Held(value)
+        })
+    }
+
+    /// Push the lease's expiry out; false if `fence` no longer holds it.
+    pub async fn renew_port(
+        &self,
+        port: &str,
+        fence: &Fence,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.renew_or_release(port, fence, ttl_ms).await
+    }
+
+    /// Give the lease up (if still ours) so another node takes the port at once.
+    pub async fn release_port(&self, port: &str, fence: &Fence) -> Result<bool, StoreError> {
+        self.renew_or_release(port, fence, 0).await
+    }
+
+    async fn renew_or_release(
+        &self,
+        port: &str,
+        fence: &Fence,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let held: u8 = self
+            .query(
+                redis::cmd("EVAL")
+                    .arg(RENEW_LUA)
+                    .arg(0)
+                    .arg(&self.prefix)
+                    .arg(port)
+                    .arg(&fence.token)
+                    .arg(ttl_ms),
+            )
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// Who holds each port's lease now (`{node}/{instance}/{epoch}`), if anyone.
+    pub async fn lease_holders(&self, ports: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        if ports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ports
+            .iter()
+            .map(|p| self.key(&Store::lease_key(p)))
+            .collect();
+        self.query(redis::cmd("MGET").arg(keys)).await
+    }
+
+    /// Record this node's heartbeat (JSON) for `ttl_ms`.
+    pub async fn heartbeat(&self, node: &str, body: &str, ttl_ms: u64) -> Result<(), StoreError> {
+        let now = crate::ingest::now_ms();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.key(&format!("node:{node}")))
+            .arg(body)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore();
+        pipe.cmd("ZADD")
+            .arg(self.key("nodes"))
+            .arg(now)
+            .arg(node)
+            .ignore();
+        // Nodes silent for a day drop off the list.
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(self.key("nodes"))
+            .arg("-inf")
+            .arg(now - 86_400_000)
+            .ignore();
+        let mut con = self.con().await?;
+        let () = self.run(pipe.query_async(&mut con)).await?;
+        Ok(())
+    }
+
+    /// Every node seen in the last day: id, last heartbeat (ms), and its heartbeat
+    /// body if it is still alive.
+    pub async fn nodes(&self) -> Result<Vec<(String, i64, Option<String>)>, StoreError> {
+        let seen: Vec<(String, f64)> = self
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(self.key("nodes"))
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES"),
+            )
+            .await?;
+        if seen.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = seen
+            .iter()
+            .map(|(id, _)| self.key(&format!("node:{id}")))
+            .collect();
+        let bodies: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(keys)).await?;
+        Ok(seen
+            .into_iter()
+            .zip(bodies)
+            .map(|((id, at), body)| (id, at as i64, body))
+            .collect())
+    }
+
+    /// Record what an operator asked of a port, for every node.
+    pub async fn set_wanted(&self, port: &str, wanted: Wanted) -> Result<(), StoreError> {
+        let value = match wanted {
+            Wanted::Run => "run",
+            Wanted::Stop => "stop",
+        };
+        let _: u64 = self
+            .query(
+                redis::cmd("HSET")
+                    .arg(self.key("portctl"))
+                    .arg(port)
+                    .arg(value),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// What operators last asked of each port (ports never switched are absent).
+    pub async fn wanted(&self) -> Result<HashMap<String, Wanted>, StoreError> {
+        let all: HashMap<String, String> = self
+            .query(redis::cmd("HGETALL").arg(self.key("portctl")))
+            .await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(port, v)| match v.as_str() {
+                "run" => Some((port, Wanted::Run)),
+                "stop" => Some((port, Wanted::Stop)),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holder_node;
+
+    #[test]
+    fn holder_node_is_everything_before_instance_and_epoch() {
+        assert_eq!(holder_node("host-a:8080/3f2a/17"), "host-a:8080");
+        assert_eq!(holder_node("weird"), "weird");
+    }
+}

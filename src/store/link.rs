@@ -1,0 +1,148 @@
+//! The connection to the Redis master: a fixed address, or whichever master Sentinel
+//! names now. Behind Sentinel, a failed command makes the link ask again (at most every
+//! [`LOOKUP_EVERY`]) and, once Sentinel names a new master, later commands go there.
+
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::IntoConnectionInfo;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+
+use super::StoreError;
+
+const LOOKUP_EVERY: Duration = Duration::from_millis(200);
+
+/// Where the master is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Direct(String),
+    /// Sentinel addresses, the master's name, and a URL whose password and db the
+    /// master needs (its host is not used).
+    Sentinel {
+        sentinels: Vec<String>,
+        master_name: String,
+        url: String,
+    },
+}
+
+pub(super) struct Link {
+    target: Target,
+    settings: ConnectionManagerConfig,
+    /// The master's address (no password) and a connection to it.
+    current: RwLock<Option<(String, ConnectionManager)>>,
+    sentinel: Option<tokio::sync::Mutex<SentinelClient>>,
+    last_lookup: Mutex<Option<Instant>>,
+}
+
+impl Link {
+    pub(super) fn new(target: Target, timeout: Duration) -> Result<Link, StoreError> {
+        let settings = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.min(Duration::from_secs(1))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let (current, sentinel) = match &target {
+            Target::Direct(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let shown = client.get_connection_info().addr().to_string();
+                let con = ConnectionManager::new_lazy_with_config(client, settings.clone())?;
+                (Some((shown, con)), None)
+            }
+            Target::Sentinel {
+                sentinels,
+                master_name,
+                url,
+            } => {
+                let info = url.as_str().into_connection_info()?;
+                let node = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(info.redis_settings().clone());
+                let client = SentinelClient::build(
+                    sentinels.clone(),
+                    master_name.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )?;
+                (None, Some(tokio::sync::Mutex::new(client)))
+            }
+        };
+        Ok(Link {
+            target,
+            settings,
+            current: RwLock::new(current),
+            sentinel,
+            last_lookup: Mutex::new(None),
+        })
+    }
+
+    /// A second, independent connection to the same place.
+    pub(super) fn fresh(&self, timeout: Duration) -> Result<Link, StoreError> {
+        Link::new(self.target.clone(), timeout)
+    }
+
+    pub(super) fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The master's address as last known (no password).
+    pub(super) fn master(&self) -> Option<String> {
+        self.current
+            .read()
+            .ok()
+            .and_then(|c| c.as_ref().map(|(shown, _)| shown.clone()))
+    }
+
+    /// A connection to the master, asking Sentinel first if none is known yet.
+    pub(super) async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(con) = self.known() {
+            return Ok(con);
+        }
+        self.lookup(true).await?;
+        self.known()
+            .ok_or_else(|| StoreError::Protocol("no Sentinel named a master for pushgate".into()))
+    }
+
+    fn known(&self) -> Option<ConnectionManager> {
+        self.current
+            .read()
+            .ok()
+            .and_then(|c| c.as_ref().map(|(_, con)| con.clone()))
+    }
+
+    /// After a failed command: behind Sentinel, ask where the master is now.
+    pub(super) async fn failed(&self) {
+        if self.sentinel.is_some()
+            && let Err(e) = self.lookup(false).await
+        {
+            tracing::debug!(error = %e, "asking Sentinel for the master");
+        }
+    }
+
+    /// Ask Sentinel for the master and switch to it if it moved. `force` skips the
+    /// rate limit (nothing is known yet).
+    async fn lookup(&self, force: bool) -> Result<(), StoreError> {
+        let Some(sentinel) = &self.sentinel else {
+            return Ok(());
+        };
+        let mut sentinel = sentinel.lock().await;
+        {
+            let mut last = self.last_lookup.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && last.is_some_and(|at| at.elapsed() < LOOKUP_EVERY) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        let client = sentinel.async_get_client().await?;
+        let shown = client.get_connection_info().addr().to_string();
+        if self.master().as_deref() == Some(shown.as_str()) {
+            return Ok(());
+        }
+        let con = ConnectionManager::new_lazy_with_config(client, self.settings.clone())?;
+        tracing::warn!(master = %shown, "Sentinel names a new Redis master; switching to it");
+        crate::metrics::metrics().master_switches.inc();
+        if let Ok(mut current) = self.current.write() {
+            *current = Some((shown, con));
+        }
+        Ok(())
+    }
+}
