@@ -822,8 +822,14 @@ impl RedisConfig {
         } else if self.master_name.is_some() {
             out.push("redis.master_name is only used with redis.sentinels".into());
         }
-        if self.ack_replicas > 0 && self.ack_replicas_timeout_ms == 0 {
-            out.push("redis.ack_replicas_timeout_ms must be above 0".into());
+        if self.ack_replicas > 0
+            && (self.ack_replicas_timeout_ms == 0
+                || self.ack_replicas_timeout_ms >= self.timeout_ms)
+        {
+            out.push(format!(
+                "redis.ack_replicas_timeout_ms = {} must be above 0 and below redis.timeout_ms = {} (WAIT runs inside the write's round trip)",
+                self.ack_replicas_timeout_ms, self.timeout_ms
+            ));
         }
         if self.managed {
             if self.dir.is_none() {

@@ -44,7 +44,7 @@ pub struct Metrics {
     pub retention_removed: Counter,
     /// Config reloads (SIGHUP) by result (`applied`, `failed`).
     pub reloads: Family<Labels, Counter>,
-    /// Times Sentinel named a new master and the store switched to it.
+    /// Times a Redis connection followed Sentinel to a new master.
     pub master_switches: Counter,
     /// Group commits whose `WAIT` saw too few replicas (their frames got error acks).
     pub replication_timeouts: Counter,
@@ -146,7 +146,7 @@ impl Metrics {
         registry.register("reloads", "Config reloads by result", m.reloads.clone());
         registry.register(
             "redis_master_switches",
-            "Times Sentinel named a new Redis master and pushgate switched to it",
+            "Times a Redis connection followed Sentinel to a new master",
             m.master_switches.clone(),
         );
         registry.register(

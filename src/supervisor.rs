@@ -565,7 +565,7 @@ fn lease_event(port: &str, event: &str) {
         .inc();
 }
 
-/// Try for the port's lease every fifth of the lease time until it is ours (None if
+/// Try for the port's lease every tenth of the lease time until it is ours (None if
 /// cancelled first). Meanwhile the port is in standby and shows who holds it.
 async fn wait_for_lease(
     port: &str,
@@ -600,7 +600,7 @@ async fn wait_for_lease(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(node.lease / 5) => {}
+            _ = tokio::time::sleep(node.lease / 10) => {}
             _ = cancel.cancelled() => return None,
         }
     }
@@ -646,6 +646,7 @@ async fn keep_lease(
         {
             let mut s = lock(&status);
             s.state = PortState::Standby;
+            s.holder = None;
             s.last_error = Some(why);
         }
         lost.cancel();

@@ -138,8 +138,13 @@ impl Link {
             return Ok(());
         }
         let con = ConnectionManager::new_lazy_with_config(client, self.settings.clone())?;
-        tracing::warn!(master = %shown, "Sentinel names a new Redis master; switching to it");
-        crate::metrics::metrics().master_switches.inc();
+        match self.master() {
+            Some(old) => {
+                tracing::warn!(master = %shown, %old, "Sentinel names a new Redis master; switching to it");
+                crate::metrics::metrics().master_switches.inc();
+            }
+            None => tracing::info!(master = %shown, "Sentinel names the Redis master"),
+        }
         if let Ok(mut current) = self.current.write() {
             *current = Some((shown, con));
         }

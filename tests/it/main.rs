@@ -5,6 +5,7 @@ mod browser;
 mod browser_support;
 mod console;
 mod delivery;
+mod ha;
 mod ingest;
 mod lifecycle;
 mod operations;
