@@ -12,7 +12,7 @@
   }
 
   function paintSwitch(card, state) {
-    var running = state === "running" || state === "starting";
+    var running = state === "running" || state === "starting" || state === "standby";
     card.className = card.className.replace(/state-\w+/, "state-" + state);
     setText(card, "state", state);
     var button = card.querySelector("button.switch");
@@ -20,7 +20,7 @@
     if (!button || !form) return;
     button.classList.toggle("on", running);
     button.setAttribute("aria-pressed", running ? "true" : "false");
-    button.querySelector(".label").textContent = running ? "running — stop" : "stopped — start";
+    button.querySelector(".label").textContent = running ? state + " — stop" : "stopped — start";
     form.setAttribute("action", "/ports/" + encodeURIComponent(card.getAttribute("data-port")) + "/" + (running ? "stop" : "start"));
   }
 

@@ -32,6 +32,7 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let needed = match (&method, segments.as_slice()) {
         (&Method::GET, ["api", "v1", "ports"] | ["api", "v1", "ports", _]) => Scope::Read,
+        (&Method::GET, ["api", "v1", "cluster"]) => Scope::Read,
         (&Method::POST, ["api", "v1", "ports", _, "start" | "stop" | "restart"]) => Scope::Control,
         (&Method::POST, ["api", "v1", "pushes"]) => Scope::Ingest,
         (&Method::GET, ["api", "v1", "pushes"] | ["api", "v1", "pushes", _]) => Scope::Read,
@@ -45,7 +46,7 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
         _ => return json_error(StatusCode::NOT_FOUND, format!("no such API: {path}")),
     };
     // Pushes carry personal data unmasked: only API keys may read them.
-    let session_ok = segments.get(2) == Some(&"ports");
+    let session_ok = matches!(segments.get(2), Some(&"ports" | &"cluster"));
     let caller = match authorize(state, &req, needed, session_ok).await {
         Ok(c) => c,
         Err(reply) => return reply,
@@ -76,6 +77,7 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
                 Err(e) => json_error(StatusCode::CONFLICT, e.to_string()),
             }
         }
+        ["api", "v1", "cluster"] => cluster(state).await,
         ["api", "v1", "pushes"] => search(state, &query).await,
         ["api", "v1", "pushes", id] => match id.parse::<u64>() {
             Ok(id) => match state.store.record(id).await {
@@ -117,6 +119,28 @@ pub(super) async fn control_port(
         audit(state, who, &format!("port {action}"), name, peer).await;
     }
     result
+}
+
+/// This node, every node seen in the last day, and Redis's replication picture.
+async fn cluster(state: &AdminState) -> Reply {
+    let nodes: Vec<Value> = match state.store.nodes().await {
+        Ok(nodes) => nodes
+            .into_iter()
+            .map(|(id, seen_ms, body)| {
+                let beat: Option<Value> = body.and_then(|b| serde_json::from_str(&b).ok());
+                json!({"id": id, "alive": beat.is_some(), "seen_ms": seen_ms, "heartbeat": beat})
+            })
+            .collect(),
+        Err(e) => return json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let topology = match state.store.topology().await {
+        Ok(t) => serde_json::to_value(t).unwrap_or(Value::Null),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    reply_json(
+        StatusCode::OK,
+        &json!({"node": state.supervisor.node().id, "nodes": nodes, "redis": topology}),
+    )
 }
 
 pub(super) async fn audit(

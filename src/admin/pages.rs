@@ -394,6 +394,18 @@ struct PortCard {
     script_error: String,
     sparkline: String,
     peak: u64,
+    /// Connect mode: which node runs it (empty when none or listen mode).
+    holder: String,
+}
+
+/// One node sharing this Redis, from its heartbeat.
+struct NodeRow {
+    id: String,
+    this: bool,
+    alive: bool,
+    console: String,
+    seen: String,
+    ports: String,
 }
 
 struct RedisHealth {
@@ -413,6 +425,8 @@ struct DashboardPage {
     ports: Vec<PortCard>,
     admin_addr: String,
     redis: RedisHealth,
+    topology: Option<crate::store::cluster::Topology>,
+    nodes: Vec<NodeRow>,
     due: u64,
     inflight: u64,
     records: u64,
@@ -444,7 +458,11 @@ async fn dashboard(state: &AdminState, session: &Session) -> Reply {
             },
             addr: view.bound.clone().unwrap_or(view.addr.clone()),
             state: view.state.as_str(),
-            running: matches!(view.state, PortState::Running | PortState::Starting),
+            running: matches!(
+                view.state,
+                PortState::Running | PortState::Starting | PortState::Standby
+            ),
+            holder: view.holder.clone().unwrap_or_default(),
             connections: view.connections,
             received: total("received"),
             sent: total("sent"),
@@ -462,6 +480,8 @@ async fn dashboard(state: &AdminState, session: &Session) -> Reply {
         });
     }
     let redis = redis_health(state).await;
+    let topology = state.store.topology().await.ok();
+    let nodes = node_rows(state, now).await;
     let (due, inflight) = state.store.queue_depths().await.unwrap_or((0, 0));
     let records = state.store.record_count().await.unwrap_or(0);
     render(&DashboardPage {
@@ -469,10 +489,46 @@ async fn dashboard(state: &AdminState, session: &Session) -> Reply {
         ports,
         admin_addr: state.admin_addr.to_string(),
         redis,
+        topology,
+        nodes,
         due,
         inflight,
         records,
     })
+}
+
+/// Every node seen in the last day, this one first.
+async fn node_rows(state: &AdminState, now: i64) -> Vec<NodeRow> {
+    let this = &state.supervisor.node().id;
+    let mut rows: Vec<NodeRow> = state
+        .store
+        .nodes()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, seen_ms, body)| {
+            let beat: Option<crate::supervisor::NodeBeat> =
+                body.and_then(|b| serde_json::from_str(&b).ok());
+            NodeRow {
+                this: id == *this,
+                alive: beat.is_some(),
+                console: beat.as_ref().map(|b| b.console.clone()).unwrap_or_default(),
+                seen: format!("{} s ago", ((now - seen_ms) / 1000).max(0)),
+                ports: beat
+                    .map(|b| {
+                        b.ports
+                            .iter()
+                            .map(|p| format!("{} {}", p.name, p.state.as_str()))
+                            .collect::<Vec<_>>()
+                            .join(" · ")
+                    })
+                    .unwrap_or_else(|| "gone: no heartbeat".into()),
+                id,
+            }
+        })
+        .collect();
+    rows.sort_by_key(|r| (!r.this, !r.alive, r.id.clone()));
+    rows
 }
 
 /// SVG polyline points (120×28 box) for per-minute counts, and the peak.

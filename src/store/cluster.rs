@@ -240,3 +240,152 @@ mod tests {
         assert_eq!(holder_node("weird"), "weird");
     }
 }
+
+/// One replica as the master reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Replica {
+    pub addr: String,
+    pub state: String,
+    /// Bytes of replication stream the replica has not acknowledged.
+    pub behind_bytes: i64,
+    /// Seconds since its last acknowledgement.
+    pub lag_secs: i64,
+}
+
+/// One Sentinel's view of the master.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SentinelView {
+    pub addr: String,
+    /// Why it could not be asked, when it could not.
+    pub error: Option<String>,
+    pub master: String,
+    pub flags: String,
+    pub replicas: String,
+    pub other_sentinels: String,
+    pub quorum: String,
+}
+
+/// Master, replicas and Sentinels, for the console.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Topology {
+    pub master: Option<String>,
+    pub role: String,
+    pub replicas: Vec<Replica>,
+    pub sentinels: Vec<SentinelView>,
+}
+
+impl Store {
+    /// The replication picture: the master's own report, and each Sentinel's.
+    pub async fn topology(&self) -> Result<Topology, StoreError> {
+        let info = self.info_section("replication").await?;
+        let get = |k: &str| {
+            info.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let offset: i64 = get("master_repl_offset").parse().unwrap_or(0);
+        let replicas = info
+            .iter()
+            .filter(|(k, _)| k.starts_with("slave") && k[5..].parse::<u32>().is_ok())
+            .map(|(_, v)| parse_replica(v, offset))
+            .collect();
+        let sentinels = match self.target() {
+            super::Target::Sentinel {
+                sentinels,
+                master_name,
+                ..
+            } => {
+                let mut asks = tokio::task::JoinSet::new();
+                for (i, addr) in sentinels.iter().enumerate() {
+                    let (addr, name) = (addr.clone(), master_name.clone());
+                    asks.spawn(async move { (i, ask_sentinel(&addr, &name).await) });
+                }
+                let mut views: Vec<(usize, SentinelView)> = asks.join_all().await;
+                views.sort_by_key(|(i, _)| *i);
+                views.into_iter().map(|(_, v)| v).collect()
+            }
+            super::Target::Direct(_) => Vec::new(),
+        };
+        Ok(Topology {
+            master: self.master(),
+            role: get("role"),
+            replicas,
+            sentinels,
+        })
+    }
+}
+
+/// `ip=…,port=…,state=online,offset=…,lag=…` from `INFO replication`.
+fn parse_replica(text: &str, master_offset: i64) -> Replica {
+    let field = |name: &str| {
+        text.split(',')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Replica {
+        addr: format!("{}:{}", field("ip"), field("port")),
+        state: field("state"),
+        behind_bytes: master_offset - field("offset").parse::<i64>().unwrap_or(0),
+        lag_secs: field("lag").parse().unwrap_or(-1),
+    }
+}
+
+/// `SENTINEL MASTER name` on one Sentinel, within half a second.
+async fn ask_sentinel(addr: &str, master_name: &str) -> SentinelView {
+    let shown = crate::app::redact(addr);
+    let asked = async {
+        let client = redis::Client::open(addr)?;
+        let mut con = client.get_multiplexed_async_connection().await?;
+        let flat: HashMap<String, String> = redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(master_name)
+            .query_async(&mut con)
+            .await?;
+        Ok::<_, redis::RedisError>(flat)
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_millis(500), asked).await;
+    let get = |m: &HashMap<String, String>, k: &str| m.get(k).cloned().unwrap_or_default();
+    match answer {
+        Ok(Ok(m)) => SentinelView {
+            addr: shown,
+            error: None,
+            master: format!("{}:{}", get(&m, "ip"), get(&m, "port")),
+            flags: get(&m, "flags"),
+            replicas: get(&m, "num-slaves"),
+            other_sentinels: get(&m, "num-other-sentinels"),
+            quorum: get(&m, "quorum"),
+        },
+        Ok(Err(e)) => SentinelView::unreachable(shown, e.to_string()),
+        Err(_) => SentinelView::unreachable(shown, "no answer within 500 ms".into()),
+    }
+}
+
+impl SentinelView {
+    fn unreachable(addr: String, error: String) -> SentinelView {
+        SentinelView {
+            addr,
+            error: Some(error),
+            master: String::new(),
+            flags: String::new(),
+            replicas: String::new(),
+            other_sentinels: String::new(),
+            quorum: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod topology_tests {
+    use super::parse_replica;
+
+    #[test]
+    fn a_replica_line_gives_address_state_and_how_far_behind() {
+        let r = parse_replica("ip=127.0.0.1,port=6380,state=online,offset=900,lag=1", 1000);
+        assert_eq!(r.addr, "127.0.0.1:6380");
+        assert_eq!(r.state, "online");
+        assert_eq!(r.behind_bytes, 100);
+        assert_eq!(r.lag_secs, 1);
+    }
+}

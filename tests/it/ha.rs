@@ -219,6 +219,42 @@ async fn connect_port_moves_to_the_other_node_when_its_node_is_killed() {
     wait_port(&b, "node-b in standby", Duration::from_secs(20), |p| {
         p["state"] == "standby" && p["holder"] == "node-a"
     });
+    // Either console shows both nodes, which runs the port and which stands by.
+    let cluster = eventually(
+        Duration::from_secs(10),
+        "both nodes' heartbeats",
+        || async {
+            let (status, body) = http(admin_b, "GET", "/api/v1/cluster", Some(TEST_KEY));
+            assert_eq!(status, 200, "{body}");
+            let nodes = body["nodes"].as_array()?;
+            let alive = nodes.iter().filter(|n| n["alive"] == true).count();
+            let a_runs = nodes
+                .iter()
+                .any(|n| n["id"] == "node-a" && n["heartbeat"]["ports"][0]["state"] == "running");
+            (alive == 2 && a_runs).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(cluster["node"], "node-b", "{cluster}");
+    let mut web = Web::new(admin_b);
+    web.sign_in("viewer").await;
+    let page = web.get("/").await;
+    assert!(
+        page.body.contains("standby: running on node-a"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains("node-b <span class=\"muted\">(this one)</span>"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("fep running"),
+        "node-a's heartbeat: {}",
+        page.body
+    );
 
     eventually(Duration::from_secs(30), "frames acked by node-a", || {
         let n = count(&acked);
@@ -674,5 +710,104 @@ async fn acked_frames_survive_a_sentinel_failover_with_ack_replicas() {
     let stats = emu.stats();
     let twice = stats.by_key.values().filter(|n| **n > 1).count();
     eprintln!("sent more than once across the failover: {twice}");
+
+    // The console and the API show the new master, its replica and every Sentinel.
+    let (status, cluster) = http(admin, "GET", "/api/v1/cluster", Some(TEST_KEY));
+    assert_eq!(status, 200, "{cluster}");
+    let master = format!("127.0.0.1:{rp}");
+    assert_eq!(cluster["redis"]["master"], master.as_str(), "{cluster}");
+    let views = cluster["redis"]["sentinels"].as_array().unwrap();
+    assert_eq!(views.len(), 3, "{cluster}");
+    assert!(
+        views.iter().all(|v| v["master"] == master.as_str()),
+        "{cluster}"
+    );
+    let mut web = Web::new(admin);
+    web.sign_in("viewer").await;
+    let page = web.get("/").await;
+    assert!(page.body.contains("<h2>Sentinel</h2>"), "{}", page.body);
+    assert!(
+        page.body
+            .contains(&format!("<dt>master</dt><dd>{master}</dd>")),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains(&format!("127.0.0.1:{mp} · online")),
+        "{}",
+        page.body
+    );
     drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_on_any_node_acts_where_the_port_runs() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (admin_a, admin_b) = (admin_addr(), admin_addr());
+    let a = Process::serve(
+        &node_config(dir.path(), &redis.url(), admin_a, "node-a", upstream, ""),
+        admin_a,
+    );
+    let mut from_a = accept(&listener, "node-a").await;
+    let b = Process::serve(
+        &node_config(dir.path(), &redis.url(), admin_b, "node-b", upstream, ""),
+        admin_b,
+    );
+    wait_port(&b, "node-b in standby", Duration::from_secs(20), |p| {
+        p["state"] == "standby"
+    });
+
+    // Stopped from node-b's console, the port stops on node-a, which runs it.
+    let (status, view) = http(admin_b, "POST", "/api/v1/ports/fep/stop", Some(TEST_KEY));
+    assert_eq!(
+        (status, view["state"].as_str()),
+        (200, Some("stopped")),
+        "{view}"
+    );
+    wait_port(
+        &a,
+        "node-a to stop the port",
+        Duration::from_secs(10),
+        |p| p["state"] == "stopped",
+    );
+    assert!(
+        from_a.ack(Duration::from_secs(10)).await.is_none(),
+        "connection closed"
+    );
+    // A node started later follows the switch too.
+    let admin_c = admin_addr();
+    let c = Process::serve(
+        &node_config(dir.path(), &redis.url(), admin_c, "node-c", upstream, ""),
+        admin_c,
+    );
+    assert_eq!(c.port("fep").unwrap()["state"], "stopped");
+
+    // Started from node-c, it runs on exactly one node again.
+    let (status, _) = http(admin_c, "POST", "/api/v1/ports/fep/start", Some(TEST_KEY));
+    assert_eq!(status, 200);
+    let mut line = accept(&listener, "the node that took the port").await;
+    let ack = line.send("again", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        ack.as_ref().map(|a| a["ok"].clone()),
+        Some(Value::Bool(true)),
+        "{ack:?}"
+    );
+    let nodes = [&a, &b, &c];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let states: Vec<String> = nodes
+            .iter()
+            .map(|n| n.port("fep").unwrap()["state"].as_str().unwrap().to_owned())
+            .collect();
+        let running = states.iter().filter(|s| *s == "running").count();
+        let standby = states.iter().filter(|s| *s == "standby").count();
+        if running == 1 && standby == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "states {states:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
