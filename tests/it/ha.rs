@@ -110,6 +110,14 @@ fn count(acked: &Mutex<Acked>) -> usize {
     acked.lock().unwrap().keys.len()
 }
 
+async fn wait_acked(acked: &Mutex<Acked>, at_least: usize, within: Duration, what: &str) {
+    eventually(within, what, || {
+        let n = count(acked);
+        async move { (n >= at_least).then_some(()) }
+    })
+    .await;
+}
+
 /// A node's config: the shared Redis, its own admin port and node id, one connect-mode
 /// port `fep` dialling `upstream`.
 fn node_config(
@@ -256,10 +264,12 @@ async fn connect_port_moves_to_the_other_node_when_its_node_is_killed() {
         page.body
     );
 
-    eventually(Duration::from_secs(30), "frames acked by node-a", || {
-        let n = count(&acked);
-        async move { (n >= 150).then_some(()) }
-    })
+    wait_acked(
+        &acked,
+        150,
+        Duration::from_secs(30),
+        "frames acked by node-a",
+    )
     .await;
     let mut a = a;
     a.signal("KILL");
@@ -267,13 +277,11 @@ async fn connect_port_moves_to_the_other_node_when_its_node_is_killed() {
     let _ = a.wait(Duration::from_secs(10));
     let before = count(&acked);
 
-    eventually(
+    wait_acked(
+        &acked,
+        before + 150,
         Duration::from_secs(30),
         "frames acked by node-b after the kill",
-        || {
-            let n = count(&acked);
-            async move { (n >= before + 150).then_some(()) }
-        },
     )
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -639,13 +647,11 @@ async fn acked_frames_survive_a_sentinel_failover_with_ack_replicas() {
             }
         })
     };
-    eventually(
+    wait_acked(
+        &acked,
+        100,
         Duration::from_secs(30),
         "frames acked before the failover",
-        || {
-            let n = count(&acked);
-            async move { (n >= 100).then_some(()) }
-        },
     )
     .await;
 
@@ -663,13 +669,11 @@ async fn acked_frames_survive_a_sentinel_failover_with_ack_replicas() {
     master.launch();
     let relaunched = Instant::now();
     let before = count(&acked);
-    eventually(
+    wait_acked(
+        &acked,
+        before + 100,
         Duration::from_secs(60),
         "frames acked after the failover",
-        || {
-            let n = count(&acked);
-            async move { (n >= before + 100).then_some(()) }
-        },
     )
     .await;
     stop.store(true, Ordering::Relaxed);
