@@ -497,6 +497,23 @@ async fn dashboard(state: &AdminState, session: &Session) -> Reply {
     })
 }
 
+/// Ports that other live nodes report not stopped, as `port on node`.
+async fn ports_running_elsewhere(state: &AdminState) -> Vec<String> {
+    let this = &state.supervisor.node().id;
+    let nodes = state.store.nodes().await.unwrap_or_default();
+    nodes
+        .into_iter()
+        .filter(|(id, _, _)| id != this)
+        .filter_map(|(_, _, body)| serde_json::from_str::<crate::supervisor::NodeBeat>(&body?).ok())
+        .flat_map(|beat| {
+            beat.ports
+                .into_iter()
+                .filter(|p| p.state != PortState::Stopped)
+                .map(move |p| format!("{} on {}", p.name, beat.id))
+        })
+        .collect()
+}
+
 /// Every node seen in the last day, this one first.
 async fn node_rows(state: &AdminState, now: i64) -> Vec<NodeRow> {
     let this = &state.supervisor.node().id;
@@ -896,7 +913,7 @@ async fn flush(
             done: None,
         });
     }
-    let running: Vec<String> = state
+    let mut running: Vec<String> = state
         .supervisor
         .ports()
         .await
@@ -904,6 +921,7 @@ async fn flush(
         .filter(|p| p.state != PortState::Stopped)
         .map(|p| p.name)
         .collect();
+    running.extend(ports_running_elsewhere(state).await);
     if !running.is_empty() {
         return error_page(
             Some(session),

@@ -764,6 +764,18 @@ async fn a_switch_on_any_node_acts_where_the_port_runs() {
         p["state"] == "standby"
     });
 
+    // Flush on node-b waits for the port on node-a too.
+    eventually(Duration::from_secs(10), "node-a's heartbeat", || async {
+        let (_, body) = http(admin_b, "GET", "/api/v1/cluster", Some(TEST_KEY));
+        (body["nodes"].as_array()?.len() == 2).then_some(())
+    })
+    .await;
+    let mut web = Web::new(admin_b);
+    web.sign_in("admin").await;
+    let page = web.post("/log/flush", &[("confirm", "0")]).await;
+    assert_eq!(page.status, 409, "{}", page.body);
+    assert!(page.body.contains("fep on node-a"), "{}", page.body);
+
     // Stopped from node-b's console, the port stops on node-a, which runs it.
     let (status, view) = http(admin_b, "POST", "/api/v1/ports/fep/stop", Some(TEST_KEY));
     assert_eq!(
