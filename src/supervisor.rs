@@ -126,6 +126,8 @@ pub struct Supervisor {
     committer: Committer,
     node: Arc<Node>,
     slots: tokio::sync::Mutex<BTreeMap<String, Slot>>,
+    /// The `portctl` value of each port this node has already acted on.
+    switches_seen: Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// Compile a port's script from disk.
@@ -155,6 +157,7 @@ impl Supervisor {
             committer,
             node,
             slots: tokio::sync::Mutex::new(BTreeMap::new()),
+            switches_seen: Mutex::new(Default::default()),
         }
     }
 
@@ -176,7 +179,10 @@ impl Supervisor {
         let mut slots = self.slots.lock().await;
         for (port, route) in compiled {
             let run = match wanted.get(&port.name) {
-                Some(w) => *w == Wanted::Run,
+                Some((w, seen)) => {
+                    self.saw_switch(&port.name, seen);
+                    *w == Wanted::Run
+                }
                 None => port.autostart,
             };
             let name = port.name.clone();
@@ -188,14 +194,37 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Tell every node (through Redis) what an operator asked of a port.
+    /// Tell every node (through Redis) what an operator asked of a port. If Redis
+    /// cannot take it, this node still acts and the others keep what they do.
     async fn publish_wanted(&self, name: &str, wanted: Wanted) {
-        if let Err(e) = self.node.store.set_wanted(name, wanted).await {
-            tracing::warn!(port = %name, error = %e, "cannot record the port switch in redis; other nodes will not follow it");
+        match self
+            .node
+            .store
+            .set_wanted(name, wanted, &self.node.id)
+            .await
+        {
+            Ok(value) => {
+                self.saw_switch(name, &value);
+            }
+            Err(e) => {
+                tracing::warn!(port = %name, error = %e, "cannot record the port switch in redis; other nodes will not follow it")
+            }
         }
     }
 
-    /// Apply what operators asked of the ports on other nodes (called every second).
+    /// Remember a switch as acted on; false if it was already.
+    fn saw_switch(&self, port: &str, value: &str) -> bool {
+        let mut seen = self.switches_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.get(port).map(String::as_str) == Some(value) {
+            return false;
+        }
+        seen.insert(port.to_owned(), value.to_owned());
+        true
+    }
+
+    /// Apply each switch an operator made on another node, once (called every second).
+    /// Acting on new switches only means a restart or reload here is never undone by
+    /// an old switch, nor a switch here by one Redis did not get.
     pub async fn follow_operators(&self) {
         let Ok(wanted) = self.node.store.wanted().await else {
             return;
@@ -204,13 +233,19 @@ impl Supervisor {
         {
             let mut slots = self.slots.lock().await;
             for (name, slot) in slots.iter_mut() {
-                match wanted.get(name) {
-                    Some(Wanted::Run) if slot.running.is_none() && startable(slot).is_ok() => {
+                let Some((want, value)) = wanted.get(name) else {
+                    continue;
+                };
+                if !self.saw_switch(name, value) {
+                    continue;
+                }
+                match want {
+                    Wanted::Run if slot.running.is_none() && startable(slot).is_ok() => {
                         tracing::info!(port = %name, "started, as an operator asked on another node");
                         lock(&slot.status).restarts = 0;
                         self.start_slot(Some(slot));
                     }
-                    Some(Wanted::Stop) if slot.running.is_some() => to_stop.push(name.clone()),
+                    Wanted::Stop if slot.running.is_some() => to_stop.push(name.clone()),
                     _ => {}
                 }
             }
@@ -487,7 +522,8 @@ async fn keep_running(
     loop {
         let mut renewer = None;
         let run_cancel = if ctx.config.mode == Mode::Connect {
-            let Some(fence) = wait_for_lease(&ctx.config.name, &status, &node, &cancel).await
+            let Some((fence, asked_at)) =
+                wait_for_lease(&ctx.config.name, &status, &node, &cancel).await
             else {
                 return;
             };
@@ -496,6 +532,7 @@ async fn keep_running(
                 node.clone(),
                 ctx.config.name.clone(),
                 fence.clone(),
+                asked_at + node.lease,
                 lost.clone(),
                 status.clone(),
             )));
@@ -535,7 +572,12 @@ async fn keep_running(
             return;
         }
         if run_cancel.is_cancelled() {
-            // The lease was lost: back to standby, without counting a failure.
+            // The lease was lost (found by the renewer, or by a fenced write): back to
+            // standby, without counting a failure.
+            lease_event(&ctx.config.name, "lost");
+            let mut s = lock(&status);
+            s.state = PortState::Standby;
+            s.holder = None;
             continue;
         }
         match result {
@@ -572,9 +614,10 @@ async fn wait_for_lease(
     status: &Mutex<Status>,
     node: &Node,
     cancel: &CancellationToken,
-) -> Option<crate::store::Fence> {
+) -> Option<(crate::store::Fence, tokio::time::Instant)> {
     let ttl = node.lease.as_millis() as u64;
     loop {
+        let asked_at = tokio::time::Instant::now();
         match node
             .store
             .acquire_port(port, &node.id, &node.instance, ttl)
@@ -585,7 +628,7 @@ async fn wait_for_lease(
                 lease_event(port, "acquired");
                 let mut s = lock(status);
                 s.holder = Some(node.id.clone());
-                return Some(fence);
+                return Some((fence, asked_at));
             }
             Ok(Acquired::Held(holder)) => {
                 let mut s = lock(status);
@@ -606,52 +649,42 @@ async fn wait_for_lease(
     }
 }
 
-/// Renew the lease every third of its time. Cancel `lost` once another node holds it,
-/// or once it may have expired without a renewal getting through (Redis unreachable):
-/// from then on another node may run the port, so this one must not.
+/// Renew the lease every third of its time until `lost` is cancelled. Give up (say
+/// why on the port, cancel `lost`) once another node holds it, or once it may have run
+/// out without a renewal getting through (Redis unreachable or slow): from then on
+/// another node may run the port, so this one must not. `valid_until` counts from
+/// when the acquire (then each renewal) was sent, so it is never later than Redis's.
 async fn keep_lease(
     node: Arc<Node>,
     port: String,
     fence: crate::store::Fence,
+    mut valid_until: tokio::time::Instant,
     lost: CancellationToken,
     status: Arc<Mutex<Status>>,
 ) {
     let ttl = node.lease.as_millis() as u64;
-    let mut valid_until = tokio::time::Instant::now() + node.lease;
-    loop {
+    let margin = node.lease / 5;
+    let ran_out = "could not renew the port's lease before it ran out";
+    let why = loop {
+        let give_up = valid_until - margin;
         tokio::select! {
             _ = tokio::time::sleep(node.lease / 3) => {}
+            _ = tokio::time::sleep_until(give_up) => break ran_out.to_owned(),
             _ = lost.cancelled() => return,
         }
         let sent_at = tokio::time::Instant::now();
-        let renewed =
-            tokio::time::timeout(node.lease / 3, node.store.renew_port(&port, &fence, ttl)).await;
-        let why = match renewed {
-            Ok(Ok(true)) => {
-                valid_until = sent_at + node.lease;
-                continue;
+        match tokio::time::timeout_at(give_up, node.store.renew_port(&port, &fence, ttl)).await {
+            Ok(Ok(true)) => valid_until = sent_at + node.lease,
+            Ok(Ok(false)) => break "another node holds the port's lease now".to_owned(),
+            Ok(Err(e)) => {
+                tracing::warn!(port = %port, error = %e, "renewing the port's lease; trying again")
             }
-            Ok(Ok(false)) => "another node holds the port's lease now".to_owned(),
-            Ok(Err(e)) if tokio::time::Instant::now() + node.lease / 5 >= valid_until => {
-                format!("could not renew the port's lease before it ran out: {e}")
-            }
-            Err(_) if tokio::time::Instant::now() + node.lease / 5 >= valid_until => {
-                "could not renew the port's lease before it ran out: redis did not answer"
-                    .to_owned()
-            }
-            _ => continue,
-        };
-        tracing::warn!(port = %port, "{why}; this node stops acting on the port");
-        lease_event(&port, "lost");
-        {
-            let mut s = lock(&status);
-            s.state = PortState::Standby;
-            s.holder = None;
-            s.last_error = Some(why);
+            Err(_) => break format!("{ran_out}: redis did not answer"),
         }
-        lost.cancel();
-        return;
-    }
+    };
+    tracing::warn!(port = %port, "{why}; this node stops acting on the port");
+    lock(&status).last_error = Some(why);
+    lost.cancel();
 }
 
 fn lock(status: &Mutex<Status>) -> std::sync::MutexGuard<'_, Status> {
@@ -696,8 +729,9 @@ fn view(slot: &Slot) -> PortView {
     }
 }
 
-/// A node's heartbeat lives this long without a renewal.
-const HEARTBEAT_TTL_MS: u64 = 5000;
+/// A node's heartbeat lives this long without a renewal: longer than a port's drain
+/// (which holds up the heartbeat), so a node restarting a port does not look gone.
+const HEARTBEAT_TTL_MS: u64 = 15_000;
 
 /// What the console shows of one node, from its heartbeat.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

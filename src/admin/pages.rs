@@ -500,7 +500,10 @@ async fn dashboard(state: &AdminState, session: &Session) -> Reply {
 /// Ports that other live nodes report not stopped, as `port on node`.
 async fn ports_running_elsewhere(state: &AdminState) -> Vec<String> {
     let this = &state.supervisor.node().id;
-    let nodes = state.store.nodes().await.unwrap_or_default();
+    let nodes = match state.store.nodes().await {
+        Ok(nodes) => nodes,
+        Err(e) => return vec![format!("perhaps others (the nodes cannot be read: {e})")],
+    };
     nodes
         .into_iter()
         .filter(|(id, _, _)| id != this)

@@ -29,6 +29,8 @@ use crate::store::{Committer, Fence, NewRecord, Status, Stored};
 const MAX_UNIQUE_KEY_BYTES: usize = 256;
 /// How long writing acks to a peer may take before the connection is dropped.
 const ACK_WRITE_LIMIT: Duration = Duration::from_secs(30);
+/// A stopping connection takes what its peer sent until the socket is quiet this long.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -252,7 +254,7 @@ async fn serve_connection(
             read = read_some(&mut stream, &mut buf, ctx.config.idle_timeout()) => read,
             _ = cancel.cancelled() => {
                 // Stopping: take what the peer already sent, answer it, then close.
-                drain_available(&stream, &mut buf);
+                drain_available(&stream, &mut buf).await;
                 process_buffer(ctx, &mut buf, &mut acks).await;
                 if !acks.is_empty() {
                     let _ = tokio::time::timeout(ACK_WRITE_LIMIT, stream.write_all(&acks)).await;
@@ -288,14 +290,18 @@ async fn read_some(
     }
 }
 
-/// Move whatever the socket already holds into `buf`, without waiting.
-fn drain_available(stream: &TcpStream, buf: &mut Vec<u8>) {
+/// Move whatever the socket already holds into `buf`. Readiness is polled (briefly)
+/// rather than assumed: after the process was stopped or busy, the kernel may hold
+/// bytes the runtime has not yet been told about, and `try_read` alone would miss them.
+async fn drain_available(stream: &TcpStream, buf: &mut Vec<u8>) {
     let mut chunk = [0u8; 16 * 1024];
-    while let Ok(n) = stream.try_read(&mut chunk) {
-        if n == 0 {
-            break;
+    while let Ok(Ok(())) = tokio::time::timeout(DRAIN_POLL, stream.readable()).await {
+        match stream.try_read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

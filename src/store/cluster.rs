@@ -5,8 +5,8 @@
 //!   lease still holds that token (the fence).
 //! - `node:{id}`: a node's heartbeat (JSON, with a TTL); `nodes`: zset of node ids by
 //!   the last heartbeat (ms).
-//! - `portctl`: hash port → `run` / `stop`, what an operator last asked of the port, which
-//!   every node follows.
+//! - `portctl`: hash port → `run …` / `stop …` (with when and on which node), what an
+//!   operator last asked of the port; every node follows each new value once.
 
 use std::collections::HashMap;
 
@@ -197,34 +197,46 @@ impl Store {
             .collect())
     }
 
-    /// Record what an operator asked of a port, for every node.
-    pub async fn set_wanted(&self, port: &str, wanted: Wanted) -> Result<(), StoreError> {
-        let value = match wanted {
+    /// Record what an operator asked of a port, for every node. Returns the value
+    /// stored, which names the switch (`run 1732512345123 node-a`): nodes act on a
+    /// value they have not seen, once.
+    pub async fn set_wanted(
+        &self,
+        port: &str,
+        wanted: Wanted,
+        node: &str,
+    ) -> Result<String, StoreError> {
+        let verb = match wanted {
             Wanted::Run => "run",
             Wanted::Stop => "stop",
         };
+        let value = format!("{verb} {} {node}", crate::ingest::now_ms());
         let _: u64 = self
             .query(
                 redis::cmd("HSET")
                     .arg(self.key("portctl"))
                     .arg(port)
-                    .arg(value),
+                    .arg(&value),
             )
             .await?;
-        Ok(())
+        Ok(value)
     }
 
-    /// What operators last asked of each port (ports never switched are absent).
-    pub async fn wanted(&self) -> Result<HashMap<String, Wanted>, StoreError> {
+    /// What operators last asked of each port, with the stored value that names that
+    /// switch (ports never switched are absent).
+    pub async fn wanted(&self) -> Result<HashMap<String, (Wanted, String)>, StoreError> {
         let all: HashMap<String, String> = self
             .query(redis::cmd("HGETALL").arg(self.key("portctl")))
             .await?;
         Ok(all
             .into_iter()
-            .filter_map(|(port, v)| match v.as_str() {
-                "run" => Some((port, Wanted::Run)),
-                "stop" => Some((port, Wanted::Stop)),
-                _ => None,
+            .filter_map(|(port, v)| {
+                let wanted = match v.split(' ').next() {
+                    Some("run") => Wanted::Run,
+                    Some("stop") => Wanted::Stop,
+                    _ => return None,
+                };
+                Some((port, (wanted, v)))
             })
             .collect())
     }

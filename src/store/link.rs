@@ -1,8 +1,9 @@
 //! The connection to the Redis master: a fixed address, or whichever master Sentinel
-//! names now. Behind Sentinel, a failed command makes the link ask again (at most every
-//! [`LOOKUP_EVERY`]) and, once Sentinel names a new master, later commands go there.
+//! names now. Behind Sentinel, the link asks again every [`WATCH_EVERY`] and after a
+//! failed command (at most every [`LOOKUP_EVERY`], in the background, never on the
+//! command's own time), and once Sentinel names a new master, later commands go there.
 
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use redis::IntoConnectionInfo;
@@ -12,6 +13,11 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use super::StoreError;
 
 const LOOKUP_EVERY: Duration = Duration::from_millis(200);
+/// Asked even while commands succeed: a connection that reconnected by itself to an old
+/// master restarted as a standalone master must not stay there.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// One Sentinel lookup (connect, ask, check the master's role) may take this long.
+const LOOKUP_LIMIT: Duration = Duration::from_secs(2);
 
 /// Where the master is.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,12 +98,29 @@ impl Link {
             .and_then(|c| c.as_ref().map(|(shown, _)| shown.clone()))
     }
 
+    /// Behind Sentinel, ask it every [`WATCH_EVERY`] for as long as the link lives.
+    pub(super) fn watch(self: &Arc<Self>) {
+        if self.sentinel.is_none() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let link: Weak<Link> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(WATCH_EVERY).await;
+                let Some(link) = link.upgrade() else { return };
+                if let Err(e) = link.lookup().await {
+                    tracing::debug!(error = %e, "asking Sentinel for the master");
+                }
+            }
+        });
+    }
+
     /// A connection to the master, asking Sentinel first if none is known yet.
     pub(super) async fn connection(&self) -> Result<ConnectionManager, StoreError> {
         if let Some(con) = self.known() {
             return Ok(con);
         }
-        self.lookup(true).await?;
+        self.lookup().await?;
         self.known()
             .ok_or_else(|| StoreError::Protocol("no Sentinel named a master for pushgate".into()))
     }
@@ -109,30 +132,36 @@ impl Link {
             .and_then(|c| c.as_ref().map(|(_, con)| con.clone()))
     }
 
-    /// After a failed command: behind Sentinel, ask where the master is now.
-    pub(super) async fn failed(&self) {
-        if self.sentinel.is_some()
-            && let Err(e) = self.lookup(false).await
-        {
-            tracing::debug!(error = %e, "asking Sentinel for the master");
+    /// After a failed command: behind Sentinel, ask (in the background) where the
+    /// master is now.
+    pub(super) fn failed(self: &Arc<Self>) {
+        if self.sentinel.is_some() {
+            let link = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = link.lookup().await {
+                    tracing::debug!(error = %e, "asking Sentinel for the master");
+                }
+            });
         }
     }
 
-    /// Ask Sentinel for the master and switch to it if it moved. `force` skips the
-    /// rate limit (nothing is known yet).
-    async fn lookup(&self, force: bool) -> Result<(), StoreError> {
+    /// Ask Sentinel for the master and switch to it if it moved; at most once every
+    /// [`LOOKUP_EVERY`] (callers meanwhile use what the last lookup found).
+    async fn lookup(&self) -> Result<(), StoreError> {
         let Some(sentinel) = &self.sentinel else {
             return Ok(());
         };
         let mut sentinel = sentinel.lock().await;
         {
             let mut last = self.last_lookup.lock().unwrap_or_else(|p| p.into_inner());
-            if !force && last.is_some_and(|at| at.elapsed() < LOOKUP_EVERY) {
+            if last.is_some_and(|at| at.elapsed() < LOOKUP_EVERY) {
                 return Ok(());
             }
             *last = Some(Instant::now());
         }
-        let client = sentinel.async_get_client().await?;
+        let client = tokio::time::timeout(LOOKUP_LIMIT, sentinel.async_get_client())
+            .await
+            .map_err(|_| StoreError::Timeout(LOOKUP_LIMIT))??;
         let shown = client.get_connection_info().addr().to_string();
         if self.master().as_deref() == Some(shown.as_str()) {
             return Ok(());

@@ -422,7 +422,16 @@ impl Store {
                         .arg(1000),
                 )
                 .await?;
-            let keep = [self.key("audit"), self.key("session:"), self.key("seq")];
+            // Kept: the audit trail, sessions, the id counter, and what the nodes share
+            // (operators' switches, port leases and their epochs, heartbeats).
+            let keep = [
+                self.key("audit"),
+                self.key("session:"),
+                self.key("seq"),
+                self.key("portctl"),
+                self.key("lease:"),
+                self.key("node"),
+            ];
             let keys: Vec<String> = keys
                 .into_iter()
                 .filter(|k| !keep.iter().any(|kept| k.starts_with(kept.as_str())))

@@ -78,8 +78,14 @@ impl StoreError {
                     || e.is_timeout()
                     || matches!(e.code(), Some("READONLY" | "LOADING" | "MASTERDOWN"))
             }
-            StoreError::Timeout(_) | StoreError::NotReplicated { .. } => true,
-            StoreError::WriterGone | StoreError::Commit(_) | StoreError::Protocol(_) => false,
+            StoreError::Timeout(_) => true,
+            // Answered at once: the record is on the master, and the FEP's resend is
+            // acked as a duplicate once a replica has it. Retrying here would hold up
+            // every port behind this one batch.
+            StoreError::NotReplicated { .. }
+            | StoreError::WriterGone
+            | StoreError::Commit(_)
+            | StoreError::Protocol(_) => false,
         }
     }
 }
@@ -201,8 +207,10 @@ impl Store {
         timeout: Duration,
         stats_ttl_secs: u64,
     ) -> Result<Store, StoreError> {
+        let link = Arc::new(Link::new(target, timeout)?);
+        link.watch();
         Ok(Store {
-            link: Arc::new(Link::new(target, timeout)?),
+            link,
             prefix: prefix.to_owned(),
             timeout,
             stats_ttl_secs,
@@ -234,8 +242,10 @@ impl Store {
     /// The same store on a connection of its own (the group-commit writer's, so that
     /// its `WAIT`s hold up nobody else), acking only once `replicas` confirm a write.
     pub fn dedicated(&self, replicas: u32, timeout_ms: u64) -> Result<Store, StoreError> {
+        let link = Arc::new(self.link.fresh(self.timeout)?);
+        link.watch();
         Ok(Store {
-            link: Arc::new(self.link.fresh(self.timeout)?),
+            link,
             ack_replicas: replicas,
             ack_replicas_timeout_ms: timeout_ms,
             ..self.clone()
@@ -257,11 +267,11 @@ impl Store {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
-                self.link.failed().await;
+                self.link.failed();
                 Err(e.into())
             }
             Err(_) => {
-                self.link.failed().await;
+                self.link.failed();
                 Err(StoreError::Timeout(self.timeout))
             }
         }
