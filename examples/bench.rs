@@ -103,6 +103,7 @@ async fn log_queries() -> anyhow::Result<()> {
                             "android": {"priority": "high"}}})),
                         error: None,
                     }
+                    .compacted()
                 })
                 .collect();
             store.ingest(&batch).await?;
@@ -468,7 +469,7 @@ async fn redis_budget() -> anyhow::Result<()> {
                 due_ms: Some(now),
                 decision: Some(serde_json::json!({"action": "send", "push": {"target": {"token": format!("fcm-token-{:0>140}", i % 50_000)}, "title": "이체 완료"}})),
                 error: None,
-            })
+            }.compacted())
             .collect();
         store.ingest(&batch).await?;
     }
@@ -510,44 +511,56 @@ async fn redis_budget() -> anyhow::Result<()> {
     )
 }
 
-/// pushgate's own peak RSS at full rate: the release binary as its own process
-/// (`make bench` builds it), managed Redis and the emulator outside it, 100,000 pushes.
+/// pushgate, its managed Redis and the FCM emulator each as a process of its own (the
+/// release binary; `make bench` builds it), this process only generating load:
+/// 100,000 pushes to `sent`, then pushgate's peak RSS and each process's CPU time per
+/// push, which shows where the time goes and what 2 cores can do at most.
 async fn rss() -> anyhow::Result<()> {
     let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/pushgate");
     if !bin.exists() {
         println!(
-            "pushgate RSS: skipped ({} not built; `make bench` builds it)",
+            "pushgate RSS and CPU: skipped ({} not built; `make bench` builds it)",
             bin.display()
         );
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let emulator = pushgate::emulator::Emulator::start(emulator_args()).await?;
-    std::fs::write(dir.path().join("sa.json"), emulator.service_account_json())?;
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+    let (port_addr, admin_addr, emulator_addr) = (free()?, free()?, free()?);
+    let quiet = || std::process::Stdio::null();
+    let mut emulator = std::process::Command::new(&bin)
+        .args(["fcm-emulator", "--listen", &emulator_addr.to_string()])
+        .arg("--write-service-account")
+        .arg(dir.path().join("sa.json"))
+        .stderr(quiet())
+        .spawn()?;
     std::fs::write(
         dir.path().join("transfer.rhai"),
         include_str!("../scripts/transfer.rhai"),
     )?;
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
-    let (port_addr, admin_addr) = (free()?, free()?);
     let config = dir.path().join("rss.toml");
     std::fs::write(
         &config,
         format!(
             "[redis]\nmanaged = true\ndir = \"redis\"\n[admin]\nlisten = \"{admin_addr}\"\n\
-             [fcm]\nservice_account = \"sa.json\"\nendpoint = \"http://{}\"\n\
-             [[port]]\nname = \"bench\"\naddr = \"{port_addr}\"\nscript = \"transfer.rhai\"\n",
-            emulator.addr()
+             [fcm]\nservice_account = \"sa.json\"\nendpoint = \"http://{emulator_addr}\"\n\
+             [[port]]\nname = \"bench\"\naddr = \"{port_addr}\"\nscript = \"transfer.rhai\"\n"
         ),
     )?;
+    let started = Instant::now();
+    while !dir.path().join("sa.json").exists() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the emulator did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut child = std::process::Command::new(&bin)
         .args(["serve", "--config"])
         .arg(&config)
-        .stderr(std::process::Stdio::null())
+        .stderr(quiet())
         .spawn()?;
-    let pid = child.id();
-    let status = |field: &str| proc_status_kib(&pid.to_string(), field);
-    let started = Instant::now();
+    let pid = child.id().to_string();
     while tokio::net::TcpStream::connect(port_addr).await.is_err() {
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(60),
@@ -555,32 +568,105 @@ async fn rss() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let idle = status("VmRSS:");
+    let redis = redis::Client::open(format!(
+        "redis+unix://{}",
+        dir.path().join("redis/redis.sock").display()
+    ))?;
+    let mut con = redis.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut con)
+        .await?;
+    let redis_pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .map(|p| p.trim().to_owned())
+        .ok_or_else(|| anyhow::anyhow!("no process_id in INFO"))?;
+    let emulator_pid = emulator.id().to_string();
+    let idle = proc_status_kib(&pid, "VmRSS:");
+    let cpu = |p: &str| cpu_seconds(p);
+    let before = [cpu(&pid), cpu(&redis_pid), cpu(&emulator_pid), cpu("self")];
+    let load_started = Instant::now();
     let per_connection = END_TO_END_PUSHES / 8;
     let load = std::thread::spawn(move || load(port_addr, 8, Limit::Frames(per_connection)));
-    while emulator.stats().accepted < END_TO_END_PUSHES {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    loop {
+        let sent: u64 = redis::cmd("BITCOUNT")
+            .arg("pushgate:bit:status:sent")
+            .query_async(&mut con)
+            .await?;
+        if sent >= END_TO_END_PUSHES {
+            break;
+        }
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(300),
-            "RSS run took over 5 minutes"
+            "the run took over 5 minutes ({sent} sent)"
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let wall = load_started.elapsed().as_secs_f64();
+    let after = [cpu(&pid), cpu(&redis_pid), cpu(&emulator_pid), cpu("self")];
     let _ = load.join();
-    let peak = status("VmHWM:");
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
+    let peak = proc_status_kib(&pid, "VmHWM:");
+    for p in [&pid, &emulator_pid] {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", p])
+            .status();
+    }
     let _ = child.wait();
-    emulator.shutdown().await;
+    let _ = emulator.wait();
+    let n = END_TO_END_PUSHES as f64;
+    let per_push: Vec<f64> = before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| (a - b) * 1e6 / n)
+        .collect();
+    let total: f64 = per_push.iter().sum();
     println!(
         "pushgate process RSS: {} MiB idle, peak {} MiB while delivering {END_TO_END_PUSHES} pushes at full rate",
         idle / 1024,
         peak / 1024
     );
+    println!(
+        "where the CPU goes, per push ({:.0} pushes/s to `sent` over {wall:.1} s): pushgate {:.1} µs, redis-server {:.1} µs, FCM emulator {:.1} µs, load generator {:.1} µs; total {total:.1} µs = at most {:.0} pushes/s on 2 cores",
+        n / wall,
+        per_push[0],
+        per_push[1],
+        per_push[2],
+        per_push[3],
+        2e6 / total
+    );
     write_json(
         "rss",
-        &serde_json::json!({"idle_kib": idle, "peak_kib": peak, "pushes": END_TO_END_PUSHES}),
+        &serde_json::json!({
+            "idle_kib": idle, "peak_kib": peak, "pushes": END_TO_END_PUSHES,
+            "pushes_per_second": n / wall,
+            "cpu_us_per_push": {
+                "pushgate": per_push[0], "redis": per_push[1],
+                "emulator": per_push[2], "load_generator": per_push[3], "total": total,
+            },
+            "ceiling_pushes_per_second_on_2_cores": 2e6 / total,
+        }),
     )
+}
+
+/// CPU seconds (user + system, plus reaped children such as Redis's AOF rewrites) a
+/// process has used, from `/proc/{pid}/stat` (`self` for this one).
+fn cpu_seconds(pid: &str) -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = &s[s.rfind(')')? + 2..];
+            let fields: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(4)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            Some(fields.iter().sum::<u64>() as f64 / ticks_per_second)
+        })
+        .unwrap_or(0.0)
 }
 
 /// pushgate with `[fcm]` pointing at an in-process emulator.

@@ -500,7 +500,17 @@ impl FcmClient {
 
     /// Send one message. A 401 for our access token refreshes it once and resends.
     pub async fn send(&self, message: &Value, validate_only: bool) -> Answer {
-        let body = json!({"message": message, "validate_only": validate_only}).to_string();
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            message: &'a Value,
+            validate_only: bool,
+        }
+        // Serialised from the borrowed message: `json!` would copy it first.
+        let body = serde_json::to_string(&Body {
+            message,
+            validate_only,
+        })
+        .unwrap_or_default();
         let token = match self.credentials.token().await {
             Ok(t) => t,
             Err(e) => return transport(e.to_string()),

@@ -253,13 +253,13 @@ impl Sender {
             mut record,
         } = claim;
         let old_status: Status =
-            serde_json::from_value(record["status"].clone()).unwrap_or(Status::Queued);
+            serde::Deserialize::deserialize(&record["status"]).unwrap_or(Status::Queued);
         let port = record["worker"].as_str().unwrap_or_default().to_owned();
         let attempts = record["attempts"].as_u64().unwrap_or(0) as u32 + 1;
         // A reserved push ages from its reserved time, not from when it arrived.
         let received_at = record["received_at"].as_i64().unwrap_or_else(now_ms);
         let received_at = received_at.max(record["decision"]["at_ms"].as_i64().unwrap_or(0));
-        let push: Option<Push> = serde_json::from_value(record["decision"]["push"].clone()).ok();
+        let push: Option<Push> = serde::Deserialize::deserialize(&record["decision"]["push"]).ok();
         let dry_run = self.is_dry_run(&port);
 
         let (status, retry_at, delivered, step) = match (push, dead_since) {

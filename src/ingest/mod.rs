@@ -617,9 +617,17 @@ pub async fn store_parsed(
     parsed: Vec<Result<Message, Refusal>>,
 ) -> Answered {
     let m = metrics();
-    let messages: Vec<Message> = parsed
-        .iter()
-        .filter_map(|p| p.as_ref().ok().cloned())
+    // The messages go to routing; each answer needs only its key (or its refusal).
+    let mut messages = Vec::new();
+    let parsed: Vec<Result<String, Refusal>> = parsed
+        .into_iter()
+        .map(|p| {
+            p.map(|message| {
+                let key = message.unique_key.clone();
+                messages.push(message);
+                key
+            })
+        })
         .collect();
     let records = if messages.is_empty() {
         Ok(Vec::new())
@@ -630,7 +638,7 @@ pub async fn store_parsed(
         tokio::task::spawn_blocking(move || {
             messages
                 .into_iter()
-                .map(|m| route_message(&engine, &route, &port, m))
+                .map(|m| route_message(&engine, &route, &port, m).compacted())
                 .collect::<Vec<_>>()
         })
         .await
@@ -670,11 +678,11 @@ pub async fn store_parsed(
                 rejects.push(refusal.reason);
                 Ack::error(refusal.key, refusal.error)
             }
-            (Ok(msg), Ok(results)) => match results.next() {
+            (Ok(key), Ok(results)) => match results.next() {
                 Some(Stored::New { id }) => {
                     new += 1;
                     Ack::Stored {
-                        key: msg.unique_key,
+                        key,
                         id,
                         dup: false,
                     }
@@ -682,7 +690,7 @@ pub async fn store_parsed(
                 Some(Stored::Duplicate { id }) => {
                     dups += 1;
                     Ack::Stored {
-                        key: msg.unique_key,
+                        key,
                         id,
                         dup: true,
                     }
@@ -691,21 +699,21 @@ pub async fn store_parsed(
                     fenced = true;
                     rejects.push("fenced");
                     Ack::error(
-                        Some(msg.unique_key),
+                        Some(key),
                         format!("not stored, send again: this node no longer holds port {source} (another node took it over)"),
                     )
                 }
                 None => {
                     rejects.push("store");
                     Ack::error(
-                        Some(msg.unique_key),
+                        Some(key),
                         "store returned too few results".into(),
                     )
                 }
             },
-            (Ok(msg), Err(e)) => {
+            (Ok(key), Err(e)) => {
                 rejects.push("store");
-                Ack::error(Some(msg.unique_key), e.clone())
+                Ack::error(Some(key), e.clone())
             }
         })
         .collect();

@@ -146,6 +146,17 @@ pub struct NewRecord {
     pub error: Option<String>,
 }
 
+impl NewRecord {
+    /// The record with its decision in the stored form ([`record::compact_decision`]),
+    /// as [`Store::ingest`] expects it.
+    pub fn compacted(mut self) -> NewRecord {
+        if let Some(decision) = self.decision.take() {
+            self.decision = Some(record::compact_decision(decision, &self.fields));
+        }
+        self
+    }
+}
+
 /// The result of writing one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
@@ -288,7 +299,8 @@ impl Store {
     }
 
     /// Write records in one atomic round trip (a Lua script): dedupe by `uniqueKey`,
-    /// allocate ids, store, index, schedule, count. Answers in input order.
+    /// allocate ids, store, index, schedule, count. Answers in input order. A record's
+    /// decision is stored as given: [`NewRecord::compacted`] first, to store it compactly.
     pub async fn ingest(&self, records: &[NewRecord]) -> Result<Vec<Stored>, StoreError> {
         self.ingest_fenced(records, &[], &vec![0; records.len()])
             .await
@@ -519,7 +531,7 @@ fn record_body_after_id(new: &NewRecord) -> String {
         #[serde(skip_serializing_if = "Option::is_none")]
         due_at: Option<i64>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        decision: Option<Value>,
+        decision: Option<&'a Value>,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<&'a str>,
     }
@@ -529,10 +541,7 @@ fn record_body_after_id(new: &NewRecord) -> String {
         status: new.status.as_str(),
         received_at: new.received_at_ms,
         due_at: new.due_ms,
-        decision: new
-            .decision
-            .as_ref()
-            .map(|d| record::compact_decision(d, &new.fields)),
+        decision: new.decision.as_ref(),
         error: new.error.as_deref(),
     };
     let text = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());

@@ -77,8 +77,7 @@ pub fn omit_field(name: &str, value: &Value) -> bool {
 
 /// The route decision as stored: a plain send's token, title and body that equal the
 /// message's are named in `same` instead of repeated.
-pub fn compact_decision(decision: &Value, fields: &Map<String, Value>) -> Value {
-    let mut decision = decision.clone();
+pub fn compact_decision(mut decision: Value, fields: &Map<String, Value>) -> Value {
     let Some(push) = decision.get_mut("push").and_then(Value::as_object_mut) else {
         return decision;
     };
@@ -117,7 +116,7 @@ fn compact(map: &mut Map<String, Value>) {
             map.remove(*name);
         }
     }
-    if let Some(decision) = map.get("decision") {
+    if let Some(decision) = map.remove("decision") {
         let compacted = compact_decision(decision, map);
         map.insert("decision".into(), compacted);
     }
