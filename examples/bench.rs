@@ -586,6 +586,10 @@ async fn rss() -> anyhow::Result<()> {
     let idle = proc_status_kib(&pid, "VmRSS:");
     let cpu = |p: &str| cpu_seconds(p);
     let before = [cpu(&pid), cpu(&redis_pid), cpu(&emulator_pid), cpu("self")];
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await?;
     let load_started = Instant::now();
     let per_connection = END_TO_END_PUSHES / 8;
     let load = std::thread::spawn(move || load(port_addr, 8, Limit::Frames(per_connection)));
@@ -605,6 +609,7 @@ async fn rss() -> anyhow::Result<()> {
     }
     let wall = load_started.elapsed().as_secs_f64();
     let after = [cpu(&pid), cpu(&redis_pid), cpu(&emulator_pid), cpu("self")];
+    let commands = command_stats(&mut con, END_TO_END_PUSHES).await?;
     let _ = load.join();
     let peak = proc_status_kib(&pid, "VmHWM:");
     for p in [&pid, &emulator_pid] {
@@ -635,9 +640,19 @@ async fn rss() -> anyhow::Result<()> {
         per_push[3],
         2e6 / total
     );
+    let top: Vec<String> = commands
+        .iter()
+        .take(8)
+        .map(|c| format!("{} {:.2}×/{:.1} µs", c.0, c.1, c.2))
+        .collect();
+    println!(
+        "redis commands per push (calls/µs, scripts' inner commands counted too): {}",
+        top.join(", ")
+    );
     write_json(
         "rss",
         &serde_json::json!({
+            "redis_commands_per_push": commands.iter().map(|c| serde_json::json!({"command": c.0, "calls": c.1, "usec": c.2})).collect::<Vec<_>>(),
             "idle_kib": idle, "peak_kib": peak, "pushes": END_TO_END_PUSHES,
             "pushes_per_second": n / wall,
             "cpu_us_per_push": {
@@ -647,6 +662,34 @@ async fn rss() -> anyhow::Result<()> {
             "ceiling_pushes_per_second_on_2_cores": 2e6 / total,
         }),
     )
+}
+
+/// `INFO commandstats` per push: (command, calls, µs), most time first. Commands that
+/// Lua scripts call are counted under their own names as well as in the script's.
+async fn command_stats(
+    con: &mut redis::aio::MultiplexedConnection,
+    pushes: u64,
+) -> anyhow::Result<Vec<(String, f64, f64)>> {
+    let text: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await?;
+    let n = pushes as f64;
+    let mut stats: Vec<(String, f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| -> Option<f64> {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            Some((name.to_owned(), field("calls")? / n, field("usec")? / n))
+        })
+        .collect();
+    stats.sort_by(|a, b| b.2.total_cmp(&a.2));
+    Ok(stats)
 }
 
 /// CPU seconds (user + system, plus reaped children such as Redis's AOF rewrites) a

@@ -153,11 +153,22 @@ return out
 
 /// ARGV: prefix, n, stats ttl; per outcome: id, lease, record JSON, old status,
 /// new status, retry-at ("" = none), delivered (0/1), minute stats key, total stats key.
-/// Returns 1 (applied) or 0 (lease lost) per outcome.
+/// Returns 1 (applied) or 0 (lease lost) per outcome. Counters are summed per batch
+/// (one HINCRBY per key and status, one EXPIRE per minute key), not per outcome.
 pub(super) const FINISH_LUA: &str = r#"
 local p, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local changed = {}
+local counts = {}
+local minutes = {}
+local function count(key, field)
+  local per_key = counts[key]
+  if not per_key then
+    per_key = {}
+    counts[key] = per_key
+  end
+  per_key[field] = (per_key[field] or 0) + 1
+end
 local i = 4
 for r = 1, n do
   local id, lease, rec = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -179,14 +190,22 @@ for r = 1, n do
     if retry_at ~= '' then
       redis.call('ZADD', p .. 'due', retry_at, id)
     end
-    redis.call('HINCRBY', p .. minute_key, new, 1)
-    redis.call('HINCRBY', p .. total_key, new, 1)
-    redis.call('EXPIRE', p .. minute_key, ttl)
+    count(minute_key, new)
+    count(total_key, new)
+    minutes[minute_key] = true
     changed[#changed + 1] = id
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
+end
+for key, per_key in pairs(counts) do
+  for field, k in pairs(per_key) do
+    redis.call('HINCRBY', p .. key, field, k)
+  end
+end
+for key, _ in pairs(minutes) do
+  redis.call('EXPIRE', p .. key, ttl)
 end
 if #changed > 0 then
   redis.call('PUBLISH', p .. 'events', '{"event":"outcome","ids":[' .. table.concat(changed, ',') .. ']}')

@@ -586,8 +586,12 @@ local function index(suffix, id)
   end
 end
 local function count(key, field)
-  local k = key .. '\0' .. field
-  stats[k] = (stats[k] or 0) + 1
+  local per_key = stats[key]
+  if not per_key then
+    per_key = {}
+    stats[key] = per_key
+  end
+  per_key[field] = (per_key[field] or 0) + 1
 end
 for r = 1, n do
   local fence = tonumber(ARGV[i])
@@ -634,9 +638,10 @@ for r = 1, n do
     out[#out + 1] = 0
   end
 end
-for k, v in pairs(stats) do
-  local sep = string.find(k, '\0', 1, true)
-  redis.call('HINCRBY', p .. string.sub(k, 1, sep - 1), string.sub(k, sep + 1), v)
+for key, per_key in pairs(stats) do
+  for field, k in pairs(per_key) do
+    redis.call('HINCRBY', p .. key, field, k)
+  end
 end
 for k, _ in pairs(minutes) do
   redis.call('EXPIRE', p .. k, ttl)

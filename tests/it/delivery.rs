@@ -276,6 +276,17 @@ async fn a_503_and_429_storm_ends_with_every_push_sent_exactly_once() {
     );
     let refused: u64 = stats.rejected.values().sum();
     assert!(refused > 500, "the storm happened: {stats:?}");
+    // The console's counters add up: every outcome counted once, under its status.
+    let totals: std::collections::HashMap<String, u64> = app
+        .app()
+        .store
+        .port_totals("p")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(totals.get("sent"), Some(&(total as u64)), "{totals:?}");
+    assert_eq!(totals.get("received"), Some(&(total as u64)), "{totals:?}");
 
     // Retries are spaced as configured: UNAVAILABLE waits at least half of
     // 100 ms · 2^(attempt-1) (capped at 400 ms), QUOTA_EXCEEDED at least half of 100 ms · 2^(attempt-1).
