@@ -199,8 +199,13 @@ impl App {
         let managed = if config.redis.managed {
             let dir = config.resolve(config.redis.dir.as_deref().unwrap_or(Path::new("redis")));
             Some(
-                ManagedRedis::start(&config.redis.server_bin, &dir, config.redis.managed_port)
-                    .await?,
+                ManagedRedis::start(
+                    &config.redis.server_bin,
+                    &dir,
+                    config.redis.managed_port,
+                    config.redis.appendfsync,
+                )
+                .await?,
             )
         } else {
             None

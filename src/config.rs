@@ -114,6 +114,10 @@ pub struct RedisConfig {
     /// Path of the `redis-server` binary for `managed`.
     #[serde(default = "default_redis_server")]
     pub server_bin: PathBuf,
+    /// `appendfsync` of the managed Redis: `everysec` (default) or `always` (an ack
+    /// then means the record is on disk; see docs/backup.md).
+    #[serde(default)]
+    pub appendfsync: AppendFsync,
     /// A Redis round trip slower than this fails, and its frames get error acks.
     #[serde(default = "default_redis_timeout_ms")]
     pub timeout_ms: u64,
@@ -162,6 +166,7 @@ impl Default for RedisConfig {
             dir: None,
             managed_port: None,
             server_bin: default_redis_server(),
+            appendfsync: AppendFsync::default(),
             timeout_ms: default_redis_timeout_ms(),
             sentinels: Vec::new(),
             master_name: None,
@@ -187,6 +192,26 @@ pub struct AdminConfig {
     /// The admin listener (JSON API, later the console).
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+}
+
+/// When the managed Redis flushes its AOF to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppendFsync {
+    /// fsync about once a second, in the background.
+    #[default]
+    Everysec,
+    /// fsync before replying (once per group commit).
+    Always,
+}
+
+impl AppendFsync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppendFsync::Everysec => "everysec",
+            AppendFsync::Always => "always",
+        }
+    }
 }
 
 /// This process among the nodes sharing one Redis.

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::AppendFsync;
+
 /// How long a starting Redis may take to answer PING (AOF loading included).
 const READY_LIMIT: Duration = Duration::from_secs(300);
 
@@ -34,6 +36,7 @@ impl ManagedRedis {
         bin: &Path,
         dir: &Path,
         port: Option<u16>,
+        appendfsync: AppendFsync,
     ) -> Result<ManagedRedis, ManagedError> {
         std::fs::create_dir_all(dir).map_err(|cause| ManagedError::Dir {
             dir: dir.to_owned(),
@@ -53,6 +56,7 @@ impl ManagedRedis {
             dir: dir.clone(),
             socket,
             port,
+            appendfsync,
         };
         let child = spec.spawn()?;
         // Loading a large AOF takes a while; do not give up on a Redis that is loading.
@@ -81,6 +85,7 @@ struct Spec {
     dir: PathBuf,
     socket: PathBuf,
     port: Option<u16>,
+    appendfsync: AppendFsync,
 }
 
 impl Spec {
@@ -100,7 +105,7 @@ impl Spec {
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "everysec",
+                self.appendfsync.as_str(),
                 "--save",
                 "",
             ])

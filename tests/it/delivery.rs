@@ -443,7 +443,8 @@ async fn sigkill_mid_send_then_restart_finishes_every_push_and_counts_the_resent
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_longer_than_the_lease_mid_send_sends_nothing_twice() {
-    let mut redis = RedisServer::start();
+    // The claims must survive the kill for this to hold: `always` keeps them on disk.
+    let mut redis = RedisServer::start_durable();
     let emu = emulator(&["--latency-ms", "1500"]).await;
     let (app, addr) = start_delivering(
         &redis,

@@ -67,7 +67,7 @@ async fn managed_redis_is_started_restarted_after_a_crash_and_shut_down() {
     let config_path = dir.path().join("pushgate.toml");
     std::fs::write(
         &config_path,
-        "[redis]\nmanaged = true\ndir = \"data\"\ntimeout_ms = 1000\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+        "[redis]\nmanaged = true\ndir = \"data\"\ntimeout_ms = 1000\nappendfsync = \"always\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [[port]]\nname = \"p\"\naddr = \"127.0.0.1:0\"\nscript = \"transfer.rhai\"\n",
     )
     .unwrap();
@@ -91,6 +91,22 @@ async fn managed_redis_is_started_restarted_after_a_crash_and_shut_down() {
         app.dir.path().join("data/appendonlydir").exists(),
         "AOF is on in the data dir"
     );
+    // With `always`, an ack means the record is on disk, so it must survive kill -9.
+    // (With `everysec` Redis may hold back its AOF write for up to 2 s while an fsync
+    // is slow, and a kill in that window loses what was acked: docs/backup.md.)
+    let fsync: (String, String) = redis::Client::open(format!(
+        "redis+unix://{}",
+        app.dir.path().join("data/redis.sock").display()
+    ))
+    .and_then(|c| c.get_connection())
+    .and_then(|mut c| {
+        redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendfsync")
+            .query(&mut c)
+    })
+    .unwrap();
+    assert_eq!(fsync.1, "always");
 
     // Kill the managed redis behind pushgate's back: it comes back, with the record.
     let pid = std::fs::read_to_string(app.dir.path().join("data/redis.log"))

@@ -51,16 +51,30 @@ pub struct RedisServer {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    appendfsync: &'static str,
 }
 
 impl RedisServer {
+    /// `appendfsync everysec`, as Redis is usually run.
     pub fn start() -> RedisServer {
+        RedisServer::start_with("everysec")
+    }
+
+    /// `appendfsync always`: every acked write is on disk, for tests that kill -9
+    /// Redis and expect acked records back (with `everysec` Redis may hold back its
+    /// AOF write for up to 2 s while an fsync is slow).
+    pub fn start_durable() -> RedisServer {
+        RedisServer::start_with("always")
+    }
+
+    fn start_with(appendfsync: &'static str) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("redis.sock");
         let mut server = RedisServer {
             child: None,
             dir,
             socket,
+            appendfsync,
         };
         server.launch();
         server
@@ -82,7 +96,7 @@ impl RedisServer {
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "everysec",
+                self.appendfsync,
             ])
             .arg("--logfile")
             .arg(self.dir.path().join("redis.log"))
