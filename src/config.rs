@@ -1131,6 +1131,44 @@ script = "scripts/transfer.rhai"
     }
 
     #[test]
+    fn ha_settings_are_checked_together() {
+        let cases = [
+            (
+                "[redis]\nsentinels = [\"redis://127.0.0.1:26379\"]\n",
+                "needs redis.master_name",
+            ),
+            (
+                "[redis]\nmaster_name = \"pg\"\n",
+                "only used with redis.sentinels",
+            ),
+            (
+                "[redis]\nsentinels = [\"redis://127.0.0.1:26379\"]\nmaster_name = \"pg\"\nmanaged = true\ndir = \"d\"\n",
+                "cannot be used together",
+            ),
+            (
+                "[redis]\nack_replicas = 1\nack_replicas_timeout_ms = 3000\n",
+                "below redis.timeout_ms",
+            ),
+            (
+                "[node]\nport_lease_ms = 500\n",
+                "node.port_lease_ms must be 1000",
+            ),
+            ("[node]\nid = \"a/b\"\n", "node.id must be"),
+        ];
+        for (extra, expected) in cases {
+            let err = parse(&format!("{extra}{PORT}")).unwrap_err().to_string();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let ok = "[redis]\nsentinels = [\"redis://127.0.0.1:26379\"]\nmaster_name = \"pg\"\nack_replicas = 1\nappendfsync = \"always\"\n[node]\nid = \"node-a\"\n";
+        let config = parse(&format!("{ok}{PORT}")).unwrap();
+        assert_eq!(
+            config.redis.commit_retry(),
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(config.node.port_lease_ms, 5000);
+    }
+
+    #[test]
     fn api_key_hash_must_be_hex_and_is_never_printed() {
         let text = format!("[[api_key]]\nname = \"ops\"\nsha256 = \"nothex\"\n{PORT}");
         assert!(
