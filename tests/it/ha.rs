@@ -336,6 +336,61 @@ async fn connect_port_moves_to_the_other_node_when_its_node_is_killed() {
     assert_eq!(distinct.len(), keys.len(), "each key acked ok once");
 }
 
+fn assert_acked_ok(ack: &Option<Value>) {
+    assert_eq!(
+        ack.as_ref().map(|a| a["ok"].clone()),
+        Some(Value::Bool(true)),
+        "{ack:?}"
+    );
+}
+
+/// Two nodes on one Redis with the connect-mode port `fep`: node-a runs it (its
+/// connection to the FEP is `from_a`), node-b stands by.
+struct Pair {
+    redis: RedisServer,
+    dir: tempfile::TempDir,
+    listener: TcpListener,
+    upstream: SocketAddr,
+    a: Process,
+    admin_a: SocketAddr,
+    b: Process,
+    admin_b: SocketAddr,
+    from_a: Line,
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        let (admin_a, admin_b) = (admin_addr(), admin_addr());
+        let a = Process::serve(
+            &node_config(dir.path(), &redis.url(), admin_a, "node-a", upstream, ""),
+            admin_a,
+        );
+        let from_a = accept(&listener, "node-a").await;
+        let b = Process::serve(
+            &node_config(dir.path(), &redis.url(), admin_b, "node-b", upstream, ""),
+            admin_b,
+        );
+        wait_port(&b, "node-b in standby", Duration::from_secs(20), |p| {
+            p["state"] == "standby" && p["holder"] == "node-a"
+        });
+        Pair {
+            redis,
+            dir,
+            listener,
+            upstream,
+            a,
+            admin_a,
+            b,
+            admin_b,
+            from_a,
+        }
+    }
+}
+
 async fn accept(listener: &TcpListener, what: &str) -> Line {
     let (stream, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
         .await
@@ -346,30 +401,17 @@ async fn accept(listener: &TcpListener, what: &str) -> Line {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_paused_past_its_lease_does_not_act_on_the_port_it_lost() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let (admin_a, admin_b) = (admin_addr(), admin_addr());
-    let a = Process::serve(
-        &node_config(dir.path(), &redis.url(), admin_a, "node-a", upstream, ""),
+    let Pair {
+        redis,
+        listener,
+        a,
         admin_a,
-    );
-    let mut from_a = accept(&listener, "node-a").await;
+        b,
+        mut from_a,
+        ..
+    } = Pair::start().await;
     let ack = from_a.send("before", 1, Duration::from_secs(10)).await;
-    assert_eq!(
-        ack.as_ref().map(|a| a["ok"].clone()),
-        Some(Value::Bool(true)),
-        "{ack:?}"
-    );
-
-    let b = Process::serve(
-        &node_config(dir.path(), &redis.url(), admin_b, "node-b", upstream, ""),
-        admin_b,
-    );
-    wait_port(&b, "node-b in standby", Duration::from_secs(20), |p| {
-        p["state"] == "standby" && p["holder"] == "node-a"
-    });
+    assert_acked_ok(&ack);
 
     a.signal("STOP");
     let paused = Instant::now();
@@ -386,11 +428,7 @@ async fn a_node_paused_past_its_lease_does_not_act_on_the_port_it_lost() {
         .await
         .unwrap();
     let ack = from_b.send("after", 3, Duration::from_secs(10)).await;
-    assert_eq!(
-        ack.as_ref().map(|a| a["ok"].clone()),
-        Some(Value::Bool(true)),
-        "{ack:?}"
-    );
+    assert_acked_ok(&ack);
 
     a.signal("CONT");
     // node-a wakes with a frame on a port it no longer holds: whether it notices the
@@ -421,11 +459,7 @@ async fn a_node_paused_past_its_lease_does_not_act_on_the_port_it_lost() {
     assert!(status_of_key(&mut con, "after").is_some());
     // node-b still runs the port, on the same connection.
     let ack = from_b.send("after-2", 4, Duration::from_secs(10)).await;
-    assert_eq!(
-        ack.as_ref().map(|a| a["ok"].clone()),
-        Some(Value::Bool(true)),
-        "{ack:?}"
-    );
+    assert_acked_ok(&ack);
     let view = b.port("fep").unwrap();
     assert_eq!(
         (view["state"].as_str(), view["holder"].as_str()),
@@ -802,23 +836,17 @@ async fn acked_frames_survive_a_sentinel_failover_with_ack_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_on_any_node_acts_where_the_port_runs() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let (admin_a, admin_b) = (admin_addr(), admin_addr());
-    let a = Process::serve(
-        &node_config(dir.path(), &redis.url(), admin_a, "node-a", upstream, ""),
-        admin_a,
-    );
-    let mut from_a = accept(&listener, "node-a").await;
-    let b = Process::serve(
-        &node_config(dir.path(), &redis.url(), admin_b, "node-b", upstream, ""),
+    let Pair {
+        redis,
+        dir,
+        listener,
+        upstream,
+        a,
         admin_b,
-    );
-    wait_port(&b, "node-b in standby", Duration::from_secs(20), |p| {
-        p["state"] == "standby"
-    });
+        b,
+        mut from_a,
+        ..
+    } = Pair::start().await;
 
     // Flush on node-b waits for the port on node-a too.
     eventually(Duration::from_secs(10), "node-a's heartbeat", || async {
@@ -862,11 +890,7 @@ async fn a_switch_on_any_node_acts_where_the_port_runs() {
     assert_eq!(status, 200);
     let mut line = accept(&listener, "the node that took the port").await;
     let ack = line.send("again", 1, Duration::from_secs(10)).await;
-    assert_eq!(
-        ack.as_ref().map(|a| a["ok"].clone()),
-        Some(Value::Bool(true)),
-        "{ack:?}"
-    );
+    assert_acked_ok(&ack);
     let nodes = [&a, &b, &c];
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
