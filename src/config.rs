@@ -856,6 +856,12 @@ impl RedisConfig {
                 self.ack_replicas_timeout_ms, self.timeout_ms
             ));
         }
+        if !self.managed && self.appendfsync != AppendFsync::default() {
+            out.push(
+                "redis.appendfsync only sets the managed Redis; set appendfsync in your Redis's own config"
+                    .into(),
+            );
+        }
         if self.managed {
             if self.dir.is_none() {
                 out.push("redis.managed = true needs redis.dir (where the AOF lives)".into());
@@ -1154,12 +1160,16 @@ script = "scripts/transfer.rhai"
                 "node.port_lease_ms must be 1000",
             ),
             ("[node]\nid = \"a/b\"\n", "node.id must be"),
+            (
+                "[redis]\nappendfsync = \"always\"\n",
+                "only sets the managed Redis",
+            ),
         ];
         for (extra, expected) in cases {
             let err = parse(&format!("{extra}{PORT}")).unwrap_err().to_string();
             assert!(err.contains(expected), "{extra}: {err}");
         }
-        let ok = "[redis]\nsentinels = [\"redis://127.0.0.1:26379\"]\nmaster_name = \"pg\"\nack_replicas = 1\nappendfsync = \"always\"\n[node]\nid = \"node-a\"\n";
+        let ok = "[redis]\nsentinels = [\"redis://127.0.0.1:26379\"]\nmaster_name = \"pg\"\nack_replicas = 1\n[node]\nid = \"node-a\"\n";
         let config = parse(&format!("{ok}{PORT}")).unwrap();
         assert_eq!(
             config.redis.commit_retry(),

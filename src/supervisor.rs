@@ -6,7 +6,7 @@
 //! removed ones drain, changed ones restart, unchanged ones keep their connections
 //! (only their compiled script may be swapped in place).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -127,7 +127,7 @@ pub struct Supervisor {
     node: Arc<Node>,
     slots: tokio::sync::Mutex<BTreeMap<String, Slot>>,
     /// The `portctl` value of each port this node has already acted on.
-    switches_seen: Mutex<std::collections::HashMap<String, String>>,
+    switches_seen: Mutex<HashMap<String, String>>,
 }
 
 /// Compile a port's script from disk.
@@ -172,19 +172,10 @@ impl Supervisor {
         for port in &config.ports {
             compiled.push((port.clone(), compile_script(&self.engine, config, port)?));
         }
-        let wanted = self.node.store.wanted().await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read the operators' port switches from redis; using autostart");
-            Default::default()
-        });
+        let wanted = self.switches().await;
         let mut slots = self.slots.lock().await;
         for (port, route) in compiled {
-            let run = match wanted.get(&port.name) {
-                Some((w, seen)) => {
-                    self.saw_switch(&port.name, seen);
-                    *w == Wanted::Run
-                }
-                None => port.autostart,
-            };
+            let run = self.should_run(&port, &wanted);
             let name = port.name.clone();
             slots.insert(name.clone(), self.new_slot(port, route));
             if run {
@@ -212,26 +203,60 @@ impl Supervisor {
         }
     }
 
-    /// Remember a switch as acted on; false if it was already.
+    /// Remember a switch as acted on; false if it was already, or if a later one was
+    /// (a read of `portctl` that raced this node's own switch must not undo it).
     fn saw_switch(&self, port: &str, value: &str) -> bool {
+        /// `run 1732512345123 node-a` → 1732512345123.
+        fn made_at(value: &str) -> i64 {
+            value
+                .split(' ')
+                .nth(1)
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(0)
+        }
         let mut seen = self.switches_seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.get(port).map(String::as_str) == Some(value) {
+        if let Some(last) = seen.get(port)
+            && (last == value || made_at(last) >= made_at(value))
+        {
             return false;
         }
         seen.insert(port.to_owned(), value.to_owned());
         true
     }
 
+    /// What to do with a port at start or reload: what an operator last asked (on any
+    /// node), else `autostart`. The switch counts as seen.
+    fn should_run(&self, port: &PortConfig, wanted: &HashMap<String, (Wanted, String)>) -> bool {
+        match wanted.get(&port.name) {
+            Some((w, value)) => {
+                self.saw_switch(&port.name, value);
+                *w == Wanted::Run
+            }
+            None => port.autostart,
+        }
+    }
+
+    /// Operators' switches as Redis has them, or none (with a warning) if it cannot say.
+    async fn switches(&self) -> HashMap<String, (Wanted, String)> {
+        self.node.store.wanted().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the operators' port switches from redis; using autostart");
+            HashMap::new()
+        })
+    }
+
     /// Apply each switch an operator made on another node, once (called every second).
     /// Acting on new switches only means a restart or reload here is never undone by
-    /// an old switch, nor a switch here by one Redis did not get.
-    pub async fn follow_operators(&self) {
+    /// an old switch, nor a switch here by one Redis did not get. Never waits on the
+    /// port table (a drain may hold it) nor on a drain: stops run as tasks of their own.
+    pub async fn follow_operators(self: &Arc<Self>) {
         let Ok(wanted) = self.node.store.wanted().await else {
             return;
         };
         let mut to_stop = Vec::new();
         {
-            let mut slots = self.slots.lock().await;
+            let Ok(mut slots) = self.slots.try_lock() else {
+                return;
+            };
             for (name, slot) in slots.iter_mut() {
                 let Some((want, value)) = wanted.get(name) else {
                     continue;
@@ -252,7 +277,8 @@ impl Supervisor {
         }
         for name in to_stop {
             tracing::info!(port = %name, "stopping, as an operator asked on another node");
-            let _ = self.stop_here(&name).await;
+            let this = self.clone();
+            tokio::spawn(async move { this.stop_here(&name).await });
         }
     }
 
@@ -370,6 +396,7 @@ impl Supervisor {
     /// and is reported on the port; a new port whose script fails is left stopped.
     pub async fn reload(&self, old: &Config, new: &Config) -> PortChanges {
         let changes = PortChanges::between(old, new);
+        let wanted = self.switches().await;
         let mut slots = self.slots.lock().await;
         for name in &changes.removed {
             if let Some(mut slot) = slots.remove(name) {
@@ -385,7 +412,7 @@ impl Supervisor {
             match compile_script(&self.engine, new, port) {
                 Ok(route) => {
                     // A port left stopped because its script never compiled starts now.
-                    if startable(slot).is_err() && port.autostart {
+                    if startable(slot).is_err() && self.should_run(port, &wanted) {
                         restart = true;
                     }
                     if let Ok(mut current) = slot.route.write() {
@@ -404,7 +431,7 @@ impl Supervisor {
                 stop_slot(slot).await;
                 slot.config = port.clone();
                 // Never run a port on the stand-in for a script that did not compile.
-                if (was_running || port.autostart) && startable(slot).is_ok() {
+                if (was_running || self.should_run(port, &wanted)) && startable(slot).is_ok() {
                     self.start_slot(Some(slot));
                 }
             }
@@ -414,7 +441,7 @@ impl Supervisor {
             match compile_script(&self.engine, new, port) {
                 Ok(route) => {
                     slots.insert(port.name.clone(), self.new_slot(port.clone(), route));
-                    if port.autostart {
+                    if self.should_run(port, &wanted) {
                         self.start_slot(slots.get_mut(&port.name));
                     }
                 }
@@ -554,15 +581,32 @@ async fn keep_running(
             }
         };
         let run = ingest::run_port(ctx.clone(), run_cancel.clone(), ready_tx);
-        let (result, ()) = tokio::join!(run, watch_ready);
+        // Once cancelled (stopped, or the lease lost), the port gets DRAIN_LIMIT to
+        // answer what it read; then its connections are dropped.
+        let bounded = async {
+            let mut run = std::pin::pin!(run);
+            tokio::select! {
+                result = &mut run => result,
+                () = async {
+                    run_cancel.cancelled().await;
+                    tokio::time::sleep(DRAIN_LIMIT).await;
+                } => {
+                    tracing::warn!(port = %ctx.config.name, "did not drain within {DRAIN_LIMIT:?}; dropping its connections");
+                    Ok(())
+                }
+            }
+        };
+        let (result, ()) = tokio::join!(bounded, watch_ready);
         if let Some(task) = renewer {
             task.abort();
             let _ = task.await;
         }
+        let lost = run_cancel.is_cancelled() && !cancel.is_cancelled();
         if let Some(PortFence { fence, .. }) = ctx.fence.take() {
+            // Given up early (see keep_lease), the lease may still be ours: hand it on.
             match node.store.release_port(&ctx.config.name, &fence).await {
-                Ok(true) => lease_event(&ctx.config.name, "released"),
-                Ok(false) => {}
+                Ok(true) if !lost => lease_event(&ctx.config.name, "released"),
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(port = %ctx.config.name, error = %e, "releasing the port lease; it expires by itself")
                 }
@@ -571,7 +615,7 @@ async fn keep_running(
         if cancel.is_cancelled() {
             return;
         }
-        if run_cancel.is_cancelled() {
+        if lost {
             // The lease was lost (found by the renewer, or by a fenced write): back to
             // standby, without counting a failure.
             lease_event(&ctx.config.name, "lost");
@@ -754,21 +798,26 @@ impl Supervisor {
     /// states) and apply what operators asked of the ports on other nodes.
     pub async fn node_loop(self: Arc<Self>, console: String, cancel: CancellationToken) {
         let started_ms = crate::ingest::now_ms();
+        let mut ports: Vec<NodePort> = Vec::new();
         loop {
+            // A reload or restart may hold the port table through drains; the heartbeat
+            // goes on meanwhile with the states last read (a draining port still counts
+            // as running, which is what flush must see).
+            if let Ok(slots) = self.slots.try_lock() {
+                ports = slots
+                    .values()
+                    .map(|slot| NodePort {
+                        name: slot.config.name.clone(),
+                        state: lock(&slot.status).state,
+                    })
+                    .collect();
+            }
             let beat = NodeBeat {
                 id: self.node.id.clone(),
                 console: console.clone(),
                 started_ms,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
-                ports: self
-                    .ports()
-                    .await
-                    .into_iter()
-                    .map(|p| NodePort {
-                        name: p.name,
-                        state: p.state,
-                    })
-                    .collect(),
+                ports: ports.clone(),
             };
             let body = serde_json::to_string(&beat).unwrap_or_default();
             if let Err(e) = self

@@ -29,8 +29,10 @@ use crate::store::{Committer, Fence, NewRecord, Status, Stored};
 const MAX_UNIQUE_KEY_BYTES: usize = 256;
 /// How long writing acks to a peer may take before the connection is dropped.
 const ACK_WRITE_LIMIT: Duration = Duration::from_secs(30);
-/// A stopping connection takes what its peer sent until the socket is quiet this long.
+/// A stopping connection takes what its peer sent until the socket is quiet this long…
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// … and for no longer than this in all.
+const DRAIN_LIMIT: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -254,7 +256,7 @@ async fn serve_connection(
             read = read_some(&mut stream, &mut buf, ctx.config.idle_timeout()) => read,
             _ = cancel.cancelled() => {
                 // Stopping: take what the peer already sent, answer it, then close.
-                drain_available(&stream, &mut buf).await;
+                drain_available(&stream, &mut buf, ctx.config.max_frame_bytes()).await;
                 process_buffer(ctx, &mut buf, &mut acks).await;
                 if !acks.is_empty() {
                     let _ = tokio::time::timeout(ACK_WRITE_LIMIT, stream.write_all(&acks)).await;
@@ -290,12 +292,26 @@ async fn read_some(
     }
 }
 
-/// Move whatever the socket already holds into `buf`. Readiness is polled (briefly)
-/// rather than assumed: after the process was stopped or busy, the kernel may hold
-/// bytes the runtime has not yet been told about, and `try_read` alone would miss them.
-async fn drain_available(stream: &TcpStream, buf: &mut Vec<u8>) {
+/// Move what the socket already holds into `buf`: until it is quiet for [`DRAIN_POLL`],
+/// for at most [`DRAIN_LIMIT`] and `limit` bytes (a peer that keeps sending must not
+/// hold a stop up). Readiness is polled rather than assumed: after the process was
+/// stopped or busy, the kernel may hold bytes the runtime has not been told about, and
+/// `try_read` alone would miss them.
+async fn drain_available(stream: &TcpStream, buf: &mut Vec<u8>, limit: usize) {
     let mut chunk = [0u8; 16 * 1024];
-    while let Ok(Ok(())) = tokio::time::timeout(DRAIN_POLL, stream.readable()).await {
+    let until = tokio::time::Instant::now() + DRAIN_LIMIT;
+    while buf.len() < limit {
+        let wait = until
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(DRAIN_POLL);
+        if wait.is_zero()
+            || !matches!(
+                tokio::time::timeout(wait, stream.readable()).await,
+                Ok(Ok(()))
+            )
+        {
+            break;
+        }
         match stream.try_read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),

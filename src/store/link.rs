@@ -3,6 +3,7 @@
 //! failed command (at most every [`LOOKUP_EVERY`], in the background, never on the
 //! command's own time), and once Sentinel names a new master, later commands go there.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,10 @@ pub(super) struct Link {
     /// The master's address (no password) and a connection to it.
     current: RwLock<Option<(String, ConnectionManager)>>,
     sentinel: Option<tokio::sync::Mutex<SentinelClient>>,
+    /// When the last lookup ended.
     last_lookup: Mutex<Option<Instant>>,
+    /// A background lookup is under way.
+    looking: AtomicBool,
 }
 
 impl Link {
@@ -78,6 +82,7 @@ impl Link {
             current: RwLock::new(current),
             sentinel,
             last_lookup: Mutex::new(None),
+            looking: AtomicBool::new(false),
         })
     }
 
@@ -121,8 +126,7 @@ impl Link {
             return Ok(con);
         }
         self.lookup().await?;
-        self.known()
-            .ok_or_else(|| StoreError::Protocol("no Sentinel named a master for pushgate".into()))
+        self.known().ok_or(StoreError::NoMaster)
     }
 
     fn known(&self) -> Option<ConnectionManager> {
@@ -135,33 +139,37 @@ impl Link {
     /// After a failed command: behind Sentinel, ask (in the background) where the
     /// master is now.
     pub(super) fn failed(self: &Arc<Self>) {
-        if self.sentinel.is_some() {
+        // One background lookup at a time, however many commands fail meanwhile.
+        if self.sentinel.is_some() && !self.looking.swap(true, Ordering::AcqRel) {
             let link = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = link.lookup().await {
                     tracing::debug!(error = %e, "asking Sentinel for the master");
                 }
+                link.looking.store(false, Ordering::Release);
             });
         }
     }
 
-    /// Ask Sentinel for the master and switch to it if it moved; at most once every
-    /// [`LOOKUP_EVERY`] (callers meanwhile use what the last lookup found).
+    /// Ask Sentinel for the master and switch to it if it moved. While a master is
+    /// known, at most once every [`LOOKUP_EVERY`] after the previous lookup ended
+    /// (callers meanwhile use what it found); while none is, every caller asks.
     async fn lookup(&self) -> Result<(), StoreError> {
         let Some(sentinel) = &self.sentinel else {
             return Ok(());
         };
         let mut sentinel = sentinel.lock().await;
-        {
-            let mut last = self.last_lookup.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|at| at.elapsed() < LOOKUP_EVERY) {
-                return Ok(());
-            }
-            *last = Some(Instant::now());
+        let recent = self
+            .last_lookup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < LOOKUP_EVERY);
+        if recent && self.known().is_some() {
+            return Ok(());
         }
-        let client = tokio::time::timeout(LOOKUP_LIMIT, sentinel.async_get_client())
-            .await
-            .map_err(|_| StoreError::Timeout(LOOKUP_LIMIT))??;
+        let asked = tokio::time::timeout(LOOKUP_LIMIT, sentinel.async_get_client()).await;
+        *self.last_lookup.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let client = asked.map_err(|_| StoreError::Timeout(LOOKUP_LIMIT))??;
         let shown = client.get_connection_info().addr().to_string();
         if self.master().as_deref() == Some(shown.as_str()) {
             return Ok(());

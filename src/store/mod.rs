@@ -57,6 +57,8 @@ pub enum StoreError {
     Commit(String),
     #[error("unexpected answer from redis: {0}")]
     Protocol(String),
+    #[error("no Sentinel has named a Redis master yet")]
+    NoMaster,
     #[error(
         "written on the master, but WAIT confirmed it on {reached} of {wanted} replicas within {timeout_ms} ms; send again (a repeat is acked as a duplicate once it is replicated)"
     )]
@@ -78,7 +80,7 @@ impl StoreError {
                     || e.is_timeout()
                     || matches!(e.code(), Some("READONLY" | "LOADING" | "MASTERDOWN"))
             }
-            StoreError::Timeout(_) => true,
+            StoreError::Timeout(_) | StoreError::NoMaster => true,
             // Answered at once: the record is on the master, and the FEP's resend is
             // acked as a duplicate once a replica has it. Retrying here would hold up
             // every port behind this one batch.
@@ -264,7 +266,9 @@ impl Store {
     }
 
     async fn con(&self) -> Result<ConnectionManager, StoreError> {
-        self.link.connection().await
+        tokio::time::timeout(self.timeout, self.link.connection())
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
     }
 
     pub fn key(&self, suffix: &str) -> String {

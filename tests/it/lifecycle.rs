@@ -356,3 +356,52 @@ async fn send_frames_json_and_fixed_width_telegrams_and_prints_the_acks() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_stop_outlasts_a_reload_and_a_restart() {
+    let redis = RedisServer::start();
+    let ports = port_block("p", "transfer.rhai", "");
+    let app = TestApp::start(&redis, &ports, &[("transfer.rhai", TRANSFER_SCRIPT)]).await;
+    app.port_addr("p").await;
+    let sup = app.app().supervisor.clone();
+    sup.stop("p").await.unwrap();
+
+    // A reload that changes the port (so it is restarted) keeps it stopped: the
+    // operator's switch wins over `autostart`.
+    let text = std::fs::read_to_string(&app.config_path).unwrap();
+    std::fs::write(
+        &app.config_path,
+        text.replace("idle_timeout = 0", "idle_timeout = 30"),
+    )
+    .unwrap();
+    let changes = app.app().reload().await.unwrap();
+    assert_eq!(changes.changed.len(), 1, "{changes:?}");
+    assert_eq!(
+        sup.port("p").await.unwrap().state,
+        pushgate::supervisor::PortState::Stopped
+    );
+
+    // So does a restart of the process.
+    let config_path = app.config_path.clone();
+    let TestApp {
+        dir, app: running, ..
+    } = app;
+    running.unwrap().shutdown().await;
+    let config = pushgate::config::Config::load(&config_path).unwrap();
+    let again = pushgate::app::App::start(config, &config_path)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.supervisor.port("p").await.unwrap().state,
+        pushgate::supervisor::PortState::Stopped
+    );
+    // Started again, it runs, and a reload leaves it running.
+    again.supervisor.start("p").await.unwrap();
+    again.reload().await.unwrap();
+    assert_ne!(
+        again.supervisor.port("p").await.unwrap().state,
+        pushgate::supervisor::PortState::Stopped
+    );
+    again.shutdown().await;
+    drop(dir);
+}
