@@ -129,7 +129,7 @@ impl Link {
         self.known().ok_or(StoreError::NoMaster)
     }
 
-    fn known(&self) -> Option<ConnectionManager> {
+    pub(super) fn known(&self) -> Option<ConnectionManager> {
         self.current
             .read()
             .ok()

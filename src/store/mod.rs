@@ -266,6 +266,9 @@ impl Store {
     }
 
     async fn con(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(con) = self.link.known() {
+            return Ok(con);
+        }
         tokio::time::timeout(self.timeout, self.link.connection())
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))?
