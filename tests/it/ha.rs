@@ -403,6 +403,7 @@ async fn accept(listener: &TcpListener, what: &str) -> Line {
 async fn a_node_paused_past_its_lease_does_not_act_on_the_port_it_lost() {
     let Pair {
         redis,
+        dir: _dir,
         listener,
         a,
         admin_a,
@@ -908,4 +909,37 @@ async fn a_switch_on_any_node_acts_where_the_port_runs() {
         assert!(Instant::now() < deadline, "states {states:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopping_cleanly_hands_its_port_on_at_once() {
+    let Pair {
+        redis: _redis,
+        dir: _dir,
+        listener,
+        mut a,
+        b,
+        mut from_a,
+        ..
+    } = Pair::start().await;
+    let ack = from_a.send("before", 1, Duration::from_secs(10)).await;
+    assert_acked_ok(&ack);
+    a.signal("TERM");
+    let stopping = Instant::now();
+    assert!(
+        a.wait(Duration::from_secs(20)).success(),
+        "drained and exited 0"
+    );
+    let mut from_b = accept(&listener, "node-b, after node-a released the lease").await;
+    let handover = stopping.elapsed();
+    eprintln!("node-b connected {handover:?} after node-a got SIGTERM");
+    // Released, not expired: well inside the 2 s lease.
+    assert!(handover < Duration::from_millis(LEASE_MS), "{handover:?}");
+    let ack = from_b.send("after", 2, Duration::from_secs(10)).await;
+    assert_acked_ok(&ack);
+    let (_, metrics) = http_text(b.admin, "/metrics");
+    assert!(
+        metrics.contains("pushgate_port_leases_total{port=\"fep\",event=\"acquired\"} 1"),
+        "{metrics}"
+    );
 }
