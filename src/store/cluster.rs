@@ -9,6 +9,7 @@
 //!   operator last asked of the port; every node follows each new value once.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use super::{Fence, Store, StoreError};
 
@@ -75,18 +76,15 @@ impl Store {
         instance: &str,
         ttl_ms: u64,
     ) -> Result<Acquired, StoreError> {
-        let (won, value): (u8, String) = self
-            .query(
-                redis::cmd("EVAL")
-                    .arg(ACQUIRE_LUA)
-                    .arg(0)
-                    .arg(&self.prefix)
-                    .arg(port)
-                    .arg(node)
-                    .arg(instance)
-                    .arg(ttl_ms),
-            )
-            .await?;
+        static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ACQUIRE_LUA));
+        let mut invocation = ACQUIRE.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(port)
+            .arg(node)
+            .arg(instance)
+            .arg(ttl_ms);
+        let (won, value): (u8, String) = self.invoke(&invocation).await?;
         Ok(if won == 1 {
             Acquired::Ours(Fence {
                 key: Store::lease_key(port),
@@ -118,17 +116,14 @@ impl Store {
         fence: &Fence,
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
-        let held: u8 = self
-            .query(
-                redis::cmd("EVAL")
-                    .arg(RENEW_LUA)
-                    .arg(0)
-                    .arg(&self.prefix)
-                    .arg(port)
-                    .arg(&fence.token)
-                    .arg(ttl_ms),
-            )
-            .await?;
+        static RENEW: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW_LUA));
+        let mut invocation = RENEW.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(port)
+            .arg(&fence.token)
+            .arg(ttl_ms);
+        let held: u8 = self.invoke(&invocation).await?;
         Ok(held == 1)
     }
 
@@ -165,8 +160,7 @@ impl Store {
             .arg("-inf")
             .arg(now - 86_400_000)
             .ignore();
-        let mut con = self.con().await?;
-        let () = self.run(pipe.query_async(&mut con)).await?;
+        let () = self.query_pipe(&pipe).await?;
         Ok(())
     }
 

@@ -74,8 +74,7 @@ impl Store {
             .arg("NX")
             .ignore();
         pipe.cmd("PTTL").arg(&key);
-        let mut con = self.con().await?;
-        let (count, ttl): (u64, i64) = self.run(pipe.query_async(&mut con)).await?;
+        let (count, ttl): (u64, i64) = self.query_pipe(&pipe).await?;
         Ok((count, ttl))
     }
 
@@ -84,8 +83,7 @@ impl Store {
         let key = self.key(&format!("loginfail:{user}"));
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
-        let mut con = self.con().await?;
-        let (count, ttl): (Option<u64>, i64) = self.run(pipe.query_async(&mut con)).await?;
+        let (count, ttl): (Option<u64>, i64) = self.query_pipe(&pipe).await?;
         Ok((count.unwrap_or(0), ttl))
     }
 

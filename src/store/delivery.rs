@@ -51,8 +51,7 @@ impl Store {
             .arg(now_ms)
             .arg(lease_until_ms)
             .arg(max);
-        let mut con = self.con().await?;
-        let pairs: Vec<(u64, String)> = self.run(invocation.invoke_async(&mut con)).await?;
+        let pairs: Vec<(u64, String)> = self.invoke(&invocation).await?;
         let mut claimed = Vec::with_capacity(pairs.len());
         for (id, text) in pairs {
             let record = super::record::decode(&text)?;
@@ -89,8 +88,7 @@ impl Store {
                 .arg(format!("stats:{}:{minute}", o.port))
                 .arg(format!("stats:{}:total", o.port));
         }
-        let mut con = self.con().await?;
-        let applied: Vec<i64> = self.run(invocation.invoke_async(&mut con)).await?;
+        let applied: Vec<i64> = self.invoke(&invocation).await?;
         Ok(applied.into_iter().map(|a| a == 1).collect())
     }
 
@@ -123,8 +121,7 @@ impl Store {
             .arg(self.key("due"))
             .cmd("ZCARD")
             .arg(self.key("inflight"));
-        let mut con = self.con().await?;
-        self.run(pipe.query_async(&mut con)).await
+        self.query_pipe(&pipe).await
     }
 }
 
@@ -155,20 +152,12 @@ return out
 /// new status, retry-at ("" = none), delivered (0/1), minute stats key, total stats key.
 /// Returns 1 (applied) or 0 (lease lost) per outcome. Counters are summed per batch
 /// (one HINCRBY per key and status, one EXPIRE per minute key), not per outcome.
-pub(super) const FINISH_LUA: &str = r#"
+pub(super) const FINISH_LUA: &str = concat!(
+    counters_lua!(),
+    r#"
 local p, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local changed = {}
-local counts = {}
-local minutes = {}
-local function count(key, field)
-  local per_key = counts[key]
-  if not per_key then
-    per_key = {}
-    counts[key] = per_key
-  end
-  per_key[field] = (per_key[field] or 0) + 1
-end
 local i = 4
 for r = 1, n do
   local id, lease, rec = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -190,25 +179,14 @@ for r = 1, n do
     if retry_at ~= '' then
       redis.call('ZADD', p .. 'due', retry_at, id)
     end
-    count(minute_key, new)
-    count(total_key, new)
-    minutes[minute_key] = true
+    count(minute_key, total_key, new)
     changed[#changed + 1] = id
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
-for key, per_key in pairs(counts) do
-  for field, k in pairs(per_key) do
-    redis.call('HINCRBY', p .. key, field, k)
-  end
-end
-for key, _ in pairs(minutes) do
-  redis.call('EXPIRE', p .. key, ttl)
-end
-if #changed > 0 then
-  redis.call('PUBLISH', p .. 'events', '{"event":"outcome","ids":[' .. table.concat(changed, ',') .. ']}')
-end
+flush(p, ttl, 'outcome', changed)
 return out
-"#;
+"#
+);

@@ -191,8 +191,7 @@ impl Store {
             .arg(&self.prefix)
             .arg(from_ms.map(|ms| ms.to_string()).unwrap_or_default())
             .arg(to_ms.map(|ms| ms.to_string()).unwrap_or_default());
-        let mut con = self.con().await?;
-        let (lo, hi, floor): (u64, u64, u64) = self.run(invocation.invoke_async(&mut con)).await?;
+        let (lo, hi, floor): (u64, u64, u64) = self.invoke(&invocation).await?;
         Ok(Window { lo, hi, floor })
     }
 
@@ -214,8 +213,7 @@ impl Store {
             .arg(offset)
             .arg(count)
             .arg(keys);
-        let mut con = self.con().await?;
-        let out: Vec<u64> = self.run(invocation.invoke_async(&mut con)).await?;
+        let out: Vec<u64> = self.invoke(&invocation).await?;
         let total = out.first().copied().unwrap_or(0);
         Ok((out.into_iter().skip(1).collect(), Total::Exact(total)))
     }
@@ -277,8 +275,7 @@ impl Store {
             .arg(offset)
             .arg(count)
             .arg(ZSET_FILTER_BUDGET);
-        let mut con = self.con().await?;
-        let out: Vec<u64> = self.run(invocation.invoke_async(&mut con)).await?;
+        let out: Vec<u64> = self.invoke(&invocation).await?;
         let (found, scanned, exhausted) = (out[0], out[1], out[2] == 1);
         let total = if exhausted {
             Total::Exact(found)
@@ -353,8 +350,7 @@ impl Store {
             .arg(old.as_str())
             .arg(new.as_str())
             .arg(due.map(|d| d.to_string()).unwrap_or_default());
-        let mut con = self.con().await?;
-        let applied: i64 = self.run(invocation.invoke_async(&mut con)).await?;
+        let applied: i64 = self.invoke(&invocation).await?;
         Ok(applied == 1)
     }
 
@@ -471,8 +467,7 @@ impl Store {
                 .arg(self.key(&format!("stats:{port}:{m}")))
                 .arg(field);
         }
-        let mut con = self.con().await?;
-        let counts: Vec<Option<u64>> = self.run(pipe.query_async(&mut con)).await?;
+        let counts: Vec<Option<u64>> = self.query_pipe(&pipe).await?;
         Ok(counts.into_iter().map(|c| c.unwrap_or(0)).collect())
     }
 

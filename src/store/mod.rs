@@ -15,6 +15,43 @@
 //!
 //! Nothing here reads a whole list or scans keys: each operation is O(log N + page).
 
+/// Lua shared by the scripts that count per port and minute (ingest, outcomes): counts
+/// are summed in the script and written once per batch, and the changed ids announced.
+macro_rules! counters_lua {
+    () => {
+        r#"
+local counts, minutes = {}, {}
+-- One more `field` in the port's minute and total counters.
+local function count(minute_key, total_key, field)
+  minutes[minute_key] = true
+  for _, key in ipairs({minute_key, total_key}) do
+    local per_key = counts[key]
+    if not per_key then
+      per_key = {}
+      counts[key] = per_key
+    end
+    per_key[field] = (per_key[field] or 0) + 1
+  end
+end
+-- Write the sums (one HINCRBY per key and field, one EXPIRE per minute key), and
+-- announce `ids` as `event`.
+local function flush(p, ttl, event, ids)
+  for key, per_key in pairs(counts) do
+    for field, k in pairs(per_key) do
+      redis.call('HINCRBY', p .. key, field, k)
+    end
+  end
+  for key, _ in pairs(minutes) do
+    redis.call('EXPIRE', p .. key, ttl)
+  end
+  if #ids > 0 then
+    redis.call('PUBLISH', p .. 'events', '{"event":"' .. event .. '","ids":[' .. table.concat(ids, ',') .. ']}')
+  end
+end
+"#
+    };
+}
+
 pub mod cluster;
 pub mod console;
 pub mod delivery;
@@ -300,6 +337,23 @@ impl Store {
         self.run(cmd.query_async(&mut con)).await
     }
 
+    async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut con = self.con().await?;
+        self.run(pipe.query_async(&mut con)).await
+    }
+
+    /// Run a Lua script (EVALSHA, loading it first if Redis does not have it).
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut con = self.con().await?;
+        self.run(invocation.invoke_async(&mut con)).await
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.query(&redis::cmd("PING")).await?;
         Ok(())
@@ -442,8 +496,7 @@ impl Store {
     pub async fn single_id(&self, field: &str, value: &str) -> Result<Option<u64>, StoreError> {
         let mut invocation = self.single.prepare_invoke();
         invocation.arg(&self.prefix).arg(field).arg(value);
-        let mut con = self.con().await?;
-        self.run(invocation.invoke_async(&mut con)).await
+        self.invoke(&invocation).await
     }
 
     /// Is record `id` in the bitmap of `field == value`?
@@ -561,7 +614,9 @@ fn record_body_after_id(new: &NewRecord) -> String {
 /// number (0 = none), uniqueKey, body, due, n, n zset keys, m, m bitmap keys, minute
 /// stats key, total stats key, status. Returns id, flag pairs in input order (flag
 /// 0 = new, 1 = duplicate, 2 = refused by its fence).
-const INGEST_LUA: &str = r#"
+const INGEST_LUA: &str = concat!(
+    counters_lua!(),
+    r#"
 local p = ARGV[1]
 local n = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
@@ -572,8 +627,6 @@ for f = 1, nf do
 end
 local i = 5 + 2 * nf
 local out = {}
-local stats = {}
-local minutes = {}
 local stored = {}
 -- A value's first id goes into a small shared hash; the second turns it into a zset.
 local function index(suffix, id)
@@ -592,14 +645,6 @@ local function index(suffix, id)
     redis.call('HSET', bucket, value, id)
   end
 end
-local function count(key, field)
-  local per_key = stats[key]
-  if not per_key then
-    per_key = {}
-    stats[key] = per_key
-  end
-  per_key[field] = (per_key[field] or 0) + 1
-end
 for r = 1, n do
   local fence = tonumber(ARGV[i])
   i = i + 1
@@ -612,9 +657,7 @@ for r = 1, n do
   i = bfirst + nb + 3
   local existing = false
   if fence == 0 or holds[fence] then
-    minutes[minute_key] = true
-    count(minute_key, 'received')
-    count(total_key, 'received')
+    count(minute_key, total_key, 'received')
     existing = redis.call('HGET', p .. 'keyIndex', ukey)
   end
   if fence > 0 and not holds[fence] then
@@ -623,8 +666,7 @@ for r = 1, n do
   elseif existing then
     out[#out + 1] = tonumber(existing)
     out[#out + 1] = 1
-    count(minute_key, 'dup')
-    count(total_key, 'dup')
+    count(minute_key, total_key, 'dup')
   else
     local id = redis.call('INCR', p .. 'seq')
     redis.call('SET', p .. 'rec:' .. id, '{"id":' .. id .. ',' .. body)
@@ -638,26 +680,16 @@ for r = 1, n do
     if due ~= '' then
       redis.call('ZADD', p .. 'due', due, id)
     end
-    count(minute_key, status)
-    count(total_key, status)
+    count(minute_key, total_key, status)
     stored[#stored + 1] = id
     out[#out + 1] = id
     out[#out + 1] = 0
   end
 end
-for key, per_key in pairs(stats) do
-  for field, k in pairs(per_key) do
-    redis.call('HINCRBY', p .. key, field, k)
-  end
-end
-for k, _ in pairs(minutes) do
-  redis.call('EXPIRE', p .. k, ttl)
-end
-if #stored > 0 then
-  redis.call('PUBLISH', p .. 'events', '{"event":"stored","ids":[' .. table.concat(stored, ',') .. ']}')
-end
+flush(p, ttl, 'stored', stored)
 return out
-"#;
+"#
+);
 
 /// ARGV: prefix, field, value → the id of the one record holding that value, if any.
 const SINGLE_LUA: &str = r#"

@@ -27,9 +27,7 @@ impl Store {
                 .arg(batch)
                 .arg(ZSET_FIELDS.join(","))
                 .arg(BITMAP_FIELDS.join(","));
-            let mut con = self.con().await?;
-            let (removed, held, more): (u64, u64, u8) =
-                self.run(invocation.invoke_async(&mut con)).await?;
+            let (removed, held, more): (u64, u64, u8) = self.invoke(&invocation).await?;
             total.removed += removed;
             total.held += held;
             if more == 0 {
@@ -57,8 +55,7 @@ impl Store {
                 .arg(self.key(&format!("rec:{id}")))
                 .arg(&text)
                 .arg(super::record::encode(&record));
-            let mut con = self.con().await?;
-            let applied: i64 = self.run(invocation.invoke_async(&mut con)).await?;
+            let applied: i64 = self.invoke(&invocation).await?;
             if applied == 1 {
                 return Ok(Some(record));
             }
