@@ -12,7 +12,7 @@ async fn ports_api_needs_a_key_with_the_right_scope_and_controls_ports() {
         port_block("a", "transfer.rhai", ""),
         port_block("b", "transfer.rhai", "autostart = false")
     );
-    let app = TestApp::start(&redis, &ports, &[("transfer.rhai", TRANSFER_SCRIPT)]).await;
+    let app = TestApp::transferring(&redis, &ports).await;
     let admin = app.app().admin_addr;
     let addr_a = app.port_addr("a").await;
 
@@ -69,14 +69,7 @@ async fn ports_api_needs_a_key_with_the_right_scope_and_controls_ports() {
         .unwrap();
     assert_eq!(status, 200, "{body}");
     let addr_b = app.port_addr("b").await;
-    let acks = Telegrams::ndjson()
-        .exchange(
-            addr_b,
-            Telegrams::ndjson().frame_text(&message("via-b", 1).to_string()),
-            1,
-        )
-        .await;
-    assert_eq!(acks[0]["ok"], true);
+    send_one_ok(addr_b, "via-b", 1).await;
 
     let (status, body) = call("POST", "/api/v1/ports/a/restart", Some(TEST_KEY))
         .await
@@ -102,7 +95,7 @@ async fn a_port_that_cannot_bind_is_failed_and_restarts_with_backoff() {
     let addr = taken.local_addr().unwrap();
     let ports =
         format!("[[port]]\nname = \"busy\"\naddr = \"{addr}\"\nscript = \"transfer.rhai\"\n");
-    let app = TestApp::start(&redis, &ports, &[("transfer.rhai", TRANSFER_SCRIPT)]).await;
+    let app = TestApp::transferring(&redis, &ports).await;
     let sup = app.app().supervisor.clone();
     let view = eventually(Duration::from_secs(10), "port failed", || {
         let sup = sup.clone();
@@ -133,12 +126,7 @@ async fn a_port_that_cannot_bind_is_failed_and_restarts_with_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_added_with_a_broken_script_stays_stopped_until_its_script_compiles() {
     let redis = RedisServer::start();
-    let app = TestApp::start(
-        &redis,
-        &port_block("a", "transfer.rhai", ""),
-        &[("transfer.rhai", TRANSFER_SCRIPT)],
-    )
-    .await;
+    let app = TestApp::transferring(&redis, &port_block("a", "transfer.rhai", "")).await;
     app.port_addr("a").await;
     write_scripts(app.dir.path(), &[("broken.rhai", "fn route(msg) { msg. }")]);
     let ports = format!(
@@ -181,14 +169,7 @@ async fn a_port_added_with_a_broken_script_stays_stopped_until_its_script_compil
     write_scripts(app.dir.path(), &[("broken.rhai", TRANSFER_SCRIPT)]);
     app.app().reload().await.expect("config loads");
     let addr = app.port_addr("b").await;
-    let acks = Telegrams::ndjson()
-        .exchange(
-            addr,
-            Telegrams::ndjson().frame_text(&message("fixed", 1).to_string()),
-            1,
-        )
-        .await;
-    assert_eq!(acks[0]["ok"], true);
+    send_one_ok(addr, "fixed", 1).await;
     assert_eq!(
         app.app().supervisor.port("b").await.unwrap().script_error,
         None

@@ -34,12 +34,7 @@ async fn accepts(addr: SocketAddr) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_works_the_console_in_a_real_browser() {
     let redis = RedisServer::start();
-    let app = TestApp::start(
-        &redis,
-        &port_block("fep-transfer", "send.rhai", ""),
-        &[("send.rhai", SEND)],
-    )
-    .await;
+    let app = TestApp::sending(&redis, "fep-transfer").await;
     let addr = app.port_addr("fep-transfer").await;
     let base = format!("http://{}", app.app().admin_addr);
     let mut messages = Vec::new();
@@ -157,12 +152,7 @@ async fn an_operator_works_the_console_in_a_real_browser() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_fixes_a_script_in_the_browser_and_the_next_message_follows_it() {
     let redis = RedisServer::start();
-    let app = TestApp::start(
-        &redis,
-        &port_block("fep-transfer", "send.rhai", ""),
-        &[("send.rhai", SEND)],
-    )
-    .await;
+    let app = TestApp::sending(&redis, "fep-transfer").await;
     let addr = app.port_addr("fep-transfer").await;
     let base = format!("http://{}", app.app().admin_addr);
     let browser = Browser::start().await;

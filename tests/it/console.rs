@@ -9,12 +9,7 @@ use crate::support::*;
 
 async fn console() -> (RedisServer, TestApp, std::net::SocketAddr) {
     let redis = RedisServer::start();
-    let app = TestApp::start(
-        &redis,
-        &port_block("p", "send.rhai", ""),
-        &[("send.rhai", SEND)],
-    )
-    .await;
+    let app = TestApp::sending(&redis, "p").await;
     let addr = app.port_addr("p").await;
     (redis, app, addr)
 }

@@ -38,7 +38,7 @@ async fn ten_thousand_over(
 ) {
     let redis = RedisServer::start();
     let ports = port_block("p", "transfer.rhai", extra);
-    let app = TestApp::start(&redis, &ports, &[("transfer.rhai", TRANSFER_SCRIPT)]).await;
+    let app = TestApp::transferring(&redis, &ports).await;
     let addr = app.port_addr("p").await;
 
     let mut bytes = Vec::new();
@@ -253,7 +253,7 @@ async fn ten_thousand_euc_kr_fixed_width_telegrams_are_stored_indexed_and_acked(
 async fn a_broken_length_header_gets_an_error_ack_after_the_good_frames_and_closes() {
     let redis = RedisServer::start();
     let ports = port_block("p", "transfer.rhai", "framing = \"ascii-len\"");
-    let app = TestApp::start(&redis, &ports, &[("transfer.rhai", TRANSFER_SCRIPT)]).await;
+    let app = TestApp::transferring(&redis, &ports).await;
     let addr = app.port_addr("p").await;
     let telegrams = Telegrams {
         framing: Framing::AsciiLen { digits: 4 },
@@ -293,7 +293,7 @@ async fn an_oversized_frame_is_refused_and_closes_the_connection() {
         "transfer.rhai",
         "framing = \"u32be\"\nmax_frame_bytes = 1024",
     );
-    let app = TestApp::start(&redis, &ports, &[("transfer.rhai", TRANSFER_SCRIPT)]).await;
+    let app = TestApp::transferring(&redis, &ports).await;
     let addr = app.port_addr("p").await;
     let telegrams = Telegrams {
         framing: Framing::U32Be,
@@ -317,7 +317,7 @@ async fn an_oversized_frame_is_refused_and_closes_the_connection() {
 async fn connections_over_max_connections_get_an_error_ack() {
     let redis = RedisServer::start();
     let ports = port_block("p", "transfer.rhai", "max_connections = 1");
-    let app = TestApp::start(&redis, &ports, &[("transfer.rhai", TRANSFER_SCRIPT)]).await;
+    let app = TestApp::transferring(&redis, &ports).await;
     let addr = app.port_addr("p").await;
     let first = tokio::net::TcpStream::connect(addr).await.unwrap();
     let sup = app.app().supervisor.clone();

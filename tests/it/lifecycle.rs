@@ -17,7 +17,7 @@ async fn connect_mode_dials_the_upstream_and_redials_after_it_drops() {
         "[[port]]\nname = \"up\"\nmode = \"connect\"\naddr = \"{}\"\nscript = \"transfer.rhai\"\nreconnect_max = 1\n",
         upstream.local_addr().unwrap()
     );
-    let app = TestApp::start(&redis, &ports, &[("transfer.rhai", TRANSFER_SCRIPT)]).await;
+    let app = TestApp::transferring(&redis, &ports).await;
     let telegrams = Telegrams::ndjson();
     for round in 0..3 {
         let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), upstream.accept())
@@ -48,7 +48,7 @@ async fn connect_mode_dials_the_upstream_and_redials_after_it_drops() {
 async fn an_idle_connection_is_closed_after_idle_timeout() {
     let redis = RedisServer::start();
     let ports = "[[port]]\nname = \"p\"\naddr = \"127.0.0.1:0\"\nscript = \"transfer.rhai\"\nidle_timeout = 1\n";
-    let app = TestApp::start(&redis, ports, &[("transfer.rhai", TRANSFER_SCRIPT)]).await;
+    let app = TestApp::transferring(&redis, ports).await;
     let addr = app.port_addr("p").await;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut rest = Vec::new();
@@ -82,11 +82,7 @@ async fn managed_redis_is_started_restarted_after_a_crash_and_shut_down() {
         config_path,
     };
     let addr = app.port_addr("p").await;
-    let telegrams = Telegrams::ndjson();
-    let ack = &telegrams
-        .exchange(addr, telegrams.frame_text(&message("m1", 1).to_string()), 1)
-        .await[0];
-    assert_eq!(ack["ok"], true, "{ack}");
+    send_one_ok(addr, "m1", 1).await;
     assert!(
         app.dir.path().join("data/appendonlydir").exists(),
         "AOF is on in the data dir"
@@ -137,10 +133,7 @@ async fn managed_redis_is_started_restarted_after_a_crash_and_shut_down() {
     )
     .await;
     assert_eq!(record["uniqueKey"], "m1");
-    let ack = &telegrams
-        .exchange(addr, telegrams.frame_text(&message("m2", 2).to_string()), 1)
-        .await[0];
-    assert_eq!(ack["ok"], true, "{ack}");
+    send_one_ok(addr, "m2", 2).await;
 
     let socket = app.dir.path().join("data/redis.sock");
     let keep = tempfile::tempdir().unwrap();
@@ -361,7 +354,7 @@ async fn send_frames_json_and_fixed_width_telegrams_and_prints_the_acks() {
 async fn an_operators_stop_outlasts_a_reload_and_a_restart() {
     let redis = RedisServer::start();
     let ports = port_block("p", "transfer.rhai", "");
-    let app = TestApp::start(&redis, &ports, &[("transfer.rhai", TRANSFER_SCRIPT)]).await;
+    let app = TestApp::transferring(&redis, &ports).await;
     app.port_addr("p").await;
     let sup = app.app().supervisor.clone();
     sup.stop("p").await.unwrap();

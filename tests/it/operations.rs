@@ -8,11 +8,19 @@ use crate::support::*;
 
 const INGEST_KEY: &str = "pgk_ingest-key";
 
-fn ingest_key_table() -> String {
-    format!(
+/// pushgate with port `p` and the ingest key `crm` (its own script, `device_id` required).
+async fn start_with_ingest_key(redis: &RedisServer) -> TestApp {
+    let key = format!(
         "[[api_key]]\nname = \"crm\"\nsha256 = \"{}\"\nscopes = [\"ingest\"]\nscript = \"send.rhai\"\nrequired = [\"device_id\"]\n",
         pushgate::admin::hash_api_key(INGEST_KEY)
+    );
+    TestApp::start_with(
+        redis,
+        &port_block("p", "send.rhai", ""),
+        &[("send.rhai", SEND)],
+        &key,
     )
+    .await
 }
 
 async fn post(app: &TestApp, key: Option<&str>, content_type: &str, body: Vec<u8>) -> (u16, Value) {
@@ -53,13 +61,7 @@ fn body(value: &Value) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_ingest_stores_routes_and_dedupes_like_a_port() {
     let redis = RedisServer::start();
-    let app = TestApp::start_with(
-        &redis,
-        &port_block("p", "send.rhai", ""),
-        &[("send.rhai", SEND)],
-        &ingest_key_table(),
-    )
-    .await;
+    let app = start_with_ingest_key(&redis).await;
     let json_type = "application/json";
 
     // One message.
@@ -129,13 +131,7 @@ async fn http_ingest_stores_routes_and_dedupes_like_a_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_ingest_refuses_bad_requests_with_precise_statuses() {
     let redis = RedisServer::start();
-    let app = TestApp::start_with(
-        &redis,
-        &port_block("p", "send.rhai", ""),
-        &[("send.rhai", SEND)],
-        &ingest_key_table(),
-    )
-    .await;
+    let app = start_with_ingest_key(&redis).await;
     let json_type = "application/json";
     let one = body(&message("B1", 1));
     assert_eq!(
@@ -227,12 +223,7 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_move_with_traffic_and_readyz_follows_redis() {
     let mut redis = RedisServer::start();
-    let app = TestApp::start(
-        &redis,
-        &port_block("mport", "send.rhai", ""),
-        &[("send.rhai", SEND)],
-    )
-    .await;
+    let app = TestApp::sending(&redis, "mport").await;
     let addr = app.port_addr("mport").await;
     let base = format!("http://{}", app.app().admin_addr);
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -306,12 +297,7 @@ async fn metrics_parse_and_move_with_traffic_and_readyz_follows_redis() {
 async fn retention_removes_exactly_the_old_records_and_their_index_entries_keeping_held_ones() {
     use pushgate::store::{NewRecord, Status};
     let redis = RedisServer::start();
-    let app = TestApp::start(
-        &redis,
-        &port_block("p", "send.rhai", ""),
-        &[("send.rhai", SEND)],
-    )
-    .await;
+    let app = TestApp::sending(&redis, "p").await;
     let store = app.app().store.clone();
     let now = pushgate::ingest::now_ms();
     let day = 86_400_000;

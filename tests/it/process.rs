@@ -132,27 +132,13 @@ async fn sighup_applies_added_removed_changed_and_keeps_a_broken_script_out() {
         "changed port closed its connections"
     );
     let change_addr = tokio::task::block_in_place(|| process.port_addr("change"));
-    let acks = Telegrams::ndjson()
-        .exchange(
-            change_addr,
-            Telegrams::ndjson().frame_text(&message("c1", 1).to_string()),
-            1,
-        )
-        .await;
-    assert_eq!(acks[0]["ok"], true);
+    send_one_ok(change_addr, "c1", 1).await;
     // Removed port: no longer listening. Added port: takes frames.
     assert!(
         tokio::net::TcpStream::connect(addrs[3]).await.is_err(),
         "removed port still accepts"
     );
-    let acks = Telegrams::ndjson()
-        .exchange(
-            new_addr,
-            Telegrams::ndjson().frame_text(&message("n1", 1).to_string()),
-            1,
-        )
-        .await;
-    assert_eq!(acks[0]["ok"], true);
+    send_one_ok(new_addr, "n1", 1).await;
 
     // A config that does not load changes nothing.
     std::fs::write(dir.path().join("pushgate.toml"), "this is not toml =").unwrap();

@@ -11,12 +11,7 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_mid_stream_loses_no_acked_frame() {
     let mut redis = RedisServer::start_durable();
-    let app = TestApp::start(
-        &redis,
-        &port_block("p", "transfer.rhai", ""),
-        &[("transfer.rhai", TRANSFER_SCRIPT)],
-    )
-    .await;
+    let app = TestApp::transferring(&redis, &port_block("p", "transfer.rhai", "")).await;
     let addr = app.port_addr("p").await;
     let telegrams = Telegrams::ndjson();
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();

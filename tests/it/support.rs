@@ -363,6 +363,17 @@ impl TestApp {
         TestApp::start_with(redis, ports, scripts, "").await
     }
 
+    /// `ports` routed by `transfer.rhai` ([`TRANSFER_SCRIPT`]).
+    pub async fn transferring(redis: &RedisServer, ports: &str) -> TestApp {
+        TestApp::start(redis, ports, &[("transfer.rhai", TRANSFER_SCRIPT)]).await
+    }
+
+    /// One port `name` routed by `send.rhai` ([`SEND`]).
+    pub async fn sending(redis: &RedisServer, name: &str) -> TestApp {
+        let ports = port_block(name, "send.rhai", "");
+        TestApp::start(redis, &ports, &[("send.rhai", SEND)]).await
+    }
+
     /// `extra` is appended to the config (e.g. an `[fcm]` table).
     pub async fn start_with(
         redis: &RedisServer,
@@ -497,6 +508,15 @@ impl Telegrams {
         }
         acks
     }
+}
+
+/// Send one ndjson message to a port, assert it was acked ok, and return the ack.
+pub async fn send_one_ok(addr: SocketAddr, key: &str, n: usize) -> Value {
+    let telegrams = Telegrams::ndjson();
+    let frame = telegrams.frame_text(&message(key, n).to_string());
+    let ack = telegrams.exchange(addr, frame, 1).await.remove(0);
+    assert_eq!(ack["ok"], true, "{ack}");
+    ack
 }
 
 /// A message as the FEP sends it.
