@@ -287,23 +287,13 @@ async fn old_design(
     let csno = format!("{:010}", 4242);
     for _ in 0..runs {
         let t = Instant::now();
-        let all: Vec<String> = redis::cmd("LRANGE")
-            .arg("old:pushTable")
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut con)
-            .await?;
+        let all = old_list(&mut con).await?;
         let rows: Vec<&String> = all.iter().rev().take(100).collect();
         anyhow::ensure!(rows.len() == 100.min(n as usize));
         page.push(t.elapsed());
 
         let t = Instant::now();
-        let all: Vec<String> = redis::cmd("LRANGE")
-            .arg("old:pushTable")
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut con)
-            .await?;
+        let all = old_list(&mut con).await?;
         let hits: Vec<serde_json::Value> = all
             .iter()
             .rev()
@@ -320,12 +310,7 @@ async fn old_design(
             .arg(format!("L{}", n / 2))
             .query_async(&mut con)
             .await?;
-        let all: Vec<String> = redis::cmd("LRANGE")
-            .arg("old:pushTable")
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut con)
-            .await?;
+        let all = old_list(&mut con).await?;
         let mut record: serde_json::Value = serde_json::from_str(&all[index as usize])?;
         record["fcm_send_yn"] = "Y".into();
         let _: () = redis::cmd("LSET")
@@ -359,6 +344,16 @@ async fn old_design(
         .query_async(&mut con)
         .await?;
     Ok(())
+}
+
+/// The old design's whole list, as every one of its operations reads it.
+async fn old_list(con: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<Vec<String>> {
+    Ok(redis::cmd("LRANGE")
+        .arg("old:pushTable")
+        .arg(0)
+        .arg(-1)
+        .query_async(con)
+        .await?)
 }
 
 fn store_url(store: &pushgate::store::Store) -> String {
