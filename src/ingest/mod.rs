@@ -443,11 +443,19 @@ pub fn check_message(
     required: &[String],
     zone: chrono_tz::Tz,
 ) -> Result<Message, Refusal> {
-    // Numbers sent in the standard fields are kept as text.
+    // Numbers sent in the standard fields are kept as text, and the values pushgate
+    // looks records up by (uniqueKey, the indexed fields) are kept trimmed: the record,
+    // its index entries and retention's removal of them all see one spelling.
     for name in crate::script::STANDARD_FIELDS {
-        if let Some(v @ (Value::Number(_) | Value::Bool(_))) = fields.get(name) {
-            let text = v.to_string();
-            fields.insert(name.to_owned(), Value::String(text));
+        let keyed = name == "uniqueKey"
+            || crate::store::ZSET_FIELDS.contains(&name)
+            || crate::store::BITMAP_FIELDS.contains(&name);
+        match fields.get_mut(name) {
+            Some(v @ (Value::Number(_) | Value::Bool(_))) => *v = Value::String(v.to_string()),
+            Some(Value::String(s)) if keyed && s.trim().len() != s.len() => {
+                *s = s.trim().to_owned();
+            }
+            _ => {}
         }
     }
     let key = match fields.get("uniqueKey") {
@@ -875,5 +883,18 @@ mod tests {
         assert_eq!(m.fields["csno"], "77");
         assert_eq!(m.fields["amount"], 10000);
         assert_eq!(m.fields["vip"], true);
+    }
+
+    #[test]
+    fn keyed_fields_are_stored_trimmed_and_text_is_left_as_sent() {
+        let json = port("");
+        let body = br#"{"uniqueKey": " k1 ", "csno": " 123", "D_servicename": "TRF ", "msg_title": " hi "}"#;
+        let m = parse_message(&json, chrono_tz::Asia::Seoul, body).expect("valid");
+        assert_eq!(m.unique_key, "k1");
+        // What retention reads back to remove index entries is what ingest indexed.
+        assert_eq!(m.fields["uniqueKey"], "k1");
+        assert_eq!(m.fields["csno"], "123");
+        assert_eq!(m.fields["D_servicename"], "TRF");
+        assert_eq!(m.fields["msg_title"], " hi ");
     }
 }
