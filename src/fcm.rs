@@ -400,8 +400,7 @@ pub fn classify(http_status: u16, body: &str) -> ErrorClass {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     Accepted {
-        /// `projects/{project}/messages/{id}`.
-        name: String,
+        /// FCM's answer (`{"name": "projects/{project}/messages/{id}"}`), kept on the record.
         body: String,
     },
     Refused {
@@ -505,12 +504,14 @@ impl FcmClient {
             message: &'a Value,
             validate_only: bool,
         }
-        // Serialised from the borrowed message: `json!` would copy it first.
-        let body = serde_json::to_string(&Body {
+        // Serialised from the borrowed message (`json!` would copy it first), once: a
+        // resend after a 401 shares the same bytes.
+        let body: hyper::body::Bytes = serde_json::to_vec(&Body {
             message,
             validate_only,
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into();
         let token = match self.credentials.token().await {
             Ok(t) => t,
             Err(e) => return transport(e.to_string()),
@@ -530,13 +531,13 @@ impl FcmClient {
         answer
     }
 
-    async fn post(&self, body: &str, token: &str) -> Answer {
+    async fn post(&self, body: &hyper::body::Bytes, token: &str) -> Answer {
         let sent = self
             .http
             .post(&self.send_url)
             .bearer_auth(token)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_owned())
+            .body(body.clone())
             .send()
             .await;
         let response = match sent {
@@ -555,11 +556,7 @@ impl FcmClient {
             Err(e) => return transport(without_url(&e)),
         };
         if (200..300).contains(&http) {
-            let name = serde_json::from_str::<Value>(&body)
-                .ok()
-                .and_then(|v| v["name"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            return Answer::Accepted { name, body };
+            return Answer::Accepted { body };
         }
         Answer::Refused {
             class: classify(http, &body),

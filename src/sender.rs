@@ -96,6 +96,9 @@ pub struct Sender {
     paused_until: Mutex<Option<Instant>>,
     /// Ingest pokes this when it queued records, so they go out without waiting for a poll.
     wake: Arc<Notify>,
+    /// `pushgate_fcm_sends_total{outcome="accepted"}`, looked up once: nearly every send
+    /// counts here, and a label lookup costs more than the count.
+    accepted: prometheus_client::metrics::counter::Counter,
 }
 
 impl Sender {
@@ -114,6 +117,10 @@ impl Sender {
             dry_run_ports: RwLock::new(HashSet::new()),
             paused_until: Mutex::new(None),
             wake,
+            accepted: metrics()
+                .sends
+                .get_or_create(&labels(&[("outcome", "accepted"), ("class", "NONE")]))
+                .clone(),
         })
     }
 
@@ -309,13 +316,19 @@ impl Sender {
                 };
                 let m = metrics();
                 m.send_seconds.observe(started.elapsed().as_secs_f64());
-                let (outcome, class) = match &answer {
-                    Answer::Accepted { .. } => ("accepted", "NONE"),
-                    Answer::Refused { class, .. } => ("refused", class.name()),
-                };
-                m.sends
-                    .get_or_create(&labels(&[("outcome", outcome), ("class", class)]))
-                    .inc();
+                match &answer {
+                    Answer::Accepted { .. } => {
+                        self.accepted.inc();
+                    }
+                    Answer::Refused { class, .. } => {
+                        m.sends
+                            .get_or_create(&labels(&[
+                                ("outcome", "refused"),
+                                ("class", class.name()),
+                            ]))
+                            .inc();
+                    }
+                }
                 self.judge(&push, answer, attempts, received_at).await
             }
         };
@@ -484,7 +497,9 @@ async fn finish_loop(
                 Err(_) => break,
             }
         }
-        let written: Vec<Outcome> = batch.iter().map(|p| p.outcome.clone()).collect();
+        // The slots are held until the outcomes are written.
+        let (written, _slots): (Vec<Outcome>, Vec<OwnedSemaphorePermit>) =
+            batch.into_iter().map(|p| (p.outcome, p._slot)).unzip();
         let mut wait = Duration::from_millis(100);
         loop {
             match store.finish(&written).await {
@@ -501,13 +516,12 @@ async fn finish_loop(
                 }
                 Err(e) => {
                     stalled.store(true, Ordering::Release);
-                    tracing::warn!(error = %e, records = batch.len(), "writing send outcomes; retrying");
+                    tracing::warn!(error = %e, records = written.len(), "writing send outcomes; retrying");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
             }
         }
-        drop(batch);
     }
 }
 

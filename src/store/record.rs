@@ -53,12 +53,34 @@ pub fn decode(text: &str) -> Result<Value, StoreError> {
 }
 
 /// Serialise a whole record in its compact form.
+/// Serialised straight from the record (no copy of it): only the decision, when there
+/// is one, is copied to be compacted.
 pub fn encode(record: &Value) -> String {
-    let mut record = record.clone();
-    if let Some(map) = record.as_object_mut() {
-        compact(map);
+    struct Compact<'a>(&'a Map<String, Value>);
+    impl serde::Serialize for Compact<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut out = s.serialize_map(None)?;
+            for (name, value) in self.0 {
+                let default = DEFAULTS
+                    .iter()
+                    .any(|(n, d)| n == name && *value == d.value());
+                if default || omit_field(name, value) {
+                    continue;
+                }
+                if name == "decision" {
+                    out.serialize_entry(name, &compact_decision(value.clone(), self.0))?;
+                } else {
+                    out.serialize_entry(name, value)?;
+                }
+            }
+            out.end()
+        }
     }
-    record.to_string()
+    match record.as_object() {
+        Some(map) => serde_json::to_string(&Compact(map)).unwrap_or_default(),
+        None => record.to_string(),
+    }
 }
 
 /// The message as it arrived: a record without the fields pushgate added.
@@ -107,19 +129,6 @@ pub fn compact_decision(mut decision: Value, fields: &Map<String, Value>) -> Val
         push.insert("same".into(), Value::Array(same));
     }
     decision
-}
-
-fn compact(map: &mut Map<String, Value>) {
-    map.retain(|name, value| !omit_field(name, value));
-    for (name, default) in DEFAULTS {
-        if map.get(*name) == Some(&default.value()) {
-            map.remove(*name);
-        }
-    }
-    if let Some(decision) = map.remove("decision") {
-        let compacted = compact_decision(decision, map);
-        map.insert("decision".into(), compacted);
-    }
 }
 
 fn expand(map: &mut Map<String, Value>) {
