@@ -71,13 +71,12 @@ async fn log_queries() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let base = format!("http://{}", app.admin_addr);
-    let used = |info: Vec<(String, String)>| {
-        info.iter()
-            .find(|(k, _)| k == "used_memory")
-            .and_then(|(_, v)| v.parse::<u64>().ok())
+    let used = |info: std::collections::HashMap<String, String>| {
+        info.get("used_memory")
+            .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let baseline = used(store.info().await?);
+    let baseline = used(store.info(&["memory"]).await?);
     let mut stored = 0u64;
     for target in [10_000u64, 100_000, 1_000_000] {
         let started = Instant::now();
@@ -110,7 +109,7 @@ async fn log_queries() -> anyhow::Result<()> {
             stored += batch.len() as u64;
         }
         let load = started.elapsed();
-        let per_record = (used(store.info().await?) - baseline) / stored;
+        let per_record = (used(store.info(&["memory"]).await?) - baseline) / stored;
         println!(
             "log at {stored} records (loaded in {:.1} s, {per_record} bytes of Redis per record incl. indexes):",
             load.as_secs_f64()
@@ -435,19 +434,15 @@ async fn redis_budget() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (app, _) = start(dir.path(), "").await?;
     let store = app.store.clone();
-    let cpu = |info: Vec<(String, String)>| -> f64 {
+    let cpu = |info: std::collections::HashMap<String, String>| -> f64 {
         ["used_cpu_sys", "used_cpu_user"]
             .iter()
-            .filter_map(|k| {
-                info.iter()
-                    .find(|(key, _)| key == k)
-                    .and_then(|(_, v)| v.parse::<f64>().ok())
-            })
+            .filter_map(|k| info.get(*k)?.parse::<f64>().ok())
             .sum()
     };
     let n = 50_000u64;
     let now = pushgate::ingest::now_ms();
-    let cpu0 = cpu(store.info_section("cpu").await?);
+    let cpu0 = cpu(store.info(&["cpu"]).await?);
     let started = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(512) {
         let batch: Vec<NewRecord> = chunk
@@ -469,7 +464,7 @@ async fn redis_budget() -> anyhow::Result<()> {
         store.ingest(&batch).await?;
     }
     let ingest_wall = started.elapsed().as_secs_f64() / n as f64 * 1e6;
-    let cpu1 = cpu(store.info_section("cpu").await?);
+    let cpu1 = cpu(store.info(&["cpu"]).await?);
     let started = Instant::now();
     let mut done = 0u64;
     while done < n {
@@ -486,7 +481,7 @@ async fn redis_budget() -> anyhow::Result<()> {
         store.finish(&outcomes).await?;
     }
     let deliver_wall = started.elapsed().as_secs_f64() / n as f64 * 1e6;
-    let cpu2 = cpu(store.info_section("cpu").await?);
+    let cpu2 = cpu(store.info(&["cpu"]).await?);
     let (ingest_cpu, deliver_cpu) = (
         (cpu1 - cpu0) / n as f64 * 1e6,
         (cpu2 - cpu1) / n as f64 * 1e6,

@@ -385,10 +385,7 @@ struct PortCard {
     state: &'static str,
     running: bool,
     connections: usize,
-    received: u64,
-    sent: u64,
-    failed: u64,
-    dropped: u64,
+    counts: crate::store::PortCounts,
     last_frame: String,
     last_error: String,
     script_error: String,
@@ -435,22 +432,18 @@ struct DashboardPage {
 async fn dashboard(state: &AdminState, session: &Session) -> Reply {
     let config = state.config();
     let now = now_ms();
+    let views = state.supervisor.ports().await;
+    let names: Vec<String> = views.iter().map(|v| v.name.clone()).collect();
+    let counts = state.store.port_counts(&names).await.unwrap_or_default();
     let mut ports = Vec::new();
-    for view in state.supervisor.ports().await {
-        let totals: HashMap<String, u64> = state
-            .store
-            .port_totals(&view.name)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+    for (i, view) in views.into_iter().enumerate() {
+        let counts = counts.get(i).copied().unwrap_or_default();
         let minutes = state
             .store
             .minute_counts(&view.name, "received", now, 60)
             .await
             .unwrap_or_default();
         let (sparkline, peak) = sparkline(&minutes);
-        let total = |k: &str| totals.get(k).copied().unwrap_or(0);
         ports.push(PortCard {
             mode: match view.mode {
                 crate::config::Mode::Listen => "listen",
@@ -464,10 +457,7 @@ async fn dashboard(state: &AdminState, session: &Session) -> Reply {
             ),
             holder: view.holder.clone().unwrap_or_default(),
             connections: view.connections,
-            received: total("received"),
-            sent: total("sent"),
-            failed: total("failed"),
-            dropped: total("dropped") + total("script_error"),
+            counts,
             last_frame: view
                 .last_frame_ms
                 .map(|ms| format_local(ms, config.zone(), "%Y-%m-%d %H:%M:%S"))
@@ -479,8 +469,16 @@ async fn dashboard(state: &AdminState, session: &Session) -> Reply {
             name: view.name,
         });
     }
-    let redis = redis_health(state).await;
-    let topology = state.store.topology().await.ok();
+    // One INFO for the Redis card and the replication picture.
+    let info = state
+        .store
+        .info(&["replication", "persistence", "memory", "server"])
+        .await;
+    let topology = match &info {
+        Ok(info) => Some(state.store.topology_from(info).await),
+        Err(_) => None,
+    };
+    let redis = redis_health(info);
     let nodes = node_rows(state, now).await;
     let (due, inflight) = state.store.queue_depths().await.unwrap_or((0, 0));
     let records = state.store.record_count().await.unwrap_or(0);
@@ -572,15 +570,10 @@ fn sparkline(counts: &[u64]) -> (String, u64) {
     (points, peak)
 }
 
-async fn redis_health(state: &AdminState) -> RedisHealth {
-    match state.store.info().await {
+fn redis_health(info: Result<HashMap<String, String>, crate::store::StoreError>) -> RedisHealth {
+    match info {
         Ok(info) => {
-            let get = |k: &str| {
-                info.iter()
-                    .find(|(key, _)| key == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
+            let get = |k: &str| info.get(k).cloned().unwrap_or_default();
             RedisHealth {
                 role: get("role"),
                 replicas: get("connected_slaves"),
@@ -616,25 +609,21 @@ fn events(state: &AdminState) -> Reply {
     tokio::spawn(async move {
         let _ = tx.send(Bytes::from_static(b"retry: 3000\n\n")).await;
         loop {
-            let mut ports = Vec::new();
-            for view in supervisor.ports().await {
-                let totals: HashMap<String, u64> = store
-                    .port_totals(&view.name)
-                    .await
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect();
-                let total = |k: &str| totals.get(k).copied().unwrap_or(0);
-                ports.push(serde_json::json!({
-                    "name": view.name,
-                    "state": view.state.as_str(),
-                    "connections": view.connections,
-                    "received": total("received"),
-                    "sent": total("sent"),
-                    "failed": total("failed"),
-                    "dropped": total("dropped") + total("script_error"),
-                }));
-            }
+            let views = supervisor.ports().await;
+            let names: Vec<String> = views.iter().map(|v| v.name.clone()).collect();
+            let counts = store.port_counts(&names).await.unwrap_or_default();
+            let ports: Vec<Value> = views
+                .into_iter()
+                .enumerate()
+                .map(|(i, view)| {
+                    let mut port = serde_json::to_value(counts.get(i).copied().unwrap_or_default())
+                        .unwrap_or_default();
+                    port["name"] = view.name.into();
+                    port["state"] = view.state.as_str().into();
+                    port["connections"] = view.connections.into();
+                    port
+                })
+                .collect();
             let (due, inflight) = store.queue_depths().await.unwrap_or((0, 0));
             let event = serde_json::json!({"ports": ports, "due": due, "inflight": inflight});
             if tx

@@ -83,8 +83,6 @@ pub struct PortContext {
     pub fence: Option<PortFence>,
 }
 
-/// Run a port until `cancel`: in-flight frames are finished and acked before it returns.
-/// `ready` fires once the port is listening (or dialling).
 /// A connect-mode port's lease as its writes carry it, and the token cancelled when
 /// the lease turns out lost (the port then stops acting at once).
 #[derive(Clone)]
@@ -93,6 +91,8 @@ pub struct PortFence {
     pub lost: CancellationToken,
 }
 
+/// Run a port until `cancel`: in-flight frames are finished and acked before it returns.
+/// `ready` fires once the port is listening (or dialling).
 pub async fn run_port(
     ctx: PortContext,
     cancel: CancellationToken,
@@ -576,7 +576,8 @@ impl Ack {
 }
 
 fn encode_ack(port: &PortConfig, ack: &Ack, out: &mut Vec<u8>) {
-    let body = port.encoding.encode(&ack.to_json()).into_owned();
+    let text = ack.to_json();
+    let body = port.encoding.encode(&text);
     if let Err(e) = port.framing().encode(&body, out) {
         // Only an ascii-len header too short for a long error text gets here.
         let short = Ack::error(None, e.to_string()).to_json();

@@ -127,18 +127,6 @@ impl Store {
         Ok(held == 1)
     }
 
-    /// Who holds each port's lease now (`{node}/{instance}/{epoch}`), if anyone.
-    pub async fn lease_holders(&self, ports: &[String]) -> Result<Vec<Option<String>>, StoreError> {
-        if ports.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = ports
-            .iter()
-            .map(|p| self.key(&Store::lease_key(p)))
-            .collect();
-        self.query(redis::cmd("MGET").arg(keys)).await
-    }
-
     /// Record this node's heartbeat (JSON) for `ttl_ms`.
     pub async fn heartbeat(&self, node: &str, body: &str, ttl_ms: u64) -> Result<(), StoreError> {
         let now = crate::ingest::now_ms();
@@ -283,13 +271,13 @@ pub struct Topology {
 impl Store {
     /// The replication picture: the master's own report, and each Sentinel's.
     pub async fn topology(&self) -> Result<Topology, StoreError> {
-        let info = self.info_section("replication").await?;
-        let get = |k: &str| {
-            info.iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
+        let info = self.info(&["replication"]).await?;
+        Ok(self.topology_from(&info).await)
+    }
+
+    /// [`Store::topology`] from an `INFO` that holds the replication section.
+    pub async fn topology_from(&self, info: &HashMap<String, String>) -> Topology {
+        let get = |k: &str| info.get(k).cloned().unwrap_or_default();
         let offset: i64 = get("master_repl_offset").parse().unwrap_or(0);
         let replicas = info
             .iter()
@@ -313,12 +301,12 @@ impl Store {
             }
             super::Target::Direct(_) => Vec::new(),
         };
-        Ok(Topology {
+        Topology {
             master: self.master(),
             role: get("role"),
             replicas,
             sentinels,
-        })
+        }
     }
 }
 

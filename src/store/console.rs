@@ -78,15 +78,6 @@ impl Store {
         Ok((count, ttl))
     }
 
-    /// Failed sign-ins counted for `user` and ms until the count resets.
-    pub async fn failed_logins(&self, user: &str) -> Result<(u64, i64), StoreError> {
-        let key = self.key(&format!("loginfail:{user}"));
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
-        let (count, ttl): (Option<u64>, i64) = self.query_pipe(&pipe).await?;
-        Ok((count.unwrap_or(0), ttl))
-    }
-
     pub async fn clear_failed_logins(&self, user: &str) -> Result<(), StoreError> {
         let _: u64 = self
             .query(redis::cmd("DEL").arg(self.key(&format!("loginfail:{user}"))))

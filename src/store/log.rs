@@ -174,7 +174,7 @@ impl Store {
         })
     }
 
-    async fn bit_at(&self, key: &str, id: u64) -> Result<bool, StoreError> {
+    pub(super) async fn bit_at(&self, key: &str, id: u64) -> Result<bool, StoreError> {
         let bit: u8 = self.query(redis::cmd("GETBIT").arg(key).arg(id)).await?;
         Ok(bit == 1)
     }
@@ -471,27 +471,12 @@ impl Store {
         Ok(counts.into_iter().map(|c| c.unwrap_or(0)).collect())
     }
 
-    /// One Redis `INFO` section as key/value pairs.
-    pub async fn info_section(&self, section: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let text: String = self.query(redis::cmd("INFO").arg(section)).await?;
-        Ok(text
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-            .collect())
-    }
-
-    /// Redis `INFO` sections as key/value pairs.
-    pub async fn info(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let text: String = self
-            .query(
-                redis::cmd("INFO")
-                    .arg("replication")
-                    .arg("persistence")
-                    .arg("memory")
-                    .arg("server"),
-            )
-            .await?;
+    /// Redis `INFO` for `sections`, as a map of its `key:value` lines.
+    pub async fn info(
+        &self,
+        sections: &[&str],
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let text: String = self.query(redis::cmd("INFO").arg(sections)).await?;
         Ok(text
             .lines()
             .filter_map(|l| l.split_once(':'))
@@ -688,8 +673,6 @@ for _, id in ipairs(ids) do out[#out + 1] = id end
 return out
 "#;
 
-/// ARGV: prefix, id, expected JSON, new JSON, old status, due ms. Applies only if
-/// the record is unchanged and neither queued nor in flight.
 /// ARGV: prefix, id, expected JSON, new JSON, old status, new status, due ms ("" =
 /// none). Applies only if the record is unchanged and neither queued nor in flight.
 pub(super) const REQUEUE_LUA: &str = r#"

@@ -464,10 +464,7 @@ impl Store {
 
     /// One record by id, as stored.
     pub async fn record(&self, id: u64) -> Result<Option<Value>, StoreError> {
-        let text: Option<String> = self
-            .query(redis::cmd("GET").arg(self.key(&format!("rec:{id}"))))
-            .await?;
-        text.map(|t| record::decode(&t)).transpose()
+        Ok(self.record_text(id).await?.map(|(_, record)| record))
     }
 
     /// Several records by id in one round trip (missing ones are skipped).
@@ -501,14 +498,8 @@ impl Store {
 
     /// Is record `id` in the bitmap of `field == value`?
     pub async fn has_bit(&self, field: &str, value: &str, id: u64) -> Result<bool, StoreError> {
-        let bit: u8 = self
-            .query(
-                redis::cmd("GETBIT")
-                    .arg(self.key(&format!("bit:{field}:{value}")))
-                    .arg(id),
-            )
-            .await?;
-        Ok(bit == 1)
+        self.bit_at(&self.key(&format!("bit:{field}:{value}")), id)
+            .await
     }
 
     /// Records whose bitmap `field == value` has bits set (O(N/8) bytes).
@@ -531,11 +522,46 @@ impl Store {
         Ok(seq.unwrap_or(0))
     }
 
+    /// The console's counters of each port, in one round trip.
+    pub async fn port_counts(&self, ports: &[String]) -> Result<Vec<PortCounts>, StoreError> {
+        if ports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for port in ports {
+            pipe.cmd("HGETALL")
+                .arg(self.key(&format!("stats:{port}:total")));
+        }
+        let all: Vec<std::collections::HashMap<String, u64>> = self.query_pipe(&pipe).await?;
+        Ok(all
+            .iter()
+            .map(|totals| {
+                let total = |k: &str| totals.get(k).copied().unwrap_or(0);
+                PortCounts {
+                    received: total("received"),
+                    sent: total("sent"),
+                    failed: total("failed"),
+                    dropped: total("dropped") + total("script_error"),
+                }
+            })
+            .collect())
+    }
+
     /// Per-port totals since the store began (`received`, `queued`, `dup`, …).
     pub async fn port_totals(&self, port: &str) -> Result<Vec<(String, u64)>, StoreError> {
         self.query(redis::cmd("HGETALL").arg(self.key(&format!("stats:{port}:total"))))
             .await
     }
+}
+
+/// What the console counts of a port since the store began (`dropped` includes
+/// `script_error`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PortCounts {
+    pub received: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub dropped: u64,
 }
 
 /// The index key suffixes (`idx:csno:123`, `bit:status:queued`) a record belongs to.
