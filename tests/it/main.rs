@@ -12,4 +12,5 @@ mod operations;
 mod process;
 mod redis_outage;
 mod routes;
+mod security;
 mod support;
