@@ -22,7 +22,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let dir = match dir {
         Some(dir) => dir,
-        None => std::env::temp_dir().join(format!("pushgate-demo-{}", std::process::id())),
+        None => scratch_dir().context("creating the demo's scratch dir")?,
     };
     std::fs::create_dir_all(dir.join("scripts"))
         .with_context(|| format!("creating {}", dir.display()))?;
@@ -92,6 +92,19 @@ pub async fn run(
     feeder.abort();
     emulator.shutdown().await;
     result
+}
+
+/// A new private directory for the demo, kept after it exits: a random name, created
+/// exclusively, mode 0700. A predictable name such as `/tmp/pushgate-demo-{pid}` lets
+/// another local user create it (or a symlink) first, and then read or plant the
+/// demo's config, scripts and Redis data.
+fn scratch_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(tempfile::Builder::new()
+        .prefix("pushgate-demo-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()?
+        .keep())
 }
 
 /// The emulator with a few realistic faults, so the demo shows retries too.
@@ -198,6 +211,26 @@ async fn feed(
             let _ = stream.write_all(&frame).await;
             let mut ack = [0u8; 512];
             let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut ack)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_scratch_dir_is_new_private_and_unpredictable() {
+        let first = super::scratch_dir().expect("scratch dir");
+        let second = super::scratch_dir().expect("scratch dir");
+        assert_ne!(first, second, "each demo gets its own dir");
+        for dir in [&first, &second] {
+            let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{} is private", dir.display());
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(name.starts_with("pushgate-demo-"), "{name}");
+            assert_ne!(name, format!("pushgate-demo-{}", std::process::id()));
+            std::fs::remove_dir(dir).unwrap();
         }
     }
 }
