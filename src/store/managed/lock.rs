@@ -76,6 +76,15 @@ mod tests {
             "{text}"
         );
         drop(first);
-        DirLock::take(dir.path()).expect("free again once the holder is gone");
+        // Another test's thread may fork meanwhile: its child shares the open file (and
+        // so the lock) until it execs and close-on-exec drops it, a moment later.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while let Err(e) = DirLock::take(dir.path()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still locked after the holder was dropped: {e}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
