@@ -65,6 +65,7 @@ async fn log_queries() -> anyhow::Result<()> {
         "bench",
         pushgate::config::Role::Admin,
         pushgate::ingest::now_ms(),
+        false,
     )
     .await?;
     let cookie = cookie.split(';').next().unwrap_or("").to_owned();

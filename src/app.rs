@@ -263,6 +263,7 @@ impl App {
             .await
             .with_context(|| format!("binding the admin listener {}", config.admin.listen))?;
         let admin_addr = listener.local_addr()?;
+        let tls = admin::tls::acceptor(&config)?;
         let node = Arc::new(Node {
             store: store.clone(),
             id: config
@@ -291,6 +292,8 @@ impl App {
             script_saves: tokio::sync::Mutex::new(()),
             flushing: std::sync::atomic::AtomicBool::new(false),
             api_routes: RwLock::new(api_routes),
+            limits: admin::Limits::new(&config),
+            tls,
         });
         let retention = tokio::spawn(retention_loop(
             store.clone(),

@@ -192,6 +192,45 @@ pub struct AdminConfig {
     /// The admin listener (JSON API, later the console).
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// PEM certificate chain: with `tls_key`, the console is served over HTTPS itself.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// A request's headers must arrive within this (ms); it also closes a keep-alive
+    /// connection idle this long, so half-sent requests cannot hold connections (slowloris).
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// A request body must arrive within this (ms).
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// Connections open at once; one more is closed at accept.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one address.
+    #[serde(default = "default_admin_max_connections_per_addr")]
+    pub max_connections_per_addr: usize,
+}
+
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_body_timeout_ms() -> u64 {
+    30_000
+}
+fn default_admin_max_connections() -> usize {
+    256
+}
+fn default_admin_max_connections_per_addr() -> usize {
+    32
+}
+
+impl AdminConfig {
+    /// Whether the console is served over TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
 }
 
 /// When the managed Redis flushes its AOF to disk.
@@ -248,6 +287,12 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            tls_cert: None,
+            tls_key: None,
+            header_timeout_ms: default_header_timeout_ms(),
+            body_timeout_ms: default_body_timeout_ms(),
+            max_connections: default_admin_max_connections(),
+            max_connections_per_addr: default_admin_max_connections_per_addr(),
         }
     }
 }
@@ -418,9 +463,27 @@ pub struct ConsoleConfig {
     /// Earlier versions kept per script.
     #[serde(default = "default_script_versions")]
     pub script_versions: usize,
-    /// Failed sign-ins for one user within 15 minutes before sign-in is refused.
+    /// Failed sign-ins for one user *from one address* within 15 minutes before that
+    /// address may not sign in as that user (others, and that user elsewhere, still may).
     #[serde(default = "default_max_failed_logins")]
     pub max_failed_logins: u64,
+    /// Failed sign-ins from one address within 15 minutes before each further attempt
+    /// from it waits: 1 s after the next failure, doubling up to 15 minutes.
+    #[serde(default = "default_free_failed_logins_per_addr")]
+    pub free_failed_logins_per_addr: u64,
+    /// Password checks (argon2id, 19 MiB each) running at once; more wait.
+    #[serde(default = "default_login_concurrency")]
+    pub login_concurrency: usize,
+    /// How long a sign-in waits for a password check slot before it gets 503.
+    #[serde(default = "default_login_queue_ms")]
+    pub login_queue_ms: u64,
+    /// Mark the session cookie `Secure` (always so when `[admin] tls_cert` is set): for a
+    /// console behind an HTTPS proxy.
+    #[serde(default)]
+    pub secure_cookie: bool,
+    /// Live event streams one session may hold open at once.
+    #[serde(default = "default_streams_per_session")]
+    pub streams_per_session: usize,
 }
 
 fn default_session_idle_minutes() -> u64 {
@@ -438,6 +501,20 @@ fn default_script_versions() -> usize {
 fn default_max_failed_logins() -> u64 {
     5
 }
+fn default_free_failed_logins_per_addr() -> u64 {
+    10
+}
+fn default_login_concurrency() -> usize {
+    2
+}
+fn default_login_queue_ms() -> u64 {
+    2_000
+}
+fn default_streams_per_session() -> usize {
+    4
+}
+/// Longest console user name, in bytes: longer names are refused before anything is stored.
+pub const MAX_USER_NAME: usize = 64;
 
 impl Default for ConsoleConfig {
     fn default() -> Self {
@@ -447,6 +524,11 @@ impl Default for ConsoleConfig {
             open_paths: default_open_paths(),
             script_versions: default_script_versions(),
             max_failed_logins: default_max_failed_logins(),
+            free_failed_logins_per_addr: default_free_failed_logins_per_addr(),
+            login_concurrency: default_login_concurrency(),
+            login_queue_ms: default_login_queue_ms(),
+            secure_cookie: false,
+            streams_per_session: default_streams_per_session(),
         }
     }
 }
@@ -499,7 +581,8 @@ pub struct ApiKey {
     pub name: String,
     /// Lower-case hex SHA-256 of the key.
     pub sha256: String,
-    /// `read` (ports, pushes), `control` (start/stop/restart, legal hold), `ingest` (POST pushes).
+    /// `read` (ports, pushes masked), `control` (start/stop/restart, legal hold),
+    /// `ingest` (POST pushes), `personal` (pushes unmasked).
     #[serde(default = "default_scopes")]
     pub scopes: Vec<Scope>,
     /// (ingest) The route script for pushes posted with this key.
@@ -526,9 +609,14 @@ fn default_scopes() -> Vec<Scope> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
+    /// Ports, cluster, pushes with phone and customer numbers masked.
     Read,
+    /// Start/stop/restart, legal hold (and `read`).
     Control,
+    /// `POST /api/v1/pushes`.
     Ingest,
+    /// Pushes unmasked, and search by masked fields (and `read`).
+    Personal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -797,6 +885,11 @@ impl Config {
             if !user_names.insert(user.name.as_str()) || user.name.is_empty() {
                 out.push(format!("{at}: name is empty or used twice"));
             }
+            if user.name.len() > MAX_USER_NAME || user.name.chars().any(char::is_control) {
+                out.push(format!(
+                    "{at}: name must be at most {MAX_USER_NAME} bytes without control characters"
+                ));
+            }
             if !user.password.starts_with("$argon2id$")
                 || argon2::PasswordHash::new(&user.password).is_err()
             {
@@ -804,6 +897,22 @@ impl Config {
                     "{at}: password must be an argon2id hash (make one with `pushgate hash-password`)"
                 ));
             }
+        }
+        if self.admin.tls_cert.is_some() != self.admin.tls_key.is_some() {
+            out.push("admin.tls_cert and admin.tls_key go together".into());
+        }
+        if self.admin.header_timeout_ms == 0
+            || self.admin.body_timeout_ms == 0
+            || self.admin.max_connections == 0
+            || self.admin.max_connections_per_addr == 0
+        {
+            out.push(
+                "admin.header_timeout_ms, body_timeout_ms, max_connections and max_connections_per_addr must be above 0"
+                    .into(),
+            );
+        }
+        if self.console.login_concurrency == 0 || self.console.streams_per_session == 0 {
+            out.push("console.login_concurrency and streams_per_session must be above 0".into());
         }
         if self.console.session_idle_minutes == 0 || self.console.session_max_hours == 0 {
             out.push(

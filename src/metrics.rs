@@ -52,6 +52,10 @@ pub struct Metrics {
     pub commit_retries: Counter,
     /// Connect-mode port leases taken and lost by this node.
     pub port_leases: Family<Labels, Counter>,
+    /// Sign-in attempts by outcome (`ok`, `wrong`, `throttled`, `busy`, `refused`).
+    pub logins: Family<Labels, Counter>,
+    /// Admin connections and live streams refused, by reason.
+    pub admin_refused: Family<Labels, Counter>,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -81,8 +85,20 @@ impl Metrics {
             replication_timeouts: Counter::default(),
             commit_retries: Counter::default(),
             port_leases: Family::default(),
+            logins: Family::default(),
+            admin_refused: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "console_sign_ins",
+            "Console sign-in attempts, by outcome",
+            m.logins.clone(),
+        );
+        registry.register(
+            "admin_refused",
+            "Admin connections and live streams refused, by reason",
+            m.admin_refused.clone(),
+        );
         registry.register(
             "frames",
             "Frames answered, by port and result",

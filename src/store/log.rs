@@ -99,7 +99,7 @@ impl Store {
     /// One page of the log.
     pub async fn log_page(&self, q: &LogQuery) -> Result<LogPage, StoreError> {
         let per_page = q.per_page.clamp(1, 1000);
-        let offset = q.page.max(1).saturating_sub(1) * per_page;
+        let offset = q.page.max(1).saturating_sub(1).saturating_mul(per_page);
         let Window { lo, hi, floor } = self.id_window(q.from_ms, q.to_ms).await?;
         if lo > hi {
             return Ok(LogPage {
