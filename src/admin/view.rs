@@ -294,7 +294,7 @@ mod tests {
             &json!({"csno": "AB-778", "error": "no customer AB-778"}),
             Sight::Masked,
         );
-        assert_eq!(seen["error"], "no customer AB***78");
+        assert_eq!(seen["error"], "no customer AB**78");
     }
 
     #[test]
