@@ -52,6 +52,9 @@ pub struct Metrics {
     pub commit_retries: Counter,
     /// Connect-mode port leases taken and lost by this node.
     pub port_leases: Family<Labels, Counter>,
+    /// Listen-port connections turned away, by port and reason (`not_allowed`,
+    /// `per_addr`, `full`, `first_frame_timeout`).
+    pub ingest_refused: Family<Labels, Counter>,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -81,6 +84,7 @@ impl Metrics {
             replication_timeouts: Counter::default(),
             commit_retries: Counter::default(),
             port_leases: Family::default(),
+            ingest_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -163,6 +167,11 @@ impl Metrics {
             "port_leases",
             "Connect-mode port leases by port and event (acquired, lost, released)",
             m.port_leases.clone(),
+        );
+        registry.register(
+            "ingest_refused",
+            "Listen-port connections refused at accept or closed without a first frame, by port and reason",
+            m.ingest_refused.clone(),
         );
         registry.register(
             "retention_removed",
