@@ -648,8 +648,27 @@ pub struct PortConfig {
     pub name: String,
     #[serde(default = "default_mode")]
     pub mode: Mode,
-    /// `listen`: the address to bind; `connect`: the `host:port` to dial.
-    pub addr: String,
+    /// `listen`: the address to bind; `connect`: the `host:port` to dial. Exactly one
+    /// of `addr` and `addrs` is set (see [`PortConfig::addresses`]).
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// (connect) Upstreams dialled in order: when one refuses or drops the connection
+    /// the next is dialled at once; the backoff applies only after a whole round failed.
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    /// (listen) Peers that may connect: CIDR blocks or single addresses; empty = any.
+    /// Anyone else is closed at accept, before a byte is read.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// (listen) Most connections from one peer address, so one host cannot take every
+    /// slot of `max_connections`.
+    #[serde(default = "default_max_connections_per_addr")]
+    pub max_connections_per_addr: usize,
+    /// (listen) A connection that has not sent one complete frame within this is
+    /// closed (an idle connection must not hold a slot); 0 = no limit. After the
+    /// first frame, `idle_timeout` applies.
+    #[serde(default = "default_first_frame_timeout_ms")]
+    pub first_frame_timeout_ms: u64,
     #[serde(default = "default_framing")]
     pub framing: FramingKind,
     /// Digits of the ASCII length header (`ascii-len` only).
@@ -705,6 +724,14 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout() -> u64 {
     300
 }
+/// A FEP opens one connection, or a small pool; 8 leaves it room to reconnect while its
+/// old connections time out, and takes 8 hosts to fill the default 64 slots.
+fn default_max_connections_per_addr() -> usize {
+    8
+}
+fn default_first_frame_timeout_ms() -> u64 {
+    10_000
+}
 fn default_true() -> bool {
     true
 }
@@ -736,6 +763,25 @@ impl PortConfig {
 
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout))
+    }
+
+    /// `listen`: the one address to bind; `connect`: the upstreams in the order they
+    /// are dialled. Validation makes it exactly one of `addr` and `addrs`, never empty.
+    pub fn addresses(&self) -> &[String] {
+        match &self.addr {
+            Some(addr) => std::slice::from_ref(addr),
+            None => &self.addrs,
+        }
+    }
+
+    /// The address as shown to people: one, or the upstreams joined with ", ".
+    pub fn addresses_text(&self) -> String {
+        self.addresses().join(", ")
+    }
+
+    pub fn first_frame_timeout(&self) -> Option<Duration> {
+        (self.first_frame_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.first_frame_timeout_ms))
     }
 
     /// Everything about the port except its script's contents: a difference here restarts it.
@@ -997,25 +1043,59 @@ impl PortConfig {
                 "{at}: name must be 1-64 characters of letters, digits, '-' and '_'"
             ));
         }
+        let one_of_addr_and_addrs = matches!(
+            (&self.addr, self.addrs.is_empty()),
+            (Some(_), true) | (None, false)
+        );
+        if !one_of_addr_and_addrs {
+            out.push(format!(
+                "{at}: set exactly one of addr and addrs (addrs: connect mode's upstreams)"
+            ));
+        }
+        for (i, entry) in self.allow.iter().enumerate() {
+            if let Err(e) = crate::ingest::admission::parse_entry(entry) {
+                out.push(format!("{at}: allow[{i}]: {e}"));
+            }
+        }
+        if self.max_connections_per_addr == 0 {
+            out.push(format!("{at}: max_connections_per_addr must be at least 1"));
+        }
         match self.mode {
             Mode::Listen => {
-                if self.addr.parse::<SocketAddr>().is_err() {
+                if !self.addrs.is_empty() {
                     out.push(format!(
-                        "{at}: addr = {:?} is not an IP:port to listen on",
-                        self.addr
+                        "{at}: addrs only applies to mode = \"connect\"; a listen port binds one addr"
+                    ));
+                }
+                if let Some(addr) = &self.addr
+                    && addr.parse::<SocketAddr>().is_err()
+                {
+                    out.push(format!(
+                        "{at}: addr = {addr:?} is not an IP:port to listen on"
                     ));
                 }
             }
             Mode::Connect => {
-                let ok = self
-                    .addr
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-                if !ok {
+                // A connect port chooses its peers itself (addr/addrs); an allow list
+                // would suggest a protection that does not exist.
+                if !self.allow.is_empty() {
                     out.push(format!(
-                        "{at}: addr = {:?} is not a host:port to connect to",
-                        self.addr
+                        "{at}: allow only applies to mode = \"listen\"; a connect port dials only its addr/addrs"
                     ));
+                }
+                let mut seen = BTreeSet::new();
+                for addr in self.addresses() {
+                    let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok()
+                    });
+                    if !ok {
+                        out.push(format!(
+                            "{at}: addr = {addr:?} is not a host:port to connect to"
+                        ));
+                    }
+                    if !seen.insert(addr.as_str()) {
+                        out.push(format!("{at}: addrs lists {addr:?} twice"));
+                    }
                 }
             }
         }
@@ -1154,6 +1234,10 @@ script = "scripts/transfer.rhai"
         assert_eq!(port.framing(), Framing::Ndjson);
         assert_eq!(port.encoding, Charset::Utf8);
         assert_eq!(port.max_frame_bytes(), 65536);
+        assert_eq!(port.addresses(), ["127.0.0.1:9001"]);
+        assert!(port.allow.is_empty(), "no allow list: any peer");
+        assert_eq!(port.max_connections_per_addr, 8);
+        assert_eq!(port.first_frame_timeout(), Some(Duration::from_secs(10)));
         assert_eq!(config.zone(), chrono_tz::Asia::Seoul);
         assert_eq!(config.redis.prefix, "pushgate:");
         assert_eq!(
@@ -1191,6 +1275,19 @@ script = "scripts/transfer.rhai"
             ("payload = \"fixed\"", "needs a [[port.fields]] layout"),
             ("max_connections = 0", "max_connections must be at least 1"),
             (
+                "max_connections_per_addr = 0",
+                "max_connections_per_addr must be at least 1",
+            ),
+            (
+                "allow = [\"10.1.2.0/24\", \"10.1.2.0/33\"]",
+                "allow[1]: allow entry \"10.1.2.0/33\" is not an IP address or a CIDR block",
+            ),
+            ("allow = [\"fep-a\"]", "allow[0]: allow entry \"fep-a\""),
+            (
+                "addrs = [\"127.0.0.1:9002\"]",
+                "set exactly one of addr and addrs",
+            ),
+            (
                 "required = [\"csno\"]\npayload = \"fixed\"\nfields = [{ name = \"uniqueKey\", len = 10 }]",
                 "required field \"csno\"",
             ),
@@ -1204,6 +1301,60 @@ script = "scripts/transfer.rhai"
             assert!(err.contains("port[0] \"fep-transfer\""), "{extra}: {err}");
             assert!(err.contains(expected), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn connect_ports_take_several_upstreams_and_no_allow_list() {
+        let connect = |lines: &str| {
+            format!("[[port]]\nname = \"fep\"\nmode = \"connect\"\nscript = \"s.rhai\"\n{lines}\n")
+        };
+        let config = parse(&connect("addrs = [\"fep-a:7001\", \"fep-b:7001\"]")).expect("valid");
+        assert_eq!(config.ports[0].addresses(), ["fep-a:7001", "fep-b:7001"]);
+        assert_eq!(config.ports[0].addresses_text(), "fep-a:7001, fep-b:7001");
+        let config = parse(&connect("addr = \"fep-a:7001\"")).expect("addr still works");
+        assert_eq!(config.ports[0].addresses(), ["fep-a:7001"]);
+        let cases = [
+            ("", "set exactly one of addr and addrs"),
+            (
+                "addr = \"fep-a:7001\"\naddrs = [\"fep-b:7001\"]",
+                "set exactly one of addr and addrs",
+            ),
+            (
+                "addrs = [\"fep-a:7001\", \"fep-b\"]",
+                "\"fep-b\" is not a host:port",
+            ),
+            (
+                "addrs = [\"fep-a:7001\", \"fep-a:7001\"]",
+                "lists \"fep-a:7001\" twice",
+            ),
+            (
+                "addr = \"fep-a:7001\"\nallow = [\"10.0.0.0/8\"]",
+                "allow only applies to mode = \"listen\"",
+            ),
+        ];
+        for (lines, expected) in cases {
+            let err = parse(&connect(lines)).unwrap_err().to_string();
+            assert!(err.contains("port[0] \"fep\""), "{lines}: {err}");
+            assert!(err.contains(expected), "{lines}: {err}");
+        }
+        let listen = PORT.replace("addr = \"127.0.0.1:9001\"", "addrs = [\"127.0.0.1:9001\"]");
+        let err = parse(&listen).unwrap_err().to_string();
+        assert!(
+            err.contains("addrs only applies to mode = \"connect\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn listen_ports_take_an_allow_list_of_addresses_and_blocks() {
+        let text = format!(
+            "{PORT}allow = [\"10.1.2.0/24\", \"127.0.0.1\", \"::1\"]\nmax_connections_per_addr = 2\nfirst_frame_timeout_ms = 0\n"
+        );
+        let config = parse(&text).expect("valid");
+        let port = &config.ports[0];
+        assert_eq!(port.allow.len(), 3);
+        assert_eq!(port.max_connections_per_addr, 2);
+        assert_eq!(port.first_frame_timeout(), None, "0 = no limit");
     }
 
     #[test]
@@ -1323,5 +1474,30 @@ script = "scripts/transfer.rhai"
         assert_eq!(changes.removed, ["gone"]);
         assert_eq!(names(&changes.changed), ["fep-transfer"]);
         assert_eq!(names(&changes.unchanged), ["keep"]);
+    }
+
+    #[test]
+    fn reload_restarts_a_port_whose_peer_limits_or_upstreams_changed() {
+        let old = parse(PORT).expect("old");
+        for setting in [
+            "allow = [\"127.0.0.1\"]",
+            "max_connections_per_addr = 3",
+            "first_frame_timeout_ms = 500",
+        ] {
+            let new = parse(&format!("{PORT}{setting}\n")).expect("new");
+            let changes = PortChanges::between(&old, &new);
+            assert_eq!(changes.changed.len(), 1, "{setting}");
+            assert!(changes.unchanged.is_empty(), "{setting}");
+        }
+        let connect = |addrs: &str| {
+            parse(&format!(
+                "[[port]]\nname = \"fep\"\nmode = \"connect\"\nscript = \"s.rhai\"\naddrs = {addrs}\n"
+            ))
+            .expect("valid")
+        };
+        let before = connect("[\"fep-a:7001\", \"fep-b:7001\"]");
+        let reordered = connect("[\"fep-b:7001\", \"fep-a:7001\"]");
+        assert_eq!(PortChanges::between(&before, &reordered).changed.len(), 1);
+        assert_eq!(PortChanges::between(&before, &before).unchanged.len(), 1);
     }
 }

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub logins: Family<Labels, Counter>,
     /// Admin connections and live streams refused, by reason.
     pub admin_refused: Family<Labels, Counter>,
+    /// Listen-port connections turned away, by port and reason (`not_allowed`,
+    /// `per_addr`, `full`, `first_frame_timeout`).
+    pub ingest_refused: Family<Labels, Counter>,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -87,6 +90,7 @@ impl Metrics {
             port_leases: Family::default(),
             logins: Family::default(),
             admin_refused: Family::default(),
+            ingest_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -179,6 +183,11 @@ impl Metrics {
             "port_leases",
             "Connect-mode port leases by port and event (acquired, lost, released)",
             m.port_leases.clone(),
+        );
+        registry.register(
+            "ingest_refused",
+            "Listen-port connections refused at accept or closed without a first frame, by port and reason",
+            m.ingest_refused.clone(),
         );
         registry.register(
             "retention_removed",
