@@ -309,6 +309,54 @@ pub struct StoreConfig {
     /// Records older than this are removed (with their index entries); 0 = keep forever.
     #[serde(default = "default_retention_days")]
     pub retention_days: u64,
+    /// A message field's value (`D_servicename`, `push_grp_id`) gets a bitmap index once
+    /// this many records hold it (and at least highest id / 512); until then it sits in
+    /// a sorted-set index, so a stranger's fresh values cost bytes, not id/8 each.
+    #[serde(default = "default_bitmap_min_records")]
+    pub bitmap_min_records: u64,
+    /// Most bitmaps a message field's values may earn; beyond it a value stays in its
+    /// sorted-set index (still found, only a status filter on it is bounded).
+    #[serde(default = "default_bitmap_max_values")]
+    pub bitmap_max_values: u64,
+    /// Values with a bitmap from their first record (operators' known service codes),
+    /// per message field: `{ D_servicename = ["TRF", "ORD"] }`. Not counted in the cap.
+    #[serde(default)]
+    pub bitmap_values: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+fn default_bitmap_min_records() -> u64 {
+    1000
+}
+
+fn default_bitmap_max_values() -> u64 {
+    64
+}
+
+impl StoreConfig {
+    /// What is wrong with the bitmap admission settings.
+    fn bitmap_problems(&self, out: &mut Vec<String>) {
+        if self.bitmap_min_records < 2 {
+            out.push(
+                "store.bitmap_min_records must be 2 or more (one record's value sits in a shared hash)"
+                    .into(),
+            );
+        }
+        for (field, values) in &self.bitmap_values {
+            if !crate::store::MESSAGE_BITMAP_FIELDS.contains(&field.as_str()) {
+                out.push(format!(
+                    "store.bitmap_values.{field}: only {} take listed values",
+                    crate::store::MESSAGE_BITMAP_FIELDS.join(", ")
+                ));
+            }
+            for value in values {
+                if value.is_empty() || value.trim() != value {
+                    out.push(format!(
+                        "store.bitmap_values.{field}: {value:?} must be non-empty without surrounding spaces (values are stored trimmed)"
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn default_retention_days() -> u64 {
@@ -328,6 +376,9 @@ impl Default for StoreConfig {
             max_batch: default_max_batch(),
             stats_ttl_hours: default_stats_ttl_hours(),
             retention_days: default_retention_days(),
+            bitmap_min_records: default_bitmap_min_records(),
+            bitmap_max_values: default_bitmap_max_values(),
+            bitmap_values: Default::default(),
         }
     }
 }
@@ -893,6 +944,7 @@ impl Config {
         if self.store.max_batch == 0 {
             out.push("store.max_batch must be at least 1".into());
         }
+        self.store.bitmap_problems(&mut out);
         if self.script.deadline_ms == 0 || self.script.max_operations == 0 {
             out.push("script.deadline_ms and script.max_operations must be above 0".into());
         }
@@ -1394,6 +1446,31 @@ script = "scripts/transfer.rhai"
         .to_string();
         assert!(err.contains("Mars/Base"), "{err}");
         assert!(err.contains("needs redis.dir"), "{err}");
+    }
+
+    #[test]
+    fn bitmap_admission_settings_are_checked() {
+        let config = parse(PORT).expect("valid");
+        assert_eq!(
+            (
+                config.store.bitmap_min_records,
+                config.store.bitmap_max_values
+            ),
+            (1000, 64)
+        );
+        let listed = parse(&format!(
+            "[store]\nbitmap_values = {{ D_servicename = [\"TRF\", \"ORD\"] }}\n{PORT}"
+        ))
+        .expect("valid");
+        assert_eq!(listed.store.bitmap_values["D_servicename"], ["TRF", "ORD"]);
+        let err = parse(&format!(
+            "[store]\nbitmap_min_records = 1\nbitmap_values = {{ status = [\"sent\"], push_grp_id = [\" G1\"] }}\n{PORT}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bitmap_min_records must be 2"), "{err}");
+        assert!(err.contains("bitmap_values.status"), "{err}");
+        assert!(err.contains("\" G1\" must be non-empty"), "{err}");
     }
 
     #[test]
