@@ -285,6 +285,10 @@ struct PortCard {
     peak: u64,
     /// Connect mode: which node runs it (empty when none or listen mode).
     holder: String,
+    /// Connect mode: the upstream connected to now (empty when none).
+    connected: String,
+    /// Listen mode: connections turned away at accept or for want of a first frame.
+    refused: u64,
 }
 
 /// One node sharing this Redis, from its heartbeat.
@@ -348,6 +352,8 @@ async fn dashboard(state: &AdminState, session: &Session) -> Reply {
                 PortState::Running | PortState::Starting | PortState::Standby
             ),
             holder: view.holder.clone().unwrap_or_default(),
+            connected: view.connected.clone().unwrap_or_default(),
+            refused: view.refused,
             connections: view.connections,
             counts,
             last_frame: view
@@ -537,6 +543,8 @@ fn events(state: &AdminState, session: &Session) -> Reply {
                     port["name"] = view.name.into();
                     port["state"] = view.state.as_str().into();
                     port["connections"] = view.connections.into();
+                    port["connected"] = view.connected.into();
+                    port["refused"] = view.refused.into();
                     port
                 })
                 .collect();
