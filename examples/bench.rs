@@ -65,6 +65,7 @@ async fn log_queries() -> anyhow::Result<()> {
         "bench",
         pushgate::config::Role::Admin,
         pushgate::ingest::now_ms(),
+        false,
     )
     .await?;
     let cookie = cookie.split(';').next().unwrap_or("").to_owned();
@@ -384,7 +385,7 @@ async fn start(dir: &Path, extra: &str) -> anyhow::Result<(App, SocketAddr)> {
         &config_path,
         format!(
             "[redis]\nmanaged = true\ndir = \"redis\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [[port]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\nscript = \"transfer.rhai\"\nmax_connections = 64\n{extra}"
+             [[port]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\nscript = \"transfer.rhai\"\nmax_connections = 64\nmax_connections_per_addr = 64\n{extra}"
         ),
     )?;
     let app = App::start(Config::load(&config_path)?, &config_path).await?;

@@ -17,6 +17,7 @@ use crate::fcm::{self, ClientSettings, Credentials, FcmClient, ServiceAccount};
 use crate::script::{CompiledRoute, Limits, RouteEngine};
 use crate::sender::{Policy, Sender};
 use crate::signals::Signal;
+use crate::store::bitmaps::Admission;
 use crate::store::managed::ManagedRedis;
 use crate::store::{Committer, Store, Target};
 use crate::supervisor::{Node, Supervisor};
@@ -232,7 +233,8 @@ impl App {
             Duration::from_millis(config.redis.timeout_ms),
             config.store.stats_ttl_hours * 3600,
         )
-        .with_context(|| format!("opening redis at {shown}"))?;
+        .with_context(|| format!("opening redis at {shown}"))?
+        .with_admission(Admission::from_config(&config.store));
         if let Err(e) = store.ping().await {
             // Not fatal: ports answer with error acks until Redis is back.
             tracing::error!(redis = %shown, error = %e, "redis is not reachable yet");
@@ -263,6 +265,7 @@ impl App {
             .await
             .with_context(|| format!("binding the admin listener {}", config.admin.listen))?;
         let admin_addr = listener.local_addr()?;
+        let tls = admin::tls::acceptor(&config)?;
         let node = Arc::new(Node {
             store: store.clone(),
             id: config
@@ -291,6 +294,8 @@ impl App {
             script_saves: tokio::sync::Mutex::new(()),
             flushing: std::sync::atomic::AtomicBool::new(false),
             api_routes: RwLock::new(api_routes),
+            limits: admin::Limits::new(&config),
+            tls,
         });
         let retention = tokio::spawn(retention_loop(
             store.clone(),

@@ -192,6 +192,45 @@ pub struct AdminConfig {
     /// The admin listener (JSON API, later the console).
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// PEM certificate chain: with `tls_key`, the console is served over HTTPS itself.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// A request's headers must arrive within this (ms); it also closes a keep-alive
+    /// connection idle this long, so half-sent requests cannot hold connections (slowloris).
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// A request body must arrive within this (ms).
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// Connections open at once; one more is closed at accept.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one address.
+    #[serde(default = "default_admin_max_connections_per_addr")]
+    pub max_connections_per_addr: usize,
+}
+
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_body_timeout_ms() -> u64 {
+    30_000
+}
+fn default_admin_max_connections() -> usize {
+    256
+}
+fn default_admin_max_connections_per_addr() -> usize {
+    32
+}
+
+impl AdminConfig {
+    /// Whether the console is served over TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
 }
 
 /// When the managed Redis flushes its AOF to disk.
@@ -248,6 +287,12 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            tls_cert: None,
+            tls_key: None,
+            header_timeout_ms: default_header_timeout_ms(),
+            body_timeout_ms: default_body_timeout_ms(),
+            max_connections: default_admin_max_connections(),
+            max_connections_per_addr: default_admin_max_connections_per_addr(),
         }
     }
 }
@@ -264,6 +309,54 @@ pub struct StoreConfig {
     /// Records older than this are removed (with their index entries); 0 = keep forever.
     #[serde(default = "default_retention_days")]
     pub retention_days: u64,
+    /// A message field's value (`D_servicename`, `push_grp_id`) gets a bitmap index once
+    /// this many records hold it (and at least highest id / 512); until then it sits in
+    /// a sorted-set index, so a stranger's fresh values cost bytes, not id/8 each.
+    #[serde(default = "default_bitmap_min_records")]
+    pub bitmap_min_records: u64,
+    /// Most bitmaps a message field's values may earn; beyond it a value stays in its
+    /// sorted-set index (still found, only a status filter on it is bounded).
+    #[serde(default = "default_bitmap_max_values")]
+    pub bitmap_max_values: u64,
+    /// Values with a bitmap from their first record (operators' known service codes),
+    /// per message field: `{ D_servicename = ["TRF", "ORD"] }`. Not counted in the cap.
+    #[serde(default)]
+    pub bitmap_values: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+fn default_bitmap_min_records() -> u64 {
+    1000
+}
+
+fn default_bitmap_max_values() -> u64 {
+    64
+}
+
+impl StoreConfig {
+    /// What is wrong with the bitmap admission settings.
+    fn bitmap_problems(&self, out: &mut Vec<String>) {
+        if self.bitmap_min_records < 2 {
+            out.push(
+                "store.bitmap_min_records must be 2 or more (one record's value sits in a shared hash)"
+                    .into(),
+            );
+        }
+        for (field, values) in &self.bitmap_values {
+            if !crate::store::MESSAGE_BITMAP_FIELDS.contains(&field.as_str()) {
+                out.push(format!(
+                    "store.bitmap_values.{field}: only {} take listed values",
+                    crate::store::MESSAGE_BITMAP_FIELDS.join(", ")
+                ));
+            }
+            for value in values {
+                if value.is_empty() || value.trim() != value {
+                    out.push(format!(
+                        "store.bitmap_values.{field}: {value:?} must be non-empty without surrounding spaces (values are stored trimmed)"
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn default_retention_days() -> u64 {
@@ -283,6 +376,9 @@ impl Default for StoreConfig {
             max_batch: default_max_batch(),
             stats_ttl_hours: default_stats_ttl_hours(),
             retention_days: default_retention_days(),
+            bitmap_min_records: default_bitmap_min_records(),
+            bitmap_max_values: default_bitmap_max_values(),
+            bitmap_values: Default::default(),
         }
     }
 }
@@ -418,9 +514,27 @@ pub struct ConsoleConfig {
     /// Earlier versions kept per script.
     #[serde(default = "default_script_versions")]
     pub script_versions: usize,
-    /// Failed sign-ins for one user within 15 minutes before sign-in is refused.
+    /// Failed sign-ins for one user *from one address* within 15 minutes before that
+    /// address may not sign in as that user (others, and that user elsewhere, still may).
     #[serde(default = "default_max_failed_logins")]
     pub max_failed_logins: u64,
+    /// Failed sign-ins from one address within 15 minutes before each further attempt
+    /// from it waits: 1 s after the next failure, doubling up to 15 minutes.
+    #[serde(default = "default_free_failed_logins_per_addr")]
+    pub free_failed_logins_per_addr: u64,
+    /// Password checks (argon2id, 19 MiB each) running at once; more wait.
+    #[serde(default = "default_login_concurrency")]
+    pub login_concurrency: usize,
+    /// How long a sign-in waits for a password check slot before it gets 503.
+    #[serde(default = "default_login_queue_ms")]
+    pub login_queue_ms: u64,
+    /// Mark the session cookie `Secure` (always so when `[admin] tls_cert` is set): for a
+    /// console behind an HTTPS proxy.
+    #[serde(default)]
+    pub secure_cookie: bool,
+    /// Live event streams one session may hold open at once.
+    #[serde(default = "default_streams_per_session")]
+    pub streams_per_session: usize,
 }
 
 fn default_session_idle_minutes() -> u64 {
@@ -438,6 +552,20 @@ fn default_script_versions() -> usize {
 fn default_max_failed_logins() -> u64 {
     5
 }
+fn default_free_failed_logins_per_addr() -> u64 {
+    10
+}
+fn default_login_concurrency() -> usize {
+    2
+}
+fn default_login_queue_ms() -> u64 {
+    2_000
+}
+fn default_streams_per_session() -> usize {
+    4
+}
+/// Longest console user name, in bytes: longer names are refused before anything is stored.
+pub const MAX_USER_NAME: usize = 64;
 
 impl Default for ConsoleConfig {
     fn default() -> Self {
@@ -447,6 +575,11 @@ impl Default for ConsoleConfig {
             open_paths: default_open_paths(),
             script_versions: default_script_versions(),
             max_failed_logins: default_max_failed_logins(),
+            free_failed_logins_per_addr: default_free_failed_logins_per_addr(),
+            login_concurrency: default_login_concurrency(),
+            login_queue_ms: default_login_queue_ms(),
+            secure_cookie: false,
+            streams_per_session: default_streams_per_session(),
         }
     }
 }
@@ -499,7 +632,8 @@ pub struct ApiKey {
     pub name: String,
     /// Lower-case hex SHA-256 of the key.
     pub sha256: String,
-    /// `read` (ports, pushes), `control` (start/stop/restart, legal hold), `ingest` (POST pushes).
+    /// `read` (ports, pushes masked), `control` (start/stop/restart, legal hold),
+    /// `ingest` (POST pushes), `personal` (pushes unmasked).
     #[serde(default = "default_scopes")]
     pub scopes: Vec<Scope>,
     /// (ingest) The route script for pushes posted with this key.
@@ -526,9 +660,14 @@ fn default_scopes() -> Vec<Scope> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
+    /// Ports, cluster, pushes with phone and customer numbers masked.
     Read,
+    /// Start/stop/restart, legal hold (and `read`).
     Control,
+    /// `POST /api/v1/pushes`.
     Ingest,
+    /// Pushes unmasked, and search by masked fields (and `read`).
+    Personal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -560,8 +699,27 @@ pub struct PortConfig {
     pub name: String,
     #[serde(default = "default_mode")]
     pub mode: Mode,
-    /// `listen`: the address to bind; `connect`: the `host:port` to dial.
-    pub addr: String,
+    /// `listen`: the address to bind; `connect`: the `host:port` to dial. Exactly one
+    /// of `addr` and `addrs` is set (see [`PortConfig::addresses`]).
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// (connect) Upstreams dialled in order: when one refuses or drops the connection
+    /// the next is dialled at once; the backoff applies only after a whole round failed.
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    /// (listen) Peers that may connect: CIDR blocks or single addresses; empty = any.
+    /// Anyone else is closed at accept, before a byte is read.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// (listen) Most connections from one peer address, so one host cannot take every
+    /// slot of `max_connections`.
+    #[serde(default = "default_max_connections_per_addr")]
+    pub max_connections_per_addr: usize,
+    /// (listen) A connection that has not sent one complete frame within this is
+    /// closed (an idle connection must not hold a slot); 0 = no limit. After the
+    /// first frame, `idle_timeout` applies.
+    #[serde(default = "default_first_frame_timeout_ms")]
+    pub first_frame_timeout_ms: u64,
     #[serde(default = "default_framing")]
     pub framing: FramingKind,
     /// Digits of the ASCII length header (`ascii-len` only).
@@ -617,6 +775,14 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout() -> u64 {
     300
 }
+/// A FEP opens one connection, or a small pool; 8 leaves it room to reconnect while its
+/// old connections time out, and takes 8 hosts to fill the default 64 slots.
+fn default_max_connections_per_addr() -> usize {
+    8
+}
+fn default_first_frame_timeout_ms() -> u64 {
+    10_000
+}
 fn default_true() -> bool {
     true
 }
@@ -648,6 +814,25 @@ impl PortConfig {
 
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout))
+    }
+
+    /// `listen`: the one address to bind; `connect`: the upstreams in the order they
+    /// are dialled. Validation makes it exactly one of `addr` and `addrs`, never empty.
+    pub fn addresses(&self) -> &[String] {
+        match &self.addr {
+            Some(addr) => std::slice::from_ref(addr),
+            None => &self.addrs,
+        }
+    }
+
+    /// The address as shown to people: one, or the upstreams joined with ", ".
+    pub fn addresses_text(&self) -> String {
+        self.addresses().join(", ")
+    }
+
+    pub fn first_frame_timeout(&self) -> Option<Duration> {
+        (self.first_frame_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.first_frame_timeout_ms))
     }
 
     /// Everything about the port except its script's contents: a difference here restarts it.
@@ -759,6 +944,7 @@ impl Config {
         if self.store.max_batch == 0 {
             out.push("store.max_batch must be at least 1".into());
         }
+        self.store.bitmap_problems(&mut out);
         if self.script.deadline_ms == 0 || self.script.max_operations == 0 {
             out.push("script.deadline_ms and script.max_operations must be above 0".into());
         }
@@ -797,6 +983,11 @@ impl Config {
             if !user_names.insert(user.name.as_str()) || user.name.is_empty() {
                 out.push(format!("{at}: name is empty or used twice"));
             }
+            if user.name.len() > MAX_USER_NAME || user.name.chars().any(char::is_control) {
+                out.push(format!(
+                    "{at}: name must be at most {MAX_USER_NAME} bytes without control characters"
+                ));
+            }
             if !user.password.starts_with("$argon2id$")
                 || argon2::PasswordHash::new(&user.password).is_err()
             {
@@ -804,6 +995,22 @@ impl Config {
                     "{at}: password must be an argon2id hash (make one with `pushgate hash-password`)"
                 ));
             }
+        }
+        if self.admin.tls_cert.is_some() != self.admin.tls_key.is_some() {
+            out.push("admin.tls_cert and admin.tls_key go together".into());
+        }
+        if self.admin.header_timeout_ms == 0
+            || self.admin.body_timeout_ms == 0
+            || self.admin.max_connections == 0
+            || self.admin.max_connections_per_addr == 0
+        {
+            out.push(
+                "admin.header_timeout_ms, body_timeout_ms, max_connections and max_connections_per_addr must be above 0"
+                    .into(),
+            );
+        }
+        if self.console.login_concurrency == 0 || self.console.streams_per_session == 0 {
+            out.push("console.login_concurrency and streams_per_session must be above 0".into());
         }
         if self.console.session_idle_minutes == 0 || self.console.session_max_hours == 0 {
             out.push(
@@ -888,25 +1095,59 @@ impl PortConfig {
                 "{at}: name must be 1-64 characters of letters, digits, '-' and '_'"
             ));
         }
+        let one_of_addr_and_addrs = matches!(
+            (&self.addr, self.addrs.is_empty()),
+            (Some(_), true) | (None, false)
+        );
+        if !one_of_addr_and_addrs {
+            out.push(format!(
+                "{at}: set exactly one of addr and addrs (addrs: connect mode's upstreams)"
+            ));
+        }
+        for (i, entry) in self.allow.iter().enumerate() {
+            if let Err(e) = crate::ingest::admission::parse_entry(entry) {
+                out.push(format!("{at}: allow[{i}]: {e}"));
+            }
+        }
+        if self.max_connections_per_addr == 0 {
+            out.push(format!("{at}: max_connections_per_addr must be at least 1"));
+        }
         match self.mode {
             Mode::Listen => {
-                if self.addr.parse::<SocketAddr>().is_err() {
+                if !self.addrs.is_empty() {
                     out.push(format!(
-                        "{at}: addr = {:?} is not an IP:port to listen on",
-                        self.addr
+                        "{at}: addrs only applies to mode = \"connect\"; a listen port binds one addr"
+                    ));
+                }
+                if let Some(addr) = &self.addr
+                    && addr.parse::<SocketAddr>().is_err()
+                {
+                    out.push(format!(
+                        "{at}: addr = {addr:?} is not an IP:port to listen on"
                     ));
                 }
             }
             Mode::Connect => {
-                let ok = self
-                    .addr
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-                if !ok {
+                // A connect port chooses its peers itself (addr/addrs); an allow list
+                // would suggest a protection that does not exist.
+                if !self.allow.is_empty() {
                     out.push(format!(
-                        "{at}: addr = {:?} is not a host:port to connect to",
-                        self.addr
+                        "{at}: allow only applies to mode = \"listen\"; a connect port dials only its addr/addrs"
                     ));
+                }
+                let mut seen = BTreeSet::new();
+                for addr in self.addresses() {
+                    let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok()
+                    });
+                    if !ok {
+                        out.push(format!(
+                            "{at}: addr = {addr:?} is not a host:port to connect to"
+                        ));
+                    }
+                    if !seen.insert(addr.as_str()) {
+                        out.push(format!("{at}: addrs lists {addr:?} twice"));
+                    }
                 }
             }
         }
@@ -1045,6 +1286,10 @@ script = "scripts/transfer.rhai"
         assert_eq!(port.framing(), Framing::Ndjson);
         assert_eq!(port.encoding, Charset::Utf8);
         assert_eq!(port.max_frame_bytes(), 65536);
+        assert_eq!(port.addresses(), ["127.0.0.1:9001"]);
+        assert!(port.allow.is_empty(), "no allow list: any peer");
+        assert_eq!(port.max_connections_per_addr, 8);
+        assert_eq!(port.first_frame_timeout(), Some(Duration::from_secs(10)));
         assert_eq!(config.zone(), chrono_tz::Asia::Seoul);
         assert_eq!(config.redis.prefix, "pushgate:");
         assert_eq!(
@@ -1082,6 +1327,19 @@ script = "scripts/transfer.rhai"
             ("payload = \"fixed\"", "needs a [[port.fields]] layout"),
             ("max_connections = 0", "max_connections must be at least 1"),
             (
+                "max_connections_per_addr = 0",
+                "max_connections_per_addr must be at least 1",
+            ),
+            (
+                "allow = [\"10.1.2.0/24\", \"10.1.2.0/33\"]",
+                "allow[1]: allow entry \"10.1.2.0/33\" is not an IP address or a CIDR block",
+            ),
+            ("allow = [\"fep-a\"]", "allow[0]: allow entry \"fep-a\""),
+            (
+                "addrs = [\"127.0.0.1:9002\"]",
+                "set exactly one of addr and addrs",
+            ),
+            (
                 "required = [\"csno\"]\npayload = \"fixed\"\nfields = [{ name = \"uniqueKey\", len = 10 }]",
                 "required field \"csno\"",
             ),
@@ -1095,6 +1353,60 @@ script = "scripts/transfer.rhai"
             assert!(err.contains("port[0] \"fep-transfer\""), "{extra}: {err}");
             assert!(err.contains(expected), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn connect_ports_take_several_upstreams_and_no_allow_list() {
+        let connect = |lines: &str| {
+            format!("[[port]]\nname = \"fep\"\nmode = \"connect\"\nscript = \"s.rhai\"\n{lines}\n")
+        };
+        let config = parse(&connect("addrs = [\"fep-a:7001\", \"fep-b:7001\"]")).expect("valid");
+        assert_eq!(config.ports[0].addresses(), ["fep-a:7001", "fep-b:7001"]);
+        assert_eq!(config.ports[0].addresses_text(), "fep-a:7001, fep-b:7001");
+        let config = parse(&connect("addr = \"fep-a:7001\"")).expect("addr still works");
+        assert_eq!(config.ports[0].addresses(), ["fep-a:7001"]);
+        let cases = [
+            ("", "set exactly one of addr and addrs"),
+            (
+                "addr = \"fep-a:7001\"\naddrs = [\"fep-b:7001\"]",
+                "set exactly one of addr and addrs",
+            ),
+            (
+                "addrs = [\"fep-a:7001\", \"fep-b\"]",
+                "\"fep-b\" is not a host:port",
+            ),
+            (
+                "addrs = [\"fep-a:7001\", \"fep-a:7001\"]",
+                "lists \"fep-a:7001\" twice",
+            ),
+            (
+                "addr = \"fep-a:7001\"\nallow = [\"10.0.0.0/8\"]",
+                "allow only applies to mode = \"listen\"",
+            ),
+        ];
+        for (lines, expected) in cases {
+            let err = parse(&connect(lines)).unwrap_err().to_string();
+            assert!(err.contains("port[0] \"fep\""), "{lines}: {err}");
+            assert!(err.contains(expected), "{lines}: {err}");
+        }
+        let listen = PORT.replace("addr = \"127.0.0.1:9001\"", "addrs = [\"127.0.0.1:9001\"]");
+        let err = parse(&listen).unwrap_err().to_string();
+        assert!(
+            err.contains("addrs only applies to mode = \"connect\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn listen_ports_take_an_allow_list_of_addresses_and_blocks() {
+        let text = format!(
+            "{PORT}allow = [\"10.1.2.0/24\", \"127.0.0.1\", \"::1\"]\nmax_connections_per_addr = 2\nfirst_frame_timeout_ms = 0\n"
+        );
+        let config = parse(&text).expect("valid");
+        let port = &config.ports[0];
+        assert_eq!(port.allow.len(), 3);
+        assert_eq!(port.max_connections_per_addr, 2);
+        assert_eq!(port.first_frame_timeout(), None, "0 = no limit");
     }
 
     #[test]
@@ -1134,6 +1446,31 @@ script = "scripts/transfer.rhai"
         .to_string();
         assert!(err.contains("Mars/Base"), "{err}");
         assert!(err.contains("needs redis.dir"), "{err}");
+    }
+
+    #[test]
+    fn bitmap_admission_settings_are_checked() {
+        let config = parse(PORT).expect("valid");
+        assert_eq!(
+            (
+                config.store.bitmap_min_records,
+                config.store.bitmap_max_values
+            ),
+            (1000, 64)
+        );
+        let listed = parse(&format!(
+            "[store]\nbitmap_values = {{ D_servicename = [\"TRF\", \"ORD\"] }}\n{PORT}"
+        ))
+        .expect("valid");
+        assert_eq!(listed.store.bitmap_values["D_servicename"], ["TRF", "ORD"]);
+        let err = parse(&format!(
+            "[store]\nbitmap_min_records = 1\nbitmap_values = {{ status = [\"sent\"], push_grp_id = [\" G1\"] }}\n{PORT}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bitmap_min_records must be 2"), "{err}");
+        assert!(err.contains("bitmap_values.status"), "{err}");
+        assert!(err.contains("\" G1\" must be non-empty"), "{err}");
     }
 
     #[test]
@@ -1214,5 +1551,30 @@ script = "scripts/transfer.rhai"
         assert_eq!(changes.removed, ["gone"]);
         assert_eq!(names(&changes.changed), ["fep-transfer"]);
         assert_eq!(names(&changes.unchanged), ["keep"]);
+    }
+
+    #[test]
+    fn reload_restarts_a_port_whose_peer_limits_or_upstreams_changed() {
+        let old = parse(PORT).expect("old");
+        for setting in [
+            "allow = [\"127.0.0.1\"]",
+            "max_connections_per_addr = 3",
+            "first_frame_timeout_ms = 500",
+        ] {
+            let new = parse(&format!("{PORT}{setting}\n")).expect("new");
+            let changes = PortChanges::between(&old, &new);
+            assert_eq!(changes.changed.len(), 1, "{setting}");
+            assert!(changes.unchanged.is_empty(), "{setting}");
+        }
+        let connect = |addrs: &str| {
+            parse(&format!(
+                "[[port]]\nname = \"fep\"\nmode = \"connect\"\nscript = \"s.rhai\"\naddrs = {addrs}\n"
+            ))
+            .expect("valid")
+        };
+        let before = connect("[\"fep-a:7001\", \"fep-b:7001\"]");
+        let reordered = connect("[\"fep-b:7001\", \"fep-a:7001\"]");
+        assert_eq!(PortChanges::between(&before, &reordered).changed.len(), 1);
+        assert_eq!(PortChanges::between(&before, &before).unchanged.len(), 1);
     }
 }

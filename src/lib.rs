@@ -14,6 +14,9 @@
 //! - [`signals`]: SIGHUP = reload, SIGTERM/SIGINT = graceful drain.
 //! - [`app`]: wires the parts together for `serve` and tests.
 
+// The console's page futures nest deeper than the default limit of 128 allows.
+#![recursion_limit = "256"]
+
 pub mod admin;
 pub mod app;
 pub mod config;

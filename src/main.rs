@@ -64,6 +64,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    pushgate::admin::auth::return_large_allocations();
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(

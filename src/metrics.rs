@@ -52,6 +52,13 @@ pub struct Metrics {
     pub commit_retries: Counter,
     /// Connect-mode port leases taken and lost by this node.
     pub port_leases: Family<Labels, Counter>,
+    /// Sign-in attempts by outcome (`ok`, `wrong`, `throttled`, `busy`, `refused`).
+    pub logins: Family<Labels, Counter>,
+    /// Admin connections and live streams refused, by reason.
+    pub admin_refused: Family<Labels, Counter>,
+    /// Listen-port connections turned away, by port and reason (`not_allowed`,
+    /// `per_addr`, `full`, `first_frame_timeout`).
+    pub ingest_refused: Family<Labels, Counter>,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -81,8 +88,21 @@ impl Metrics {
             replication_timeouts: Counter::default(),
             commit_retries: Counter::default(),
             port_leases: Family::default(),
+            logins: Family::default(),
+            admin_refused: Family::default(),
+            ingest_refused: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "console_sign_ins",
+            "Console sign-in attempts, by outcome",
+            m.logins.clone(),
+        );
+        registry.register(
+            "admin_refused",
+            "Admin connections and live streams refused, by reason",
+            m.admin_refused.clone(),
+        );
         registry.register(
             "frames",
             "Frames answered, by port and result",
@@ -163,6 +183,11 @@ impl Metrics {
             "port_leases",
             "Connect-mode port leases by port and event (acquired, lost, released)",
             m.port_leases.clone(),
+        );
+        registry.register(
+            "ingest_refused",
+            "Listen-port connections refused at accept or closed without a first frame, by port and reason",
+            m.ingest_refused.clone(),
         );
         registry.register(
             "retention_removed",

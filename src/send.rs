@@ -56,7 +56,11 @@ fn wire(args: &SendArgs) -> anyhow::Result<Wire> {
             .port(name)
             .with_context(|| format!("no port named {name:?} in {}", path.display()))?;
         return Ok(Wire {
-            addr: args.addr.clone().unwrap_or_else(|| port.addr.clone()),
+            addr: args
+                .addr
+                .clone()
+                .or_else(|| port.addresses().first().cloned())
+                .with_context(|| format!("port {name:?} has no address"))?,
             framing: port.framing(),
             charset: port.encoding,
             layout: (port.payload == Payload::Fixed).then(|| port.fields.clone()),

@@ -79,9 +79,14 @@ pub enum SupervisorError {
 pub struct PortView {
     pub name: String,
     pub mode: crate::config::Mode,
+    /// The configured address; in connect mode with `addrs`, the upstreams joined
+    /// with ", " in the order they are dialled.
     pub addr: String,
     /// The address actually bound (listen) or connected to (connect).
     pub bound: Option<String>,
+    /// Connect mode: the upstream (as configured) the port is connected to right now;
+    /// None while it is not connected, and always in listen mode.
+    pub connected: Option<String>,
     pub state: PortState,
     pub last_error: Option<String>,
     pub restarts: u32,
@@ -94,6 +99,9 @@ pub struct PortView {
     pub stored: u64,
     pub duplicates: u64,
     pub rejected: u64,
+    /// Listen mode: connections refused at accept (`allow`, per-address cap, full)
+    /// or closed without a first frame.
+    pub refused: u64,
     pub last_frame_ms: Option<i64>,
 }
 
@@ -534,6 +542,9 @@ fn mark_stopped(status: &Mutex<Status>, live: &PortLive) {
     if let Ok(mut bound) = live.bound.lock() {
         *bound = None;
     }
+    if let Ok(mut connected) = live.connected.lock() {
+        *connected = None;
+    }
 }
 
 /// Run the port; when it fails, mark it failed and start it again after a backoff.
@@ -753,12 +764,13 @@ fn view(slot: &Slot) -> PortView {
     PortView {
         name: slot.config.name.clone(),
         mode: slot.config.mode,
-        addr: slot.config.addr.clone(),
+        addr: slot.config.addresses_text(),
         bound: live
             .bound
             .lock()
             .ok()
             .and_then(|b| b.map(|a| a.to_string())),
+        connected: live.connected.lock().ok().and_then(|c| c.clone()),
         state: status.state,
         last_error: status.last_error.clone().or(port_error),
         restarts: status.restarts,
@@ -769,6 +781,7 @@ fn view(slot: &Slot) -> PortView {
         stored: live.stored.load(Ordering::Relaxed),
         duplicates: live.duplicates.load(Ordering::Relaxed),
         rejected: live.rejected.load(Ordering::Relaxed),
+        refused: live.refused.load(Ordering::Relaxed),
         last_frame_ms: (last_frame > 0).then_some(last_frame),
     }
 }

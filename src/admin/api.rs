@@ -15,6 +15,7 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 
 use super::auth::{self, Session};
+use super::view::{self, Sight};
 use super::{AdminState, Reply, json as reply_json, json_error, read_body};
 use crate::config::{Role, Scope};
 use crate::ingest::{self, now_ms};
@@ -45,9 +46,9 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
         }
         _ => return json_error(StatusCode::NOT_FOUND, format!("no such API: {path}")),
     };
-    // Pushes carry personal data unmasked: only API keys may read them.
+    // Pushes are for systems: only API keys may read them (masked unless `personal`).
     let session_ok = matches!(segments.get(2), Some(&"ports" | &"cluster"));
-    let caller = match authorize(state, &req, needed, session_ok).await {
+    let (caller, sight) = match authorize(state, &req, needed, session_ok).await {
         Ok(c) => c,
         Err(reply) => return reply,
     };
@@ -58,8 +59,8 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
     if needed == Scope::Ingest {
         return ingest(state, req, &caller).await;
     }
-    if read_body(req.into_body(), 64 * 1024).await.is_err() {
-        return json_error(StatusCode::PAYLOAD_TOO_LARGE, "body over 65536 bytes");
+    if let Err(reply) = read_body(state, req.into_body(), 64 * 1024).await {
+        return reply;
     }
     let sup = &state.supervisor;
     match segments.as_slice() {
@@ -78,10 +79,10 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
             }
         }
         ["api", "v1", "cluster"] => cluster(state).await,
-        ["api", "v1", "pushes"] => search(state, &query).await,
+        ["api", "v1", "pushes"] => search(state, &query, sight).await,
         ["api", "v1", "pushes", id] => match id.parse::<u64>() {
             Ok(id) => match state.store.record(id).await {
-                Ok(Some(record)) => reply_json(StatusCode::OK, &record),
+                Ok(Some(record)) => reply_json(StatusCode::OK, &view::record(&record, sight)),
                 Ok(None) => json_error(StatusCode::NOT_FOUND, format!("no push {id}")),
                 Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             },
@@ -92,7 +93,7 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
                 return json_error(StatusCode::BAD_REQUEST, format!("{id:?} is not a push id"));
             };
             match set_hold(state, id, method == Method::POST, &caller, peer).await {
-                Ok(record) => reply_json(StatusCode::OK, &record),
+                Ok(record) => reply_json(StatusCode::OK, &view::record(&record, sight)),
                 Err((status, message)) => json_error(status, message),
             }
         }
@@ -212,7 +213,7 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
         );
     }
     let key_name = caller.trim_start_matches("api:").to_owned();
-    let body = match read_body(req.into_body(), MAX_INGEST_BODY).await {
+    let body = match read_body(state, req.into_body(), MAX_INGEST_BODY).await {
         Ok(b) => b,
         Err(reply) => return reply,
     };
@@ -318,7 +319,7 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
 
 /// `GET /api/v1/pushes?field=value`: the first searchable field given, plus `status`,
 /// `order=oldest`, `page`, `per_page` (≤ 1000).
-async fn search(state: &AdminState, query: &[(String, String)]) -> Reply {
+async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) -> Reply {
     let fields = searchable_fields();
     let mut q = LogQuery {
         page: 1,
@@ -329,7 +330,7 @@ async fn search(state: &AdminState, query: &[(String, String)]) -> Reply {
         match k.as_str() {
             "status" => q.status = Some(v.clone()),
             "order" => q.oldest_first = v == "oldest",
-            "page" => q.page = v.parse().unwrap_or(1),
+            "page" => q.page = v.parse().unwrap_or(1).clamp(1, 1_000_000_000),
             "per_page" => q.per_page = v.parse().unwrap_or(100),
             field if fields.contains(&field) && q.field.is_none() => {
                 q.field = Some(field.to_owned());
@@ -346,15 +347,21 @@ async fn search(state: &AdminState, query: &[(String, String)]) -> Reply {
             }
         }
     }
+    if let Some(field) = &q.field
+        && let Err(why) = view::may_search(field, &q.value, sight)
+    {
+        return json_error(StatusCode::FORBIDDEN, why);
+    }
     match state.store.log_page(&q).await {
         Ok(page) => {
+            let pushes: Vec<Value> = page.rows.iter().map(|r| view::record(r, sight)).collect();
             let (total, complete) = match page.total {
                 crate::store::log::Total::Exact(n) => (n, true),
                 crate::store::log::Total::AtLeast { found, .. } => (found, false),
             };
             reply_json(
                 StatusCode::OK,
-                &json!({"total": total, "complete": complete, "page": q.page, "pushes": page.rows}),
+                &json!({"total": total, "complete": complete, "page": q.page, "pushes": pushes}),
             )
         }
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -363,13 +370,13 @@ async fn search(state: &AdminState, query: &[(String, String)]) -> Reply {
 
 /// An API key with the scope, or (where `session_ok`) a console session with the
 /// matching role and, for POST/DELETE, its CSRF token in `X-CSRF-Token`. Returns who
-/// is calling.
+/// is calling and what they may see of a record.
 async fn authorize(
     state: &AdminState,
     req: &Request<Incoming>,
     needed: Scope,
     session_ok: bool,
-) -> Result<String, Reply> {
+) -> Result<(String, Sight), Reply> {
     let config = state.config();
     if let Some(key) = auth::api_key(req.headers(), &config.api_keys) {
         if !auth::key_allows(key, needed) {
@@ -382,7 +389,7 @@ async fn authorize(
                 ),
             ));
         }
-        return Ok(format!("api:{}", key.name));
+        return Ok((format!("api:{}", key.name), auth::key_sight(key)));
     }
     let session: Option<Session> = if !session_ok {
         None
@@ -425,5 +432,6 @@ async fn authorize(
             ),
         ));
     }
-    Ok(session.user)
+    let sight = session.sight();
+    Ok((session.user, sight))
 }

@@ -48,6 +48,19 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Call once at start-up, before threads. A password check allocates 19 MiB (argon2id's
+/// memory). glibc's malloc raises its mmap threshold once such a block is freed, so later
+/// ones come from heap arenas that are kept: a flood of sign-ins left the process at
+/// gigabytes. A fixed threshold keeps each block of 1 MiB or more in a mapping of its
+/// own, given back to the system when freed.
+pub fn return_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before other threads run.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 /// Check a password against a PHC string (slow by design: run it off the runtime).
 pub fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|hash| {
@@ -81,6 +94,15 @@ pub struct Session {
 impl Session {
     pub fn may(&self, role: Role) -> bool {
         self.role >= role
+    }
+
+    /// What this session may see of a record: viewers see personal data masked.
+    pub fn sight(&self) -> super::view::Sight {
+        if self.may(Role::Operator) {
+            super::view::Sight::Full
+        } else {
+            super::view::Sight::Masked
+        }
     }
 }
 
@@ -124,6 +146,19 @@ pub async fn session(
     Some(session)
 }
 
+/// Whether a session read earlier is still alive (not signed out, not expired, its
+/// user still there with the same role), without pushing its idle timeout out: what a
+/// long-lived stream checks so that it ends with its session.
+pub async fn still_valid(store: &Store, config: &Config, session: &Session, now_ms: i64) -> bool {
+    let max_ms = (config.console.session_max_hours * 3_600_000) as i64;
+    now_ms - session.created_ms <= max_ms
+        && config
+            .users
+            .iter()
+            .any(|u| u.name == session.user && u.role == session.role)
+        && store.session_exists(&session.token).await.unwrap_or(false)
+}
+
 /// Start a session; returns it with the `Set-Cookie` value.
 pub async fn start_session(
     store: &Store,
@@ -131,6 +166,7 @@ pub async fn start_session(
     user: &str,
     role: Role,
     now_ms: i64,
+    secure: bool,
 ) -> Result<(Session, String), crate::store::StoreError> {
     let session = Session {
         token: random_token(),
@@ -144,9 +180,10 @@ pub async fn start_session(
         .put_session(&session.token, &text, idle_ms(config))
         .await?;
     let cookie = format!(
-        "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
         session.token,
-        config.console.session_max_hours * 3600
+        config.console.session_max_hours * 3600,
+        if secure { "; Secure" } else { "" }
     );
     Ok((session, cookie))
 }
@@ -167,11 +204,20 @@ pub fn api_key<'a>(headers: &HeaderMap, keys: &'a [ApiKey]) -> Option<&'a ApiKey
     keys.iter().find(|k| same(&k.sha256, &hash))
 }
 
-/// Whether a key's scopes cover `needed` (`control` includes `read`).
+/// Whether a key's scopes cover `needed` (`control` and `personal` include `read`).
 pub fn key_allows(key: &ApiKey, needed: Scope) -> bool {
-    key.scopes
-        .iter()
-        .any(|s| *s == needed || (*s == Scope::Control && needed == Scope::Read))
+    key.scopes.iter().any(|s| {
+        *s == needed || (matches!(s, Scope::Control | Scope::Personal) && needed == Scope::Read)
+    })
+}
+
+/// What a key may see of a record: only `personal` unmasks phone and customer numbers.
+pub fn key_sight(key: &ApiKey) -> super::view::Sight {
+    if key.scopes.contains(&Scope::Personal) {
+        super::view::Sight::Full
+    } else {
+        super::view::Sight::Masked
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,12 @@
 
 mod api;
 pub mod auth;
+mod limits;
+mod login;
 mod pages;
 mod probes;
+pub mod tls;
+pub mod view;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,6 +36,7 @@ use crate::store::Store;
 use crate::supervisor::Supervisor;
 
 pub use auth::{hash_api_key, hash_password, new_api_key};
+pub use limits::Limits;
 
 /// Everything the pages and the API read or act on.
 pub struct AdminState {
@@ -54,6 +59,10 @@ pub struct AdminState {
     pub flushing: std::sync::atomic::AtomicBool,
     /// Compiled route scripts of the ingest API keys, by key name.
     pub api_routes: RwLock<std::collections::HashMap<String, crate::script::CompiledRoute>>,
+    /// Bounds on what callers can hold: connections, password checks, live streams.
+    pub limits: limits::Limits,
+    /// Serves the console over TLS when `[admin] tls_cert` is set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl AdminState {
@@ -70,6 +79,11 @@ pub type Body = BoxBody<Bytes, Infallible>;
 pub type Reply = Response<Body>;
 
 /// Serve until `cancel`; open connections finish their current request.
+///
+/// Each connection holds a slot (`[admin] max_connections`, and per address
+/// `max_connections_per_addr`; a connection over either is closed at accept), must send
+/// each request's headers within `header_timeout_ms` (which also ends a keep-alive
+/// connection idle that long), and, with TLS, finish its handshake within the same time.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: CancellationToken) {
     let tracker = TaskTracker::new();
     loop {
@@ -84,30 +98,72 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: Cancel
             },
             _ = cancel.cancelled() => break,
         };
+        let Some(slot) = state.limits.connection(peer.ip(), &state.config()) else {
+            crate::metrics::metrics()
+                .admin_refused
+                .get_or_create(&crate::metrics::labels(&[("reason", "connections")]))
+                .inc();
+            drop(stream);
+            continue;
+        };
         let state = state.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req, peer).await) }
-            });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "admin connection");
+            let _slot = slot;
+            let config = state.config();
+            let header_timeout = std::time::Duration::from_millis(config.admin.header_timeout_ms);
+            match state.tls.clone() {
+                None => serve_connection(stream, peer, state, cancel, header_timeout).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, peer, state, cancel, header_timeout).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin TLS handshake"),
+                        Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
                     }
-                }
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
                 }
             }
         });
     }
     tracker.close();
     tracker.wait().await;
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    state: Arc<AdminState>,
+    cancel: CancellationToken,
+    header_timeout: std::time::Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        // Type-erased: the page futures are deep, and the compiler proves them Send once
+        // here instead of inside each stream type's connection future.
+        let answer: Pin<Box<dyn std::future::Future<Output = Reply> + Send>> =
+            Box::pin(async move { handle(&state, req, peer).await });
+        async move { Ok::<_, Infallible>(answer.await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "admin connection");
+            }
+        }
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 async fn handle(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Reply {
@@ -174,13 +230,19 @@ fn redirect(location: &str) -> Reply {
     reply
 }
 
-/// Read a request body up to `limit` bytes.
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Reply> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(_) => Err(json_error(
+/// Read a request body up to `limit` bytes, within `[admin] body_timeout_ms`.
+async fn read_body(state: &AdminState, body: Incoming, limit: usize) -> Result<Bytes, Reply> {
+    let within = std::time::Duration::from_millis(state.config().admin.body_timeout_ms);
+    let read = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(within, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(_)) => Err(json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("body over {limit} bytes"),
+        )),
+        Err(_) => Err(json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("body not received within {} ms", within.as_millis()),
         )),
     }
 }

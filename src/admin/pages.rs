@@ -9,21 +9,24 @@ use std::time::Duration;
 
 use askama::Template;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, SET_COOKIE};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode};
 use serde_json::Value;
 
 use super::auth::{self, Session};
+use super::view::{self, Sight};
 use super::{AdminState, Reply, api, html, read_body, redirect, streaming, with_type};
 use crate::config::Role;
 use crate::ingest::now_ms;
-use crate::script::{format_local, mask, mask_phone};
+use crate::script::format_local;
 use crate::store::log::{LogQuery, Resend, Total, searchable_fields};
 use crate::supervisor::PortState;
 
 const STYLE: &str = include_str!("../../static/app.css");
 const SCRIPT: &str = include_str!("../../static/app.js");
 const PER_PAGE: u64 = 100;
+/// The highest page number asked for (a page past the end is simply empty).
+const MAX_PAGE: u64 = 1_000_000_000;
 /// Rows a CSV export holds at most.
 const CSV_LIMIT: u64 = 100_000;
 /// The log's columns, in the order the old console showed them.
@@ -52,7 +55,7 @@ const STATUSES: &[&str] = &[
 ];
 
 /// What every signed-in page shows around its content.
-pub struct Chrome {
+pub(super) struct Chrome {
     pub user: String,
     pub role: &'static str,
     pub csrf: String,
@@ -74,7 +77,7 @@ impl Chrome {
     }
 }
 
-fn render(page: &impl Template) -> Reply {
+pub(super) fn render(page: &impl Template) -> Reply {
     match page.render() {
         Ok(text) => html(StatusCode::OK, text),
         Err(e) => {
@@ -105,25 +108,24 @@ fn error_page(session: Option<&Session>, status: StatusCode, message: &str) -> R
     reply
 }
 
-/// A request, decoded once: query and (for POST) form fields.
+/// A request's fields, decoded once: the form's for a POST, the query's otherwise
+/// (never both, so nothing a POST acts on can ride in a URL).
 struct Input {
-    query: HashMap<String, String>,
-    form: HashMap<String, String>,
+    fields: HashMap<String, String>,
 }
 
 impl Input {
     fn get(&self, key: &str) -> &str {
-        self.form
-            .get(key)
-            .or_else(|| self.query.get(key))
-            .map(String::as_str)
-            .unwrap_or("")
+        self.fields.get(key).map(String::as_str).unwrap_or("")
     }
 }
 
 fn pairs(text: &[u8]) -> HashMap<String, String> {
     form_urlencoded::parse(text).into_owned().collect()
 }
+
+/// The largest form a signed-in user may post (a script is the largest).
+const FORM_LIMIT: usize = 1024 * 1024;
 
 pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Reply {
     let path = req.uri().path().to_owned();
@@ -150,26 +152,25 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
     if probe && config.console.open_paths.contains(&path) {
         return super::probes::answer(state, &path).await;
     }
-    let query = pairs(req.uri().query().unwrap_or("").as_bytes());
     let session = auth::session(&state.store, &config, req.headers(), now_ms()).await;
-    let headers = req.headers().clone();
-    let form = if method == Method::POST {
-        match read_body(req.into_body(), 1024 * 1024).await {
-            Ok(body) => pairs(&body),
-            Err(reply) => return reply,
-        }
-    } else {
-        HashMap::new()
-    };
-    let input = Input { query, form };
     if path == "/login" {
-        return login(state, &method, &input, session.as_ref(), peer).await;
+        // The only body read before a session is known, and a small one.
+        let form = if method == Method::POST {
+            match read_body(state, req.into_body(), super::login::FORM_LIMIT).await {
+                Ok(body) => Some(body),
+                Err(reply) => return reply,
+            }
+        } else {
+            None
+        };
+        return super::login::answer(state, &method, form.as_deref(), session.as_ref(), peer).await;
     }
     if probe && session.is_some() {
         return super::probes::answer(state, &path).await;
     }
     let Some(session) = session else {
-        let wants_html = headers
+        let wants_html = req
+            .headers()
             .get(hyper::header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("text/html"));
@@ -179,6 +180,15 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
             super::json_error(StatusCode::UNAUTHORIZED, "sign in first")
         };
     };
+    let fields = if method == Method::POST {
+        match read_body(state, req.into_body(), FORM_LIMIT).await {
+            Ok(body) => pairs(&body),
+            Err(reply) => return reply,
+        }
+    } else {
+        pairs(req.uri().query().unwrap_or("").as_bytes())
+    };
+    let input = Input { fields };
     if method == Method::POST && !auth::same(input.get("csrf"), &session.csrf) {
         return error_page(
             Some(&session),
@@ -189,9 +199,9 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let s = &session;
     match (&method, segments.as_slice()) {
-        (&Method::POST, ["logout"]) => logout(state, s).await,
+        (&Method::POST, ["logout"]) => super::login::logout(state, s).await,
         (&Method::GET, [""]) => dashboard(state, s).await,
-        (&Method::GET, ["events"]) => events(state),
+        (&Method::GET, ["events"]) => events(state, s),
         (&Method::POST, ["ports", name, action @ ("start" | "stop")]) => {
             if !s.may(Role::Operator) {
                 return error_page(
@@ -258,124 +268,6 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
     }
 }
 
-// ---------------------------------------------------------------- sign-in
-
-#[derive(Template)]
-#[template(path = "login.html")]
-struct LoginPage<'a> {
-    chrome: Option<Chrome>,
-    user: &'a str,
-    error: &'a str,
-}
-
-async fn login(
-    state: &AdminState,
-    method: &Method,
-    input: &Input,
-    session: Option<&Session>,
-    peer: SocketAddr,
-) -> Reply {
-    if *method == Method::GET {
-        if session.is_some() {
-            return redirect("/");
-        }
-        return render(&LoginPage {
-            chrome: None,
-            user: "",
-            error: "",
-        });
-    }
-    let config = state.config();
-    let name = input.get("user").trim().to_owned();
-    let password = input.get("password").to_owned();
-    let refuse = |error: &str| {
-        let mut reply = render(&LoginPage {
-            chrome: None,
-            user: &name,
-            error,
-        });
-        *reply.status_mut() = StatusCode::UNAUTHORIZED;
-        reply
-    };
-    // Count the attempt before checking it, so parallel guesses cannot all slip in
-    // under the limit; a success clears the count.
-    let max = config.console.max_failed_logins;
-    match state
-        .store
-        .count_failed_login(&name, auth::FAILED_LOGIN_WINDOW_SECS)
-        .await
-    {
-        Ok((count, ttl)) if count > max => {
-            let wait = (ttl.max(1000) / 1000).to_string();
-            return refuse(&format!(
-                "Too many failed sign-ins for this user. Try again in {wait} s."
-            ));
-        }
-        Ok(_) => {}
-        Err(e) => return refuse(&format!("Sign-in is unavailable: {e}")),
-    }
-    let user = config.users.iter().find(|u| u.name == name).cloned();
-    // Verify even for unknown users, so timing does not tell which names exist.
-    let phc = user
-        .as_ref()
-        .map(|u| u.password.clone())
-        .unwrap_or_else(|| dummy_hash().to_owned());
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &phc))
-        .await
-        .unwrap_or(false);
-    let addr = peer.ip().to_string();
-    let (Some(user), true) = (user, ok) else {
-        let _ = state
-            .store
-            .audit(&[
-                ("who", &name),
-                ("action", "sign-in failed"),
-                ("target", ""),
-                ("addr", &addr),
-            ])
-            .await;
-        return refuse("Wrong user name or password.");
-    };
-    let _ = state.store.clear_failed_logins(&name).await;
-    match auth::start_session(&state.store, &config, &user.name, user.role, now_ms()).await {
-        Ok((_, cookie)) => {
-            let _ = state
-                .store
-                .audit(&[
-                    ("who", &user.name),
-                    ("action", "sign-in"),
-                    ("target", ""),
-                    ("addr", &addr),
-                ])
-                .await;
-            let mut reply = redirect("/");
-            if let Ok(value) = HeaderValue::from_str(&cookie) {
-                reply.headers_mut().insert(SET_COOKIE, value);
-            }
-            reply
-        }
-        Err(e) => refuse(&format!("Sign-in is unavailable: {e}")),
-    }
-}
-
-/// An argon2id hash of a random string, checked when the user name is unknown.
-fn dummy_hash() -> &'static str {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| {
-        let secret: [u8; 16] = rand::random();
-        auth::hash_password(&format!("{secret:?}")).unwrap_or_default()
-    })
-}
-
-async fn logout(state: &AdminState, session: &Session) -> Reply {
-    let _ = state.store.delete_session(&session.token).await;
-    let mut reply = redirect("/login");
-    if let Ok(value) = HeaderValue::from_str(&auth::clear_cookie()) {
-        reply.headers_mut().insert(SET_COOKIE, value);
-    }
-    reply
-}
-
 // ---------------------------------------------------------------- dashboard
 
 struct PortCard {
@@ -393,6 +285,10 @@ struct PortCard {
     peak: u64,
     /// Connect mode: which node runs it (empty when none or listen mode).
     holder: String,
+    /// Connect mode: the upstream connected to now (empty when none).
+    connected: String,
+    /// Listen mode: connections turned away at accept or for want of a first frame.
+    refused: u64,
 }
 
 /// One node sharing this Redis, from its heartbeat.
@@ -456,13 +352,18 @@ async fn dashboard(state: &AdminState, session: &Session) -> Reply {
                 PortState::Running | PortState::Starting | PortState::Standby
             ),
             holder: view.holder.clone().unwrap_or_default(),
+            connected: view.connected.clone().unwrap_or_default(),
+            refused: view.refused,
             connections: view.connections,
             counts,
             last_frame: view
                 .last_frame_ms
                 .map(|ms| format_local(ms, config.zone(), "%Y-%m-%d %H:%M:%S"))
                 .unwrap_or_else(|| "—".into()),
-            last_error: view.last_error.clone().unwrap_or_default(),
+            last_error: super::view::text(
+                view.last_error.as_deref().unwrap_or_default(),
+                session.sight(),
+            ),
             script_error: view.script_error.clone().unwrap_or_default(),
             sparkline,
             peak,
@@ -600,15 +501,36 @@ fn redis_health(info: Result<HashMap<String, String>, crate::store::StoreError>)
     }
 }
 
-/// Server-Sent Events: every port's counters once a second.
-fn events(state: &AdminState) -> Reply {
+/// Server-Sent Events: every port's counters once a second, for as long as the session
+/// that opened the stream lives (sign-out, expiry or a role change end it within a
+/// second), and at most `[console] streams_per_session` at once per session.
+fn events(state: &AdminState, session: &Session) -> Reply {
+    let config = state.config();
+    let Some(slot) = state.limits.stream(&session.token, &config) else {
+        crate::metrics::metrics()
+            .admin_refused
+            .get_or_create(&crate::metrics::labels(&[("reason", "streams")]))
+            .inc();
+        return super::json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this session already has {} live streams open",
+                config.console.streams_per_session
+            ),
+        );
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let supervisor = state.supervisor.clone();
     let store = state.store.clone();
     let shutdown = state.shutdown.clone();
+    let session = session.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let _ = tx.send(Bytes::from_static(b"retry: 3000\n\n")).await;
         loop {
+            if !auth::still_valid(&store, &config, &session, now_ms()).await {
+                return;
+            }
             let views = supervisor.ports().await;
             let names: Vec<String> = views.iter().map(|v| v.name.clone()).collect();
             let counts = store.port_counts(&names).await.unwrap_or_default();
@@ -621,6 +543,8 @@ fn events(state: &AdminState) -> Reply {
                     port["name"] = view.name.into();
                     port["state"] = view.state.as_str().into();
                     port["connections"] = view.connections.into();
+                    port["connected"] = view.connected.into();
+                    port["refused"] = view.refused.into();
                     port
                 })
                 .collect();
@@ -680,8 +604,13 @@ struct LogPageView {
 }
 
 /// The log query from the request, and the same query string without `page`.
-fn log_query(input: &Input, zone: chrono_tz::Tz) -> Result<(LogQuery, String), String> {
+fn log_query(
+    input: &Input,
+    zone: chrono_tz::Tz,
+    sight: Sight,
+) -> Result<(LogQuery, String), String> {
     let field = input.get("field").to_owned();
+    view::may_search(&field, input.get("q"), sight)?;
     let parse_time = |key: &str| -> Result<Option<i64>, String> {
         let text = input.get(key).trim().replace('T', " ");
         if text.is_empty() {
@@ -704,7 +633,7 @@ fn log_query(input: &Input, zone: chrono_tz::Tz) -> Result<(LogQuery, String), S
         from_ms: parse_time("from")?,
         to_ms: parse_time("to")?,
         oldest_first: input.get("order") == "oldest",
-        page: input.get("page").parse().unwrap_or(1).max(1),
+        page: input.get("page").parse().unwrap_or(1).clamp(1, MAX_PAGE),
         per_page: PER_PAGE,
     };
     let base: String = form_urlencoded::Serializer::new(String::new())
@@ -718,20 +647,12 @@ fn log_query(input: &Input, zone: chrono_tz::Tz) -> Result<(LogQuery, String), S
     Ok((query, base))
 }
 
-/// A record's cell as the session may see it.
-fn cell(record: &Value, column: &str, session: &Session) -> String {
-    let text = match &record[column] {
+/// A cell of a record already seen through the session's eyes ([`view::record`]).
+fn cell(record: &Value, column: &str) -> String {
+    match &record[column] {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
-    };
-    if session.may(Role::Operator) || text.is_empty() {
-        return text;
-    }
-    match column {
-        "cust_telno" => mask_phone(&text),
-        "csno" => mask(&text, 2, 2),
-        _ => text,
     }
 }
 
@@ -769,7 +690,8 @@ async fn log_page(state: &AdminState, session: &Session, input: &Input) -> Reply
         next: None,
         took_ms: String::new(),
     };
-    let (query, base) = match log_query(input, config.zone()) {
+    let sight = session.sight();
+    let (query, base) = match log_query(input, config.zone(), sight) {
         Ok(q) => q,
         Err(e) => {
             page.error = e;
@@ -803,10 +725,13 @@ async fn log_page(state: &AdminState, session: &Session, input: &Input) -> Reply
             page.rows = result
                 .rows
                 .iter()
-                .map(|r| Row {
-                    id: r["id"].as_u64().unwrap_or(0),
-                    status: r["status"].as_str().unwrap_or("").to_owned(),
-                    cells: COLUMNS.iter().map(|c| cell(r, c, session)).collect(),
+                .map(|r| {
+                    let seen = view::record(r, sight);
+                    Row {
+                        id: seen["id"].as_u64().unwrap_or(0),
+                        status: seen["status"].as_str().unwrap_or("").to_owned(),
+                        cells: COLUMNS.iter().map(|c| cell(&seen, c)).collect(),
+                    }
                 })
                 .collect();
         }
@@ -818,7 +743,8 @@ async fn log_page(state: &AdminState, session: &Session, input: &Input) -> Reply
 
 async fn log_csv(state: &AdminState, session: &Session, input: &Input) -> Reply {
     let config = state.config();
-    let (mut query, _) = match log_query(input, config.zone()) {
+    let sight = session.sight();
+    let (mut query, _) = match log_query(input, config.zone(), sight) {
         Ok(q) => q,
         Err(e) => return error_page(Some(session), StatusCode::BAD_REQUEST, &e),
     };
@@ -840,8 +766,9 @@ async fn log_csv(state: &AdminState, session: &Session, input: &Input) -> Reply 
             }
         };
         for record in &result.rows {
-            let mut fields = vec![record["id"].to_string(), cell(record, "status", session)];
-            fields.extend(COLUMNS.iter().map(|c| cell(record, c, session)));
+            let seen = view::record(record, sight);
+            let mut fields = vec![seen["id"].to_string(), cell(&seen, "status")];
+            fields.extend(COLUMNS.iter().map(|c| cell(&seen, c)));
             let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
             out.push_str(&line.join(","));
             out.push_str("\r\n");
@@ -865,9 +792,10 @@ async fn log_csv(state: &AdminState, session: &Session, input: &Input) -> Reply 
     reply
 }
 
-/// Quote a CSV field; a leading =+-@ is defused so a spreadsheet never runs it.
+/// Quote a CSV field; a leading = + - @ TAB or CR is defused so a spreadsheet never
+/// takes the cell for a formula.
 fn csv_field(text: &str) -> String {
-    let defused = if text.starts_with(['=', '+', '-', '@']) {
+    let defused = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{text}")
     } else {
         text.to_owned()
@@ -1019,13 +947,14 @@ async fn push_page(state: &AdminState, session: &Session, id: &str, notice: Opti
         }
     };
     let zone = config.zone();
+    let record = view::record(&record, session.sight());
     let mut fields: Vec<Field> = record
         .as_object()
         .map(|m| {
             m.keys()
                 .filter(|k| !matches!(k.as_str(), "history" | "decision"))
                 .map(|k| {
-                    let mut value = cell(&record, k, session);
+                    let mut value = cell(&record, k);
                     if matches!(k.as_str(), "received_at" | "due_at")
                         && let Some(ms) = record[k].as_i64()
                     {
@@ -1072,7 +1001,7 @@ async fn push_page(state: &AdminState, session: &Session, id: &str, notice: Opti
         held: record["legal_hold"] == true,
         status,
         fields,
-        decision: masked_decision(&record, session),
+        decision: serde_json::to_string_pretty(&record["decision"]).unwrap_or_default(),
         attempts,
         notice: notice.unwrap_or("").to_owned(),
     })
@@ -1194,20 +1123,6 @@ async fn reroute(state: &AdminState, session: &Session, id: &str, peer: SocketAd
             &e.to_string(),
         ),
     }
-}
-
-/// The route decision as text; for viewers with the record's phone and customer
-/// numbers masked wherever a script copied them in.
-fn masked_decision(record: &Value, session: &Session) -> String {
-    let mut text = serde_json::to_string_pretty(&record["decision"]).unwrap_or_default();
-    if !session.may(Role::Operator) {
-        for column in ["cust_telno", "csno"] {
-            if let Some(value) = record[column].as_str().filter(|v| v.len() >= 4) {
-                text = text.replace(value, &cell(record, column, session));
-            }
-        }
-    }
-    text
 }
 
 async fn resend(state: &AdminState, session: &Session, id: &str, peer: SocketAddr) -> Reply {
@@ -1679,22 +1594,9 @@ mod tests {
     }
 
     #[test]
-    fn viewers_see_masked_phone_and_customer_numbers() {
-        let record = serde_json::json!({"cust_telno": "01012345678", "csno": "1234567890", "msg_title": "제목"});
-        let viewer = Session {
-            token: String::new(),
-            user: "v".into(),
-            role: Role::Viewer,
-            csrf: String::new(),
-            created_ms: 0,
-        };
-        assert_eq!(cell(&record, "cust_telno", &viewer), "010-****-5678");
-        assert_eq!(cell(&record, "csno", &viewer), "12******90");
-        assert_eq!(cell(&record, "msg_title", &viewer), "제목");
-        let operator = Session {
-            role: Role::Operator,
-            ..viewer
-        };
-        assert_eq!(cell(&record, "cust_telno", &operator), "01012345678");
+    fn csv_defuses_tab_and_carriage_return_too() {
+        assert_eq!(csv_field("\t=1+1"), "\"'\t=1+1\"");
+        assert_eq!(csv_field("\r=1+1"), "\"'\r=1+1\"");
+        assert_eq!(csv_field("plain"), "\"plain\"");
     }
 }

@@ -5,6 +5,7 @@
 //! An ack is written only after its record is in Redis. This module never talks to
 //! Redis itself: it goes through [`Committer`].
 
+pub mod admission;
 pub mod charset;
 pub mod fixed;
 pub mod frame;
@@ -17,7 +18,6 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,6 +25,7 @@ use crate::config::{Mode, Payload, PortConfig, RESERVED_FIELDS};
 use crate::metrics::{labels, metrics};
 use crate::script::{CompiledRoute, Decision, RouteEngine};
 use crate::store::{Committer, Fence, NewRecord, Status, Stored};
+use admission::{AllowList, PeerRefusal, RefusalLog, Slots};
 
 const MAX_UNIQUE_KEY_BYTES: usize = 256;
 /// How long writing acks to a peer may take before the connection is dropped.
@@ -42,6 +43,11 @@ pub enum IngestError {
         addr: String,
         cause: std::io::Error,
     },
+    #[error("port {port}: {cause}")]
+    Allow {
+        port: String,
+        cause: admission::AllowEntryError,
+    },
 }
 
 /// What a port shows the outside world while it runs; shared with the supervisor.
@@ -56,8 +62,15 @@ pub struct PortLive {
     pub rejected: AtomicU64,
     /// Unix ms of the last frame, 0 = none yet.
     pub last_frame_ms: AtomicI64,
-    /// The address actually bound (listen) or connected to (connect).
+    /// The address actually bound (listen) or connected to (connect; None between
+    /// connections).
     pub bound: Mutex<Option<SocketAddr>>,
+    /// Connect mode: the upstream (as written in `addr`/`addrs`) connected to now.
+    pub connected: Mutex<Option<String>>,
+    /// Listen mode: connections refused at accept or closed for want of a first frame.
+    pub refused: AtomicU64,
+    /// Keeps refusals from flooding the log.
+    pub refusal_log: RefusalLog,
     /// The last connection-level problem (refused connect, framing error, Redis down).
     pub last_error: Mutex<Option<String>>,
 }
@@ -66,6 +79,16 @@ impl PortLive {
     fn note_error(&self, text: String) {
         if let Ok(mut slot) = self.last_error.lock() {
             *slot = Some(text);
+        }
+    }
+
+    /// Connect mode: which upstream the port is connected to (None: none now).
+    fn note_connected(&self, upstream: Option<(&str, SocketAddr)>) {
+        if let Ok(mut bound) = self.bound.lock() {
+            *bound = upstream.map(|(_, peer)| peer);
+        }
+        if let Ok(mut connected) = self.connected.lock() {
+            *connected = upstream.map(|(name, _)| name.to_owned());
         }
     }
 }
@@ -113,21 +136,31 @@ async fn listen(
     cancel: CancellationToken,
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), IngestError> {
-    let listener =
-        TcpListener::bind(&ctx.config.addr)
-            .await
-            .map_err(|cause| IngestError::Bind {
-                port: ctx.config.name.clone(),
-                addr: ctx.config.addr.clone(),
-                cause,
-            })?;
+    // Validated at load; parsed here once, not per connection.
+    let allow = AllowList::parse(&ctx.config.allow).map_err(|cause| IngestError::Allow {
+        port: ctx.config.name.clone(),
+        cause,
+    })?;
+    // A listen port has exactly one address (validation refuses `addrs` there).
+    let addr = ctx.config.addresses_text();
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|cause| IngestError::Bind {
+            port: ctx.config.name.clone(),
+            addr,
+            cause,
+        })?;
     let local = listener.local_addr().ok();
     if let Ok(mut bound) = ctx.live.bound.lock() {
         *bound = local;
     }
     tracing::info!(port = %ctx.config.name, addr = ?local, "listening");
     let _ = ready.send(());
-    let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let slots = Slots::new(
+        ctx.config.max_connections,
+        ctx.config.max_connections_per_addr,
+    );
+    let first_frame = ctx.config.first_frame_timeout();
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -143,15 +176,25 @@ async fn listen(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            let ctx = ctx.clone();
-            tracker.spawn(async move { refuse(ctx, stream, peer).await });
+        if !allow.permits(peer.ip()) {
+            // Closed unread and unanswered: a stranger learns nothing about the port.
+            turn_away(&ctx, peer, PeerRefusal::NotAllowed);
+            drop(stream);
             continue;
+        }
+        let slot = match slots.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let ctx = ctx.clone();
+                let slots = slots.clone();
+                tracker.spawn(async move { refuse(ctx, &slots, stream, peer, why).await });
+                continue;
+            }
         };
         let ctx = ctx.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
-            serve_connection(&ctx, stream, peer, &cancel).await;
+            serve_connection(&ctx, stream, peer, first_frame, &cancel).await;
             drop(slot);
         });
     }
@@ -162,56 +205,114 @@ async fn listen(
     Ok(())
 }
 
-/// Over `max_connections`: say why in an error ack, then close.
-async fn refuse(ctx: PortContext, mut stream: TcpStream, peer: SocketAddr) {
-    let text = format!(
-        "port {} is at max_connections = {}",
-        ctx.config.name, ctx.config.max_connections
-    );
-    tracing::warn!(port = %ctx.config.name, %peer, "{text}");
-    ctx.live.rejected.fetch_add(1, Ordering::Relaxed);
-    record_reject(&ctx.config.name, "max_connections");
+/// An allowed peer over a connection cap: say which in an error ack (a real FEP's
+/// operator needs to know), then close without reading.
+async fn refuse(
+    ctx: PortContext,
+    slots: &Slots,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    why: PeerRefusal,
+) {
+    turn_away(&ctx, peer, why);
+    let text = match why {
+        PeerRefusal::PerAddr => format!(
+            "port {} allows max_connections_per_addr = {} from {}",
+            ctx.config.name,
+            slots.per_addr(),
+            peer.ip()
+        ),
+        _ => format!(
+            "port {} is at max_connections = {}",
+            ctx.config.name,
+            slots.max()
+        ),
+    };
     let mut out = Vec::new();
     encode_ack(&ctx.config, &Ack::error(None, text), &mut out);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
 }
 
-/// Dial the upstream and serve that one connection; redial with capped backoff.
+/// Count a turned-away connection (metric and the port's `refused`) and warn about
+/// it, at most once per [`admission::LOG_EVERY`] per reason.
+fn turn_away(ctx: &PortContext, peer: SocketAddr, why: PeerRefusal) {
+    let port = &ctx.config.name;
+    ctx.live.refused.fetch_add(1, Ordering::Relaxed);
+    metrics()
+        .ingest_refused
+        .get_or_create(&labels(&[("port", port), ("reason", why.as_str())]))
+        .inc();
+    if let Some(unlogged) = ctx
+        .live
+        .refusal_log
+        .should_log(why, std::time::Instant::now())
+    {
+        tracing::warn!(
+            port = %port,
+            %peer,
+            reason = why.as_str(),
+            unlogged,
+            "connection refused ({unlogged} more of this reason since the last such line)"
+        );
+    }
+}
+
+/// Dial the upstreams in order and serve the one connection made. When an upstream
+/// refuses or drops the connection the next one is dialled at once; the backoff
+/// (doubling, capped at `reconnect_max`) runs only after a whole round of them failed.
+/// A connection that lasted longer than `reconnect_max` counts as a success: the
+/// backoff starts over and so does the round. All of it runs under the port's one
+/// lease (connect mode): moving between upstreams never gives the port up.
 async fn connect(ctx: PortContext, cancel: CancellationToken) {
+    let upstreams = ctx.config.addresses();
     let max = Duration::from_secs(ctx.config.reconnect_max);
     let mut backoff = Duration::from_millis(100);
+    let mut next = 0;
+    let mut failed_in_round = 0;
     while !cancel.is_cancelled() {
-        let dial =
-            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&ctx.config.addr));
+        let Some(upstream) = upstreams.get(next) else {
+            // Validation keeps `addresses()` non-empty; never spin if it were not.
+            ctx.live.note_error("no upstream address to dial".into());
+            cancel.cancelled().await;
+            return;
+        };
+        next = (next + 1) % upstreams.len();
+        let dial = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(upstream));
         let attempt = tokio::select! {
             attempt = dial => attempt,
             _ = cancel.cancelled() => return,
         };
+        failed_in_round += 1;
         match attempt {
             Ok(Ok(stream)) => {
                 let peer = stream
                     .peer_addr()
                     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-                if let Ok(mut bound) = ctx.live.bound.lock() {
-                    *bound = Some(peer);
-                }
-                tracing::info!(port = %ctx.config.name, %peer, "connected");
+                ctx.live.note_connected(Some((upstream, peer)));
+                tracing::info!(port = %ctx.config.name, %upstream, %peer, "connected");
                 let started = tokio::time::Instant::now();
-                serve_connection(&ctx, stream, peer, &cancel).await;
+                serve_connection(&ctx, stream, peer, None, &cancel).await;
+                ctx.live.note_connected(None);
                 if started.elapsed() > max {
                     backoff = Duration::from_millis(100);
+                    failed_in_round = 1;
                 }
             }
             Ok(Err(e)) => {
                 ctx.live
-                    .note_error(format!("connecting to {}: {e}", ctx.config.addr));
+                    .note_error(format!("connecting to {upstream}: {e}"));
             }
             Err(_) => ctx
                 .live
-                .note_error(format!("connecting to {}: timed out", ctx.config.addr)),
+                .note_error(format!("connecting to {upstream}: timed out")),
         }
+        if failed_in_round < upstreams.len() {
+            tracing::debug!(port = %ctx.config.name, next = %upstreams[next], "trying the next upstream");
+            continue;
+        }
+        failed_in_round = 0;
         let wait = jitter(backoff);
-        tracing::debug!(port = %ctx.config.name, ?wait, "reconnecting");
+        tracing::debug!(port = %ctx.config.name, ?wait, "every upstream failed; reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = cancel.cancelled() => return,
@@ -225,11 +326,13 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(rand::random_range(0.5..=1.0))
 }
 
-/// Serve one connection until the peer closes, the framing breaks, it idles out, or `cancel`.
+/// Serve one connection until the peer closes, the framing breaks, it idles out, it
+/// sends no complete frame within `first_frame` (from now), or `cancel`.
 async fn serve_connection(
     ctx: &PortContext,
     mut stream: TcpStream,
     peer: SocketAddr,
+    first_frame: Option<Duration>,
     cancel: &CancellationToken,
 ) {
     let name = &ctx.config.name;
@@ -237,8 +340,14 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut acks: Vec<u8> = Vec::with_capacity(4 * 1024);
+    // Counted from accept, not per read: a peer trickling bytes of a frame that never
+    // completes holds the slot no longer than one that sends nothing.
+    let mut first_frame_by = first_frame.map(|limit| tokio::time::Instant::now() + limit);
     let why_closed = loop {
-        let broken = process_buffer(ctx, &mut buf, &mut acks).await;
+        let (frames, broken) = process_buffer(ctx, &mut buf, &mut acks).await;
+        if frames > 0 {
+            first_frame_by = None;
+        }
         if !acks.is_empty() {
             // A peer that stops reading its acks must not hold the connection forever.
             match tokio::time::timeout(ACK_WRITE_LIMIT, stream.write_all(&acks)).await {
@@ -252,12 +361,22 @@ async fn serve_connection(
             ctx.live.note_error(format!("closed {peer}: {e}"));
             break format!("framing broken: {e}");
         }
+        let no_first_frame = async {
+            match first_frame_by {
+                Some(by) => tokio::time::sleep_until(by).await,
+                None => std::future::pending().await,
+            }
+        };
         let read = tokio::select! {
             read = read_some(&mut stream, &mut buf, ctx.config.idle_timeout()) => read,
+            () = no_first_frame => {
+                turn_away(ctx, peer, PeerRefusal::FirstFrameTimeout);
+                break format!("no complete frame within {:?}", first_frame.unwrap_or_default());
+            }
             _ = cancel.cancelled() => {
                 // Stopping: take what the peer already sent, answer it, then close.
                 drain_available(&stream, &mut buf, ctx.config.max_frame_bytes()).await;
-                process_buffer(ctx, &mut buf, &mut acks).await;
+                let _ = process_buffer(ctx, &mut buf, &mut acks).await;
                 if !acks.is_empty() {
                     let _ = tokio::time::timeout(ACK_WRITE_LIMIT, stream.write_all(&acks)).await;
                 }
@@ -322,12 +441,13 @@ async fn drain_available(stream: &TcpStream, buf: &mut Vec<u8>, limit: usize) {
 }
 
 /// Decode, route, store and ack every complete frame in `buf` (consuming them).
-/// Returns the framing error, if the stream broke, after acking the frames before it.
+/// Returns how many frames were answered (ndjson's blank keep-alive lines are not
+/// frames) and the framing error, if the stream broke, after acking the frames before it.
 async fn process_buffer(
     ctx: &PortContext,
     buf: &mut Vec<u8>,
     acks: &mut Vec<u8>,
-) -> Option<frame::FrameError> {
+) -> (usize, Option<frame::FrameError>) {
     let framing = ctx.config.framing();
     let mut parsed = Vec::new();
     let mut start = 0;
@@ -349,6 +469,7 @@ async fn process_buffer(
         }
     }
     buf.drain(..start);
+    let frames = parsed.len();
     if !parsed.is_empty() {
         ctx.live.last_frame_ms.store(now_ms(), Ordering::Relaxed);
         for ack in store_messages(ctx, parsed).await {
@@ -368,7 +489,7 @@ async fn process_buffer(
         encode_ack(&ctx.config, &Ack::error(None, e.to_string()), acks);
         buf.clear();
     }
-    broken
+    (frames, broken)
 }
 
 fn record_reject(port: &str, reason: &str) {

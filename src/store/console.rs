@@ -1,4 +1,4 @@
-//! What the console keeps in Redis: sessions and failed sign-in counters.
+//! What the console keeps in Redis: sessions and the sign-in throttle's counters.
 
 use super::{Store, StoreError};
 
@@ -51,6 +51,12 @@ impl Store {
         .await
     }
 
+    /// Whether a session is stored, without touching its idle expiry.
+    pub async fn session_exists(&self, token: &str) -> Result<bool, StoreError> {
+        self.query(redis::cmd("EXISTS").arg(self.key(&format!("session:{token}"))))
+            .await
+    }
+
     pub async fn delete_session(&self, token: &str) -> Result<(), StoreError> {
         let _: u64 = self
             .query(redis::cmd("DEL").arg(self.key(&format!("session:{token}"))))
@@ -58,30 +64,80 @@ impl Store {
         Ok(())
     }
 
-    /// Count a failed sign-in for `user`; the count lives `window_secs` from the first.
-    /// Returns the count and how long (ms) until it resets.
-    pub async fn count_failed_login(
+    /// Admit a sign-in attempt from `addr` as `user` (a name of at most
+    /// [`crate::config::MAX_USER_NAME`] bytes), counting it, or say how long to wait.
+    pub async fn admit_login(
         &self,
+        addr: &str,
         user: &str,
-        window_secs: u64,
-    ) -> Result<(u64, i64), StoreError> {
-        let key = self.key(&format!("loginfail:{user}"));
-        let mut pipe = redis::pipe();
-        pipe.cmd("INCR").arg(&key);
-        pipe.cmd("EXPIRE")
-            .arg(&key)
-            .arg(window_secs)
-            .arg("NX")
-            .ignore();
-        pipe.cmd("PTTL").arg(&key);
-        let (count, ttl): (u64, i64) = self.query_pipe(&pipe).await?;
-        Ok((count, ttl))
+        limits: &LoginLimits,
+    ) -> Result<LoginGate, StoreError> {
+        let mut invocation = LOGIN_ATTEMPT.prepare_invoke();
+        invocation
+            .arg(self.key(&format!("login:addr:{addr}")))
+            .arg(self.key(&format!("login:wait:{addr}")))
+            .arg(self.key(&format!("login:pair:{addr}:{user}")))
+            .arg(limits.per_user)
+            .arg(limits.free_per_addr)
+            .arg(limits.window_ms)
+            .arg(limits.max_wait_ms);
+        let (code, ms): (u8, i64) = self.invoke(&invocation).await?;
+        let ms = u64::try_from(ms).unwrap_or(0);
+        Ok(match code {
+            0 => LoginGate::Admitted,
+            1 => LoginGate::AddressWaits(ms),
+            _ => LoginGate::UserLocked(ms),
+        })
     }
 
-    pub async fn clear_failed_logins(&self, user: &str) -> Result<(), StoreError> {
-        let _: u64 = self
-            .query(redis::cmd("DEL").arg(self.key(&format!("loginfail:{user}"))))
-            .await?;
+    /// A sign-in succeeded: its attempt no longer counts against the address or the name.
+    pub async fn login_succeeded(&self, addr: &str, user: &str) -> Result<(), StoreError> {
+        let addr_key = self.key(&format!("login:addr:{addr}"));
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(self.key(&format!("login:pair:{addr}:{user}")))
+            .ignore();
+        pipe.cmd("DECR").arg(&addr_key).ignore();
+        let _: () = self.query_pipe(&pipe).await?;
         Ok(())
     }
+
+    /// Count a failure for a user name nobody has, from `addr`; the count lives
+    /// `window_ms` from the first. Such names are audited as counts, never verbatim.
+    pub async fn count_unknown_login(&self, addr: &str, window_ms: u64) -> Result<u64, StoreError> {
+        let key = self.key(&format!("login:unknown:{addr}"));
+        let mut pipe = redis::pipe();
+        pipe.cmd("INCR").arg(&key);
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(window_ms)
+            .arg("NX")
+            .ignore();
+        let (count,): (u64,) = self.query_pipe(&pipe).await?;
+        Ok(count)
+    }
+}
+
+static LOGIN_ATTEMPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("lua/login_attempt.lua")));
+
+/// The sign-in throttle's limits (from `[console]`).
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    /// Attempts for one user name from one address per window.
+    pub per_user: u64,
+    /// Attempts from one address per window before each further one waits.
+    pub free_per_addr: u64,
+    pub window_ms: u64,
+    pub max_wait_ms: u64,
+}
+
+/// Whether a sign-in attempt may go on to the password check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginGate {
+    Admitted,
+    /// The address made too many attempts: the next may come in this many ms.
+    AddressWaits(u64),
+    /// This address failed too often for this user name: locked for this many ms.
+    UserLocked(u64),
 }

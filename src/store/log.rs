@@ -99,7 +99,7 @@ impl Store {
     /// One page of the log.
     pub async fn log_page(&self, q: &LogQuery) -> Result<LogPage, StoreError> {
         let per_page = q.per_page.clamp(1, 1000);
-        let offset = q.page.max(1).saturating_sub(1) * per_page;
+        let offset = q.page.max(1).saturating_sub(1).saturating_mul(per_page);
         let Window { lo, hi, floor } = self.id_window(q.from_ms, q.to_ms).await?;
         if lo > hi {
             return Ok(LogPage {
@@ -139,7 +139,23 @@ impl Store {
             Some((f, Some(Index::Bitmap))) => {
                 let mut keys = vec![self.key(&format!("bit:{f}:{value}"))];
                 keys.extend(status_key.clone());
-                self.bit_page(&keys, lo, hi, q, offset, per_page).await?
+                let not_admitted = super::bitmaps::is_message_bitmap_field(f)
+                    && !self.has_bitmap(f, value).await?;
+                let found = if not_admitted {
+                    let zkey = self.key(&format!("idx:{f}:{value}"));
+                    let found = self
+                        .zset_page(&zkey, status_key.as_deref(), lo, hi, q, offset, per_page)
+                        .await?;
+                    // Earned its bitmap meanwhile: the ids moved there.
+                    let moved = found.0.is_empty() && self.has_bitmap(f, value).await?;
+                    (!moved).then_some(found)
+                } else {
+                    None
+                };
+                match found {
+                    Some(found) => found,
+                    None => self.bit_page(&keys, lo, hi, q, offset, per_page).await?,
+                }
             }
             Some((f, Some(Index::Zset))) => {
                 let zkey = self.key(&format!("idx:{f}:{value}"));
@@ -437,6 +453,7 @@ impl Store {
                 deleted += n;
             }
             if next == 0 {
+                self.reconcile_bitmap_registry().await?;
                 // Ids are never reused: the plain listing starts after the flushed ones.
                 let last = self.last_id().await?;
                 let _: () = self

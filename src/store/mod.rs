@@ -8,7 +8,12 @@
 //!   held by two records or more; a value held by one record is a field of the hash
 //!   `ix:{field}:{bucket}` (value → id, bucket = first 4 hex digits of its SHA-1), which
 //!   costs a fraction of a key of its own. See `INDEX_LUA`.
-//! - `bit:{field}:{value}`: bitmap with bit `id` set, for low-cardinality fields.
+//! - `bit:{field}:{value}`: bitmap with bit `id` set, for low-cardinality fields; a
+//!   message field's value gets one only once admitted (see [`bitmaps`]), and is indexed
+//!   like a high-cardinality value (`ix:`, `idx:`) until then.
+//! - `bitvals:{field}`: set of the values of a message field that earned a bitmap (the cap).
+//! - `retention:next`: the lowest id retention has not looked at; `retention:touched`:
+//!   bitmaps it cleared bits in, to delete those left empty.
 //! - `due`: zset of ids to send, scored by unix ms.
 //! - `stats:{port}:{unix minute}` / `stats:{port}:total`: counters for the console.
 //! - `events`: pub/sub channel announcing stored ids.
@@ -52,6 +57,7 @@ end
     };
 }
 
+pub mod bitmaps;
 pub mod cluster;
 pub mod console;
 pub mod delivery;
@@ -81,6 +87,12 @@ pub const BITMAP_FIELDS: &[&str] = &[
     "push_grp_id",
     "worker",
 ];
+/// The bitmap fields whose values come from messages; the others' values are
+/// pushgate's own (statuses, Y/N, configured port and API key names). A value of these
+/// gets a bitmap only once admitted ([`bitmaps::Admission`]).
+pub const MESSAGE_BITMAP_FIELDS: &[&str] = &["D_servicename", "push_grp_id"];
+/// The bitmap fields whose values pushgate itself sets (bounded by code and config).
+const OWN_BITMAP_FIELDS: &[&str] = &["status", "fcm_send_yn", "worker"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -221,6 +233,8 @@ pub struct Store {
     /// Writes wait for `WAIT ack_replicas` (0 = do not wait).
     ack_replicas: u32,
     ack_replicas_timeout_ms: u64,
+    /// When a message field's value gets a bitmap.
+    admission: Arc<bitmaps::Admission>,
     ingest: redis::Script,
     claim: redis::Script,
     finish: redis::Script,
@@ -231,6 +245,8 @@ pub struct Store {
     prune: redis::Script,
     swap: redis::Script,
     single: redis::Script,
+    emptied: redis::Script,
+    registry: redis::Script,
 }
 
 impl Store {
@@ -266,6 +282,7 @@ impl Store {
             stats_ttl_secs,
             ack_replicas: 0,
             ack_replicas_timeout_ms: 0,
+            admission: Arc::new(bitmaps::Admission::default()),
             ingest: redis::Script::new(INGEST_LUA),
             claim: redis::Script::new(delivery::CLAIM_LUA),
             finish: redis::Script::new(delivery::FINISH_LUA),
@@ -276,6 +293,8 @@ impl Store {
             prune: redis::Script::new(retention::PRUNE_LUA),
             swap: redis::Script::new(retention::SWAP_LUA),
             single: redis::Script::new(SINGLE_LUA),
+            emptied: redis::Script::new(bitmaps::EMPTIED_LUA),
+            registry: redis::Script::new(bitmaps::REGISTRY_LUA),
         })
     }
 
@@ -384,7 +403,11 @@ impl Store {
             .arg(&self.prefix)
             .arg(records.len())
             .arg(self.stats_ttl_secs)
-            .arg(fences.len());
+            .arg(fences.len())
+            .arg(self.admission.min_records)
+            .arg(self.admission.max_values)
+            .arg(bitmaps::IDS_PER_EARNED_RECORD)
+            .arg(bitmaps::MAX_MOVE_FACTOR);
         for fence in fences {
             invocation.arg(&fence.key).arg(&fence.token);
         }
@@ -397,8 +420,14 @@ impl Store {
                 .arg(record.due_ms.map(|ms| ms.to_string()).unwrap_or_default());
             let zsets = index_keys(ZSET_FIELDS, "idx", record);
             invocation.arg(zsets.len()).arg(zsets);
-            let bits = index_keys(BITMAP_FIELDS, "bit", record);
+            let bits = index_keys(OWN_BITMAP_FIELDS, "bit", record);
             invocation.arg(bits.len()).arg(bits);
+            let admitted = index_values(MESSAGE_BITMAP_FIELDS, record);
+            invocation.arg(admitted.len());
+            for (field, value) in admitted {
+                let listed = self.admission.is_listed(field, &value);
+                invocation.arg(field).arg(value).arg(u8::from(listed));
+            }
             invocation
                 .arg(format!("stats:{}:{minute}", record.port))
                 .arg(format!("stats:{}:total", record.port))
@@ -496,14 +525,35 @@ impl Store {
         self.invoke(&invocation).await
     }
 
-    /// Is record `id` in the bitmap of `field == value`?
+    /// Is record `id` indexed under the bitmap field `field == value`? Read from the
+    /// value's bitmap, or from its zset/`ix:` index while it has not earned a bitmap.
     pub async fn has_bit(&self, field: &str, value: &str, id: u64) -> Result<bool, StoreError> {
+        if bitmaps::is_message_bitmap_field(field) && !self.has_bitmap(field, value).await? {
+            let score: Option<f64> = self
+                .query(
+                    redis::cmd("ZSCORE")
+                        .arg(self.key(&format!("idx:{field}:{value}")))
+                        .arg(id),
+                )
+                .await?;
+            return Ok(score.is_some() || self.single_id(field, value).await? == Some(id));
+        }
         self.bit_at(&self.key(&format!("bit:{field}:{value}")), id)
             .await
     }
 
-    /// Records whose bitmap `field == value` has bits set (O(N/8) bytes).
+    /// Records indexed under the bitmap field `field == value`: its bitmap's bits (O(N/8)
+    /// bytes), or its zset/`ix:` index's size while it has not earned a bitmap.
     pub async fn count_bits(&self, field: &str, value: &str) -> Result<u64, StoreError> {
+        if bitmaps::is_message_bitmap_field(field) && !self.has_bitmap(field, value).await? {
+            let shared: u64 = self
+                .query(redis::cmd("ZCARD").arg(self.key(&format!("idx:{field}:{value}"))))
+                .await?;
+            if shared > 0 {
+                return Ok(shared);
+            }
+            return Ok(u64::from(self.single_id(field, value).await?.is_some()));
+        }
         self.query(redis::cmd("BITCOUNT").arg(self.key(&format!("bit:{field}:{value}"))))
             .await
     }
@@ -566,6 +616,14 @@ pub struct PortCounts {
 
 /// The index key suffixes (`idx:csno:123`, `bit:status:queued`) a record belongs to.
 fn index_keys(fields: &[&str], kind: &str, record: &NewRecord) -> Vec<String> {
+    index_values(fields, record)
+        .into_iter()
+        .map(|(field, value)| format!("{kind}:{field}:{value}"))
+        .collect()
+}
+
+/// The record's non-empty values of `fields`, as indexed.
+fn index_values<'f>(fields: &[&'f str], record: &NewRecord) -> Vec<(&'f str, String)> {
     fields
         .iter()
         .filter_map(|&field| {
@@ -575,7 +633,7 @@ fn index_keys(fields: &[&str], kind: &str, record: &NewRecord) -> Vec<String> {
                 "fcm_send_yn" => "N".to_owned(),
                 _ => scalar_text(record.fields.get(field)?)?,
             };
-            (!value.is_empty()).then(|| format!("{kind}:{field}:{value}"))
+            (!value.is_empty()).then_some((field, value))
         })
         .collect()
 }
@@ -636,10 +694,12 @@ fn record_body_after_id(new: &NewRecord) -> String {
 }
 
 /// Group commit: the whole batch is one EVALSHA, so Redis applies it atomically.
-/// ARGV: prefix, n, stats ttl, f, then f fences (key, token), then per record: fence
-/// number (0 = none), uniqueKey, body, due, n, n zset keys, m, m bitmap keys, minute
-/// stats key, total stats key, status. Returns id, flag pairs in input order (flag
-/// 0 = new, 1 = duplicate, 2 = refused by its fence).
+/// ARGV: prefix, n, stats ttl, f, bitmap min records, bitmap max values, ids per earned
+/// record, max move factor (see [`bitmaps`]), then f fences (key, token), then per
+/// record: fence number (0 = none), uniqueKey, body, due, n, n zset keys, m, m bitmap
+/// keys, a, a × (message bitmap field, value, listed 0/1), minute stats key, total stats
+/// key, status. Returns id, flag pairs in input order (flag 0 = new, 1 = duplicate,
+/// 2 = refused by its fence).
 const INGEST_LUA: &str = concat!(
     counters_lua!(),
     r#"
@@ -647,11 +707,13 @@ local p = ARGV[1]
 local n = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local nf = tonumber(ARGV[4])
+local min_records, max_values = tonumber(ARGV[5]), tonumber(ARGV[6])
+local ids_per_record, max_move = tonumber(ARGV[7]), tonumber(ARGV[8])
 local holds = {}
 for f = 1, nf do
-  holds[f] = redis.call('GET', p .. ARGV[3 + 2 * f]) == ARGV[4 + 2 * f]
+  holds[f] = redis.call('GET', p .. ARGV[7 + 2 * f]) == ARGV[8 + 2 * f]
 end
-local i = 5 + 2 * nf
+local i = 9 + 2 * nf
 local out = {}
 local stored = {}
 -- A value's first id goes into a small shared hash; the second turns it into a zset.
@@ -671,6 +733,51 @@ local function index(suffix, id)
     redis.call('HSET', bucket, value, id)
   end
 end
+-- Move a value's ids from its zset and `ix:` entry into its bitmap (highest first, so
+-- the bitmap is sized once).
+local function to_bitmap(field, value, bkey, zkey)
+  for _, other in ipairs(redis.call('ZRANGE', zkey, 0, -1, 'REV')) do
+    redis.call('SETBIT', bkey, other, 1)
+  end
+  redis.call('DEL', zkey)
+  local bucket = p .. 'ix:' .. field .. ':' .. string.sub(redis.sha1hex(value), 1, 4)
+  local single = redis.call('HGET', bucket, value)
+  if single then
+    redis.call('SETBIT', bkey, single, 1)
+    redis.call('HDEL', bucket, value)
+  end
+end
+-- A message field's value: into its bitmap if it has one; else a listed value gets its
+-- bitmap now, and any other goes into the zset index and earns a bitmap once that costs
+-- no more than its zset, while the field has bitmaps to spare. A move is at most
+-- max_move times the threshold, so it never stalls Redis for long.
+local function index_admitted(field, value, listed, id)
+  local bkey = p .. 'bit:' .. field .. ':' .. value
+  local suffix = 'idx:' .. field .. ':' .. value
+  local zkey = p .. suffix
+  if redis.call('EXISTS', bkey) == 1 then
+    redis.call('SETBIT', bkey, id, 1)
+    -- A zset beside the bitmap: a first-stage node made the bitmap while this version
+    -- filled the zset (mixed versions, rollback). Readers take the bitmap: merge.
+    if redis.call('EXISTS', zkey) == 1 then to_bitmap(field, value, bkey, zkey) end
+    return
+  end
+  local threshold = math.max(min_records, math.floor(id / ids_per_record))
+  if listed and redis.call('ZCARD', zkey) < max_move * threshold then
+    redis.call('SETBIT', bkey, id, 1)
+    to_bitmap(field, value, bkey, zkey)
+    return
+  end
+  index(suffix, id)
+  if listed then return end
+  local held = redis.call('ZCARD', zkey)
+  if held < threshold or held > max_move * threshold then return end
+  local registry = p .. 'bitvals:' .. field
+  if redis.call('SCARD', registry) < max_values then
+    to_bitmap(field, value, bkey, zkey)
+    redis.call('SADD', registry, value)
+  end
+end
 for r = 1, n do
   local fence = tonumber(ARGV[i])
   i = i + 1
@@ -679,8 +786,11 @@ for r = 1, n do
   local zfirst = i + 4
   local nb = tonumber(ARGV[zfirst + nz])
   local bfirst = zfirst + nz + 1
-  local minute_key, total_key, status = ARGV[bfirst + nb], ARGV[bfirst + nb + 1], ARGV[bfirst + nb + 2]
-  i = bfirst + nb + 3
+  local na = tonumber(ARGV[bfirst + nb])
+  local afirst = bfirst + nb + 1
+  local after = afirst + 3 * na
+  local minute_key, total_key, status = ARGV[after], ARGV[after + 1], ARGV[after + 2]
+  i = after + 3
   local existing = false
   if fence == 0 or holds[fence] then
     count(minute_key, total_key, 'received')
@@ -702,6 +812,9 @@ for r = 1, n do
     end
     for b = bfirst, bfirst + nb - 1 do
       redis.call('SETBIT', p .. ARGV[b], id, 1)
+    end
+    for a = afirst, after - 1, 3 do
+      index_admitted(ARGV[a], ARGV[a + 1], ARGV[a + 2] == '1', id)
     end
     if due ~= '' then
       redis.call('ZADD', p .. 'due', due, id)
@@ -866,5 +979,23 @@ impl Writer {
                 other => return other,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bitmap_field_is_either_pushgates_own_or_admitted() {
+        let mut split: Vec<&str> = OWN_BITMAP_FIELDS
+            .iter()
+            .chain(MESSAGE_BITMAP_FIELDS)
+            .copied()
+            .collect();
+        let mut all = BITMAP_FIELDS.to_vec();
+        split.sort_unstable();
+        all.sort_unstable();
+        assert_eq!(split, all);
     }
 }

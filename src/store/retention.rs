@@ -1,16 +1,19 @@
 //! Retention: records older than the cut-off leave Redis with every index entry that
 //! points at them, in small batches (one short Lua call each), oldest first. A record
-//! with `legal_hold: true` stays.
+//! with `legal_hold: true` stays. A bitmap left without a set bit is deleted at the end
+//! of the pass (its size is the highest id / 8 however empty it is).
 
 use serde_json::Value;
 
-use super::{BITMAP_FIELDS, Store, StoreError, ZSET_FIELDS};
+use super::{MESSAGE_BITMAP_FIELDS, OWN_BITMAP_FIELDS, Store, StoreError, ZSET_FIELDS};
 
 /// What one pass removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
     pub removed: u64,
     pub held: u64,
+    /// Bitmaps deleted because no record is left in them.
+    pub emptied_bitmaps: u64,
 }
 
 impl Store {
@@ -26,11 +29,14 @@ impl Store {
                 .arg(last_old)
                 .arg(batch)
                 .arg(ZSET_FIELDS.join(","))
-                .arg(BITMAP_FIELDS.join(","));
+                .arg(OWN_BITMAP_FIELDS.join(","))
+                .arg(MESSAGE_BITMAP_FIELDS.join(","));
             let (removed, held, more): (u64, u64, u8) = self.invoke(&invocation).await?;
             total.removed += removed;
             total.held += held;
             if more == 0 {
+                // Also finishes what an interrupted pass left in `retention:touched`.
+                total.emptied_bitmaps = self.drop_emptied_bitmaps().await?;
                 return Ok(total);
             }
         }
@@ -74,18 +80,37 @@ redis.call('SET', ARGV[1], ARGV[3])
 return 1
 "#;
 
-/// ARGV: prefix, last id to prune, batch, zset fields (comma list), bitmap fields.
+/// ARGV: prefix, last id to prune, batch, zset fields (comma list), pushgate's own
+/// bitmap fields, message bitmap fields (in a bitmap or a zset, see `bitmaps`).
 /// Walks ids from `retention:next`; removes each record and its index entries unless
-/// held. Returns removed, held, more (1 when ids are left below the limit).
+/// held, and adds the bitmaps it cleared bits in to `retention:touched`. Returns
+/// removed, held, more (1 when ids are left below the limit).
 /// Reading a record with cjson is safe here: nothing is written back from it.
 pub(super) const PRUNE_LUA: &str = r#"
 local p, last, batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local zfields, bfields = {}, {}
+local zfields, bfields, afields = {}, {}, {}
 for f in string.gmatch(ARGV[4], '[^,]+') do zfields[#zfields + 1] = f end
 for f in string.gmatch(ARGV[5], '[^,]+') do bfields[#bfields + 1] = f end
+for f in string.gmatch(ARGV[6], '[^,]+') do afields[#afields + 1] = f end
 local next_id = tonumber(redis.call('GET', p .. 'retention:next') or '1')
 local removed, held = 0, 0
+local touched = {}
 local stop = math.min(last, next_id + batch - 1)
+local function unindex(f, v, id)
+  redis.call('ZREM', p .. 'idx:' .. f .. ':' .. v, id)
+  local bucket = p .. 'ix:' .. f .. ':' .. string.sub(redis.sha1hex(v), 1, 4)
+  if redis.call('HGET', bucket, v) == tostring(id) then
+    redis.call('HDEL', bucket, v)
+  end
+end
+-- Only an existing bitmap: SETBIT on a missing key would create id/8 zero bytes.
+local function unset(f, v, id)
+  local suffix = 'bit:' .. f .. ':' .. v
+  if redis.call('EXISTS', p .. suffix) == 1 then
+    redis.call('SETBIT', p .. suffix, id, 0)
+    touched[suffix] = true
+  end
+end
 for id = next_id, stop do
   local text = redis.call('GET', p .. 'rec:' .. id)
   if text then
@@ -95,20 +120,19 @@ for id = next_id, stop do
     elseif ok then
       for _, f in ipairs(zfields) do
         local v = rec[f]
-        if type(v) == 'string' and v ~= '' then
-          redis.call('ZREM', p .. 'idx:' .. f .. ':' .. v, id)
-          local bucket = p .. 'ix:' .. f .. ':' .. string.sub(redis.sha1hex(v), 1, 4)
-          if redis.call('HGET', bucket, v) == tostring(id) then
-            redis.call('HDEL', bucket, v)
-          end
-        end
+        if type(v) == 'string' and v ~= '' then unindex(f, v, id) end
       end
       -- The compact form leaves fcm_send_yn out while it is N.
       if rec['fcm_send_yn'] == nil then rec['fcm_send_yn'] = 'N' end
       for _, f in ipairs(bfields) do
         local v = rec[f]
+        if type(v) == 'string' and v ~= '' then unset(f, v, id) end
+      end
+      for _, f in ipairs(afields) do
+        local v = rec[f]
         if type(v) == 'string' and v ~= '' then
-          redis.call('SETBIT', p .. 'bit:' .. f .. ':' .. v, id, 0)
+          unset(f, v, id)
+          unindex(f, v, id)
         end
       end
       if type(rec['uniqueKey']) == 'string' then
@@ -123,6 +147,9 @@ for id = next_id, stop do
 end
 if stop >= next_id then
   redis.call('SET', p .. 'retention:next', stop + 1)
+end
+for suffix, _ in pairs(touched) do
+  redis.call('SADD', p .. 'retention:touched', suffix)
 end
 local more = 0
 if stop < last then more = 1 end

@@ -240,7 +240,7 @@ async fn repeated_failed_sign_ins_are_throttled() {
         )
         .await;
     assert_eq!(
-        page.status, 401,
+        page.status, 429,
         "the right password is refused while throttled"
     );
     assert!(

@@ -184,7 +184,7 @@ deadline_ms = 100
 [[api_key]]
 name = "test"
 sha256 = "{}"
-scopes = ["read", "control"]
+scopes = ["read", "control", "personal"]
 
 [[api_key]]
 name = "viewer"
@@ -242,16 +242,39 @@ impl Page {
 
 impl Web {
     pub fn new(admin: SocketAddr) -> Web {
+        Web::with(format!("http://{admin}"), reqwest::Client::builder())
+    }
+
+    /// A visitor whose connections come from `source` (any 127.x address on loopback).
+    pub fn from(admin: SocketAddr, source: std::net::IpAddr) -> Web {
+        Web::with(
+            format!("http://{admin}"),
+            reqwest::Client::builder().local_address(source),
+        )
+    }
+
+    /// A visitor with its own client settings (TLS roots, source address), at `base`.
+    pub fn with(base: String, builder: reqwest::ClientBuilder) -> Web {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Web {
-            base: format!("http://{admin}"),
-            client: reqwest::Client::builder()
+            base,
+            client: builder
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
             cookie: None,
             csrf: String::new(),
         }
+    }
+
+    /// The `Cookie` header value of the session, if signed in.
+    pub fn cookie(&self) -> Option<String> {
+        self.cookie.clone()
+    }
+
+    /// The client, for requests this helper does not make (streams).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     pub async fn request(
@@ -274,7 +297,10 @@ impl Web {
         if method == reqwest::Method::POST {
             req = req.form(form);
         }
-        let response = req.send().await.expect("console answers");
+        let response = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("console answers {method} {path}: {e:?}"));
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         if let Some(set) = headers.get("set-cookie").and_then(|v| v.to_str().ok()) {
@@ -381,13 +407,22 @@ impl TestApp {
         scripts: &[(&str, &str)],
         extra: &str,
     ) -> TestApp {
+        TestApp::configured(redis, ports, scripts, |text| format!("{text}\n{extra}\n")).await
+    }
+
+    /// The test config, changed by `edit` (which sees the file's directory in `{dir}`
+    /// and may add settings to tables already there, e.g. `[admin]`).
+    pub async fn configured(
+        redis: &RedisServer,
+        ports: &str,
+        scripts: &[(&str, &str)],
+        edit: impl FnOnce(String) -> String,
+    ) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         write_scripts(dir.path(), scripts);
         let config_path = dir.path().join("pushgate.toml");
-        let text = format!(
-            "{}\n{extra}\n",
-            config_text(&redis.url(), "127.0.0.1:0", ports)
-        );
+        let text = edit(config_text(&redis.url(), "127.0.0.1:0", ports))
+            .replace("{dir}", &dir.path().display().to_string());
         std::fs::write(&config_path, text).unwrap();
         let config = Config::load(&config_path).expect("test config is valid");
         let app = App::start(config, &config_path).await.expect("app starts");
