@@ -220,25 +220,11 @@ async fn repeated_failed_sign_ins_are_throttled() {
     let (_redis, app, _) = console().await;
     let mut web = Web::new(app.app().admin_addr);
     for _ in 0..5 {
-        let page = web
-            .request(
-                "POST",
-                "/login",
-                &[("user", "admin"), ("password", "wrong")],
-                &[],
-            )
-            .await;
+        let page = web.try_sign_in("admin", "wrong").await;
         assert_eq!(page.status, 401);
         assert!(page.body.contains("Wrong user name or password"));
     }
-    let page = web
-        .request(
-            "POST",
-            "/login",
-            &[("user", "admin"), ("password", "pw-admin")],
-            &[],
-        )
-        .await;
+    let page = web.try_sign_in("admin", "pw-admin").await;
     assert_eq!(
         page.status, 429,
         "the right password is refused while throttled"

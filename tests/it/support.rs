@@ -335,16 +335,20 @@ impl Web {
         self.request("POST", path, &fields, &[]).await
     }
 
+    /// POST the sign-in form; whatever the answer.
+    pub async fn try_sign_in(&mut self, user: &str, password: &str) -> Page {
+        self.request(
+            "POST",
+            "/login",
+            &[("user", user), ("password", password)],
+            &[],
+        )
+        .await
+    }
+
     pub async fn sign_in(&mut self, user: &str) -> Page {
         let password = format!("pw-{user}");
-        let page = self
-            .request(
-                "POST",
-                "/login",
-                &[("user", user), ("password", &password)],
-                &[],
-            )
-            .await;
+        let page = self.try_sign_in(user, &password).await;
         assert_eq!(page.status, 303, "{user} signs in: {}", page.body);
         self.get("/").await
     }

@@ -182,14 +182,7 @@ async fn a_flood_of_bad_sign_ins_from_many_addresses_stays_within_its_memory() {
             } else {
                 format!("nobody{i}")
             };
-            web.request(
-                "POST",
-                "/login",
-                &[("user", &user), ("password", "wrong")],
-                &[],
-            )
-            .await
-            .status
+            web.try_sign_in(&user, "wrong").await.status
         }
     });
     let statuses = futures_join_all(attempts).await;
@@ -241,14 +234,7 @@ async fn a_strangers_failures_from_another_address_do_not_lock_the_user_out() {
     let mut stranger = Web::from(admin, source(2));
     let mut statuses = Vec::new();
     for _ in 0..20 {
-        let page = stranger
-            .request(
-                "POST",
-                "/login",
-                &[("user", "admin"), ("password", "guess")],
-                &[],
-            )
-            .await;
+        let page = stranger.try_sign_in("admin", "guess").await;
         statuses.push(page.status);
     }
     assert_eq!(&statuses[..5], [401; 5], "five guesses are checked");
@@ -256,14 +242,7 @@ async fn a_strangers_failures_from_another_address_do_not_lock_the_user_out() {
         statuses[5..].iter().all(|s| *s == 429),
         "then the stranger waits: {statuses:?}"
     );
-    let right = stranger
-        .request(
-            "POST",
-            "/login",
-            &[("user", "admin"), ("password", "pw-admin")],
-            &[],
-        )
-        .await;
+    let right = stranger.try_sign_in("admin", "pw-admin").await;
     assert_eq!(right.status, 429, "even the right password waits there");
     assert!(right.headers.contains_key("retry-after"));
     // The real admin, at their own address, signs in at once.
@@ -277,21 +256,15 @@ async fn huge_or_unknown_user_names_are_never_stored_verbatim() {
     let app = TestApp::start(&redis, "", &[]).await;
     let admin = app.app().admin_addr;
     let huge = "u".repeat(500 * 1024);
-    let page = Web::new(admin)
-        .request("POST", "/login", &[("user", &huge), ("password", "x")], &[])
-        .await;
+    let page = Web::new(admin).try_sign_in(&huge, "x").await;
     assert_eq!(page.status, 413, "a 500 KB sign-in form is refused unread");
     let long = "v".repeat(100);
-    let page = Web::new(admin)
-        .request("POST", "/login", &[("user", &long), ("password", "x")], &[])
-        .await;
+    let page = Web::new(admin).try_sign_in(&long, "x").await;
     assert_eq!(page.status, 401);
     let mut stranger = Web::from(admin, source(3));
     for n in 0..10 {
         let name = format!("invented-{n}");
-        let page = stranger
-            .request("POST", "/login", &[("user", &name), ("password", "x")], &[])
-            .await;
+        let page = stranger.try_sign_in(&name, "x").await;
         assert_eq!(page.status, 401, "{}", page.body);
     }
     let mut con = redis.connection();
@@ -473,14 +446,7 @@ async fn credentials_only_sign_in_from_a_posted_form() {
         assert_eq!(page.status, 405, "{method} /login");
         assert!(!page.headers.contains_key("set-cookie"));
     }
-    let page = web
-        .request(
-            "POST",
-            "/login",
-            &[("user", "admin"), ("password", "pw-admin")],
-            &[],
-        )
-        .await;
+    let page = web.try_sign_in("admin", "pw-admin").await;
     let cookie = page.headers["set-cookie"].to_str().unwrap().to_owned();
     assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
     // A page number past any end is an empty page, not a panic.
@@ -520,14 +486,7 @@ async fn the_console_serves_https_itself_with_a_secure_cookie() {
             .tls_certs_only([root])
             .resolve("localhost", app.app().admin_addr),
     );
-    let page = web
-        .request(
-            "POST",
-            "/login",
-            &[("user", "admin"), ("password", "pw-admin")],
-            &[],
-        )
-        .await;
+    let page = web.try_sign_in("admin", "pw-admin").await;
     assert_eq!(page.status, 303, "{}", page.body);
     let cookie = page.headers["set-cookie"].to_str().unwrap();
     assert!(cookie.contains("; Secure"), "{cookie}");
@@ -569,14 +528,7 @@ async fn sign_in_hides_redis_errors_and_probes_write_at_most_once_a_second() {
     let written = sets(&mut con) - before;
     assert!(written <= 5, "100 probes wrote {written} times");
     redis.kill();
-    let page = Web::new(admin)
-        .request(
-            "POST",
-            "/login",
-            &[("user", "admin"), ("password", "pw-admin")],
-            &[],
-        )
-        .await;
+    let page = Web::new(admin).try_sign_in("admin", "pw-admin").await;
     assert_eq!(page.status, 503);
     assert!(page.body.contains("Sign-in is unavailable right now"));
     for detail in ["redis", "Redis", "refused", "No such file", "socket"] {
