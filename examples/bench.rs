@@ -51,7 +51,8 @@ fn main() -> anyhow::Result<()> {
 /// commit, bypassing TCP), then time the console's log page at each size: the store
 /// query alone and the whole HTTP page (query + render), as the median of 20 runs.
 async fn log_queries() -> anyhow::Result<()> {
-    use pushgate::store::{NewRecord, Status};
+    use pushgate::push::Status;
+    use pushgate::store::NewRecord;
     let dir = tempfile::tempdir()?;
     let password = pushgate::admin::hash_password("bench").map_err(anyhow::Error::msg)?;
     let extra =
@@ -64,7 +65,7 @@ async fn log_queries() -> anyhow::Result<()> {
         &config,
         "bench",
         pushgate::config::Role::Admin,
-        pushgate::ingest::now_ms(),
+        pushgate::clock::now_ms(),
         false,
     )
     .await?;
@@ -91,7 +92,7 @@ async fn log_queries() -> anyhow::Result<()> {
                     NewRecord {
                         unique_key: format!("L{n}"),
                         port: "bench".into(),
-                        received_at_ms: pushgate::ingest::now_ms(),
+                        received_at_ms: pushgate::clock::now_ms(),
                         fields,
                         status: if n % 10 == 0 { Status::Failed } else { Status::Sent },
                         due_ms: None,
@@ -193,10 +194,11 @@ async fn log_queries() -> anyhow::Result<()> {
 
 /// Claim one due record and write its outcome, the sender's per-record Redis work.
 async fn mark_one_sent(store: &pushgate::store::Store, n: u64) -> anyhow::Result<f64> {
-    use pushgate::store::{NewRecord, Status};
+    use pushgate::push::Status;
+    use pushgate::store::NewRecord;
     let mut times = Vec::new();
     for i in 0..20 {
-        let now = pushgate::ingest::now_ms();
+        let now = pushgate::clock::now_ms();
         let record = NewRecord {
             unique_key: format!("MARK-{n}-{i}"),
             port: "bench".into(),
@@ -210,7 +212,7 @@ async fn mark_one_sent(store: &pushgate::store::Store, n: u64) -> anyhow::Result
         store.ingest(&[record]).await?;
         let t = Instant::now();
         let claimed = store
-            .claim(pushgate::ingest::now_ms(), now + 30_000, 10)
+            .claim(pushgate::clock::now_ms(), now + 30_000, 10)
             .await?;
         let outcomes = sent_outcomes(claimed, now);
         anyhow::ensure!(
@@ -431,7 +433,8 @@ async fn ingest() -> anyhow::Result<()> {
 /// (claim + outcome write) driven straight through the store, 50,000 records each,
 /// with Redis's own CPU time per record from `INFO cpu`.
 async fn redis_budget() -> anyhow::Result<()> {
-    use pushgate::store::{NewRecord, Status};
+    use pushgate::push::Status;
+    use pushgate::store::NewRecord;
     let dir = tempfile::tempdir()?;
     let (app, _) = start(dir.path(), "").await?;
     let store = app.store.clone();
@@ -442,7 +445,7 @@ async fn redis_budget() -> anyhow::Result<()> {
             .sum()
     };
     let n = 50_000u64;
-    let now = pushgate::ingest::now_ms();
+    let now = pushgate::clock::now_ms();
     let cpu0 = cpu(store.info(&["cpu"]).await?);
     let started = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(512) {
@@ -471,8 +474,8 @@ async fn redis_budget() -> anyhow::Result<()> {
     while done < n {
         let claimed = store
             .claim(
-                pushgate::ingest::now_ms(),
-                pushgate::ingest::now_ms() + 30_000,
+                pushgate::clock::now_ms(),
+                pushgate::clock::now_ms() + 30_000,
                 256,
             )
             .await?;
@@ -824,8 +827,8 @@ fn sent_outcomes(
                 id: c.id,
                 lease: c.lease,
                 record,
-                old_status: pushgate::store::Status::Queued,
-                new_status: pushgate::store::Status::Sent,
+                old_status: pushgate::push::Status::Queued,
+                new_status: pushgate::push::Status::Sent,
                 retry_at_ms: None,
                 delivered: true,
                 port: "bench".into(),

@@ -133,7 +133,7 @@ async fn retention_loop(store: Store, retention_days: u64, cancel: CancellationT
     }
     let keep_ms = (retention_days * 86_400_000) as i64;
     loop {
-        let cutoff = crate::ingest::now_ms() - keep_ms;
+        let cutoff = crate::clock::now_ms() - keep_ms;
         match store.prune(cutoff, 500).await {
             Ok(p) if p.removed > 0 || p.held > 0 => {
                 crate::metrics::metrics()
@@ -163,16 +163,6 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
-}
-
-/// A Redis URL without its password, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 fn dry_run_ports(config: &Config) -> Vec<String> {
@@ -224,7 +214,7 @@ impl App {
             }
         };
         let shown = match &target {
-            Target::Direct(url) => redact(url),
+            Target::Direct(url) => crate::config::redact(url),
             Target::Sentinel { master_name, .. } => format!("master {master_name:?} via Sentinel"),
         };
         let store = Store::open_target(

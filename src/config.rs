@@ -12,27 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::charset::Charset;
-use crate::ingest::fixed::FieldSpec;
-use crate::ingest::frame::Framing;
+use crate::push::fields::RESERVED_FIELDS;
 
-/// Fields pushgate writes on every record; a message may not carry them itself.
-pub const RESERVED_FIELDS: &[&str] = &[
-    "id",
-    "status",
-    "attempts",
-    "worker",
-    "received_at",
-    "fcm_send_yn",
-    "fcm_send_time",
-    "result",
-    "decision",
-    "due_at",
-    "error",
-    "history",
-    "dry_run",
-    "legal_hold",
-];
+use crate::wire::{Charset, FieldSpec, Framing};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -342,10 +324,10 @@ impl StoreConfig {
             );
         }
         for (field, values) in &self.bitmap_values {
-            if !crate::store::MESSAGE_BITMAP_FIELDS.contains(&field.as_str()) {
+            if !crate::push::fields::MESSAGE_BITMAP_FIELDS.contains(&field.as_str()) {
                 out.push(format!(
                     "store.bitmap_values.{field}: only {} take listed values",
-                    crate::store::MESSAGE_BITMAP_FIELDS.join(", ")
+                    crate::push::fields::MESSAGE_BITMAP_FIELDS.join(", ")
                 ));
             }
             for value in values {
@@ -1048,7 +1030,10 @@ impl RedisConfig {
             }
             for s in &self.sentinels {
                 if let Err(e) = redis::Client::open(s.as_str()) {
-                    out.push(format!("redis.sentinels: {:?}: {e}", crate::app::redact(s)));
+                    out.push(format!(
+                        "redis.sentinels: {:?}: {e}",
+                        crate::config::redact(s)
+                    ));
                 }
             }
         } else if self.master_name.is_some() {
@@ -1076,7 +1061,7 @@ impl RedisConfig {
         } else if let Err(e) = redis::Client::open(self.url.as_str()) {
             out.push(format!(
                 "redis.url = {:?}: {e}",
-                crate::app::redact(&self.url)
+                crate::config::redact(&self.url)
             ));
         }
     }
@@ -1105,7 +1090,7 @@ impl PortConfig {
             ));
         }
         for (i, entry) in self.allow.iter().enumerate() {
-            if let Err(e) = crate::ingest::admission::parse_entry(entry) {
+            if let Err(e) = crate::wire::parse_allow_entry(entry) {
                 out.push(format!("{at}: allow[{i}]: {e}"));
             }
         }
@@ -1260,6 +1245,16 @@ impl PortChanges {
             }
         }
         changes
+    }
+}
+
+/// A Redis URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
     }
 }
 

@@ -1,6 +1,8 @@
 //! pushgate: a push-notification appliance in one binary.
 //!
 //! Layout (one module per part of `DESIGN.md`; see `ARCHITECTURE.md` for invariants):
+//! - [`clock`]: the wall clock, read in one place.
+//! - [`push`]: the domain: field names, statuses, decisions and pushes every part shares.
 //! - [`config`]: the TOML file, its validation, the diff between two configs on reload.
 //! - [`ingest`]: TCP listeners/connectors, framing, character sets, message checks, acks.
 //! - [`script`]: the sandboxed Rhai engine, compiled route scripts, the decision type.
@@ -12,6 +14,7 @@
 //! - [`supervisor`]: port lifecycle (start, stop, restart with backoff, states) and reload.
 //! - [`admin`]: the hyper admin listener and its authenticated JSON API.
 //! - [`signals`]: SIGHUP = reload, SIGTERM/SIGINT = graceful drain.
+//! - [`wire`]: the words of a port's wire contract (framing, charset, fixed-width fields).
 //! - [`app`]: wires the parts together for `serve` and tests.
 
 // The console's page futures nest deeper than the default limit of 128 allows.
@@ -19,13 +22,16 @@
 
 pub mod admin;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod emulator;
 pub mod fcm;
 pub mod ingest;
 pub mod metrics;
+pub mod push;
 pub mod script;
 pub mod sender;
 pub mod signals;
 pub mod store;
 pub mod supervisor;
+pub mod wire;

@@ -16,6 +16,9 @@
 //!   FCM rejects or, worse, one that silently goes out wrong.
 
 use std::cell::Cell;
+
+use crate::push::fields::STANDARD_FIELDS;
+use crate::push::{Decision, Push, Target};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -107,65 +110,6 @@ pub struct RouteError {
     /// 1-based; 0 when the error has no position.
     pub column: usize,
 }
-
-/// What to do with one push.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum Decision {
-    /// Send now.
-    Send { push: Push },
-    /// Send at a reserved time (unix ms); a time already past means now.
-    Later { at_ms: i64, push: Push },
-    /// Never send; the reason is shown to operators.
-    Drop { reason: String },
-}
-
-/// The FCM message a decision sends, already checked against FCM's rules.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Push {
-    pub target: Target,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub title: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub body: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub image: Option<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
-    pub data: BTreeMap<String, String>,
-    /// FCM's `android` object, passed through as the script built it.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub android: Option<serde_json::Value>,
-    /// FCM's `apns` object, passed through as the script built it.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub apns: Option<serde_json::Value>,
-}
-
-/// FCM's exactly-one target.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Target {
-    /// A registration token (the message's `device_id`).
-    Token(String),
-    /// A bare topic name (no `/topics/` prefix).
-    Topic(String),
-    /// A topic condition such as `'a' in topics && 'b' in topics`.
-    Condition(String),
-}
-
-/// The message fields every port's messages may carry (DESIGN.md, wire contract). Scripts see
-/// each of them, as `""` when the message lacks it, so `msg.device_id.trim()` never fails.
-pub const STANDARD_FIELDS: [&str; 10] = [
-    "uniqueKey",
-    "sndn_rsev_hour",
-    "csno",
-    "uuid_id",
-    "device_id",
-    "msg_title",
-    "msg_contents",
-    "D_servicename",
-    "push_grp_id",
-    "cust_telno",
-];
 
 /// The layout of `sndn_rsev_hour` and of every time string the helpers take or give.
 const TIME_FORMAT: &str = "%Y%m%d%H%M%S";

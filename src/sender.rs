@@ -20,13 +20,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::now_ms;
 use crate::config::FcmConfig;
 use crate::fcm::{self, Answer, FcmClient, Retry};
-use crate::ingest::now_ms;
 use crate::metrics::{labels, metrics};
-use crate::script::{Push, Target, format_local};
+use crate::push::{Push, Status, Target};
+use crate::script::format_local;
+use crate::store::Store;
 use crate::store::delivery::{Claimed, Outcome};
-use crate::store::{Status, Store};
 
 /// Most records claimed in one round trip.
 const CLAIM_BATCH: usize = 256;

@@ -810,7 +810,7 @@ impl Supervisor {
     /// Every second until `cancel`: publish this node's heartbeat (its ports and their
     /// states) and apply what operators asked of the ports on other nodes.
     pub async fn node_loop(self: Arc<Self>, console: String, cancel: CancellationToken) {
-        let started_ms = crate::ingest::now_ms();
+        let started_ms = crate::clock::now_ms();
         let mut ports: Vec<NodePort> = Vec::new();
         loop {
             // A reload or restart may hold the port table through drains; the heartbeat

@@ -17,8 +17,9 @@ use serde_json::{Value, json};
 use super::auth::{self, Session};
 use super::view::{self, Sight};
 use super::{AdminState, Reply, json as reply_json, json_error, read_body};
+use crate::clock::now_ms;
 use crate::config::{Role, Scope};
-use crate::ingest::{self, now_ms};
+use crate::ingest;
 use crate::store::log::{LogQuery, searchable_fields};
 use crate::supervisor::SupervisorError;
 

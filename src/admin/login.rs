@@ -17,8 +17,8 @@ use hyper::{Method, StatusCode};
 use super::auth::{self, Session};
 use super::pages::{Chrome, render};
 use super::{AdminState, Reply, redirect};
+use crate::clock::now_ms;
 use crate::config::MAX_USER_NAME;
-use crate::ingest::now_ms;
 use crate::metrics::{labels, metrics};
 use crate::store::console::{LoginGate, LoginLimits};
 

@@ -16,8 +16,9 @@ use serde_json::Value;
 use super::auth::{self, Session};
 use super::view::{self, Sight};
 use super::{AdminState, Reply, api, html, read_body, redirect, streaming, with_type};
+use crate::clock::now_ms;
 use crate::config::Role;
-use crate::ingest::now_ms;
+use crate::push::fields::{LOG_COLUMNS, SUBSTRING_FIELDS};
 use crate::script::format_local;
 use crate::store::log::{LogQuery, Resend, Total, searchable_fields};
 use crate::supervisor::PortState;
@@ -29,21 +30,6 @@ const PER_PAGE: u64 = 100;
 const MAX_PAGE: u64 = 1_000_000_000;
 /// Rows a CSV export holds at most.
 const CSV_LIMIT: u64 = 100_000;
-/// The log's columns, in the order the old console showed them.
-const COLUMNS: &[&str] = &[
-    "sndn_rsev_hour",
-    "csno",
-    "uuid_id",
-    "device_id",
-    "msg_title",
-    "msg_contents",
-    "D_servicename",
-    "push_grp_id",
-    "cust_telno",
-    "fcm_send_yn",
-    "fcm_send_time",
-    "result",
-];
 const STATUSES: &[&str] = &[
     "queued",
     "scheduled",
@@ -678,7 +664,7 @@ async fn log_page(state: &AdminState, session: &Session, input: &Input) -> Reply
         from: input.get("from").to_owned(),
         to: input.get("to").to_owned(),
         oldest: input.get("order") == "oldest",
-        columns: COLUMNS,
+        columns: LOG_COLUMNS,
         rows: Vec::new(),
         page: 1,
         pages: 1,
@@ -730,7 +716,7 @@ async fn log_page(state: &AdminState, session: &Session, input: &Input) -> Reply
                     Row {
                         id: seen["id"].as_u64().unwrap_or(0),
                         status: seen["status"].as_str().unwrap_or("").to_owned(),
-                        cells: COLUMNS.iter().map(|c| cell(&seen, c)).collect(),
+                        cells: LOG_COLUMNS.iter().map(|c| cell(&seen, c)).collect(),
                     }
                 })
                 .collect();
@@ -750,7 +736,7 @@ async fn log_csv(state: &AdminState, session: &Session, input: &Input) -> Reply 
     };
     query.per_page = 1000;
     let mut out = String::from("\u{feff}id,status,");
-    out.push_str(&COLUMNS.join(","));
+    out.push_str(&LOG_COLUMNS.join(","));
     out.push_str("\r\n");
     let mut written = 0;
     for page in 1.. {
@@ -768,7 +754,7 @@ async fn log_csv(state: &AdminState, session: &Session, input: &Input) -> Reply 
         for record in &result.rows {
             let seen = view::record(record, sight);
             let mut fields = vec![seen["id"].to_string(), cell(&seen, "status")];
-            fields.extend(COLUMNS.iter().map(|c| cell(&seen, c)));
+            fields.extend(LOG_COLUMNS.iter().map(|c| cell(&seen, c)));
             let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
             out.push_str(&line.join(","));
             out.push_str("\r\n");
@@ -779,7 +765,7 @@ async fn log_csv(state: &AdminState, session: &Session, input: &Input) -> Reply 
             || query
                 .field
                 .as_deref()
-                .is_some_and(|f| crate::store::log::SUBSTRING_FIELDS.contains(&f));
+                .is_some_and(|f| SUBSTRING_FIELDS.contains(&f));
         if (result.rows.len() as u64) < query.per_page || written >= CSV_LIMIT || bounded {
             break;
         }
@@ -969,7 +955,7 @@ async fn push_page(state: &AdminState, session: &Session, id: &str, notice: Opti
                 .collect()
         })
         .unwrap_or_default();
-    fields.sort_by_key(|f| !COLUMNS.contains(&f.name.as_str()));
+    fields.sort_by_key(|f| !LOG_COLUMNS.contains(&f.name.as_str()));
     let attempts = record["history"]
         .as_array()
         .map(|list| {
@@ -1031,8 +1017,8 @@ async fn reroute(state: &AdminState, session: &Session, id: &str, peer: SocketAd
             );
         }
     };
-    let old: crate::store::Status = match serde_json::from_value(record["status"].clone()) {
-        Ok(s @ (crate::store::Status::ScriptError | crate::store::Status::Dropped)) => s,
+    let old: crate::push::Status = match serde_json::from_value(record["status"].clone()) {
+        Ok(s @ (crate::push::Status::ScriptError | crate::push::Status::Dropped)) => s,
         _ => {
             return error_page(
                 Some(session),

@@ -17,10 +17,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::push::fields::MASKED_FIELDS;
 use crate::script::{mask, mask_phone};
-
-/// Fields a masked caller sees only masked, and may not search by.
-pub const MASKED_FIELDS: &[&str] = &["cust_telno", "csno"];
 
 /// Fields whose text a masked caller sees as stored (but for masked values within):
 /// message fields the console lists, and pushgate's own bookkeeping.

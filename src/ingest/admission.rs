@@ -2,12 +2,11 @@
 //! the peer must be in the port's `allow` list, under `max_connections_per_addr`, and
 //! the port under `max_connections`. Pure (no sockets), so it is tested without them.
 
+pub use crate::wire::{AllowEntryError, AllowList, parse_allow_entry};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use ipnet::IpNet;
 
 /// Why a connection was turned away. The names are metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,51 +41,6 @@ impl PeerRefusal {
     fn index(self) -> usize {
         self as usize
     }
-}
-
-/// An `allow` entry that is neither an IP address nor a CIDR block.
-#[derive(Debug, PartialEq, thiserror::Error)]
-#[error("allow entry {entry:?} is not an IP address or a CIDR block (like \"10.1.2.0/24\")")]
-pub struct AllowEntryError {
-    pub entry: String,
-}
-
-/// The peers a port accepts: CIDR blocks and single addresses. Empty lets any peer in.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AllowList {
-    nets: Vec<IpNet>,
-}
-
-impl AllowList {
-    pub fn parse(entries: &[String]) -> Result<AllowList, AllowEntryError> {
-        let nets = entries
-            .iter()
-            .map(|e| parse_entry(e))
-            .collect::<Result<_, _>>()?;
-        Ok(AllowList { nets })
-    }
-
-    /// Whether `peer` may connect. An IPv4 peer reaching a dual-stack (`[::]`) listener
-    /// shows up as `::ffff:a.b.c.d`; it is matched as the IPv4 address it is.
-    pub fn permits(&self, peer: IpAddr) -> bool {
-        let peer = peer.to_canonical();
-        self.nets.is_empty() || self.nets.iter().any(|net| net.contains(&peer))
-    }
-}
-
-/// `10.1.2.0/24`, `fd00::/8`, or a single address (`127.0.0.1`, `::1`).
-pub fn parse_entry(entry: &str) -> Result<IpNet, AllowEntryError> {
-    let text = entry.trim();
-    let parsed = if text.contains('/') {
-        text.parse::<IpNet>().ok()
-    } else {
-        text.parse::<IpAddr>()
-            .ok()
-            .map(|ip| IpNet::from(ip.to_canonical()))
-    };
-    parsed.ok_or_else(|| AllowEntryError {
-        entry: entry.to_owned(),
-    })
 }
 
 /// A listen port's connection slots: at most `max` in all and `per_addr` for any one
@@ -266,7 +220,7 @@ mod tests {
             "::1/129",
             "127.0.0.1:80",
         ] {
-            let err = parse_entry(bad).expect_err(bad);
+            let err = parse_allow_entry(bad).expect_err(bad);
             assert_eq!(err.entry, bad);
             assert!(err.to_string().contains("not an IP address"), "{err}");
         }

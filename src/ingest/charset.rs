@@ -1,21 +1,10 @@
 //! The text encodings a port may speak, decoded strictly so a garbled telegram is rejected
 //! instead of being stored and pushed with replacement characters.
 
+pub use crate::wire::Charset;
 use std::borrow::Cow;
 
 use encoding_rs::{DecoderResult, EUC_KR, EncoderResult, Encoding};
-
-/// A port's `encoding` setting; its serde names are the config values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-pub enum Charset {
-    #[serde(rename = "utf-8")]
-    Utf8,
-    /// Decoded with `encoding_rs::EUC_KR`, which is really windows-949 (CP949, Unified Hangul
-    /// Code): a superset of EUC-KR covering all 11,172 Hangul syllables. That is what Korean
-    /// core systems send when they say "EUC-KR".
-    #[serde(rename = "euc-kr")]
-    EucKr,
-}
 
 /// Where decoding stopped, so an error ack can point at the bad byte.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,19 +1,10 @@
 //! Fixed-width telegrams (`payload = "fixed"`): a port's layout names each field and its width
 //! in bytes of the encoded text, the way core-banking copybooks define them.
 
+pub use crate::wire::FieldSpec;
 use serde_json::{Map, Value};
 
 use super::charset::Charset;
-
-/// One field of a port's layout (`[[port.fields]] name, len`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct FieldSpec {
-    pub name: String,
-    /// Width in bytes of the encoded text, not characters: a Hangul syllable takes 2 bytes in
-    /// EUC-KR and 3 in UTF-8.
-    pub len: usize,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FixedError {

@@ -4,20 +4,8 @@
 //! [`Framing::decode`], and drains `consumed` bytes; every edge case is tested here without
 //! sockets.
 
+pub use crate::wire::Framing;
 use std::ops::Range;
-
-/// How a port delimits telegrams (DESIGN.md, "Wire contract of a port"). Acks go back in the
-/// same framing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// One body per `\n`-terminated line; a `\r` before the `\n` is tolerated.
-    Ndjson,
-    /// `digits` ASCII decimal digits giving the body length in bytes, then the body: the usual
-    /// framing of financial telegrams.
-    AsciiLen { digits: u8 },
-    /// A 4-byte big-endian length, then the body.
-    U32Be,
-}
 
 /// One complete frame found at the start of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,10 +21,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Mode, Payload, PortConfig, RESERVED_FIELDS};
+use crate::clock::now_ms;
+use crate::config::{Mode, Payload, PortConfig};
 use crate::metrics::{labels, metrics};
-use crate::script::{CompiledRoute, Decision, RouteEngine};
-use crate::store::{Committer, Fence, NewRecord, Status, Stored};
+use crate::push::fields::RESERVED_FIELDS;
+use crate::push::{Decision, Status};
+use crate::script::{CompiledRoute, RouteEngine};
+use crate::store::{Committer, Fence, NewRecord, Stored};
 use admission::{AllowList, PeerRefusal, RefusalLog, Slots};
 
 const MAX_UNIQUE_KEY_BYTES: usize = 256;
@@ -567,10 +570,10 @@ pub fn check_message(
     // Numbers sent in the standard fields are kept as text, and the values pushgate
     // looks records up by (uniqueKey, the indexed fields) are kept trimmed: the record,
     // its index entries and retention's removal of them all see one spelling.
-    for name in crate::script::STANDARD_FIELDS {
+    for name in crate::push::fields::STANDARD_FIELDS {
         let keyed = name == "uniqueKey"
-            || crate::store::ZSET_FIELDS.contains(&name)
-            || crate::store::BITMAP_FIELDS.contains(&name);
+            || crate::push::fields::ZSET_FIELDS.contains(&name)
+            || crate::push::fields::BITMAP_FIELDS.contains(&name);
         match fields.get_mut(name) {
             Some(v @ (Value::Number(_) | Value::Bool(_))) => *v = Value::String(v.to_string()),
             Some(Value::String(s)) if keyed && s.trim().len() != s.len() => {
@@ -919,13 +922,6 @@ pub fn route_message(
     }
     record.fields = message.fields;
     record
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

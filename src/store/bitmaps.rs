@@ -20,8 +20,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{MESSAGE_BITMAP_FIELDS, Store, StoreError};
+use super::{Store, StoreError};
 use crate::config::StoreConfig;
+use crate::push::fields::MESSAGE_BITMAP_FIELDS;
 
 /// A bitmap costs (highest id)/8 bytes and a zset entry at least 64 (about 100 on Redis 7
 /// beyond 128 entries), so a value held by (highest id)/512 records or more costs no more

@@ -129,7 +129,7 @@ impl Store {
 
     /// Record this node's heartbeat (JSON) for `ttl_ms`.
     pub async fn heartbeat(&self, node: &str, body: &str, ttl_ms: u64) -> Result<(), StoreError> {
-        let now = crate::ingest::now_ms();
+        let now = crate::clock::now_ms();
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(self.key(&format!("node:{node}")))
@@ -192,7 +192,7 @@ impl Store {
             Wanted::Run => "run",
             Wanted::Stop => "stop",
         };
-        let value = format!("{verb} {} {node}", crate::ingest::now_ms());
+        let value = format!("{verb} {} {node}", crate::clock::now_ms());
         let _: u64 = self
             .query(
                 redis::cmd("HSET")
@@ -328,7 +328,7 @@ fn parse_replica(text: &str, master_offset: i64) -> Replica {
 
 /// `SENTINEL MASTER name` on one Sentinel, within half a second.
 async fn ask_sentinel(addr: &str, master_name: &str) -> SentinelView {
-    let shown = crate::app::redact(addr);
+    let shown = crate::config::redact(addr);
     let asked = async {
         let client = redis::Client::open(addr)?;
         let mut con = client.get_multiplexed_async_connection().await?;

@@ -9,7 +9,7 @@ impl Store {
             .query(
                 redis::cmd("SET")
                     .arg(self.key("ready"))
-                    .arg(crate::ingest::now_ms())
+                    .arg(crate::clock::now_ms())
                     .arg("PX")
                     .arg(60_000),
             )

@@ -8,7 +8,8 @@
 
 use serde_json::Value;
 
-use super::{Status, Store, StoreError};
+use super::{Store, StoreError};
+use crate::push::Status;
 
 /// A record taken from `due` for sending.
 #[derive(Debug, Clone)]

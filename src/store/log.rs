@@ -4,14 +4,14 @@
 
 use serde_json::Value;
 
-use super::{BITMAP_FIELDS, Status, Store, StoreError, ZSET_FIELDS};
+use super::{Store, StoreError};
+use crate::push::Status;
+use crate::push::fields::{BITMAP_FIELDS, SUBSTRING_FIELDS, ZSET_FIELDS};
 
 /// Records scanned at most by one substring search.
 pub const SUBSTRING_BUDGET: u64 = 20_000;
 /// Ids of one zset index walked at most when a status filter is added to it.
 const ZSET_FILTER_BUDGET: u64 = 50_000;
-/// Fields searched by substring (not indexed).
-pub const SUBSTRING_FIELDS: &[&str] = &["msg_title", "msg_contents"];
 
 /// The ids received in a time range, and where retention stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -77,22 +77,8 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-/// Fields indexed by a zset of ids per value (many distinct values).
-pub const ZSET_FIELDS: &[&str] = &["csno", "device_id", "cust_telno", "uuid_id"];
-/// Fields indexed by a bitmap per value (few distinct values).
-pub const BITMAP_FIELDS: &[&str] = &[
-    "status",
-    "fcm_send_yn",
-    "D_servicename",
-    "push_grp_id",
-    "worker",
-];
-/// The bitmap fields whose values come from messages; the others' values are
-/// pushgate's own (statuses, Y/N, configured port and API key names). A value of these
-/// gets a bitmap only once admitted ([`bitmaps::Admission`]).
-pub const MESSAGE_BITMAP_FIELDS: &[&str] = &["D_servicename", "push_grp_id"];
-/// The bitmap fields whose values pushgate itself sets (bounded by code and config).
-const OWN_BITMAP_FIELDS: &[&str] = &["status", "fcm_send_yn", "worker"];
+use crate::push::Status;
+use crate::push::fields::{MESSAGE_BITMAP_FIELDS, OWN_BITMAP_FIELDS, ZSET_FIELDS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -147,37 +133,6 @@ impl StoreError {
 pub struct Fence {
     pub key: String,
     pub token: String,
-}
-
-/// Where a record stands. Stored as its snake_case name and indexed by bitmap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Received,
-    Queued,
-    Scheduled,
-    Dropped,
-    ScriptError,
-    Sending,
-    Retrying,
-    Sent,
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Received => "received",
-            Status::Queued => "queued",
-            Status::Scheduled => "scheduled",
-            Status::Dropped => "dropped",
-            Status::ScriptError => "script_error",
-            Status::Sending => "sending",
-            Status::Retrying => "retrying",
-            Status::Sent => "sent",
-            Status::Failed => "failed",
-        }
-    }
 }
 
 /// A message that passed validation and routing, ready to be written.
@@ -985,6 +940,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::fields::BITMAP_FIELDS;
 
     #[test]
     fn every_bitmap_field_is_either_pushgates_own_or_admitted() {

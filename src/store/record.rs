@@ -10,7 +10,7 @@
 use serde_json::{Map, Value};
 
 use super::StoreError;
-use crate::script::STANDARD_FIELDS;
+use crate::push::fields::STANDARD_FIELDS;
 
 /// Outcome fields and the value they have until the first send.
 const DEFAULTS: &[(&str, DefaultValue)] = &[
@@ -86,7 +86,7 @@ pub fn encode(record: &Value) -> String {
 /// The message as it arrived: a record without the fields pushgate added.
 pub fn message_fields(record: &Value) -> Map<String, Value> {
     let mut fields = record.as_object().cloned().unwrap_or_default();
-    for name in crate::config::RESERVED_FIELDS {
+    for name in crate::push::fields::RESERVED_FIELDS {
         fields.remove(*name);
     }
     fields

@@ -5,7 +5,8 @@
 
 use serde_json::Value;
 
-use super::{MESSAGE_BITMAP_FIELDS, OWN_BITMAP_FIELDS, Store, StoreError, ZSET_FIELDS};
+use super::{Store, StoreError};
+use crate::push::fields::{MESSAGE_BITMAP_FIELDS, OWN_BITMAP_FIELDS, ZSET_FIELDS};
 
 /// What one pass removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -193,7 +193,7 @@ async fn sessions_expire_when_idle_or_too_old_and_end_on_sign_out() {
     let key = format!("pg:session:{}", web.session_token());
     let text: String = redis::cmd("GET").arg(&key).query(&mut con).unwrap();
     let mut session: Value = serde_json::from_str(&text).unwrap();
-    session["created_ms"] = json!(pushgate::ingest::now_ms() - 13 * 3_600_000);
+    session["created_ms"] = json!(pushgate::clock::now_ms() - 13 * 3_600_000);
     let _: () = redis::cmd("SET")
         .arg(&key)
         .arg(session.to_string())

@@ -295,11 +295,12 @@ async fn metrics_parse_and_move_with_traffic_and_readyz_follows_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_exactly_the_old_records_and_their_index_entries_keeping_held_ones() {
-    use pushgate::store::{NewRecord, Status};
+    use pushgate::push::Status;
+    use pushgate::store::NewRecord;
     let redis = RedisServer::start();
     let app = TestApp::sending(&redis, "p").await;
     let store = app.app().store.clone();
-    let now = pushgate::ingest::now_ms();
+    let now = pushgate::clock::now_ms();
     let day = 86_400_000;
     let record = |n: usize, age_days: i64| NewRecord {
         unique_key: format!("R{n}"),

@@ -43,7 +43,7 @@ async fn each_decision_ends_in_its_status_and_due_entry() {
     .await;
     let addr = app.port_addr("p").await;
     let store = &app.app().store;
-    let before = pushgate::ingest::now_ms();
+    let before = pushgate::clock::now_ms();
 
     let reserved =
         chrono::Utc::now().with_timezone(&chrono_tz::Asia::Seoul) + chrono::Duration::hours(2);
@@ -77,7 +77,7 @@ async fn each_decision_ends_in_its_status_and_due_entry() {
             "send" | "topic" => {
                 let due = due.expect("due now");
                 assert!(
-                    due >= before && due <= pushgate::ingest::now_ms(),
+                    due >= before && due <= pushgate::clock::now_ms(),
                     "{key} due now"
                 );
             }

@@ -5,8 +5,9 @@
 
 use serde_json::json;
 
+use pushgate::push::Status;
 use pushgate::store::log::{LogQuery, Total};
-use pushgate::store::{NewRecord, Status, Store};
+use pushgate::store::{NewRecord, Store};
 
 use crate::support::*;
 
@@ -36,7 +37,7 @@ fn exists(con: &mut redis::Connection, key: &str) -> bool {
 /// A record with `D_servicename = service` written straight through the store's group
 /// commit, `age_days` old; every third one is queued, the others dropped.
 fn record(n: usize, service: &str, age_days: i64) -> NewRecord {
-    let now = pushgate::ingest::now_ms();
+    let now = pushgate::clock::now_ms();
     let mut fields = message(&format!("K{n}"), n).as_object().unwrap().clone();
     fields.insert("D_servicename".into(), json!(service));
     let queued = n.is_multiple_of(3);
@@ -372,7 +373,7 @@ async fn retention_deletes_the_bitmaps_it_empties_and_creates_none() {
     let held_id = store.id_for_key("K26").await.unwrap().unwrap();
     store.set_hold(held_id, true).await.unwrap();
 
-    let now = pushgate::ingest::now_ms();
+    let now = pushgate::clock::now_ms();
     let pruned = store.prune(now - 30 * 86_400_000, 7).await.unwrap();
     assert_eq!((pruned.removed, pruned.held), (26, 1));
 

@@ -1,0 +1,13 @@
+//! The domain: a push and the record kept of it. Every part (ingest, script, store,
+//! sender, fcm, admin) works on these types and field names.
+//!
+//! - [`fields`]: the one list of field names and how each is indexed or masked.
+//! - [`status`]: where a record stands.
+//! - [`decision`]: what a route script decided, and the push it sends.
+
+pub mod decision;
+pub mod fields;
+pub mod status;
+
+pub use decision::{Decision, Push, Target};
+pub use status::Status;

@@ -1,0 +1,32 @@
+//! Where a record stands in its life.
+
+/// Where a record stands. Stored as its snake_case name and indexed by bitmap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Received,
+    Queued,
+    Scheduled,
+    Dropped,
+    ScriptError,
+    Sending,
+    Retrying,
+    Sent,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Received => "received",
+            Status::Queued => "queued",
+            Status::Scheduled => "scheduled",
+            Status::Dropped => "dropped",
+            Status::ScriptError => "script_error",
+            Status::Sending => "sending",
+            Status::Retrying => "retrying",
+            Status::Sent => "sent",
+            Status::Failed => "failed",
+        }
+    }
+}
