@@ -4,10 +4,13 @@
 //! - [`fields`]: the one list of field names and how each is indexed or masked.
 //! - [`status`]: where a record stands.
 //! - [`decision`]: what a route script decided, and the push it sends.
+//! - [`record`]: the record kept of one push, and its attempts.
 
 pub mod decision;
 pub mod fields;
+pub mod record;
 pub mod status;
 
 pub use decision::{Decision, Push, Target};
+pub use record::{Attempt, Record};
 pub use status::Status;
