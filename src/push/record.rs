@@ -167,7 +167,11 @@ mod tests {
         assert_eq!(record.to_json(), stored());
         assert_eq!(record.unique_key(), "K");
         assert_eq!(record.token(), Some("tok"));
-        assert_eq!(record.age_from(), 3000, "a reserved push ages from its time");
+        assert_eq!(
+            record.age_from(),
+            3000,
+            "a reserved push ages from its time"
+        );
         assert_eq!(record.status, Status::Retrying);
         assert_eq!(record.history[1].answer, None);
     }

@@ -10,15 +10,6 @@ use serde_json::json;
 use crate::browser_support::Browser;
 use crate::support::*;
 
-async fn store(addr: SocketAddr, messages: &[serde_json::Value]) -> Vec<serde_json::Value> {
-    let telegrams = Telegrams::ndjson();
-    let bytes: Vec<u8> = messages
-        .iter()
-        .flat_map(|m| telegrams.frame_text(&m.to_string()))
-        .collect();
-    telegrams.exchange(addr, bytes, messages.len()).await
-}
-
 async fn sign_in(browser: &Browser, base: &str, user: &str) {
     browser.goto(&format!("{base}/login")).await;
     browser.fill("#user", user).await;
@@ -47,7 +38,7 @@ async fn an_operator_works_the_console_in_a_real_browser() {
         });
         messages.push(m);
     }
-    store(addr, &messages).await;
+    send_messages(addr, &messages).await;
 
     let browser = Browser::start().await;
     browser.goto(&format!("{base}/")).await;
@@ -71,7 +62,7 @@ async fn an_operator_works_the_console_in_a_real_browser() {
             "230",
         )
         .await;
-    store(
+    send_messages(
         addr,
         &[
             message("live-1", 1),
@@ -188,7 +179,7 @@ async fn an_admin_fixes_a_script_in_the_browser_and_the_next_message_follows_it(
 
     let mut m = message("mkt-1", 1);
     m["D_servicename"] = json!("MKT");
-    let acks = store(addr, &[m, message("trf-1", 2)]).await;
+    let acks = send_messages(addr, &[m, message("trf-1", 2)]).await;
     let status = |i: usize| {
         let id: u64 = acks[i]["id"].as_str().unwrap().parse().unwrap();
         let store = app.app().store.clone();

@@ -14,18 +14,6 @@ async fn console() -> (RedisServer, TestApp, std::net::SocketAddr) {
     (redis, app, addr)
 }
 
-async fn store_messages(addr: std::net::SocketAddr, messages: &[Value]) -> Vec<u64> {
-    let telegrams = Telegrams::ndjson();
-    let bytes: Vec<u8> = messages
-        .iter()
-        .flat_map(|m| telegrams.frame_text(&m.to_string()))
-        .collect();
-    let acks = telegrams.exchange(addr, bytes, messages.len()).await;
-    acks.iter()
-        .map(|a| a["id"].as_str().expect("stored").parse().unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_answers_each_role_within_its_rights() {
     let (_redis, app, addr) = console().await;

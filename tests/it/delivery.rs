@@ -14,17 +14,6 @@ fn push(key: &str, token: &str) -> Value {
     json!({"uniqueKey": key, "device_id": token, "msg_title": "입금", "msg_contents": "10,000원이 입금되었습니다"})
 }
 
-async fn send_all(addr: SocketAddr, messages: &[Value]) {
-    let telegrams = Telegrams::ndjson();
-    let mut bytes = Vec::new();
-    for m in messages {
-        bytes.extend(telegrams.frame_text(&m.to_string()));
-    }
-    let acks = telegrams.exchange(addr, bytes, messages.len()).await;
-    assert_eq!(acks.len(), messages.len());
-    assert!(acks.iter().all(|a| a["ok"] == true), "all stored");
-}
-
 async fn record_by_key(store: &Store, key: &str) -> Value {
     let id = store.id_for_key(key).await.unwrap().expect("stored");
     store.record(id).await.unwrap().expect("record")
@@ -101,7 +90,7 @@ async fn each_fcm_error_class_ends_in_its_record_state() {
         ("internal", "internal-1", "failed", 3, "INTERNAL"),
     ];
     let messages: Vec<Value> = cases.iter().map(|(k, t, ..)| push(k, t)).collect();
-    send_all(addr, &messages).await;
+    store_messages(addr, &messages).await;
     let keys: Vec<String> = cases.iter().map(|c| c.0.to_owned()).collect();
     let done = wait_final(store, &keys, Duration::from_secs(30)).await;
     for (key, _, status, attempts, outcome) in cases {
@@ -150,7 +139,7 @@ async fn each_fcm_error_class_ends_in_its_record_state() {
         .get("UNREGISTERED")
         .copied()
         .unwrap_or(0);
-    send_all(addr, &[push("dead-again", "dead-1")]).await;
+    store_messages(addr, &[push("dead-again", "dead-1")]).await;
     let rec =
         &wait_final(store, &["dead-again".to_owned()], Duration::from_secs(10)).await["dead-again"];
     assert_eq!(rec["status"], "failed");
@@ -188,7 +177,7 @@ async fn an_unreachable_endpoint_is_retried_as_unavailable_then_failed() {
         &fcm,
     )
     .await;
-    send_all(app.port_addr("p").await, &[push("nowhere", "tok-1")]).await;
+    store_messages(app.port_addr("p").await, &[push("nowhere", "tok-1")]).await;
     let rec = &wait_final(
         &app.app().store,
         &["nowhere".to_owned()],
@@ -222,7 +211,7 @@ async fn access_tokens_expiring_during_a_run_fail_no_send() {
                 push(&key, &format!("tok-{i}"))
             })
             .collect();
-        send_all(addr, &messages).await;
+        store_messages(addr, &messages).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(started.elapsed() > Duration::from_secs(6));
@@ -260,7 +249,7 @@ async fn a_503_and_429_storm_ends_with_every_push_sent_exactly_once() {
         .enumerate()
         .map(|(n, k)| push(k, &format!("tok-{}", n % 300)))
         .collect();
-    send_all(addr, &messages).await;
+    store_messages(addr, &messages).await;
     let done = wait_final(&app.app().store, &keys, Duration::from_secs(240)).await;
 
     let stats = emu.stats();
@@ -323,7 +312,7 @@ async fn a_push_reserved_three_seconds_ahead_goes_out_within_a_second_after() {
     let reserved_ms = reserved.timestamp() * 1000;
     let mut m = push("reserved", "tok-1");
     m["sndn_rsev_hour"] = reserved.format("%Y%m%d%H%M%S").to_string().into();
-    send_all(addr, &[m]).await;
+    store_messages(addr, &[m]).await;
     assert_eq!(
         record_by_key(&app.app().store, "reserved").await["status"],
         "scheduled"
@@ -355,7 +344,7 @@ async fn a_dry_run_port_sends_validate_only() {
     let redis = RedisServer::start();
     let emu = emulator(&[]).await;
     let (app, addr) = start_delivering(&redis, &emu, "", "dry_run = true").await;
-    send_all(addr, &[push("dry", "tok-1")]).await;
+    store_messages(addr, &[push("dry", "tok-1")]).await;
     let rec = &wait_final(
         &app.app().store,
         &["dry".to_owned()],
@@ -399,7 +388,7 @@ async fn sigkill_mid_send_then_restart_finishes_every_push_and_counts_the_resent
     let total = 3000;
     let keys: Vec<String> = (0..total).map(|n| format!("crash-{n}")).collect();
     let messages: Vec<Value> = keys.iter().map(|k| push(k, "tok-1")).collect();
-    send_all(addr, &messages).await;
+    store_messages(addr, &messages).await;
     eventually(Duration::from_secs(30), "sends under way", || async {
         (emu.stats().accepted >= 500).then_some(())
     })
@@ -456,7 +445,7 @@ async fn redis_down_longer_than_the_lease_mid_send_sends_nothing_twice() {
     let total = 40;
     let keys: Vec<String> = (0..total).map(|n| format!("outage-{n}")).collect();
     let messages: Vec<Value> = keys.iter().map(|k| push(k, "tok-1")).collect();
-    send_all(addr, &messages).await;
+    store_messages(addr, &messages).await;
     let store = app.app().store.clone();
     eventually(Duration::from_secs(10), "all claimed and in flight", || {
         let store = store.clone();

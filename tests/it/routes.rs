@@ -20,14 +20,6 @@ fn route(msg) {
 }
 "#;
 
-async fn send_one(addr: std::net::SocketAddr, m: Value) -> Value {
-    let telegrams = Telegrams::ndjson();
-    let acks = telegrams
-        .exchange(addr, telegrams.frame_text(&m.to_string()), 1)
-        .await;
-    acks.into_iter().next().expect("one ack")
-}
-
 fn msg(key: &str, service: &str) -> Value {
     json!({"uniqueKey": key, "device_id": "tok-1", "msg_title": "제목", "msg_contents": "본문", "D_servicename": service})
 }
@@ -60,7 +52,7 @@ async fn each_decision_ends_in_its_status_and_due_entry() {
     ];
     for (m, status) in cases {
         let key = m["uniqueKey"].as_str().unwrap().to_owned();
-        let ack = send_one(addr, m).await;
+        let ack = send_messages(addr, &[m]).await.remove(0);
         assert_eq!(
             ack["ok"], true,
             "a routed frame is stored whatever the route said: {ack}"
@@ -120,7 +112,7 @@ async fn an_endless_loop_ends_as_script_error_within_the_deadline_and_the_port_g
     let store = &app.app().store;
 
     let started = Instant::now();
-    let ack = send_one(addr, msg("loop", "LOOP")).await;
+    let ack = send_messages(addr, &[msg("loop", "LOOP")]).await.remove(0);
     let took = started.elapsed();
     assert_eq!(ack["ok"], true, "{ack}");
     // The deadline is 100 ms in the test config; allow a wide margin for a busy machine.
@@ -138,7 +130,9 @@ async fn an_endless_loop_ends_as_script_error_within_the_deadline_and_the_port_g
     );
 
     // The port still takes frames on a new connection and the old pattern of work.
-    let ack = send_one(addr, msg("after-loop", "TRF")).await;
+    let ack = send_messages(addr, &[msg("after-loop", "TRF")])
+        .await
+        .remove(0);
     assert_eq!(ack["ok"], true);
     let id: u64 = ack["id"].as_str().unwrap().parse().unwrap();
     assert_eq!(store.record(id).await.unwrap().unwrap()["status"], "queued");

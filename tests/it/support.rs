@@ -549,11 +549,34 @@ impl Telegrams {
     }
 }
 
+/// Send `messages` to an ndjson port in one write; their acks, in order.
+pub async fn send_messages(addr: SocketAddr, messages: &[Value]) -> Vec<Value> {
+    let telegrams = Telegrams::ndjson();
+    let bytes: Vec<u8> = messages
+        .iter()
+        .flat_map(|m| telegrams.frame_text(&m.to_string()))
+        .collect();
+    telegrams.exchange(addr, bytes, messages.len()).await
+}
+
+/// Send `messages`, assert each was stored, and return the records' ids in order.
+pub async fn store_messages(addr: SocketAddr, messages: &[Value]) -> Vec<u64> {
+    send_messages(addr, messages)
+        .await
+        .iter()
+        .map(|ack| {
+            assert_eq!(ack["ok"], true, "{ack}");
+            ack["id"]
+                .as_str()
+                .and_then(|id| id.parse().ok())
+                .expect("an id")
+        })
+        .collect()
+}
+
 /// Send one ndjson message to a port, assert it was acked ok, and return the ack.
 pub async fn send_one_ok(addr: SocketAddr, key: &str, n: usize) -> Value {
-    let telegrams = Telegrams::ndjson();
-    let frame = telegrams.frame_text(&message(key, n).to_string());
-    let ack = telegrams.exchange(addr, frame, 1).await.remove(0);
+    let ack = send_messages(addr, &[message(key, n)]).await.remove(0);
     assert_eq!(ack["ok"], true, "{ack}");
     ack
 }

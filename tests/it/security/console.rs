@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::support::{
-    Process, READ_ONLY_KEY, RedisServer, TEST_KEY, Telegrams, TestApp, Web, config_text,
-    eventually, free_port, http, message, port_block,
+    Process, READ_ONLY_KEY, RedisServer, TEST_KEY, TestApp, Web, config_text, eventually,
+    free_port, http, message, port_block, store_messages,
 };
 
 /// Rejects every message with its phone number in the error, and routes the rest to a
@@ -38,18 +38,6 @@ async fn leaky_app(redis: &RedisServer) -> (TestApp, SocketAddr) {
     (app, addr)
 }
 
-async fn store(addr: SocketAddr, messages: &[serde_json::Value]) -> Vec<String> {
-    let telegrams = Telegrams::ndjson();
-    let bytes = messages
-        .iter()
-        .flat_map(|m| telegrams.frame_text(&m.to_string()))
-        .collect();
-    let acks = telegrams.exchange(addr, bytes, messages.len()).await;
-    acks.iter()
-        .map(|a| a["id"].as_str().expect("stored").to_owned())
-        .collect()
-}
-
 const TELNO: &str = "01055501234";
 const CSNO: &str = "9876543210";
 /// Every form of the two numbers that would unmask them.
@@ -72,7 +60,7 @@ async fn viewers_cannot_search_masked_fields_or_read_numbers_from_errors_and_dec
     let mut good = message("leak-good", 2);
     good["cust_telno"] = json!(TELNO);
     good["csno"] = json!(CSNO);
-    let ids = store(addr, &[bad, good]).await;
+    let ids = store_messages(addr, &[bad, good]).await;
     let admin = app.app().admin_addr;
 
     let mut viewer = Web::new(admin);

@@ -103,16 +103,16 @@ async fn twenty_fresh_bitmap_field_values_at_id_8_000_000_cost_kilobytes_not_meg
     // pushgate's own bitmaps (status, fcm_send_yn, port) are id/8 bytes at any id;
     // what a stranger controls is the values in the message.
     send_one_ok(addr, "warm-up", 1).await;
-    let telegrams = Telegrams::ndjson();
-    let mut request = Vec::new();
-    for n in 0..20 {
-        let mut m = message(&format!("fresh-{n}"), n);
-        m["D_servicename"] = json!(format!("SVC-{n:02}"));
-        m["push_grp_id"] = json!(format!("GRP-{n:02}"));
-        request.extend(telegrams.frame_text(&m.to_string()));
-    }
+    let fresh: Vec<_> = (0..20)
+        .map(|n| {
+            let mut m = message(&format!("fresh-{n}"), n);
+            m["D_servicename"] = json!(format!("SVC-{n:02}"));
+            m["push_grp_id"] = json!(format!("GRP-{n:02}"));
+            m
+        })
+        .collect();
     let before = used_memory(&mut con);
-    let acks = telegrams.exchange(addr, request, 20).await;
+    let acks = send_messages(addr, &fresh).await;
     let grown = used_memory(&mut con) - before;
     assert!(acks.iter().all(|a| a["ok"] == true), "{acks:?}");
     eprintln!(
