@@ -222,7 +222,7 @@ impl Sender {
                 sends.spawn(async move {
                     let outcome = this.attempt(claim, dead_since).await;
                     let _ = done
-                        .send(Pending {
+                        .send(UnwrittenOutcome {
                             outcome,
                             _slot: permit,
                         })
@@ -477,7 +477,7 @@ fn token_of(record: &Value) -> Option<&str> {
 /// An outcome on its way to Redis, with the in-flight slot it still holds: the slot
 /// is given back only once the outcome is written, so the sender never claims more
 /// while answers it already has are unwritten.
-struct Pending {
+struct UnwrittenOutcome {
     outcome: Outcome,
     _slot: OwnedSemaphorePermit,
 }
@@ -487,7 +487,7 @@ struct Pending {
 /// re-claims its own unwritten records when their leases run out).
 async fn finish_loop(
     store: Store,
-    mut outcomes: mpsc::Receiver<Pending>,
+    mut outcomes: mpsc::Receiver<UnwrittenOutcome>,
     stalled: Arc<AtomicBool>,
 ) {
     while let Some(first) = outcomes.recv().await {
