@@ -1,0 +1,510 @@
+//! A strict local stand-in for FCM HTTP v1: Google's OAuth token endpoint and `messages:send`.
+//!
+//! Google is unreachable from the test machines, so this is the only FCM the gateway ever
+//! meets in tests. It is deliberately strict: every protocol fact of `docs/fcm-v1.md` (JWT
+//! grant, bearer tokens, message shape, sizes, error envelope) is checked and a violation is
+//! answered the way Google answers it, so the gateway's mistakes fail tests instead of failing
+//! in production. Where Google is lenient the emulator is not: a JSON `null` field is rejected
+//! rather than read as absent, so the gateway sends minimal, typed JSON. Faults (503/429/500,
+//! per-token errors, latency) are injected on demand to exercise the retry classes.
+//!
+//! Routes: `POST /token`, `POST /v1/projects/{project}/messages:send`, `GET /stats`; HTTP/1.1
+//! and h2c (prior knowledge) on one port.
+//!
+//! Layout: this file starts, serves and stops the emulator and routes each request; `token`
+//! is the OAuth token endpoint and the bearer check, `send` validates `messages:send`,
+//! `faults` injects failures, `rejection` is FCM's error table and envelope, `stats` the
+//! counters behind `GET /stats`.
+
+mod faults;
+mod rejection;
+mod send;
+mod stats;
+mod token;
+
+#[cfg(test)]
+mod harness;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rand::Rng as _;
+use rsa::RsaPrivateKey;
+use rsa::pkcs1v15::VerifyingKey;
+use rsa::pkcs8::{EncodePrivateKey as _, LineEnding};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use faults::Faults;
+use rejection::Rejection;
+
+pub use faults::parse_fail_token;
+pub use rejection::ErrorCode;
+pub use stats::Stats;
+pub use token::FCM_SCOPE;
+
+/// Far above any valid FCM request; only stops a runaway client from filling memory.
+const MAX_BODY: usize = 1 << 20;
+/// How long shutdown waits for in-flight requests before dropping them.
+const DRAIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EmulatorArgs {
+    /// Address to listen on (loopback), e.g. 127.0.0.1:0
+    #[arg(long, default_value = "127.0.0.1:8930")]
+    pub listen: SocketAddr,
+    /// Write the service-account JSON (fresh RSA key, token_uri pointing here) to this file.
+    #[arg(long)]
+    pub write_service_account: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "pushgate-emulator")]
+    pub project: String,
+    /// Lifetime of issued access tokens, seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub token_ttl: u64,
+    /// Fraction (0..=1) of sends answered 503 UNAVAILABLE / 429 QUOTA_EXCEEDED / 500 INTERNAL.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_503: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_429: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_500: f64,
+    /// Retry-After seconds sent with injected 503/429 (none if unset).
+    #[arg(long)]
+    pub retry_after: Option<u64>,
+    /// Added latency per send, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Registration tokens starting with this are answered 404 UNREGISTERED.
+    #[arg(long)]
+    pub unregistered_prefix: Option<String>,
+    /// PREFIX=ERRORCODE: tokens starting with PREFIX always get that FCM error (any code of the
+    /// table in fcm-v1.md). Repeatable.
+    #[arg(long = "fail-token", value_parser = parse_fail_token)]
+    pub fail_tokens: Vec<(String, String)>,
+}
+
+/// A running emulator; dropping it stops the server too, `shutdown` also waits for it.
+pub struct Emulator {
+    addr: SocketAddr,
+    state: Arc<State>,
+    service_account: String,
+    cancel: CancellationToken,
+    server: JoinHandle<()>,
+}
+
+impl Emulator {
+    /// Generate a fresh 2048-bit RSA key, bind, serve in the background.
+    pub async fn start(args: EmulatorArgs) -> std::io::Result<Emulator> {
+        let key =
+            tokio::task::spawn_blocking(|| RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+        Self::start_with_key(args, key).await
+    }
+
+    /// Like `start` with a given service-account key: key generation dominates start-up, so
+    /// test suites that start many emulators generate one key and share it.
+    pub async fn start_with_key(
+        args: EmulatorArgs,
+        key: RsaPrivateKey,
+    ) -> std::io::Result<Emulator> {
+        let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
+        let rates = [args.fail_503, args.fail_429, args.fail_500];
+        if rates.iter().any(|r| !(0.0..=1.0).contains(r)) || rates.iter().sum::<f64>() > 1.0 {
+            return Err(invalid(format!(
+                "fault rates must be in 0..=1 and sum to at most 1, got {rates:?}"
+            )));
+        }
+        let fail_tokens = (args.fail_tokens.iter())
+            .map(|(prefix, code)| Ok((prefix.clone(), ErrorCode::parse(code).map_err(invalid)?)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+
+        let listener = TcpListener::bind(args.listen).await?;
+        let addr = listener.local_addr()?;
+        let key_id = hex(&rand::rng().random::<[u8; 20]>());
+        let client_email = format!("pushgate-sender@{}.iam.gserviceaccount.com", args.project);
+        let token_uri = format!("http://{addr}/token");
+        let pem = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(std::io::Error::other)?;
+        let service_account = json!({
+            "type": "service_account",
+            "project_id": args.project,
+            "private_key_id": key_id,
+            "private_key": pem.as_str(),
+            "client_email": client_email,
+            "client_id": rand::rng().random::<u64>().to_string(),
+            "token_uri": token_uri,
+        })
+        .to_string();
+
+        let state = Arc::new(State {
+            project: args.project,
+            key_id,
+            client_email,
+            token_uri,
+            verifying_key: VerifyingKey::new(key.to_public_key()),
+            token_ttl: Duration::from_secs(args.token_ttl),
+            faults: Faults {
+                p503: args.fail_503,
+                p429: args.fail_429,
+                p500: args.fail_500,
+                retry_after: args.retry_after,
+            },
+            latency: Duration::from_millis(args.latency_ms),
+            unregistered_prefix: args.unregistered_prefix,
+            fail_tokens,
+            tokens: Mutex::default(),
+            stats: Mutex::default(),
+            next_id: AtomicU64::new(1),
+        });
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, state.clone(), cancel.clone()));
+        Ok(Emulator {
+            addr,
+            state,
+            service_account,
+            cancel,
+            server,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn project(&self) -> &str {
+        &self.state.project
+    }
+
+    /// The service-account JSON (type, project_id, private_key_id, private_key (PKCS#8 PEM),
+    /// client_email, client_id, token_uri = http://ADDR/token).
+    pub fn service_account_json(&self) -> String {
+        self.service_account.clone()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.state.stats().clone()
+    }
+
+    /// Stop accepting, let in-flight requests finish (bounded), and wait for the server.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        let _ = (&mut self.server).await;
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Run until `shutdown` resolves: start, write the service account file if asked, print the
+/// address and project on stdout, serve.
+pub async fn run(
+    args: EmulatorArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listen = args.listen;
+    let service_account_path = args.write_service_account.clone();
+    let emulator = Emulator::start(args)
+        .await
+        .with_context(|| format!("starting the FCM emulator on {listen}"))?;
+    if let Some(path) = service_account_path {
+        std::fs::write(&path, emulator.service_account_json()).with_context(|| {
+            format!(
+                "writing the emulator's service account to {}",
+                path.display()
+            )
+        })?;
+    }
+    println!(
+        "FCM emulator listening on http://{} for project {}",
+        emulator.addr(),
+        emulator.project()
+    );
+    shutdown.await;
+    emulator.shutdown().await;
+    Ok(())
+}
+
+async fn serve(listener: TcpListener, state: Arc<State>, cancel: CancellationToken) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connections = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Usually fd exhaustion: back off instead of spinning on it.
+                    tracing::warn!("FCM emulator: accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(state.handle(req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN, conn).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// Everything the handlers share; fixed at start except the token table and the counters.
+struct State {
+    project: String,
+    key_id: String,
+    client_email: String,
+    token_uri: String,
+    verifying_key: VerifyingKey<Sha256>,
+    token_ttl: Duration,
+    faults: Faults,
+    latency: Duration,
+    unregistered_prefix: Option<String>,
+    fail_tokens: Vec<(String, ErrorCode)>,
+    /// Issued access tokens and when each expires.
+    tokens: Mutex<HashMap<String, Instant>>,
+    stats: Mutex<Stats>,
+    next_id: AtomicU64,
+}
+
+impl State {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path();
+        let project = path
+            .strip_prefix("/v1/projects/")
+            .and_then(|rest| rest.strip_suffix("/messages:send"))
+            .filter(|p| !p.is_empty() && !p.contains('/'));
+        match (&parts.method, path, project) {
+            (&Method::GET, "/stats", _) => {
+                let stats = serde_json::to_value(self.stats().clone()).unwrap_or_default();
+                reply(StatusCode::OK, &stats, None)
+            }
+            (&Method::POST, "/token", _) => self.token(&parts.headers, read_body(body).await),
+            (&Method::POST, _, Some(project)) => {
+                match self
+                    .send(project, &parts.headers, read_body(body).await)
+                    .await
+                {
+                    Ok(answer) => reply(StatusCode::OK, &answer, None),
+                    Err(e) => {
+                        tracing::debug!("FCM emulator rejects a send: {}", e.message);
+                        self.reject(e.stats_key());
+                        reply(e.http, &e.envelope(), e.retry_after)
+                    }
+                }
+            }
+            _ => {
+                self.reject("NOT_FOUND");
+                let e = Rejection::plain(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    format!("no route {path}"),
+                );
+                reply(e.http, &e.envelope(), None)
+            }
+        }
+    }
+}
+
+/// The media type of Content-Type, lowercased and without parameters such as charset.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(
+        value
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, String> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(format!(
+            "reading the request body (limit {MAX_BODY} bytes): {e}"
+        )),
+    }
+}
+
+fn reply(status: StatusCode, body: &Value, retry_after: Option<u64>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    if let Some(seconds) = retry_after {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::harness::*;
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[tokio::test]
+    async fn valid_send_with_a_fresh_key_is_accepted_and_counted_by_unique_key() {
+        let emulator = Emulator::start(args(&[]))
+            .await
+            .expect("starting the emulator");
+        let h = Harness::new(emulator, client(false));
+        let sa = &h.service_account;
+        assert_eq!(sa["type"], "service_account");
+        assert_eq!(sa["project_id"], "pushgate-emulator");
+        assert_eq!(
+            sa["token_uri"],
+            format!("http://{}/token", h.emulator.addr())
+        );
+        assert!(sa["client_id"].is_string() && sa["client_email"].is_string());
+
+        let (status, grant) = h.grant(&h.good_jwt()).await;
+        assert_eq!(status, 200, "{grant}");
+        assert_eq!(
+            (grant["expires_in"].as_u64(), grant["token_type"].as_str()),
+            (Some(3600), Some("Bearer"))
+        );
+        let token = grant["access_token"].as_str().expect("access_token");
+        let response = h
+            .post_send(
+                "pushgate-emulator",
+                Some(token),
+                &json!({"message": message("k1")}),
+            )
+            .await;
+        assert_eq!(response.version(), reqwest::Version::HTTP_11);
+        let (status, body) = read(response).await;
+        assert_eq!(
+            (status, &body),
+            (
+                200,
+                &json!({"name": "projects/pushgate-emulator/messages/1"})
+            )
+        );
+
+        let stats = h.emulator.stats();
+        assert_eq!(
+            (stats.accepted, stats.validated, stats.tokens_issued),
+            (1, 0, 1)
+        );
+        assert_eq!(stats.by_key, BTreeMap::from([("k1".to_owned(), 1)]));
+        assert!(stats.rejected.is_empty(), "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn h2c_prior_knowledge_client_is_served_over_http2() {
+        let emulator = Emulator::start_with_key(args(&[]), test_key(0))
+            .await
+            .expect("starting");
+        let h = Harness::new(emulator, client(true));
+        let token = h.token().await;
+        let response = h
+            .post_send(
+                "pushgate-emulator",
+                Some(&token),
+                &json!({"message": message("h2")}),
+            )
+            .await;
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(read(response).await.0, 200);
+        assert_eq!(h.emulator.stats().by_key.get("h2"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_are_404() {
+        let h = spawn(&[]).await;
+        for request in [
+            h.http.get(h.url("/token")),
+            h.http.post(h.url("/v1/projects/x/messages:batch")),
+        ] {
+            assert_eq!(
+                request.send().await.expect("request").status().as_u16(),
+                404
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn run_writes_the_service_account_and_stops_on_shutdown() {
+        let path =
+            std::env::temp_dir().join(format!("pushgate-emulator-sa-{}.json", std::process::id()));
+        let mut emulator_args = args(&[]);
+        emulator_args.write_service_account = Some(path.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(run(emulator_args, async move {
+            let _ = stopped.await;
+        }));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let written = loop {
+            if let Ok(text) = std::fs::read_to_string(&path)
+                && let Ok(sa) = serde_json::from_str::<Value>(&text)
+            {
+                break sa;
+            }
+            assert!(Instant::now() < deadline, "service account never written");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(written["type"], "service_account");
+        let token_uri = written["token_uri"].as_str().expect("token_uri").to_owned();
+        let _ = stop.send(());
+        let result = tokio::time::timeout(Duration::from_secs(10), running).await;
+        assert!(matches!(result, Ok(Ok(Ok(())))), "run did not stop cleanly");
+        assert!(
+            client(false).post(token_uri).send().await.is_err(),
+            "still serving after shutdown"
+        );
+    }
+}
