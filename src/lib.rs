@@ -5,7 +5,7 @@
 //! - [`push`]: the domain: field names, statuses, decisions and pushes every part shares.
 //! - [`config`]: the TOML file, its validation, the diff between two configs on reload.
 //! - [`ingest`]: TCP listeners/connectors, framing, character sets, message checks, acks.
-//! - [`script`]: the sandboxed Rhai engine, compiled route scripts, the decision type.
+//! - [`script`]: the sandboxed Rhai engine, compiled route scripts, turning a script's answer into a decision.
 //! - [`store`]: every Redis command and Lua script, the key layout, group commit, managed Redis.
 //! - [`fcm`]: service-account tokens, the HTTP v1 client, error classes.
 //! - [`sender`]: the in-flight pool, retry/schedule policy, durable queue claims.
