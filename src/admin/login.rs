@@ -209,7 +209,7 @@ async fn sign_in(state: &AdminState, form: &[u8], peer: SocketAddr) -> Reply {
     {
         Ok((_, cookie)) => {
             count("ok");
-            super::api::audit(state, &user.name, "sign-in", "", peer).await;
+            super::actions::audit(state, &user.name, "sign-in", "", peer).await;
             let mut reply = redirect("/");
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 reply.headers_mut().insert(SET_COOKIE, value);

@@ -3,6 +3,7 @@
 //! the authenticated JSON API. Every response carries the security headers; every
 //! request but the configured open paths needs a session or an API key.
 
+mod actions;
 mod api;
 pub mod auth;
 mod limits;

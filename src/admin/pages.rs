@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::auth::{self, Session};
 use super::view::{self, Sight};
-use super::{AdminState, Reply, api, html, read_body, redirect, streaming, with_type};
+use super::{AdminState, Reply, actions, html, read_body, redirect, streaming, with_type};
 use crate::clock::now_ms;
 use crate::config::Role;
 use crate::push::fields::{LOG_COLUMNS, SUBSTRING_FIELDS};
@@ -196,7 +196,7 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
                     "Only operators may start and stop ports.",
                 );
             }
-            match api::control_port(state, name, action, &s.user, peer).await {
+            match actions::control_port(state, name, action, &s.user, peer).await {
                 Ok(_) => redirect("/"),
                 Err(e) => error_page(Some(s), StatusCode::CONFLICT, &e.to_string()),
             }
@@ -221,7 +221,7 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
                 return error_page(Some(s), StatusCode::NOT_FOUND, "No such push.");
             };
             let hold = input.get("hold") == "1";
-            match api::set_hold(state, num, hold, &s.user, peer).await {
+            match actions::set_hold(state, num, hold, &s.user, peer).await {
                 Ok(_) => {
                     push_page(
                         state,
@@ -1083,7 +1083,7 @@ async fn reroute(state: &AdminState, session: &Session, id: &str, peer: SocketAd
         .await
     {
         Ok(true) => {
-            api::audit(
+            actions::audit(
                 state,
                 &session.user,
                 "route again",
@@ -1124,7 +1124,7 @@ async fn resend(state: &AdminState, session: &Session, id: &str, peer: SocketAdd
     };
     match state.store.resend(num, now_ms()).await {
         Ok(Resend::Queued) => {
-            api::audit(state, &session.user, "resend", &format!("push {num}"), peer).await;
+            actions::audit(state, &session.user, "resend", &format!("push {num}"), peer).await;
             push_page(state, session, id, Some("Queued to be sent again.")).await
         }
         Ok(Resend::NotResendable) => error_page(
