@@ -6,9 +6,8 @@
 mod actions;
 mod api;
 pub mod auth;
+mod console;
 mod limits;
-mod login;
-mod pages;
 mod probes;
 pub mod tls;
 pub mod view;
@@ -172,7 +171,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) ->
     let mut reply = if path.starts_with("/api/") {
         api::handle(state, req, peer).await
     } else {
-        pages::handle(state, req, peer).await
+        console::handle(state, req, peer).await
     };
     secure(&mut reply);
     reply

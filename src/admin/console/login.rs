@@ -14,9 +14,9 @@ use askama::Template;
 use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER, SET_COOKIE};
 use hyper::{Method, StatusCode};
 
-use super::auth::{self, Session};
-use super::pages::{Chrome, render};
-use super::{AdminState, Reply, redirect};
+use super::{Chrome, render};
+use crate::admin::auth::{self, Session};
+use crate::admin::{AdminState, Reply, actions, redirect};
 use crate::clock::now_ms;
 use crate::config::MAX_USER_NAME;
 use crate::metrics::{labels, metrics};
@@ -209,7 +209,7 @@ async fn sign_in(state: &AdminState, form: &[u8], peer: SocketAddr) -> Reply {
     {
         Ok((_, cookie)) => {
             count("ok");
-            super::actions::audit(state, &user.name, "sign-in", "", peer).await;
+            actions::audit(state, &user.name, "sign-in", "", peer).await;
             let mut reply = redirect("/");
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 reply.headers_mut().insert(SET_COOKIE, value);

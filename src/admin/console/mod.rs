@@ -13,9 +13,11 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode};
 use serde_json::Value;
 
-use super::auth::{self, Session};
-use super::view::{self, Sight};
-use super::{AdminState, Reply, actions, html, read_body, redirect, streaming, with_type};
+mod login;
+
+use crate::admin::auth::{self, Session};
+use crate::admin::view::{self, Sight};
+use crate::admin::{AdminState, Reply, actions, html, read_body, redirect, streaming, with_type};
 use crate::clock::now_ms;
 use crate::config::Role;
 use crate::push::fields::{LOG_COLUMNS, SUBSTRING_FIELDS};
@@ -23,8 +25,8 @@ use crate::script::format_local;
 use crate::store::log::{LogQuery, Resend, Total, searchable_fields};
 use crate::supervisor::PortState;
 
-const STYLE: &str = include_str!("../../static/app.css");
-const SCRIPT: &str = include_str!("../../static/app.js");
+const STYLE: &str = include_str!("../../../static/app.css");
+const SCRIPT: &str = include_str!("../../../static/app.js");
 const PER_PAGE: u64 = 100;
 /// The highest page number asked for (a page past the end is simply empty).
 const MAX_PAGE: u64 = 1_000_000_000;
@@ -41,7 +43,7 @@ const STATUSES: &[&str] = &[
 ];
 
 /// What every signed-in page shows around its content.
-pub(super) struct Chrome {
+struct Chrome {
     pub user: String,
     pub role: &'static str,
     pub csrf: String,
@@ -63,7 +65,7 @@ impl Chrome {
     }
 }
 
-pub(super) fn render(page: &impl Template) -> Reply {
+fn render(page: &impl Template) -> Reply {
     match page.render() {
         Ok(text) => html(StatusCode::OK, text),
         Err(e) => {
@@ -122,37 +124,37 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
             return with_type(
                 StatusCode::OK,
                 "text/css; charset=utf-8",
-                super::full(STYLE),
+                crate::admin::full(STYLE),
             );
         }
         (&Method::GET, "/static/app.js") => {
             return with_type(
                 StatusCode::OK,
                 "text/javascript; charset=utf-8",
-                super::full(SCRIPT),
+                crate::admin::full(SCRIPT),
             );
         }
         _ => {}
     }
     let probe = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
     if probe && config.console.open_paths.contains(&path) {
-        return super::probes::answer(state, &path).await;
+        return crate::admin::probes::answer(state, &path).await;
     }
     let session = auth::session(&state.store, &config, req.headers(), now_ms()).await;
     if path == "/login" {
         // The only body read before a session is known, and a small one.
         let form = if method == Method::POST {
-            match read_body(state, req.into_body(), super::login::FORM_LIMIT).await {
+            match read_body(state, req.into_body(), login::FORM_LIMIT).await {
                 Ok(body) => Some(body),
                 Err(reply) => return reply,
             }
         } else {
             None
         };
-        return super::login::answer(state, &method, form.as_deref(), session.as_ref(), peer).await;
+        return login::answer(state, &method, form.as_deref(), session.as_ref(), peer).await;
     }
     if probe && session.is_some() {
-        return super::probes::answer(state, &path).await;
+        return crate::admin::probes::answer(state, &path).await;
     }
     let Some(session) = session else {
         let wants_html = req
@@ -163,7 +165,7 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
         return if method == Method::GET && wants_html {
             redirect("/login")
         } else {
-            super::json_error(StatusCode::UNAUTHORIZED, "sign in first")
+            crate::admin::json_error(StatusCode::UNAUTHORIZED, "sign in first")
         };
     };
     let fields = if method == Method::POST {
@@ -185,7 +187,7 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let s = &session;
     match (&method, segments.as_slice()) {
-        (&Method::POST, ["logout"]) => super::login::logout(state, s).await,
+        (&Method::POST, ["logout"]) => login::logout(state, s).await,
         (&Method::GET, [""]) => dashboard(state, s).await,
         (&Method::GET, ["events"]) => events(state, s),
         (&Method::POST, ["ports", name, action @ ("start" | "stop")]) => {
@@ -346,7 +348,7 @@ async fn dashboard(state: &AdminState, session: &Session) -> Reply {
                 .last_frame_ms
                 .map(|ms| format_local(ms, config.zone(), "%Y-%m-%d %H:%M:%S"))
                 .unwrap_or_else(|| "—".into()),
-            last_error: super::view::text(
+            last_error: view::text(
                 view.last_error.as_deref().unwrap_or_default(),
                 session.sight(),
             ),
@@ -497,7 +499,7 @@ fn events(state: &AdminState, session: &Session) -> Reply {
             .admin_refused
             .get_or_create(&crate::metrics::labels(&[("reason", "streams")]))
             .inc();
-        return super::json_error(
+        return crate::admin::json_error(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
                 "this session already has {} live streams open",
@@ -770,7 +772,11 @@ async fn log_csv(state: &AdminState, session: &Session, input: &Input) -> Reply 
             break;
         }
     }
-    let mut reply = with_type(StatusCode::OK, "text/csv; charset=utf-8", super::full(out));
+    let mut reply = with_type(
+        StatusCode::OK,
+        "text/csv; charset=utf-8",
+        crate::admin::full(out),
+    );
     reply.headers_mut().insert(
         hyper::header::CONTENT_DISPOSITION,
         HeaderValue::from_static("attachment; filename=\"pushgate-log.csv\""),
