@@ -1,5 +1,5 @@
 //! Signing in and out of the console, built to hold under a flood of strangers:
-//! - credentials come only from a POST body of at most [`FORM_LIMIT`] bytes; other
+//! - credentials come only from a POST body of at most [`SIGN_IN_FORM_LIMIT`] bytes; other
 //!   methods on `/login` get 405;
 //! - a user name over [`MAX_USER_NAME`] bytes is refused before anything is stored;
 //! - each attempt passes the Redis-side throttle first (per address, growing waits;
@@ -23,7 +23,7 @@ use crate::metrics::{labels, metrics};
 use crate::store::console::{LoginGate, LoginLimits};
 
 /// The largest sign-in form read.
-pub const FORM_LIMIT: usize = 8 * 1024;
+pub const SIGN_IN_FORM_LIMIT: usize = 8 * 1024;
 /// The longest password checked (argon2 hashes any length; this bounds the work).
 const MAX_PASSWORD: usize = 1024;
 /// Counts of sign-in failures live this long.
