@@ -14,6 +14,7 @@ use hyper::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 
+use super::actions::{control_port, set_hold};
 use super::auth::{self, Session};
 use super::view::{self, Sight};
 use super::{AdminState, Reply, json as reply_json, json_error, read_body};
@@ -102,27 +103,6 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
     }
 }
 
-/// Start, stop or restart a port, and write it in the audit log.
-pub(super) async fn control_port(
-    state: &AdminState,
-    name: &str,
-    action: &str,
-    who: &str,
-    peer: SocketAddr,
-) -> Result<crate::supervisor::PortView, SupervisorError> {
-    let sup = &state.supervisor;
-    let result = match action {
-        "start" => sup.start(name).await,
-        "stop" => sup.stop(name).await,
-        _ => sup.restart(name).await,
-    };
-    if result.is_ok() {
-        tracing::info!(port = %name, %action, %who, "port control");
-        audit(state, who, &format!("port {action}"), name, peer).await;
-    }
-    result
-}
-
 /// This node, every node seen in the last day, and Redis's replication picture.
 async fn cluster(state: &AdminState) -> Reply {
     let nodes: Vec<Value> = match state.store.nodes().await {
@@ -143,51 +123,6 @@ async fn cluster(state: &AdminState) -> Reply {
         StatusCode::OK,
         &json!({"node": state.supervisor.node().id, "nodes": nodes, "redis": topology}),
     )
-}
-
-pub(super) async fn audit(
-    state: &AdminState,
-    who: &str,
-    action: &str,
-    target: &str,
-    peer: SocketAddr,
-) {
-    let addr = peer.ip().to_string();
-    if let Err(e) = state
-        .store
-        .audit(&[
-            ("who", who),
-            ("action", action),
-            ("target", target),
-            ("addr", &addr),
-        ])
-        .await
-    {
-        tracing::warn!(error = %e, "writing the audit log");
-    }
-}
-
-/// Set or clear a record's legal hold (kept past retention), and audit it.
-pub(super) async fn set_hold(
-    state: &AdminState,
-    id: u64,
-    hold: bool,
-    who: &str,
-    peer: SocketAddr,
-) -> Result<Value, (StatusCode, String)> {
-    match state.store.set_hold(id, hold).await {
-        Ok(Some(record)) => {
-            let action = if hold {
-                "legal hold"
-            } else {
-                "legal hold released"
-            };
-            audit(state, who, action, &format!("push {id}"), peer).await;
-            Ok(record)
-        }
-        Ok(None) => Err((StatusCode::NOT_FOUND, format!("no push {id}"))),
-        Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
-    }
 }
 
 /// `POST /api/v1/pushes`: the same checks, dedupe, routing and store as a port.

@@ -3,11 +3,11 @@
 //! the authenticated JSON API. Every response carries the security headers; every
 //! request but the configured open paths needs a session or an API key.
 
+mod actions;
 mod api;
 pub mod auth;
+mod console;
 mod limits;
-mod login;
-mod pages;
 mod probes;
 pub mod tls;
 pub mod view;
@@ -16,11 +16,10 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Frame, Incoming};
+use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -171,7 +170,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) ->
     let mut reply = if path.starts_with("/api/") {
         api::handle(state, req, peer).await
     } else {
-        pages::handle(state, req, peer).await
+        console::handle(state, req, peer).await
     };
     secure(&mut reply);
     reply
@@ -245,35 +244,4 @@ async fn read_body(state: &AdminState, body: Incoming, limit: usize) -> Result<B
             format!("body not received within {} ms", within.as_millis()),
         )),
     }
-}
-
-/// A body fed by a channel, for Server-Sent Events.
-struct ChannelBody {
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
-}
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
-    }
-}
-
-fn streaming(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Reply {
-    let mut reply = with_type(
-        StatusCode::OK,
-        "text/event-stream",
-        ChannelBody { rx }.boxed(),
-    );
-    reply
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    reply
 }

@@ -1,5 +1,5 @@
 //! Signing in and out of the console, built to hold under a flood of strangers:
-//! - credentials come only from a POST body of at most [`FORM_LIMIT`] bytes; other
+//! - credentials come only from a POST body of at most [`SIGN_IN_FORM_LIMIT`] bytes; other
 //!   methods on `/login` get 405;
 //! - a user name over [`MAX_USER_NAME`] bytes is refused before anything is stored;
 //! - each attempt passes the Redis-side throttle first (per address, growing waits;
@@ -14,16 +14,16 @@ use askama::Template;
 use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER, SET_COOKIE};
 use hyper::{Method, StatusCode};
 
-use super::auth::{self, Session};
-use super::pages::{Chrome, render};
-use super::{AdminState, Reply, redirect};
+use super::{Chrome, render};
+use crate::admin::auth::{self, Session};
+use crate::admin::{AdminState, Reply, actions, redirect};
 use crate::clock::now_ms;
 use crate::config::MAX_USER_NAME;
 use crate::metrics::{labels, metrics};
 use crate::store::console::{LoginGate, LoginLimits};
 
 /// The largest sign-in form read.
-pub const FORM_LIMIT: usize = 8 * 1024;
+pub const SIGN_IN_FORM_LIMIT: usize = 8 * 1024;
 /// The longest password checked (argon2 hashes any length; this bounds the work).
 const MAX_PASSWORD: usize = 1024;
 /// Counts of sign-in failures live this long.
@@ -209,7 +209,7 @@ async fn sign_in(state: &AdminState, form: &[u8], peer: SocketAddr) -> Reply {
     {
         Ok((_, cookie)) => {
             count("ok");
-            super::api::audit(state, &user.name, "sign-in", "", peer).await;
+            actions::audit(state, &user.name, "sign-in", "", peer).await;
             let mut reply = redirect("/");
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 reply.headers_mut().insert(SET_COOKIE, value);

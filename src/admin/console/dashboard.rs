@@ -1,0 +1,264 @@
+//! The dashboard: a card per port (state, counters, the last hour's sparkline), the
+//! nodes sharing this Redis, Redis's health and the queue depths; and the switches
+//! that start and stop ports. Its live counters come from [`super::events`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use askama::Template;
+use hyper::StatusCode;
+
+use super::{Chrome, error_page, render};
+use crate::admin::auth::Session;
+use crate::admin::{AdminState, Reply, actions, redirect};
+use crate::clock::now_ms;
+use crate::config::Role;
+use crate::script::format_local;
+use crate::supervisor::PortState;
+
+struct PortCard {
+    name: String,
+    mode: &'static str,
+    addr: String,
+    state: &'static str,
+    running: bool,
+    connections: usize,
+    counts: crate::store::PortCounts,
+    last_frame: String,
+    last_error: String,
+    script_error: String,
+    sparkline: String,
+    peak: u64,
+    /// Connect mode: which node runs it (empty when none or listen mode).
+    holder: String,
+    /// Connect mode: the upstream connected to now (empty when none).
+    connected: String,
+    /// Listen mode: connections turned away at accept or for want of a first frame.
+    refused: u64,
+}
+
+/// One node sharing this Redis, from its heartbeat.
+struct NodeRow {
+    id: String,
+    this: bool,
+    alive: bool,
+    console: String,
+    seen: String,
+    ports: String,
+}
+
+struct RedisHealth {
+    role: String,
+    replicas: String,
+    aof: String,
+    aof_rewrite: String,
+    memory: String,
+    version: String,
+    error: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage {
+    chrome: Option<Chrome>,
+    ports: Vec<PortCard>,
+    admin_addr: String,
+    redis: RedisHealth,
+    topology: Option<crate::store::cluster::Topology>,
+    nodes: Vec<NodeRow>,
+    due: u64,
+    inflight: u64,
+    records: u64,
+}
+
+/// `GET /`: every port's card, the nodes sharing this Redis, Redis's health and the
+/// queue.
+pub(super) async fn page(state: &AdminState, session: &Session) -> Reply {
+    let config = state.config();
+    let now = now_ms();
+    let views = state.supervisor.ports().await;
+    let names: Vec<String> = views.iter().map(|v| v.name.clone()).collect();
+    let counts = state.store.port_counts(&names).await.unwrap_or_default();
+    let mut ports = Vec::new();
+    for (i, view) in views.into_iter().enumerate() {
+        let counts = counts.get(i).copied().unwrap_or_default();
+        let minutes = state
+            .store
+            .minute_counts(&view.name, "received", now, 60)
+            .await
+            .unwrap_or_default();
+        let (sparkline, peak) = sparkline(&minutes);
+        ports.push(PortCard {
+            mode: match view.mode {
+                crate::config::Mode::Listen => "listen",
+                crate::config::Mode::Connect => "connect",
+            },
+            addr: view.bound.clone().unwrap_or(view.addr.clone()),
+            state: view.state.as_str(),
+            running: matches!(
+                view.state,
+                PortState::Running | PortState::Starting | PortState::Standby
+            ),
+            holder: view.holder.clone().unwrap_or_default(),
+            connected: view.connected.clone().unwrap_or_default(),
+            refused: view.refused,
+            connections: view.connections,
+            counts,
+            last_frame: view
+                .last_frame_ms
+                .map(|ms| format_local(ms, config.zone(), "%Y-%m-%d %H:%M:%S"))
+                .unwrap_or_else(|| "—".into()),
+            last_error: crate::admin::view::text(
+                view.last_error.as_deref().unwrap_or_default(),
+                session.sight(),
+            ),
+            script_error: view.script_error.clone().unwrap_or_default(),
+            sparkline,
+            peak,
+            name: view.name,
+        });
+    }
+    // One INFO for the Redis card and the replication picture.
+    let info = state
+        .store
+        .info(&["replication", "persistence", "memory", "server"])
+        .await;
+    let topology = match &info {
+        Ok(info) => Some(state.store.topology_from(info).await),
+        Err(_) => None,
+    };
+    let redis = redis_health(info);
+    let nodes = node_rows(state, now).await;
+    let (due, inflight) = state.store.queue_depths().await.unwrap_or((0, 0));
+    let records = state.store.record_count().await.unwrap_or(0);
+    render(&DashboardPage {
+        chrome: Some(Chrome::new(session, "dashboard")),
+        ports,
+        admin_addr: state.admin_addr.to_string(),
+        redis,
+        topology,
+        nodes,
+        due,
+        inflight,
+        records,
+    })
+}
+
+/// `POST /ports/{name}/start|stop`: the dashboard's switches, for operators and up.
+pub(super) async fn start_or_stop(
+    state: &AdminState,
+    session: &Session,
+    name: &str,
+    action: &str,
+    peer: SocketAddr,
+) -> Reply {
+    if !session.may(Role::Operator) {
+        return error_page(
+            Some(session),
+            StatusCode::FORBIDDEN,
+            "Only operators may start and stop ports.",
+        );
+    }
+    match actions::control_port(state, name, action, &session.user, peer).await {
+        Ok(_) => redirect("/"),
+        Err(e) => error_page(Some(session), StatusCode::CONFLICT, &e.to_string()),
+    }
+}
+
+/// Every node seen in the last day, this one first.
+async fn node_rows(state: &AdminState, now: i64) -> Vec<NodeRow> {
+    let this = &state.supervisor.node().id;
+    let mut rows: Vec<NodeRow> = state
+        .store
+        .nodes()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, seen_ms, body)| {
+            let beat: Option<crate::supervisor::NodeBeat> =
+                body.and_then(|b| serde_json::from_str(&b).ok());
+            NodeRow {
+                this: id == *this,
+                alive: beat.is_some(),
+                console: beat.as_ref().map(|b| b.console.clone()).unwrap_or_default(),
+                seen: format!("{} s ago", ((now - seen_ms) / 1000).max(0)),
+                ports: beat
+                    .map(|b| {
+                        b.ports
+                            .iter()
+                            .map(|p| format!("{} {}", p.name, p.state.as_str()))
+                            .collect::<Vec<_>>()
+                            .join(" · ")
+                    })
+                    .unwrap_or_else(|| "gone: no heartbeat".into()),
+                id,
+            }
+        })
+        .collect();
+    rows.sort_by_key(|r| (!r.this, !r.alive, r.id.clone()));
+    rows
+}
+
+/// SVG polyline points (120×28 box) for per-minute counts, and the peak.
+fn sparkline(counts: &[u64]) -> (String, u64) {
+    let peak = counts.iter().copied().max().unwrap_or(0);
+    let n = counts.len().max(2) - 1;
+    let points = counts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let x = i as f64 * 120.0 / n as f64;
+            let y = if peak == 0 {
+                27.0
+            } else {
+                27.0 - (*c as f64 / peak as f64) * 25.0
+            };
+            format!("{x:.1},{y:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    (points, peak)
+}
+
+fn redis_health(info: Result<HashMap<String, String>, crate::store::StoreError>) -> RedisHealth {
+    match info {
+        Ok(info) => {
+            let get = |k: &str| info.get(k).cloned().unwrap_or_default();
+            RedisHealth {
+                role: get("role"),
+                replicas: get("connected_slaves"),
+                aof: if get("aof_enabled") == "1" {
+                    "on".into()
+                } else {
+                    "off".into()
+                },
+                aof_rewrite: get("aof_last_bgrewrite_status"),
+                memory: get("used_memory_human"),
+                version: get("redis_version"),
+                error: String::new(),
+            }
+        }
+        Err(e) => RedisHealth {
+            role: "unreachable".into(),
+            replicas: String::new(),
+            aof: String::new(),
+            aof_rewrite: String::new(),
+            memory: String::new(),
+            version: String::new(),
+            error: e.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparkline_scales_to_the_peak() {
+        let (points, peak) = sparkline(&[0, 5, 10]);
+        assert_eq!(peak, 10);
+        assert_eq!(points, "0.0,27.0 60.0,14.5 120.0,2.0");
+        assert_eq!(sparkline(&[0, 0]).0, "0.0,27.0 120.0,27.0");
+    }
+}
