@@ -1,0 +1,360 @@
+//! The TOML configuration: parsed once, validated once, and diffed on reload.
+//!
+//! Everything here is plain data. Validation turns a parsed file into a [`Config`]
+//! whose invariants the rest of the crate relies on (unique port names, a framing
+//! that can carry `max_frame_bytes`, a field layout for fixed-width ports, …), with
+//! messages that name the key and the problem.
+//!
+//! One file per section, each with its type, its defaults and its validation:
+//! `redis.rs`, `node.rs`, `admin.rs` (`[admin]`, `[console]`, users and API keys),
+//! `store.rs`, `script.rs`, `fcm.rs`, `port.rs`; `diff.rs` is the reload diff.
+//!
+//! Defaults are written once. A section whose keys are all optional derives them
+//! from its one `impl Default` (`#[serde(default)]` on the struct). A section with
+//! a required key (`[[port]]`, `[fcm]`, `[[api_key]]`) cannot have a `Default`, so
+//! each of its optional keys names its `default_*` fn.
+
+mod admin;
+mod diff;
+mod fcm;
+mod node;
+mod port;
+mod redis;
+mod script;
+mod store;
+
+pub use admin::{AdminConfig, ApiKey, ConsoleConfig, MAX_USER_NAME, Role, Scope, User};
+pub use diff::PortChanges;
+pub use fcm::FcmConfig;
+pub use node::NodeConfig;
+pub use port::{FramingKind, Mode, Payload, PortConfig};
+pub use redis::{AppendFsync, RedisConfig};
+pub use script::ScriptConfig;
+pub use store::StoreConfig;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {}: {cause}", .path.display())]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {message}", .path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}: {}", .path.display(), .problems.join("; "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// The whole file, as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Time zone for reserved times (`sndn_rsev_hour`) and script time helpers.
+    pub zone: String,
+    pub redis: RedisConfig,
+    pub admin: AdminConfig,
+    pub node: NodeConfig,
+    pub store: StoreConfig,
+    pub script: ScriptConfig,
+    /// Delivery to FCM; without it records stay `queued`.
+    pub fcm: Option<FcmConfig>,
+    #[serde(rename = "api_key")]
+    pub api_keys: Vec<ApiKey>,
+    pub console: ConsoleConfig,
+    /// Console users (`pushgate hash-password` makes the hash).
+    #[serde(rename = "user")]
+    pub users: Vec<User>,
+    #[serde(rename = "port")]
+    pub ports: Vec<PortConfig>,
+    /// Directory the file was read from; relative paths (scripts, redis dir) resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            zone: "Asia/Seoul".into(),
+            redis: RedisConfig::default(),
+            admin: AdminConfig::default(),
+            node: NodeConfig::default(),
+            store: StoreConfig::default(),
+            script: ScriptConfig::default(),
+            fcm: None,
+            api_keys: Vec::new(),
+            console: ConsoleConfig::default(),
+            users: Vec::new(),
+            ports: Vec::new(),
+            base_dir: PathBuf::new(),
+        }
+    }
+}
+
+impl ConfigError {
+    /// One line per problem, for `pushgate check`.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { path, problems } => problems
+                .iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Read, parse and validate `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, path, base_dir)
+    }
+
+    /// Parse and validate TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |span| span.start);
+            let (line, column) = line_column(text, offset);
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        config.base_dir = if base_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base_dir
+        };
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    pub fn zone(&self) -> chrono_tz::Tz {
+        // Validated at load.
+        self.zone.parse().unwrap_or(chrono_tz::Asia::Seoul)
+    }
+
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    pub fn port(&self, name: &str) -> Option<&PortConfig> {
+        self.ports.iter().find(|p| p.name == name)
+    }
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.zone.parse::<chrono_tz::Tz>().is_err() {
+            out.push(format!(
+                "zone = {:?} is not an IANA time zone (e.g. \"Asia/Seoul\")",
+                self.zone
+            ));
+        }
+        self.redis.problems(&mut out);
+        self.node.problems(&mut out);
+        if let Some(fcm) = &self.fcm {
+            fcm.problems(&mut out);
+        }
+        self.store.problems(&mut out);
+        self.script.problems(&mut out);
+        admin::api_key_problems(&self.api_keys, &mut out);
+        admin::user_problems(&self.users, &mut out);
+        self.admin.problems(&mut out);
+        self.console.problems(&mut out);
+        let mut names = BTreeSet::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            let at = format!("port[{i}] {:?}", port.name);
+            if !names.insert(port.name.as_str()) {
+                out.push(format!("{at}: name is used twice"));
+            }
+            port.problems(&at, &mut out);
+        }
+        out
+    }
+}
+
+/// A Redis URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Charset, Framing};
+    use std::time::Duration;
+
+    /// Parse test TOML as if read from `/etc/pushgate/test.toml`; every section's
+    /// tests use it.
+    pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), PathBuf::from("/etc/pushgate"))
+    }
+
+    /// The smallest valid port, for tests to add settings to.
+    pub(super) const PORT: &str = r#"
+[[port]]
+name = "fep-transfer"
+addr = "127.0.0.1:9001"
+script = "scripts/transfer.rhai"
+"#;
+
+    #[test]
+    fn sections_left_out_or_empty_take_the_documented_defaults() {
+        let config = parse("").expect("an empty file is valid");
+        assert_eq!(config.zone, "Asia/Seoul");
+        let r = &config.redis;
+        assert_eq!(
+            (r.url.as_str(), r.prefix.as_str(), r.server_bin.to_str()),
+            ("redis://127.0.0.1:6379", "pushgate:", Some("redis-server"))
+        );
+        assert_eq!((r.timeout_ms, r.ack_replicas_timeout_ms), (3000, 1000));
+        assert_eq!(
+            (r.managed, r.ack_replicas, r.commit_retry_ms),
+            (false, 0, None)
+        );
+        assert_eq!(r.appendfsync, AppendFsync::Everysec);
+        let a = &config.admin;
+        assert_eq!(a.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!((a.header_timeout_ms, a.body_timeout_ms), (10_000, 30_000));
+        assert_eq!((a.max_connections, a.max_connections_per_addr), (256, 32));
+        assert_eq!(
+            (config.node.id.as_deref(), config.node.port_lease_ms),
+            (None, 5000)
+        );
+        let s = &config.store;
+        assert_eq!(
+            (s.max_batch, s.stats_ttl_hours, s.retention_days),
+            (512, 48, 30)
+        );
+        assert_eq!((s.bitmap_min_records, s.bitmap_max_values), (1000, 64));
+        assert_eq!(
+            (config.script.max_operations, config.script.deadline_ms),
+            (100_000, 50)
+        );
+        let c = &config.console;
+        assert_eq!((c.session_idle_minutes, c.session_max_hours), (30, 12));
+        assert_eq!(c.open_paths, ["/healthz", "/readyz", "/metrics"]);
+        assert_eq!((c.script_versions, c.max_failed_logins), (20, 5));
+        assert_eq!(
+            (c.free_failed_logins_per_addr, c.login_concurrency),
+            (10, 2)
+        );
+        assert_eq!((c.login_queue_ms, c.streams_per_session), (2_000, 4));
+        assert!(!c.secure_cookie);
+        assert!(config.fcm.is_none() && config.ports.is_empty());
+        let empty = parse("[redis]\n[admin]\n[node]\n[store]\n[script]\n[console]\n")
+            .expect("empty sections are valid");
+        assert_eq!(
+            empty, config,
+            "an empty section is the same as a missing one"
+        );
+        let one_key = parse("[redis]\ntimeout_ms = 500\n").expect("valid");
+        assert_eq!(one_key.redis.timeout_ms, 500);
+        assert_eq!(
+            one_key.redis.prefix, "pushgate:",
+            "the other keys keep their defaults"
+        );
+    }
+
+    #[test]
+    fn minimal_port_gets_documented_defaults() {
+        let config = parse(PORT).expect("valid");
+        let port = &config.ports[0];
+        assert_eq!(port.mode, Mode::Listen);
+        assert_eq!(port.framing(), Framing::Ndjson);
+        assert_eq!(port.encoding, Charset::Utf8);
+        assert_eq!(port.max_frame_bytes(), 65536);
+        assert_eq!(port.addresses(), ["127.0.0.1:9001"]);
+        assert!(port.allow.is_empty(), "no allow list: any peer");
+        assert_eq!(port.max_connections_per_addr, 8);
+        assert_eq!(port.first_frame_timeout(), Some(Duration::from_secs(10)));
+        assert_eq!(config.zone(), chrono_tz::Asia::Seoul);
+        assert_eq!(config.redis.prefix, "pushgate:");
+        assert_eq!(
+            config.resolve(&port.script),
+            PathBuf::from("/etc/pushgate/scripts/transfer.rhai")
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line_and_column() {
+        let err = parse(&format!("{PORT}framming = \"ndjson\"\n")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("test.toml:6:1: "), "{text}");
+        assert!(text.contains("framming"), "{text}");
+    }
+
+    #[test]
+    fn duplicate_port_names_and_bad_addresses_are_rejected() {
+        let text = format!("{PORT}{PORT}");
+        assert!(parse(&text).unwrap_err().to_string().contains("used twice"));
+        let text = PORT.replace("127.0.0.1:9001", "nowhere");
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("not an IP:port")
+        );
+        let text = format!(
+            "{}mode = \"connect\"\n",
+            PORT.replace("127.0.0.1:9001", "fep.internal:7000")
+        );
+        assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn bad_zone_and_managed_redis_without_dir_are_rejected() {
+        let err = parse(&format!(
+            "zone = \"Mars/Base\"\n[redis]\nmanaged = true\n{PORT}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("Mars/Base"), "{err}");
+        assert!(err.contains("needs redis.dir"), "{err}");
+    }
+}
