@@ -146,7 +146,9 @@ async fn a_flood_of_bad_sign_ins_from_many_addresses_stays_within_its_memory() {
     let config = dir.path().join("pushgate.toml");
     let text = config_text(&redis.url(), &admin.to_string(), "").replacen(
         "[admin]\n",
-        "[admin]\nmax_connections = 1024\n",
+        // Generous timeouts: on a loaded machine 256 connections may wait long to be read,
+        // and this test is about memory, not the header timeout.
+        "[admin]\nmax_connections = 1024\nheader_timeout_ms = 120000\nbody_timeout_ms = 120000\n",
         1,
     );
     std::fs::write(&config, text).unwrap();
