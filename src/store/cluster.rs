@@ -285,7 +285,7 @@ impl Store {
             .map(|(_, v)| parse_replica(v, offset))
             .collect();
         let sentinels = match self.target() {
-            super::Target::Sentinel {
+            super::RedisTarget::Sentinel {
                 sentinels,
                 master_name,
                 ..
@@ -299,7 +299,7 @@ impl Store {
                 views.sort_by_key(|(i, _)| *i);
                 views.into_iter().map(|(_, v)| v).collect()
             }
-            super::Target::Direct(_) => Vec::new(),
+            super::RedisTarget::Direct(_) => Vec::new(),
         };
         Topology {
             master: self.master(),

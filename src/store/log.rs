@@ -370,18 +370,6 @@ impl Store {
         Ok(applied == 1)
     }
 
-    /// The record's stored text (what compare-and-set compares) and its parsed value.
-    pub async fn record_text(&self, id: u64) -> Result<Option<(String, Value)>, StoreError> {
-        let text: Option<String> = self
-            .query(redis::cmd("GET").arg(self.key(&format!("rec:{id}"))))
-            .await?;
-        text.map(|t| {
-            let value = super::record::decode(&t)?;
-            Ok((t, value))
-        })
-        .transpose()
-    }
-
     /// Queue a sent or failed record with a send decision to be sent again, unless it
     /// is queued or in flight. Retries when the sender changes it meanwhile.
     pub async fn resend(&self, id: u64, now_ms: i64) -> Result<Resend, StoreError> {
@@ -408,12 +396,6 @@ impl Store {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         Ok(Resend::Busy)
-    }
-
-    /// Stored records (the `keyIndex` size).
-    pub async fn record_count(&self) -> Result<u64, StoreError> {
-        self.query(redis::cmd("HLEN").arg(self.key("keyIndex")))
-            .await
     }
 
     /// Delete every key under the prefix, in batches (never FLUSHDB), except the audit
@@ -467,75 +449,6 @@ impl Store {
             }
             cursor = next;
         }
-    }
-
-    /// Per-minute counters of a port for the last `minutes` minutes (oldest first).
-    pub async fn minute_counts(
-        &self,
-        port: &str,
-        field: &str,
-        now_ms: i64,
-        minutes: i64,
-    ) -> Result<Vec<u64>, StoreError> {
-        let now_minute = now_ms.div_euclid(60_000);
-        let mut pipe = redis::pipe();
-        for m in (now_minute - minutes + 1)..=now_minute {
-            pipe.cmd("HGET")
-                .arg(self.key(&format!("stats:{port}:{m}")))
-                .arg(field);
-        }
-        let counts: Vec<Option<u64>> = self.query_pipe(&pipe).await?;
-        Ok(counts.into_iter().map(|c| c.unwrap_or(0)).collect())
-    }
-
-    /// Redis `INFO` for `sections`, as a map of its `key:value` lines.
-    pub async fn info(
-        &self,
-        sections: &[&str],
-    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
-        let text: String = self.query(redis::cmd("INFO").arg(sections)).await?;
-        Ok(text
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-            .collect())
-    }
-
-    /// Append to the audit stream (capped near 100,000 entries).
-    pub async fn audit(&self, entry: &[(&str, &str)]) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.key("audit"))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(100_000)
-            .arg("*");
-        for (k, v) in entry {
-            cmd.arg(*k).arg(*v);
-        }
-        let _: String = self.query(&cmd).await?;
-        Ok(())
-    }
-
-    /// Audit entries newest first, from before `before` (a stream id) if given.
-    pub async fn audit_entries(
-        &self,
-        before: Option<&str>,
-        count: usize,
-    ) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
-        let end = before.map_or("+".to_owned(), |b| format!("({b}"));
-        let reply: redis::Value = self
-            .query(
-                redis::cmd("XREVRANGE")
-                    .arg(self.key("audit"))
-                    .arg(end)
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(count),
-            )
-            .await?;
-        let entries: Vec<(String, Vec<(String, String)>)> =
-            redis::from_redis_value(reply).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        Ok(entries)
     }
 }
 
