@@ -9,6 +9,7 @@ use redis::aio::ConnectionManager;
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::scripts::scripts;
 use super::{Store, StoreError, bitmaps, record};
 use crate::push::Status;
 use crate::push::fields::{MESSAGE_BITMAP_FIELDS, OWN_BITMAP_FIELDS, ZSET_FIELDS};
@@ -84,7 +85,8 @@ impl Store {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let mut invocation = self.ingest.prepare_invoke();
+        // The ARGV layout is the one `lua/ingest.lua` opens with.
+        let mut invocation = scripts().ingest.prepare_invoke();
         invocation
             .arg(&self.prefix)
             .arg(records.len())
@@ -162,7 +164,7 @@ impl Store {
         if let Err(StoreError::Redis(e)) = &answer
             && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
         {
-            let _: String = self.run(self.ingest.load_async(con)).await?;
+            let _: String = self.run(scripts().ingest.load_async(con)).await?;
             answer = self.run(pipe.query_async(con)).await;
         }
         let (flat, reached) = answer?;
@@ -256,143 +258,6 @@ fn record_body_after_id(new: &NewRecord) -> String {
     // `{...}` → `...}`; the script prepends `{"id":N,`.
     text[1..].to_owned()
 }
-
-/// Group commit: the whole batch is one EVALSHA, so Redis applies it atomically.
-/// ARGV: prefix, n, stats ttl, f, bitmap min records, bitmap max values, ids per earned
-/// record, max move factor (see [`bitmaps`]), then f fences (key, token), then per
-/// record: fence number (0 = none), uniqueKey, body, due, n, n zset keys, m, m bitmap
-/// keys, a, a × (message bitmap field, value, listed 0/1), minute stats key, total stats
-/// key, status. Returns id, flag pairs in input order (flag 0 = new, 1 = duplicate,
-/// 2 = refused by its fence).
-pub(super) const INGEST_LUA: &str = concat!(
-    counters_lua!(),
-    r#"
-local p = ARGV[1]
-local n = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[3])
-local nf = tonumber(ARGV[4])
-local min_records, max_values = tonumber(ARGV[5]), tonumber(ARGV[6])
-local ids_per_record, max_move = tonumber(ARGV[7]), tonumber(ARGV[8])
-local holds = {}
-for f = 1, nf do
-  holds[f] = redis.call('GET', p .. ARGV[7 + 2 * f]) == ARGV[8 + 2 * f]
-end
-local i = 9 + 2 * nf
-local out = {}
-local stored = {}
--- A value's first id goes into a small shared hash; the second turns it into a zset.
-local function index(suffix, id)
-  local key = p .. suffix
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('ZADD', key, id, id)
-    return
-  end
-  local field, value = string.match(suffix, '^idx:([^:]+):(.*)$')
-  local bucket = p .. 'ix:' .. field .. ':' .. string.sub(redis.sha1hex(value), 1, 4)
-  local other = redis.call('HGET', bucket, value)
-  if other then
-    redis.call('HDEL', bucket, value)
-    redis.call('ZADD', key, other, other, id, id)
-  else
-    redis.call('HSET', bucket, value, id)
-  end
-end
--- Move a value's ids from its zset and `ix:` entry into its bitmap (highest first, so
--- the bitmap is sized once).
-local function to_bitmap(field, value, bkey, zkey)
-  for _, other in ipairs(redis.call('ZRANGE', zkey, 0, -1, 'REV')) do
-    redis.call('SETBIT', bkey, other, 1)
-  end
-  redis.call('DEL', zkey)
-  local bucket = p .. 'ix:' .. field .. ':' .. string.sub(redis.sha1hex(value), 1, 4)
-  local single = redis.call('HGET', bucket, value)
-  if single then
-    redis.call('SETBIT', bkey, single, 1)
-    redis.call('HDEL', bucket, value)
-  end
-end
--- A message field's value: into its bitmap if it has one; else a listed value gets its
--- bitmap now, and any other goes into the zset index and earns a bitmap once that costs
--- no more than its zset, while the field has bitmaps to spare. A move is at most
--- max_move times the threshold, so it never stalls Redis for long.
-local function index_admitted(field, value, listed, id)
-  local bkey = p .. 'bit:' .. field .. ':' .. value
-  local suffix = 'idx:' .. field .. ':' .. value
-  local zkey = p .. suffix
-  if redis.call('EXISTS', bkey) == 1 then
-    redis.call('SETBIT', bkey, id, 1)
-    -- A zset beside the bitmap: a first-stage node made the bitmap while this version
-    -- filled the zset (mixed versions, rollback). Readers take the bitmap: merge.
-    if redis.call('EXISTS', zkey) == 1 then to_bitmap(field, value, bkey, zkey) end
-    return
-  end
-  local threshold = math.max(min_records, math.floor(id / ids_per_record))
-  if listed and redis.call('ZCARD', zkey) < max_move * threshold then
-    redis.call('SETBIT', bkey, id, 1)
-    to_bitmap(field, value, bkey, zkey)
-    return
-  end
-  index(suffix, id)
-  if listed then return end
-  local held = redis.call('ZCARD', zkey)
-  if held < threshold or held > max_move * threshold then return end
-  local registry = p .. 'bitvals:' .. field
-  if redis.call('SCARD', registry) < max_values then
-    to_bitmap(field, value, bkey, zkey)
-    redis.call('SADD', registry, value)
-  end
-end
-for r = 1, n do
-  local fence = tonumber(ARGV[i])
-  i = i + 1
-  local ukey, body, due = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local nz = tonumber(ARGV[i + 3])
-  local zfirst = i + 4
-  local nb = tonumber(ARGV[zfirst + nz])
-  local bfirst = zfirst + nz + 1
-  local na = tonumber(ARGV[bfirst + nb])
-  local afirst = bfirst + nb + 1
-  local after = afirst + 3 * na
-  local minute_key, total_key, status = ARGV[after], ARGV[after + 1], ARGV[after + 2]
-  i = after + 3
-  local existing = false
-  if fence == 0 or holds[fence] then
-    count(minute_key, total_key, 'received')
-    existing = redis.call('HGET', p .. 'keyIndex', ukey)
-  end
-  if fence > 0 and not holds[fence] then
-    out[#out + 1] = 0
-    out[#out + 1] = 2
-  elseif existing then
-    out[#out + 1] = tonumber(existing)
-    out[#out + 1] = 1
-    count(minute_key, total_key, 'dup')
-  else
-    local id = redis.call('INCR', p .. 'seq')
-    redis.call('SET', p .. 'rec:' .. id, '{"id":' .. id .. ',' .. body)
-    redis.call('HSET', p .. 'keyIndex', ukey, id)
-    for z = zfirst, zfirst + nz - 1 do
-      index(ARGV[z], id)
-    end
-    for b = bfirst, bfirst + nb - 1 do
-      redis.call('SETBIT', p .. ARGV[b], id, 1)
-    end
-    for a = afirst, after - 1, 3 do
-      index_admitted(ARGV[a], ARGV[a + 1], ARGV[a + 2] == '1', id)
-    end
-    if due ~= '' then
-      redis.call('ZADD', p .. 'due', due, id)
-    end
-    count(minute_key, total_key, status)
-    stored[#stored + 1] = id
-    out[#out + 1] = id
-    out[#out + 1] = 0
-  end
-end
-flush(p, ttl, 'stored', stored)
-return out
-"#
-);
 
 /// One connection's records waiting for the writer.
 struct CommitRequest {

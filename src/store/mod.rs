@@ -1,4 +1,24 @@
-//! Every Redis command pushgate sends, the key layout, and the group-commit writer.
+//! Every Redis command pushgate sends, and the key layout. Only this module talks to
+//! Redis; every Lua script it runs is a file in `lua/`, registered in `scripts.rs`.
+//!
+//! Layout of the module:
+//! - `mod.rs`: [`Store`] (the handle), key building, the query / invoke plumbing every
+//!   room uses, and the small reads (a record, ids, bits, counts).
+//! - `error.rs`: [`StoreError`], and which failures are worth trying again.
+//! - `link.rs`: the connection to the master, fixed ([`RedisTarget::Direct`]) or
+//!   followed through Sentinel.
+//! - `scripts.rs` and `lua/`: the Lua scripts, one file each, built once.
+//! - `commit.rs`: writing new records (dedupe, ids, indexes, fences) and the
+//!   group-commit writer ([`Committer`]).
+//! - `record.rs`: the compact form of a stored record (`rec:{id}`).
+//! - `delivery.rs`: claiming due records under a lease, writing outcomes, dead tokens.
+//! - `log.rs`: the push log as the console reads and searches it; resend; flush.
+//! - `bitmaps.rs`: which message field values earn a bitmap index.
+//! - `retention.rs`: removing old records with their index entries; legal hold.
+//! - `stats.rs`: per-port counters. `audit.rs`: the audit stream.
+//! - `console.rs`: console sessions and the sign-in throttle.
+//! - `cluster.rs`: port leases, node heartbeats, operators' port switches, topology.
+//! - `managed.rs`: the `redis-server` pushgate starts itself (`[redis] managed`).
 //!
 //! Key layout (all under the configured prefix):
 //! - `seq`: record id counter; ids are dense and grow with arrival.
@@ -7,55 +27,19 @@
 //! - `idx:{field}:{value}`: zset of ids (score = id) for a high-cardinality field's value
 //!   held by two records or more; a value held by one record is a field of the hash
 //!   `ix:{field}:{bucket}` (value → id, bucket = first 4 hex digits of its SHA-1), which
-//!   costs a fraction of a key of its own. See `INDEX_LUA`.
+//!   costs a fraction of a key of its own. The rule is written once, in `lua/bucket.lua`.
 //! - `bit:{field}:{value}`: bitmap with bit `id` set, for low-cardinality fields; a
 //!   message field's value gets one only once admitted (see [`bitmaps`]), and is indexed
 //!   like a high-cardinality value (`ix:`, `idx:`) until then.
 //! - `bitvals:{field}`: set of the values of a message field that earned a bitmap (the cap).
 //! - `retention:next`: the lowest id retention has not looked at; `retention:touched`:
 //!   bitmaps it cleared bits in, to delete those left empty.
-//! - `due`: zset of ids to send, scored by unix ms.
+//! - `due`: zset of ids to send, scored by unix ms; `inflight`: zset of claimed ids,
+//!   scored by their lease's end (unix ms).
 //! - `stats:{port}:{unix minute}` / `stats:{port}:total`: counters for the console.
 //! - `events`: pub/sub channel announcing stored ids.
 //!
 //! Nothing here reads a whole list or scans keys: each operation is O(log N + page).
-
-/// Lua shared by the scripts that count per port and minute (ingest, outcomes): counts
-/// are summed in the script and written once per batch, and the changed ids announced.
-macro_rules! counters_lua {
-    () => {
-        r#"
-local counts, minutes = {}, {}
--- One more `field` in the port's minute and total counters.
-local function count(minute_key, total_key, field)
-  minutes[minute_key] = true
-  for _, key in ipairs({minute_key, total_key}) do
-    local per_key = counts[key]
-    if not per_key then
-      per_key = {}
-      counts[key] = per_key
-    end
-    per_key[field] = (per_key[field] or 0) + 1
-  end
-end
--- Write the sums (one HINCRBY per key and field, one EXPIRE per minute key), and
--- announce `ids` as `event`.
-local function flush(p, ttl, event, ids)
-  for key, per_key in pairs(counts) do
-    for field, k in pairs(per_key) do
-      redis.call('HINCRBY', p .. key, field, k)
-    end
-  end
-  for key, _ in pairs(minutes) do
-    redis.call('EXPIRE', p .. key, ttl)
-  end
-  if #ids > 0 then
-    redis.call('PUBLISH', p .. 'events', '{"event":"' .. event .. '","ids":[' .. table.concat(ids, ',') .. ']}')
-  end
-end
-"#
-    };
-}
 
 mod audit;
 pub mod bitmaps;
@@ -69,6 +53,7 @@ pub mod log;
 pub mod managed;
 pub mod record;
 pub mod retention;
+mod scripts;
 mod stats;
 
 use std::sync::Arc;
@@ -76,6 +61,7 @@ use std::time::Duration;
 
 use link::Link;
 use redis::aio::ConnectionManager;
+use scripts::scripts;
 use serde_json::Value;
 
 pub use commit::{Committer, Fence, NewRecord, Stored, scalar_text};
@@ -96,18 +82,6 @@ pub struct Store {
     ack_replicas_timeout_ms: u64,
     /// When a message field's value gets a bitmap.
     admission: Arc<bitmaps::Admission>,
-    ingest: redis::Script,
-    claim: redis::Script,
-    finish: redis::Script,
-    window: redis::Script,
-    bitscan: redis::Script,
-    zfilter: redis::Script,
-    resend: redis::Script,
-    prune: redis::Script,
-    swap: redis::Script,
-    single: redis::Script,
-    emptied: redis::Script,
-    registry: redis::Script,
 }
 
 impl Store {
@@ -144,18 +118,6 @@ impl Store {
             ack_replicas: 0,
             ack_replicas_timeout_ms: 0,
             admission: Arc::new(bitmaps::Admission::default()),
-            ingest: redis::Script::new(commit::INGEST_LUA),
-            claim: redis::Script::new(delivery::CLAIM_LUA),
-            finish: redis::Script::new(delivery::FINISH_LUA),
-            window: redis::Script::new(log::WINDOW_LUA),
-            bitscan: redis::Script::new(log::BITSCAN_LUA),
-            zfilter: redis::Script::new(log::ZFILTER_LUA),
-            resend: redis::Script::new(log::REQUEUE_LUA),
-            prune: redis::Script::new(retention::PRUNE_LUA),
-            swap: redis::Script::new(retention::SWAP_LUA),
-            single: redis::Script::new(SINGLE_LUA),
-            emptied: redis::Script::new(bitmaps::EMPTIED_LUA),
-            registry: redis::Script::new(bitmaps::REGISTRY_LUA),
         })
     }
 
@@ -268,7 +230,7 @@ impl Store {
 
     /// The one record holding a value not (yet) shared by another (the `ix:` hash).
     pub async fn single_id(&self, field: &str, value: &str) -> Result<Option<u64>, StoreError> {
-        let mut invocation = self.single.prepare_invoke();
+        let mut invocation = scripts().single.prepare_invoke();
         invocation.arg(&self.prefix).arg(field).arg(value);
         self.invoke(&invocation).await
     }
@@ -351,9 +313,3 @@ impl Store {
             .collect())
     }
 }
-
-/// ARGV: prefix, field, value → the id of the one record holding that value, if any.
-const SINGLE_LUA: &str = r#"
-local bucket = ARGV[1] .. 'ix:' .. ARGV[2] .. ':' .. string.sub(redis.sha1hex(ARGV[3]), 1, 4)
-return redis.call('HGET', bucket, ARGV[3])
-"#;
