@@ -360,8 +360,8 @@ async fn old_list(con: &mut redis::aio::MultiplexedConnection) -> anyhow::Result
 
 fn store_url(store: &pushgate::store::Store) -> String {
     match store.target() {
-        pushgate::store::Target::Direct(url) => url.clone(),
-        pushgate::store::Target::Sentinel { url, .. } => url.clone(),
+        pushgate::store::RedisTarget::Direct(url) => url.clone(),
+        pushgate::store::RedisTarget::Sentinel { url, .. } => url.clone(),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::sender::{Policy, Sender};
 use crate::signals::Signal;
 use crate::store::bitmaps::Admission;
 use crate::store::managed::ManagedRedis;
-use crate::store::{Committer, Store, Target};
+use crate::store::{Committer, RedisTarget, Store};
 use crate::supervisor::{Node, Supervisor};
 
 /// A running pushgate.
@@ -205,17 +205,19 @@ impl App {
             .as_ref()
             .map_or(config.redis.url.clone(), |m| m.url().to_owned());
         let target = if config.redis.sentinels.is_empty() {
-            Target::Direct(url.clone())
+            RedisTarget::Direct(url.clone())
         } else {
-            Target::Sentinel {
+            RedisTarget::Sentinel {
                 sentinels: config.redis.sentinels.clone(),
                 master_name: config.redis.master_name.clone().unwrap_or_default(),
                 url: url.clone(),
             }
         };
         let shown = match &target {
-            Target::Direct(url) => crate::config::redact(url),
-            Target::Sentinel { master_name, .. } => format!("master {master_name:?} via Sentinel"),
+            RedisTarget::Direct(url) => crate::config::redact(url),
+            RedisTarget::Sentinel { master_name, .. } => {
+                format!("master {master_name:?} via Sentinel")
+            }
         };
         let store = Store::open_target(
             target,

@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::scripts::scripts;
 use super::{Store, StoreError};
 use crate::config::StoreConfig;
 use crate::push::fields::MESSAGE_BITMAP_FIELDS;
@@ -94,7 +95,7 @@ impl Store {
     pub(super) async fn drop_emptied_bitmaps(&self) -> Result<u64, StoreError> {
         let mut dropped = 0;
         loop {
-            let mut invocation = self.emptied.prepare_invoke();
+            let mut invocation = scripts().emptied_bitmaps.prepare_invoke();
             invocation.arg(&self.prefix).arg(EMPTIED_CHUNK);
             let (n, more): (u64, u8) = self.invoke(&invocation).await?;
             dropped += n;
@@ -107,55 +108,16 @@ impl Store {
     /// Forget registered values whose bitmap is gone (a flush deletes keys in batches
     /// while records may arrive), so the cap counts only bitmaps that exist.
     pub(super) async fn reconcile_bitmap_registry(&self) -> Result<(), StoreError> {
-        let mut invocation = self.registry.prepare_invoke();
+        let mut invocation = scripts().bitmap_registry.prepare_invoke();
         invocation.arg(&self.prefix).arg(MESSAGE_BITMAP_FIELDS);
         let _: u64 = self.invoke(&invocation).await?;
         Ok(())
     }
 }
 
-/// Bitmaps looked at by one call of [`EMPTIED_LUA`]: each check reads at most the
-/// bitmap's zero bytes before its first set bit.
+/// Bitmaps looked at by one call of `lua/emptied_bitmaps.lua`: each check reads at most
+/// the bitmap's zero bytes before its first set bit.
 const EMPTIED_CHUNK: u64 = 200;
-
-/// ARGV: prefix, most keys to look at. Pops bitmap key suffixes (`bit:{field}:{value}`)
-/// from `retention:touched`; deletes each that holds no set bit and removes its value
-/// from `bitvals:{field}`. Returns deleted, more (1 when suffixes are left).
-pub(super) const EMPTIED_LUA: &str = r#"
-local p, chunk = ARGV[1], tonumber(ARGV[2])
-local suffixes = redis.call('SPOP', p .. 'retention:touched', chunk)
-local dropped = 0
-for _, suffix in ipairs(suffixes) do
-  local key = p .. suffix
-  -- -1: no bit set (or no key); a missing key is deleted already.
-  if redis.call('BITPOS', key, 1) == -1 then
-    dropped = dropped + redis.call('DEL', key)
-    local field, value = string.match(suffix, '^bit:([^:]+):(.*)$')
-    if field then
-      redis.call('SREM', p .. 'bitvals:' .. field, value)
-    end
-  end
-end
-local more = 0
-if redis.call('EXISTS', p .. 'retention:touched') == 1 then more = 1 end
-return {dropped, more}
-"#;
-
-/// ARGV: prefix, message bitmap fields… Removes from each `bitvals:{field}` the values
-/// whose bitmap does not exist. Returns how many were removed.
-pub(super) const REGISTRY_LUA: &str = r#"
-local p = ARGV[1]
-local removed = 0
-for i = 2, #ARGV do
-  local registry = p .. 'bitvals:' .. ARGV[i]
-  for _, value in ipairs(redis.call('SMEMBERS', registry)) do
-    if redis.call('EXISTS', p .. 'bit:' .. ARGV[i] .. ':' .. value) == 0 then
-      removed = removed + redis.call('SREM', registry, value)
-    end
-  end
-end
-return removed
-"#;
 
 #[cfg(test)]
 mod tests {

@@ -9,40 +9,9 @@
 //!   operator last asked of the port; every node follows each new value once.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 
+use super::scripts::scripts;
 use super::{Fence, Store, StoreError};
-
-/// Take the lease if it is free, or if it was this node's (by id) before a restart.
-/// ARGV: prefix, port, node id, instance, ttl ms. Returns {1, token} or {0, holder}.
-const ACQUIRE_LUA: &str = r#"
-local key = ARGV[1] .. 'lease:' .. ARGV[2]
-local holder = redis.call('GET', key)
-if holder then
-  local node, instance = string.match(holder, '^(.*)/([^/]*)/[^/]*$')
-  if node ~= ARGV[3] or instance == ARGV[4] then
-    return {0, holder}
-  end
-end
-local epoch = redis.call('INCR', key .. ':epoch')
-local token = ARGV[3] .. '/' .. ARGV[4] .. '/' .. epoch
-redis.call('SET', key, token, 'PX', ARGV[5])
-return {1, token}
-"#;
-
-/// ARGV: prefix, port, token, ttl ms (0 = release). 1 if the token still held it.
-const RENEW_LUA: &str = r#"
-local key = ARGV[1] .. 'lease:' .. ARGV[2]
-if redis.call('GET', key) ~= ARGV[3] then
-  return 0
-end
-if ARGV[4] == '0' then
-  redis.call('DEL', key)
-else
-  redis.call('PEXPIRE', key, ARGV[4])
-end
-return 1
-"#;
 
 /// What an operator last asked of a port, for every node to follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +45,7 @@ impl Store {
         instance: &str,
         ttl_ms: u64,
     ) -> Result<Acquired, StoreError> {
-        static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ACQUIRE_LUA));
-        let mut invocation = ACQUIRE.prepare_invoke();
+        let mut invocation = scripts().acquire_port.prepare_invoke();
         invocation
             .arg(&self.prefix)
             .arg(port)
@@ -116,8 +84,7 @@ impl Store {
         fence: &Fence,
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
-        static RENEW: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW_LUA));
-        let mut invocation = RENEW.prepare_invoke();
+        let mut invocation = scripts().renew_port.prepare_invoke();
         invocation
             .arg(&self.prefix)
             .arg(port)
@@ -285,7 +252,7 @@ impl Store {
             .map(|(_, v)| parse_replica(v, offset))
             .collect();
         let sentinels = match self.target() {
-            super::Target::Sentinel {
+            super::RedisTarget::Sentinel {
                 sentinels,
                 master_name,
                 ..
@@ -299,7 +266,7 @@ impl Store {
                 views.sort_by_key(|(i, _)| *i);
                 views.into_iter().map(|(_, v)| v).collect()
             }
-            super::Target::Direct(_) => Vec::new(),
+            super::RedisTarget::Direct(_) => Vec::new(),
         };
         Topology {
             master: self.master(),

@@ -1,5 +1,6 @@
 //! What the console keeps in Redis: sessions and the sign-in throttle's counters.
 
+use super::scripts::scripts;
 use super::{Store, StoreError};
 
 impl Store {
@@ -72,7 +73,7 @@ impl Store {
         user: &str,
         limits: &LoginLimits,
     ) -> Result<LoginGate, StoreError> {
-        let mut invocation = LOGIN_ATTEMPT.prepare_invoke();
+        let mut invocation = scripts().login_attempt.prepare_invoke();
         invocation
             .arg(self.key(&format!("login:addr:{addr}")))
             .arg(self.key(&format!("login:wait:{addr}")))
@@ -117,9 +118,6 @@ impl Store {
         Ok(count)
     }
 }
-
-static LOGIN_ATTEMPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("lua/login_attempt.lua")));
 
 /// The sign-in throttle's limits (from `[console]`).
 #[derive(Debug, Clone, Copy)]

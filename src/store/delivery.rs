@@ -8,6 +8,7 @@
 
 use serde_json::Value;
 
+use super::scripts::scripts;
 use super::{Store, StoreError};
 use crate::push::Status;
 
@@ -46,7 +47,7 @@ impl Store {
         lease_until_ms: i64,
         max: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let mut invocation = self.claim.prepare_invoke();
+        let mut invocation = scripts().claim.prepare_invoke();
         invocation
             .arg(&self.prefix)
             .arg(now_ms)
@@ -71,7 +72,7 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut invocation = self.finish.prepare_invoke();
+        let mut invocation = scripts().outcome.prepare_invoke();
         invocation
             .arg(&self.prefix)
             .arg(outcomes.len())
@@ -125,69 +126,3 @@ impl Store {
         self.query_pipe(&pipe).await
     }
 }
-
-/// ARGV: prefix, now, lease_until, max. Returns id, record JSON pairs.
-/// A due id whose record is gone (retention) is dropped from the queue.
-pub(super) const CLAIM_LUA: &str = r#"
-local p, now, lease, max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local expired = redis.call('ZRANGE', p .. 'inflight', '-inf', now, 'BYSCORE', 'LIMIT', 0, 1000)
-for _, id in ipairs(expired) do
-  redis.call('ZREM', p .. 'inflight', id)
-  redis.call('ZADD', p .. 'due', now, id)
-end
-local out = {}
-local ids = redis.call('ZRANGE', p .. 'due', '-inf', now, 'BYSCORE', 'LIMIT', 0, max)
-for _, id in ipairs(ids) do
-  redis.call('ZREM', p .. 'due', id)
-  local rec = redis.call('GET', p .. 'rec:' .. id)
-  if rec then
-    redis.call('ZADD', p .. 'inflight', lease, id)
-    out[#out + 1] = id
-    out[#out + 1] = rec
-  end
-end
-return out
-"#;
-
-/// ARGV: prefix, n, stats ttl; per outcome: id, lease, record JSON, old status,
-/// new status, retry-at ("" = none), delivered (0/1), minute stats key, total stats key.
-/// Returns 1 (applied) or 0 (lease lost) per outcome. Counters are summed per batch
-/// (one HINCRBY per key and status, one EXPIRE per minute key), not per outcome.
-pub(super) const FINISH_LUA: &str = concat!(
-    counters_lua!(),
-    r#"
-local p, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local out = {}
-local changed = {}
-local i = 4
-for r = 1, n do
-  local id, lease, rec = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local old, new, retry_at, delivered = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
-  local minute_key, total_key = ARGV[i + 7], ARGV[i + 8]
-  i = i + 9
-  local held = redis.call('ZSCORE', p .. 'inflight', id)
-  if held and tonumber(held) == tonumber(lease) then
-    redis.call('SET', p .. 'rec:' .. id, rec)
-    redis.call('ZREM', p .. 'inflight', id)
-    if old ~= new then
-      redis.call('SETBIT', p .. 'bit:status:' .. old, id, 0)
-      redis.call('SETBIT', p .. 'bit:status:' .. new, id, 1)
-    end
-    if delivered == '1' then
-      redis.call('SETBIT', p .. 'bit:fcm_send_yn:N', id, 0)
-      redis.call('SETBIT', p .. 'bit:fcm_send_yn:Y', id, 1)
-    end
-    if retry_at ~= '' then
-      redis.call('ZADD', p .. 'due', retry_at, id)
-    end
-    count(minute_key, total_key, new)
-    changed[#changed + 1] = id
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-flush(p, ttl, 'outcome', changed)
-return out
-"#
-);

@@ -22,7 +22,7 @@ const LOOKUP_LIMIT: Duration = Duration::from_secs(2);
 
 /// Where the master is.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Target {
+pub enum RedisTarget {
     Direct(String),
     /// Sentinel addresses, the master's name, and a URL whose password and db the
     /// master needs (its host is not used).
@@ -34,7 +34,7 @@ pub enum Target {
 }
 
 pub(super) struct Link {
-    target: Target,
+    target: RedisTarget,
     settings: ConnectionManagerConfig,
     /// The master's address (no password) and a connection to it.
     current: RwLock<Option<(String, ConnectionManager)>>,
@@ -46,20 +46,20 @@ pub(super) struct Link {
 }
 
 impl Link {
-    pub(super) fn new(target: Target, timeout: Duration) -> Result<Link, StoreError> {
+    pub(super) fn new(target: RedisTarget, timeout: Duration) -> Result<Link, StoreError> {
         let settings = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.min(Duration::from_secs(1))))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let (current, sentinel) = match &target {
-            Target::Direct(url) => {
+            RedisTarget::Direct(url) => {
                 let client = redis::Client::open(url.as_str())?;
                 let shown = client.get_connection_info().addr().to_string();
                 let con = ConnectionManager::new_lazy_with_config(client, settings.clone())?;
                 (Some((shown, con)), None)
             }
-            Target::Sentinel {
+            RedisTarget::Sentinel {
                 sentinels,
                 master_name,
                 url,
@@ -91,7 +91,7 @@ impl Link {
         Link::new(self.target.clone(), timeout)
     }
 
-    pub(super) fn target(&self) -> &Target {
+    pub(super) fn target(&self) -> &RedisTarget {
         &self.target
     }
 

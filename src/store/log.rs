@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use super::scripts::scripts;
 use super::{Store, StoreError};
 use crate::push::Status;
 use crate::push::fields::{BITMAP_FIELDS, SUBSTRING_FIELDS, ZSET_FIELDS};
@@ -202,7 +203,7 @@ impl Store {
         from_ms: Option<i64>,
         to_ms: Option<i64>,
     ) -> Result<Window, StoreError> {
-        let mut invocation = self.window.prepare_invoke();
+        let mut invocation = scripts().window.prepare_invoke();
         invocation
             .arg(&self.prefix)
             .arg(from_ms.map(|ms| ms.to_string()).unwrap_or_default())
@@ -220,7 +221,7 @@ impl Store {
         offset: u64,
         count: u64,
     ) -> Result<(Vec<u64>, Total), StoreError> {
-        let mut invocation = self.bitscan.prepare_invoke();
+        let mut invocation = scripts().bitscan.prepare_invoke();
         invocation
             .arg(self.key(&format!("tmp:{}", rand::random::<u64>())))
             .arg(lo)
@@ -281,7 +282,7 @@ impl Store {
             cmd.arg("LIMIT").arg(offset).arg(count);
             return Ok((self.query(&cmd).await?, Total::Exact(total)));
         };
-        let mut invocation = self.zfilter.prepare_invoke();
+        let mut invocation = scripts().zfilter.prepare_invoke();
         invocation
             .arg(zkey)
             .arg(bits)
@@ -357,7 +358,7 @@ impl Store {
         new: Status,
         due: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let mut invocation = self.resend.prepare_invoke();
+        let mut invocation = scripts().requeue.prepare_invoke();
         invocation
             .arg(&self.prefix)
             .arg(id)
@@ -368,18 +369,6 @@ impl Store {
             .arg(due.map(|d| d.to_string()).unwrap_or_default());
         let applied: i64 = self.invoke(&invocation).await?;
         Ok(applied == 1)
-    }
-
-    /// The record's stored text (what compare-and-set compares) and its parsed value.
-    pub async fn record_text(&self, id: u64) -> Result<Option<(String, Value)>, StoreError> {
-        let text: Option<String> = self
-            .query(redis::cmd("GET").arg(self.key(&format!("rec:{id}"))))
-            .await?;
-        text.map(|t| {
-            let value = super::record::decode(&t)?;
-            Ok((t, value))
-        })
-        .transpose()
     }
 
     /// Queue a sent or failed record with a send decision to be sent again, unless it
@@ -408,12 +397,6 @@ impl Store {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         Ok(Resend::Busy)
-    }
-
-    /// Stored records (the `keyIndex` size).
-    pub async fn record_count(&self) -> Result<u64, StoreError> {
-        self.query(redis::cmd("HLEN").arg(self.key("keyIndex")))
-            .await
     }
 
     /// Delete every key under the prefix, in batches (never FLUSHDB), except the audit
@@ -468,75 +451,6 @@ impl Store {
             cursor = next;
         }
     }
-
-    /// Per-minute counters of a port for the last `minutes` minutes (oldest first).
-    pub async fn minute_counts(
-        &self,
-        port: &str,
-        field: &str,
-        now_ms: i64,
-        minutes: i64,
-    ) -> Result<Vec<u64>, StoreError> {
-        let now_minute = now_ms.div_euclid(60_000);
-        let mut pipe = redis::pipe();
-        for m in (now_minute - minutes + 1)..=now_minute {
-            pipe.cmd("HGET")
-                .arg(self.key(&format!("stats:{port}:{m}")))
-                .arg(field);
-        }
-        let counts: Vec<Option<u64>> = self.query_pipe(&pipe).await?;
-        Ok(counts.into_iter().map(|c| c.unwrap_or(0)).collect())
-    }
-
-    /// Redis `INFO` for `sections`, as a map of its `key:value` lines.
-    pub async fn info(
-        &self,
-        sections: &[&str],
-    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
-        let text: String = self.query(redis::cmd("INFO").arg(sections)).await?;
-        Ok(text
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-            .collect())
-    }
-
-    /// Append to the audit stream (capped near 100,000 entries).
-    pub async fn audit(&self, entry: &[(&str, &str)]) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.key("audit"))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(100_000)
-            .arg("*");
-        for (k, v) in entry {
-            cmd.arg(*k).arg(*v);
-        }
-        let _: String = self.query(&cmd).await?;
-        Ok(())
-    }
-
-    /// Audit entries newest first, from before `before` (a stream id) if given.
-    pub async fn audit_entries(
-        &self,
-        before: Option<&str>,
-        count: usize,
-    ) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
-        let end = before.map_or("+".to_owned(), |b| format!("({b}"));
-        let reply: redis::Value = self
-            .query(
-                redis::cmd("XREVRANGE")
-                    .arg(self.key("audit"))
-                    .arg(end)
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(count),
-            )
-            .await?;
-        let entries: Vec<(String, Vec<(String, String)>)> =
-            redis::from_redis_value(reply).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        Ok(entries)
-    }
 }
 
 /// What a resend did.
@@ -562,151 +476,6 @@ fn window_page(lo: u64, hi: u64, oldest_first: bool, offset: u64, count: u64) ->
         (lo..=start).rev().take(count as usize).collect()
     }
 }
-
-/// ARGV: prefix, from ms, to ms ("" = open) → first and last id received in range
-/// (first > last when none) and the retention floor, in one round trip. Binary search
-/// on `received_at`; ids grow with time.
-pub(super) const WINDOW_LUA: &str = r#"
-local p, from, to = ARGV[1], ARGV[2], ARGV[3]
-local last = tonumber(redis.call('GET', p .. 'seq') or '0')
--- Ids below retention:next were removed by retention (except held ones).
-local floor = tonumber(redis.call('GET', p .. 'retention:next') or '1')
-if from == '' and to == '' then
-  return {1, last, floor}
-end
-local function at(id)
-  -- A missing record (removed by retention) reads as the next one that exists.
-  for probe = id, math.min(last, id + 64) do
-    local rec = redis.call('GET', p .. 'rec:' .. probe)
-    if rec then
-      return tonumber(string.match(rec, '"received_at":(%-?%d+)'))
-    end
-  end
-  return nil
-end
--- first id with received_at >= t (last + 1 if none)
-local function first_at_or_after(t)
-  local lo, hi = floor, last + 1
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    local ts = at(mid)
-    if ts == nil or ts >= t then hi = mid else lo = mid + 1 end
-  end
-  return lo
-end
-local first = 1
-if from ~= '' then first = first_at_or_after(tonumber(from)) end
-local after = last + 1
-if to ~= '' then after = first_at_or_after(tonumber(to) + 1) end
-return {first, after - 1, floor}
-"#;
-
-/// ARGV: tmp key, lo, hi, newest-first (0/1), offset, count, bitmap keys…
-/// ANDs the bitmaps (into the tmp key when more than one), then walks set bits in
-/// [lo, hi] in order, skipping whole blocks by BITCOUNT. Returns total, ids….
-pub(super) const BITSCAN_LUA: &str = r#"
-local tmp, lo, hi = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local rev, offset, count = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6])
-local key = ARGV[7]
-if #ARGV > 7 then
-  local keys = {}
-  for i = 7, #ARGV do keys[#keys + 1] = ARGV[i] end
-  redis.call('BITOP', 'AND', tmp, unpack(keys))
-  redis.call('PEXPIRE', tmp, 10000)
-  key = tmp
-end
-local total = redis.call('BITCOUNT', key, lo, hi, 'BIT')
-local out = {total}
-if offset < total then
-  local BLOCK = 4096
-  local lob, hib = math.floor(lo / 8), math.floor(hi / 8)
-  local skipped = 0
-  local bs, step
-  if rev then bs = hib - ((hib - lob) % BLOCK) else bs = lob end
-  while #out - 1 < count do
-    local be = math.min(bs + BLOCK - 1, hib)
-    if bs < lob or bs > hib then break end
-    local from_bit, to_bit = math.max(lo, bs * 8), math.min(hi, be * 8 + 7)
-    local n = redis.call('BITCOUNT', key, from_bit, to_bit, 'BIT')
-    if skipped + n <= offset then
-      skipped = skipped + n
-    elseif n > 0 then
-      local bytes = redis.call('GETRANGE', key, bs, be)
-      local b_first, b_last, b_step = bs, be, 1
-      if rev then b_first, b_last, b_step = be, bs, -1 end
-      for b = b_first, b_last, b_step do
-        local byte = string.byte(bytes, b - bs + 1) or 0
-        if byte ~= 0 then
-          local i_first, i_last, i_step = 0, 7, 1
-          if rev then i_first, i_last, i_step = 7, 0, -1 end
-          for i = i_first, i_last, i_step do
-            local id = b * 8 + i
-            if id >= lo and id <= hi and bit.band(byte, bit.lshift(1, 7 - i)) ~= 0 then
-              if skipped < offset then
-                skipped = skipped + 1
-              else
-                out[#out + 1] = id
-                if #out - 1 >= count then break end
-              end
-            end
-          end
-        end
-        if #out - 1 >= count then break end
-      end
-    end
-    if rev then bs = bs - BLOCK else bs = bs + BLOCK end
-  end
-end
-if key == tmp then redis.call('DEL', tmp) end
-return out
-"#;
-
-/// ARGV: zset key, status bitmap key, lo, hi, newest-first, offset, count, budget.
-/// Walks the zset's ids in [lo, hi] in chunks, keeping those whose status bit is set.
-/// Returns found, scanned, exhausted (0/1), ids….
-pub(super) const ZFILTER_LUA: &str = r#"
-local zkey, bkey, lo, hi = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local rev, offset, count, budget = ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local found, scanned, ids = 0, 0, {}
-local exhausted = 0
-while scanned < budget do
-  local chunk
-  if rev then
-    chunk = redis.call('ZRANGE', zkey, hi, lo, 'BYSCORE', 'REV', 'LIMIT', scanned, 1000)
-  else
-    chunk = redis.call('ZRANGE', zkey, lo, hi, 'BYSCORE', 'LIMIT', scanned, 1000)
-  end
-  for _, id in ipairs(chunk) do
-    if redis.call('GETBIT', bkey, id) == 1 then
-      if found >= offset and #ids < count then ids[#ids + 1] = id end
-      found = found + 1
-    end
-  end
-  scanned = scanned + #chunk
-  if #chunk < 1000 then exhausted = 1 break end
-end
-local out = {found, scanned, exhausted}
-for _, id in ipairs(ids) do out[#out + 1] = id end
-return out
-"#;
-
-/// ARGV: prefix, id, expected JSON, new JSON, old status, new status, due ms ("" =
-/// none). Applies only if the record is unchanged and neither queued nor in flight.
-pub(super) const REQUEUE_LUA: &str = r#"
-local p, id, expected, new, old, status, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-if redis.call('GET', p .. 'rec:' .. id) ~= expected then return 0 end
-if redis.call('ZSCORE', p .. 'inflight', id) or redis.call('ZSCORE', p .. 'due', id) then return 0 end
-redis.call('SET', p .. 'rec:' .. id, new)
-if old ~= status then
-  redis.call('SETBIT', p .. 'bit:status:' .. old, id, 0)
-  redis.call('SETBIT', p .. 'bit:status:' .. status, id, 1)
-end
-if due ~= '' then
-  redis.call('ZADD', p .. 'due', due, id)
-end
-redis.call('PUBLISH', p .. 'events', '{"event":"requeue","ids":[' .. id .. ']}')
-return 1
-"#;
 
 #[cfg(test)]
 mod tests {

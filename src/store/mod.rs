@@ -1,4 +1,24 @@
-//! Every Redis command pushgate sends, the key layout, and the group-commit writer.
+//! Every Redis command pushgate sends, and the key layout. Only this module talks to
+//! Redis; every Lua script it runs is a file in `lua/`, registered in `scripts.rs`.
+//!
+//! Layout of the module:
+//! - `mod.rs`: [`Store`] (the handle), key building, the query / invoke plumbing every
+//!   room uses, and the small reads (a record, ids, bits, counts).
+//! - `error.rs`: [`StoreError`], and which failures are worth trying again.
+//! - `link.rs`: the connection to the master, fixed ([`RedisTarget::Direct`]) or
+//!   followed through Sentinel.
+//! - `scripts.rs` and `lua/`: the Lua scripts, one file each, built once.
+//! - `commit.rs`: writing new records (dedupe, ids, indexes, fences) and the
+//!   group-commit writer ([`Committer`]).
+//! - `record.rs`: the compact form of a stored record (`rec:{id}`).
+//! - `delivery.rs`: claiming due records under a lease, writing outcomes, dead tokens.
+//! - `log.rs`: the push log as the console reads and searches it; resend; flush.
+//! - `bitmaps.rs`: which message field values earn a bitmap index.
+//! - `retention.rs`: removing old records with their index entries; legal hold.
+//! - `stats.rs`: per-port counters. `audit.rs`: the audit stream.
+//! - `console.rs`: console sessions and the sign-in throttle.
+//! - `cluster.rs`: port leases, node heartbeats, operators' port switches, topology.
+//! - `managed.rs`: the `redis-server` pushgate starts itself (`[redis] managed`).
 //!
 //! Key layout (all under the configured prefix):
 //! - `seq`: record id counter; ids are dense and grow with arrival.
@@ -7,175 +27,47 @@
 //! - `idx:{field}:{value}`: zset of ids (score = id) for a high-cardinality field's value
 //!   held by two records or more; a value held by one record is a field of the hash
 //!   `ix:{field}:{bucket}` (value → id, bucket = first 4 hex digits of its SHA-1), which
-//!   costs a fraction of a key of its own. See `INDEX_LUA`.
+//!   costs a fraction of a key of its own. The rule is written once, in `lua/bucket.lua`.
 //! - `bit:{field}:{value}`: bitmap with bit `id` set, for low-cardinality fields; a
 //!   message field's value gets one only once admitted (see [`bitmaps`]), and is indexed
 //!   like a high-cardinality value (`ix:`, `idx:`) until then.
 //! - `bitvals:{field}`: set of the values of a message field that earned a bitmap (the cap).
 //! - `retention:next`: the lowest id retention has not looked at; `retention:touched`:
 //!   bitmaps it cleared bits in, to delete those left empty.
-//! - `due`: zset of ids to send, scored by unix ms.
+//! - `due`: zset of ids to send, scored by unix ms; `inflight`: zset of claimed ids,
+//!   scored by their lease's end (unix ms).
 //! - `stats:{port}:{unix minute}` / `stats:{port}:total`: counters for the console.
 //! - `events`: pub/sub channel announcing stored ids.
 //!
 //! Nothing here reads a whole list or scans keys: each operation is O(log N + page).
 
-/// Lua shared by the scripts that count per port and minute (ingest, outcomes): counts
-/// are summed in the script and written once per batch, and the changed ids announced.
-macro_rules! counters_lua {
-    () => {
-        r#"
-local counts, minutes = {}, {}
--- One more `field` in the port's minute and total counters.
-local function count(minute_key, total_key, field)
-  minutes[minute_key] = true
-  for _, key in ipairs({minute_key, total_key}) do
-    local per_key = counts[key]
-    if not per_key then
-      per_key = {}
-      counts[key] = per_key
-    end
-    per_key[field] = (per_key[field] or 0) + 1
-  end
-end
--- Write the sums (one HINCRBY per key and field, one EXPIRE per minute key), and
--- announce `ids` as `event`.
-local function flush(p, ttl, event, ids)
-  for key, per_key in pairs(counts) do
-    for field, k in pairs(per_key) do
-      redis.call('HINCRBY', p .. key, field, k)
-    end
-  end
-  for key, _ in pairs(minutes) do
-    redis.call('EXPIRE', p .. key, ttl)
-  end
-  if #ids > 0 then
-    redis.call('PUBLISH', p .. 'events', '{"event":"' .. event .. '","ids":[' .. table.concat(ids, ',') .. ']}')
-  end
-end
-"#
-    };
-}
-
+mod audit;
 pub mod bitmaps;
 pub mod cluster;
+mod commit;
 pub mod console;
 pub mod delivery;
+mod error;
 mod link;
 pub mod log;
 pub mod managed;
 pub mod record;
 pub mod retention;
+mod scripts;
+mod stats;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use link::Link;
-pub use link::Target;
 use redis::aio::ConnectionManager;
-use serde_json::{Map, Value};
-use std::sync::Arc;
+use scripts::scripts;
+use serde_json::Value;
 
-use tokio::sync::{Notify, mpsc, oneshot};
-
-use crate::push::Status;
-use crate::push::fields::{MESSAGE_BITMAP_FIELDS, OWN_BITMAP_FIELDS, ZSET_FIELDS};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("redis did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("the store writer has stopped")]
-    WriterGone,
-    #[error("writing to redis failed: {0}")]
-    Commit(String),
-    #[error("unexpected answer from redis: {0}")]
-    Protocol(String),
-    #[error("no Sentinel has named a Redis master yet")]
-    NoMaster,
-    #[error(
-        "written on the master, but WAIT confirmed it on {reached} of {wanted} replicas within {timeout_ms} ms; send again (a repeat is acked as a duplicate once it is replicated)"
-    )]
-    NotReplicated {
-        reached: u32,
-        wanted: u32,
-        timeout_ms: u64,
-    },
-}
-
-impl StoreError {
-    /// Worth trying again soon: the connection, not the request, failed.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::Redis(e) => {
-                e.is_io_error()
-                    || e.is_connection_refusal()
-                    || e.is_connection_dropped()
-                    || e.is_timeout()
-                    || matches!(e.code(), Some("READONLY" | "LOADING" | "MASTERDOWN"))
-            }
-            StoreError::Timeout(_) | StoreError::NoMaster => true,
-            // Answered at once: the record is on the master, and the FEP's resend is
-            // acked as a duplicate once a replica has it. Retrying here would hold up
-            // every port behind this one batch.
-            StoreError::NotReplicated { .. }
-            | StoreError::WriterGone
-            | StoreError::Commit(_)
-            | StoreError::Protocol(_) => false,
-        }
-    }
-}
-
-/// A write allowed only while Redis key `key` (under the prefix) holds `token`: how a
-/// connect-mode port's records are refused once its node lost the port's lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fence {
-    pub key: String,
-    pub token: String,
-}
-
-/// A message that passed validation and routing, ready to be written.
-#[derive(Debug, Clone)]
-pub struct NewRecord {
-    pub unique_key: String,
-    /// Name of the port (or API key) it arrived on; stored as `worker`.
-    pub port: String,
-    pub received_at_ms: i64,
-    /// The message's own fields, as decoded.
-    pub fields: Map<String, Value>,
-    pub status: Status,
-    /// When to send (unix ms) for `queued`/`scheduled` records.
-    pub due_ms: Option<i64>,
-    /// The route decision, or the drop reason / script error, kept on the record.
-    pub decision: Option<Value>,
-    pub error: Option<String>,
-}
-
-impl NewRecord {
-    /// The record with its decision in the stored form ([`record::compact_decision`]),
-    /// as [`Store::ingest`] expects it.
-    pub fn compacted(mut self) -> NewRecord {
-        if let Some(decision) = self.decision.take() {
-            self.decision = Some(record::compact_decision(decision, &self.fields));
-        }
-        self
-    }
-}
-
-/// The result of writing one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
-    New {
-        id: u64,
-    },
-    /// The `uniqueKey` was already stored under `id`; nothing was written.
-    Duplicate {
-        id: u64,
-    },
-    /// Not written: the writer's [`Fence`] no longer holds (another node has the port).
-    Fenced,
-}
+pub use commit::{Committer, Fence, NewRecord, Stored, scalar_text};
+pub use error::StoreError;
+pub use link::RedisTarget;
+pub use stats::PortCounts;
 
 /// Handle to Redis. Cheap to clone: clones share one multiplexed connection that
 /// reconnects by itself after Redis restarts (and follows Sentinel to a new master).
@@ -190,18 +82,6 @@ pub struct Store {
     ack_replicas_timeout_ms: u64,
     /// When a message field's value gets a bitmap.
     admission: Arc<bitmaps::Admission>,
-    ingest: redis::Script,
-    claim: redis::Script,
-    finish: redis::Script,
-    window: redis::Script,
-    bitscan: redis::Script,
-    zfilter: redis::Script,
-    resend: redis::Script,
-    prune: redis::Script,
-    swap: redis::Script,
-    single: redis::Script,
-    emptied: redis::Script,
-    registry: redis::Script,
 }
 
 impl Store {
@@ -214,7 +94,7 @@ impl Store {
         stats_ttl_secs: u64,
     ) -> Result<Store, StoreError> {
         Store::open_target(
-            Target::Direct(url.to_owned()),
+            RedisTarget::Direct(url.to_owned()),
             prefix,
             timeout,
             stats_ttl_secs,
@@ -223,7 +103,7 @@ impl Store {
 
     /// Connect to a fixed address or through Sentinel (lazily, either way).
     pub fn open_target(
-        target: Target,
+        target: RedisTarget,
         prefix: &str,
         timeout: Duration,
         stats_ttl_secs: u64,
@@ -238,23 +118,11 @@ impl Store {
             ack_replicas: 0,
             ack_replicas_timeout_ms: 0,
             admission: Arc::new(bitmaps::Admission::default()),
-            ingest: redis::Script::new(INGEST_LUA),
-            claim: redis::Script::new(delivery::CLAIM_LUA),
-            finish: redis::Script::new(delivery::FINISH_LUA),
-            window: redis::Script::new(log::WINDOW_LUA),
-            bitscan: redis::Script::new(log::BITSCAN_LUA),
-            zfilter: redis::Script::new(log::ZFILTER_LUA),
-            resend: redis::Script::new(log::REQUEUE_LUA),
-            prune: redis::Script::new(retention::PRUNE_LUA),
-            swap: redis::Script::new(retention::SWAP_LUA),
-            single: redis::Script::new(SINGLE_LUA),
-            emptied: redis::Script::new(bitmaps::EMPTIED_LUA),
-            registry: redis::Script::new(bitmaps::REGISTRY_LUA),
         })
     }
 
     /// Where this store's Redis is.
-    pub fn target(&self) -> &Target {
+    pub fn target(&self) -> &RedisTarget {
         self.link.target()
     }
 
@@ -333,119 +201,6 @@ impl Store {
         Ok(())
     }
 
-    /// Write records in one atomic round trip (a Lua script): dedupe by `uniqueKey`,
-    /// allocate ids, store, index, schedule, count. Answers in input order. A record's
-    /// decision is stored as given: [`NewRecord::compacted`] first, to store it compactly.
-    pub async fn ingest(&self, records: &[NewRecord]) -> Result<Vec<Stored>, StoreError> {
-        self.ingest_fenced(records, &[], &vec![0; records.len()])
-            .await
-    }
-
-    /// [`Store::ingest`], where record `i` is written only if `fences[fence_of[i] - 1]`
-    /// holds (`fence_of[i] == 0`: unfenced). With `ack_replicas`, the same round trip
-    /// ends with `WAIT`, and too few replicas fail the whole batch.
-    pub async fn ingest_fenced(
-        &self,
-        records: &[NewRecord],
-        fences: &[Fence],
-        fence_of: &[usize],
-    ) -> Result<Vec<Stored>, StoreError> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut invocation = self.ingest.prepare_invoke();
-        invocation
-            .arg(&self.prefix)
-            .arg(records.len())
-            .arg(self.stats_ttl_secs)
-            .arg(fences.len())
-            .arg(self.admission.min_records)
-            .arg(self.admission.max_values)
-            .arg(bitmaps::IDS_PER_EARNED_RECORD)
-            .arg(bitmaps::MAX_MOVE_FACTOR);
-        for fence in fences {
-            invocation.arg(&fence.key).arg(&fence.token);
-        }
-        for (record, fence) in records.iter().zip(fence_of) {
-            let minute = record.received_at_ms.div_euclid(60_000);
-            invocation
-                .arg(fence)
-                .arg(&record.unique_key)
-                .arg(record_body_after_id(record))
-                .arg(record.due_ms.map(|ms| ms.to_string()).unwrap_or_default());
-            let zsets = index_keys(ZSET_FIELDS, "idx", record);
-            invocation.arg(zsets.len()).arg(zsets);
-            let bits = index_keys(OWN_BITMAP_FIELDS, "bit", record);
-            invocation.arg(bits.len()).arg(bits);
-            let admitted = index_values(MESSAGE_BITMAP_FIELDS, record);
-            invocation.arg(admitted.len());
-            for (field, value) in admitted {
-                let listed = self.admission.is_listed(field, &value);
-                invocation.arg(field).arg(value).arg(u8::from(listed));
-            }
-            invocation
-                .arg(format!("stats:{}:{minute}", record.port))
-                .arg(format!("stats:{}:total", record.port))
-                .arg(record.status.as_str());
-        }
-        let mut con = self.con().await?;
-        let flat: Vec<i64> = if self.ack_replicas == 0 {
-            self.run(invocation.invoke_async(&mut con)).await?
-        } else {
-            self.ingest_replicated(&invocation, &mut con).await?
-        };
-        if flat.len() != records.len() * 2 {
-            return Err(StoreError::Protocol(format!(
-                "ingest returned {} numbers for {} records",
-                flat.len(),
-                records.len()
-            )));
-        }
-        Ok(flat
-            .chunks_exact(2)
-            .map(|pair| {
-                let id = pair[0] as u64;
-                match pair[1] {
-                    1 => Stored::Duplicate { id },
-                    2 => Stored::Fenced,
-                    _ => Stored::New { id },
-                }
-            })
-            .collect())
-    }
-
-    /// The ingest script and `WAIT` in one pipeline, so both run on one connection:
-    /// `WAIT` then covers this write (on a new connection it would cover nothing). A
-    /// duplicate also writes (its counters), so its `WAIT` covers the first write too.
-    async fn ingest_replicated(
-        &self,
-        invocation: &redis::ScriptInvocation<'_>,
-        con: &mut ConnectionManager,
-    ) -> Result<Vec<i64>, StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.invoke_script(invocation)
-            .cmd("WAIT")
-            .arg(self.ack_replicas)
-            .arg(self.ack_replicas_timeout_ms);
-        let mut answer: Result<(Vec<i64>, u32), StoreError> = self.run(pipe.query_async(con)).await;
-        if let Err(StoreError::Redis(e)) = &answer
-            && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-        {
-            let _: String = self.run(self.ingest.load_async(con)).await?;
-            answer = self.run(pipe.query_async(con)).await;
-        }
-        let (flat, reached) = answer?;
-        if reached < self.ack_replicas {
-            crate::metrics::metrics().replication_timeouts.inc();
-            return Err(StoreError::NotReplicated {
-                reached,
-                wanted: self.ack_replicas,
-                timeout_ms: self.ack_replicas_timeout_ms,
-            });
-        }
-        Ok(flat)
-    }
-
     /// One record by id, as stored.
     pub async fn record(&self, id: u64) -> Result<Option<Value>, StoreError> {
         Ok(self.record_text(id).await?.map(|(_, record)| record))
@@ -475,7 +230,7 @@ impl Store {
 
     /// The one record holding a value not (yet) shared by another (the `ix:` hash).
     pub async fn single_id(&self, field: &str, value: &str) -> Result<Option<u64>, StoreError> {
-        let mut invocation = self.single.prepare_invoke();
+        let mut invocation = scripts().single.prepare_invoke();
         invocation.arg(&self.prefix).arg(field).arg(value);
         self.invoke(&invocation).await
     }
@@ -527,431 +282,34 @@ impl Store {
         Ok(seq.unwrap_or(0))
     }
 
-    /// The console's counters of each port, in one round trip.
-    pub async fn port_counts(&self, ports: &[String]) -> Result<Vec<PortCounts>, StoreError> {
-        if ports.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for port in ports {
-            pipe.cmd("HGETALL")
-                .arg(self.key(&format!("stats:{port}:total")));
-        }
-        let all: Vec<std::collections::HashMap<String, u64>> = self.query_pipe(&pipe).await?;
-        Ok(all
-            .iter()
-            .map(|totals| {
-                let total = |k: &str| totals.get(k).copied().unwrap_or(0);
-                PortCounts {
-                    received: total("received"),
-                    sent: total("sent"),
-                    failed: total("failed"),
-                    dropped: total("dropped") + total("script_error"),
-                }
-            })
-            .collect())
-    }
-
-    /// Per-port totals since the store began (`received`, `queued`, `dup`, …).
-    pub async fn port_totals(&self, port: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        self.query(redis::cmd("HGETALL").arg(self.key(&format!("stats:{port}:total"))))
-            .await
-    }
-}
-
-/// What the console counts of a port since the store began (`dropped` includes
-/// `script_error`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct PortCounts {
-    pub received: u64,
-    pub sent: u64,
-    pub failed: u64,
-    pub dropped: u64,
-}
-
-/// The index key suffixes (`idx:csno:123`, `bit:status:queued`) a record belongs to.
-fn index_keys(fields: &[&str], kind: &str, record: &NewRecord) -> Vec<String> {
-    index_values(fields, record)
-        .into_iter()
-        .map(|(field, value)| format!("{kind}:{field}:{value}"))
-        .collect()
-}
-
-/// The record's non-empty values of `fields`, as indexed.
-fn index_values<'f>(fields: &[&'f str], record: &NewRecord) -> Vec<(&'f str, String)> {
-    fields
-        .iter()
-        .filter_map(|&field| {
-            let value = match field {
-                "status" => record.status.as_str().to_owned(),
-                "worker" => record.port.clone(),
-                "fcm_send_yn" => "N".to_owned(),
-                _ => scalar_text(record.fields.get(field)?)?,
-            };
-            (!value.is_empty()).then_some((field, value))
+    /// The record's stored text (what compare-and-set compares) and its parsed value.
+    pub async fn record_text(&self, id: u64) -> Result<Option<(String, Value)>, StoreError> {
+        let text: Option<String> = self
+            .query(redis::cmd("GET").arg(self.key(&format!("rec:{id}"))))
+            .await?;
+        text.map(|t| {
+            let value = record::decode(&t)?;
+            Ok((t, value))
         })
-        .collect()
-}
-
-/// A JSON scalar as the text an operator would search for.
-pub fn scalar_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.trim().to_owned()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// The record's JSON after `{"id":N,` — the id is only known inside the Lua script.
-/// Serialised straight from the message map (no copy of it), in the compact form of
-/// [`record::encode`]: empty standard fields and default outcome fields left out.
-fn record_body_after_id(new: &NewRecord) -> String {
-    /// The message's fields minus the ones the compact form leaves out.
-    struct Fields<'a>(&'a Map<String, Value>);
-    impl serde::Serialize for Fields<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeMap;
-            let kept = self.0.iter().filter(|(k, v)| !record::omit_field(k, v));
-            let mut map = s.serialize_map(None)?;
-            for (k, v) in kept {
-                map.serialize_entry(k, v)?;
-            }
-            map.end()
-        }
-    }
-    #[derive(serde::Serialize)]
-    struct Body<'a> {
-        #[serde(flatten)]
-        fields: Fields<'a>,
-        worker: &'a str,
-        status: &'static str,
-        received_at: i64,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        due_at: Option<i64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        decision: Option<&'a Value>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<&'a str>,
-    }
-    let body = Body {
-        fields: Fields(&new.fields),
-        worker: &new.port,
-        status: new.status.as_str(),
-        received_at: new.received_at_ms,
-        due_at: new.due_ms,
-        decision: new.decision.as_ref(),
-        error: new.error.as_deref(),
-    };
-    let text = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
-    // `{...}` → `...}`; the script prepends `{"id":N,`.
-    text[1..].to_owned()
-}
-
-/// Group commit: the whole batch is one EVALSHA, so Redis applies it atomically.
-/// ARGV: prefix, n, stats ttl, f, bitmap min records, bitmap max values, ids per earned
-/// record, max move factor (see [`bitmaps`]), then f fences (key, token), then per
-/// record: fence number (0 = none), uniqueKey, body, due, n, n zset keys, m, m bitmap
-/// keys, a, a × (message bitmap field, value, listed 0/1), minute stats key, total stats
-/// key, status. Returns id, flag pairs in input order (flag 0 = new, 1 = duplicate,
-/// 2 = refused by its fence).
-const INGEST_LUA: &str = concat!(
-    counters_lua!(),
-    r#"
-local p = ARGV[1]
-local n = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[3])
-local nf = tonumber(ARGV[4])
-local min_records, max_values = tonumber(ARGV[5]), tonumber(ARGV[6])
-local ids_per_record, max_move = tonumber(ARGV[7]), tonumber(ARGV[8])
-local holds = {}
-for f = 1, nf do
-  holds[f] = redis.call('GET', p .. ARGV[7 + 2 * f]) == ARGV[8 + 2 * f]
-end
-local i = 9 + 2 * nf
-local out = {}
-local stored = {}
--- A value's first id goes into a small shared hash; the second turns it into a zset.
-local function index(suffix, id)
-  local key = p .. suffix
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('ZADD', key, id, id)
-    return
-  end
-  local field, value = string.match(suffix, '^idx:([^:]+):(.*)$')
-  local bucket = p .. 'ix:' .. field .. ':' .. string.sub(redis.sha1hex(value), 1, 4)
-  local other = redis.call('HGET', bucket, value)
-  if other then
-    redis.call('HDEL', bucket, value)
-    redis.call('ZADD', key, other, other, id, id)
-  else
-    redis.call('HSET', bucket, value, id)
-  end
-end
--- Move a value's ids from its zset and `ix:` entry into its bitmap (highest first, so
--- the bitmap is sized once).
-local function to_bitmap(field, value, bkey, zkey)
-  for _, other in ipairs(redis.call('ZRANGE', zkey, 0, -1, 'REV')) do
-    redis.call('SETBIT', bkey, other, 1)
-  end
-  redis.call('DEL', zkey)
-  local bucket = p .. 'ix:' .. field .. ':' .. string.sub(redis.sha1hex(value), 1, 4)
-  local single = redis.call('HGET', bucket, value)
-  if single then
-    redis.call('SETBIT', bkey, single, 1)
-    redis.call('HDEL', bucket, value)
-  end
-end
--- A message field's value: into its bitmap if it has one; else a listed value gets its
--- bitmap now, and any other goes into the zset index and earns a bitmap once that costs
--- no more than its zset, while the field has bitmaps to spare. A move is at most
--- max_move times the threshold, so it never stalls Redis for long.
-local function index_admitted(field, value, listed, id)
-  local bkey = p .. 'bit:' .. field .. ':' .. value
-  local suffix = 'idx:' .. field .. ':' .. value
-  local zkey = p .. suffix
-  if redis.call('EXISTS', bkey) == 1 then
-    redis.call('SETBIT', bkey, id, 1)
-    -- A zset beside the bitmap: a first-stage node made the bitmap while this version
-    -- filled the zset (mixed versions, rollback). Readers take the bitmap: merge.
-    if redis.call('EXISTS', zkey) == 1 then to_bitmap(field, value, bkey, zkey) end
-    return
-  end
-  local threshold = math.max(min_records, math.floor(id / ids_per_record))
-  if listed and redis.call('ZCARD', zkey) < max_move * threshold then
-    redis.call('SETBIT', bkey, id, 1)
-    to_bitmap(field, value, bkey, zkey)
-    return
-  end
-  index(suffix, id)
-  if listed then return end
-  local held = redis.call('ZCARD', zkey)
-  if held < threshold or held > max_move * threshold then return end
-  local registry = p .. 'bitvals:' .. field
-  if redis.call('SCARD', registry) < max_values then
-    to_bitmap(field, value, bkey, zkey)
-    redis.call('SADD', registry, value)
-  end
-end
-for r = 1, n do
-  local fence = tonumber(ARGV[i])
-  i = i + 1
-  local ukey, body, due = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local nz = tonumber(ARGV[i + 3])
-  local zfirst = i + 4
-  local nb = tonumber(ARGV[zfirst + nz])
-  local bfirst = zfirst + nz + 1
-  local na = tonumber(ARGV[bfirst + nb])
-  local afirst = bfirst + nb + 1
-  local after = afirst + 3 * na
-  local minute_key, total_key, status = ARGV[after], ARGV[after + 1], ARGV[after + 2]
-  i = after + 3
-  local existing = false
-  if fence == 0 or holds[fence] then
-    count(minute_key, total_key, 'received')
-    existing = redis.call('HGET', p .. 'keyIndex', ukey)
-  end
-  if fence > 0 and not holds[fence] then
-    out[#out + 1] = 0
-    out[#out + 1] = 2
-  elseif existing then
-    out[#out + 1] = tonumber(existing)
-    out[#out + 1] = 1
-    count(minute_key, total_key, 'dup')
-  else
-    local id = redis.call('INCR', p .. 'seq')
-    redis.call('SET', p .. 'rec:' .. id, '{"id":' .. id .. ',' .. body)
-    redis.call('HSET', p .. 'keyIndex', ukey, id)
-    for z = zfirst, zfirst + nz - 1 do
-      index(ARGV[z], id)
-    end
-    for b = bfirst, bfirst + nb - 1 do
-      redis.call('SETBIT', p .. ARGV[b], id, 1)
-    end
-    for a = afirst, after - 1, 3 do
-      index_admitted(ARGV[a], ARGV[a + 1], ARGV[a + 2] == '1', id)
-    end
-    if due ~= '' then
-      redis.call('ZADD', p .. 'due', due, id)
-    end
-    count(minute_key, total_key, status)
-    stored[#stored + 1] = id
-    out[#out + 1] = id
-    out[#out + 1] = 0
-  end
-end
-flush(p, ttl, 'stored', stored)
-return out
-"#
-);
-
-/// ARGV: prefix, field, value → the id of the one record holding that value, if any.
-const SINGLE_LUA: &str = r#"
-local bucket = ARGV[1] .. 'ix:' .. ARGV[2] .. ':' .. string.sub(redis.sha1hex(ARGV[3]), 1, 4)
-return redis.call('HGET', bucket, ARGV[3])
-"#;
-
-/// One connection's frames waiting for the writer.
-struct Pending {
-    records: Vec<NewRecord>,
-    fence: Option<Fence>,
-    reply: oneshot::Sender<Result<Vec<Stored>, StoreError>>,
-}
-
-/// Sends records to the group-commit writer and waits for them to be in Redis.
-#[derive(Clone)]
-pub struct Committer {
-    tx: mpsc::Sender<Pending>,
-}
-
-impl Committer {
-    /// Start the writer. It ends once every `Committer` clone is dropped and the
-    /// queue is empty, so dropping them after the ports stop drains it.
-    /// `stored` is notified after each write that stored records (the sender waits on it).
-    /// A write that fails on the connection is tried again for up to `retry_for`.
-    pub fn spawn(
-        store: Store,
-        max_batch: usize,
-        retry_for: Duration,
-        stored: Arc<Notify>,
-    ) -> (Committer, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(1024);
-        let writer = Writer {
-            store,
-            max_batch,
-            retry_for,
-            stored,
-        };
-        let task = tokio::spawn(writer.run(rx));
-        (Committer { tx }, task)
+        .transpose()
     }
 
-    /// Resolves once the records are in Redis (or the write failed). With a `fence`,
-    /// the records are refused ([`Stored::Fenced`]) unless it holds.
-    pub async fn commit(
-        &self,
-        records: Vec<NewRecord>,
-        fence: Option<Fence>,
-    ) -> Result<Vec<Stored>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Pending {
-                records,
-                fence,
-                reply,
-            })
+    /// Stored records (the `keyIndex` size).
+    pub async fn record_count(&self) -> Result<u64, StoreError> {
+        self.query(redis::cmd("HLEN").arg(self.key("keyIndex")))
             .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
-    }
-}
-
-struct Writer {
-    store: Store,
-    max_batch: usize,
-    retry_for: Duration,
-    stored: Arc<Notify>,
-}
-
-impl Writer {
-    /// Whatever queued up during the previous round trip goes together in the next one.
-    async fn run(self, mut rx: mpsc::Receiver<Pending>) {
-        while let Some(first) = rx.recv().await {
-            let mut records = Vec::new();
-            let mut replies = Vec::new();
-            let mut fences: Vec<Fence> = Vec::new();
-            let mut fence_of = Vec::new();
-            let mut next = Some(first);
-            while let Some(pending) = next.take() {
-                let fence = match pending.fence {
-                    None => 0,
-                    Some(fence) => match fences.iter().position(|f| *f == fence) {
-                        Some(at) => at + 1,
-                        None => {
-                            fences.push(fence);
-                            fences.len()
-                        }
-                    },
-                };
-                fence_of.extend(std::iter::repeat_n(fence, pending.records.len()));
-                replies.push((pending.reply, pending.records.len()));
-                records.extend(pending.records);
-                if records.len() < self.max_batch {
-                    next = rx.try_recv().ok();
-                }
-            }
-            let written = self.write(&records, &fences, &fence_of).await;
-            match written {
-                Ok(results) => {
-                    let new = results
-                        .iter()
-                        .filter(|r| matches!(r, Stored::New { .. }))
-                        .count();
-                    crate::metrics::metrics().stored.inc_by(new as u64);
-                    if new > 0 {
-                        self.stored.notify_one();
-                    }
-                    let mut results = results.into_iter();
-                    for (reply, n) in replies {
-                        let _ = reply.send(Ok(results.by_ref().take(n).collect()));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(records = records.len(), error = %e, "group commit failed");
-                    let text = e.to_string();
-                    for (reply, _) in replies {
-                        let _ = reply.send(Err(StoreError::Commit(text.clone())));
-                    }
-                }
-            }
-        }
     }
 
-    /// One group commit, tried again while the connection (not the request) fails
-    /// and `retry_for` lasts. Trying again is safe: a record that did get written
-    /// comes back as a duplicate of itself.
-    async fn write(
+    /// Redis `INFO` for `sections`, as a map of its `key:value` lines.
+    pub async fn info(
         &self,
-        records: &[NewRecord],
-        fences: &[Fence],
-        fence_of: &[usize],
-    ) -> Result<Vec<Stored>, StoreError> {
-        let m = crate::metrics::metrics();
-        let give_up = tokio::time::Instant::now() + self.retry_for;
-        let mut pause = Duration::from_millis(50);
-        loop {
-            let started = std::time::Instant::now();
-            let written = self.store.ingest_fenced(records, fences, fence_of).await;
-            m.redis_seconds.observe(started.elapsed().as_secs_f64());
-            m.commit_batch.observe(records.len() as f64);
-            match written {
-                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
-                    tracing::warn!(records = records.len(), error = %e, retry_in = ?pause, "group commit failed; trying again");
-                    m.commit_retries.inc();
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                other => return other,
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::push::fields::BITMAP_FIELDS;
-
-    #[test]
-    fn every_bitmap_field_is_either_pushgates_own_or_admitted() {
-        let mut split: Vec<&str> = OWN_BITMAP_FIELDS
-            .iter()
-            .chain(MESSAGE_BITMAP_FIELDS)
-            .copied()
-            .collect();
-        let mut all = BITMAP_FIELDS.to_vec();
-        split.sort_unstable();
-        all.sort_unstable();
-        assert_eq!(split, all);
+        sections: &[&str],
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let text: String = self.query(redis::cmd("INFO").arg(sections)).await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect())
     }
 }

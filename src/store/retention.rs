@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 
+use super::scripts::scripts;
 use super::{Store, StoreError};
 use crate::push::fields::{MESSAGE_BITMAP_FIELDS, OWN_BITMAP_FIELDS, ZSET_FIELDS};
 
@@ -24,7 +25,7 @@ impl Store {
         let last_old = self.id_window(None, Some(cutoff_ms - 1)).await?.hi;
         let mut total = Pruned::default();
         loop {
-            let mut invocation = self.prune.prepare_invoke();
+            let mut invocation = scripts().prune.prepare_invoke();
             invocation
                 .arg(&self.prefix)
                 .arg(last_old)
@@ -57,7 +58,7 @@ impl Store {
                     map.remove("legal_hold");
                 }
             }
-            let mut invocation = self.swap.prepare_invoke();
+            let mut invocation = scripts().swap.prepare_invoke();
             invocation
                 .arg(self.key(&format!("rec:{id}")))
                 .arg(&text)
@@ -73,86 +74,3 @@ impl Store {
         )))
     }
 }
-
-/// ARGV: record key, expected JSON, new JSON. Replaces only an unchanged record.
-pub(super) const SWAP_LUA: &str = r#"
-if redis.call('GET', ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('SET', ARGV[1], ARGV[3])
-return 1
-"#;
-
-/// ARGV: prefix, last id to prune, batch, zset fields (comma list), pushgate's own
-/// bitmap fields, message bitmap fields (in a bitmap or a zset, see `bitmaps`).
-/// Walks ids from `retention:next`; removes each record and its index entries unless
-/// held, and adds the bitmaps it cleared bits in to `retention:touched`. Returns
-/// removed, held, more (1 when ids are left below the limit).
-/// Reading a record with cjson is safe here: nothing is written back from it.
-pub(super) const PRUNE_LUA: &str = r#"
-local p, last, batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local zfields, bfields, afields = {}, {}, {}
-for f in string.gmatch(ARGV[4], '[^,]+') do zfields[#zfields + 1] = f end
-for f in string.gmatch(ARGV[5], '[^,]+') do bfields[#bfields + 1] = f end
-for f in string.gmatch(ARGV[6], '[^,]+') do afields[#afields + 1] = f end
-local next_id = tonumber(redis.call('GET', p .. 'retention:next') or '1')
-local removed, held = 0, 0
-local touched = {}
-local stop = math.min(last, next_id + batch - 1)
-local function unindex(f, v, id)
-  redis.call('ZREM', p .. 'idx:' .. f .. ':' .. v, id)
-  local bucket = p .. 'ix:' .. f .. ':' .. string.sub(redis.sha1hex(v), 1, 4)
-  if redis.call('HGET', bucket, v) == tostring(id) then
-    redis.call('HDEL', bucket, v)
-  end
-end
--- Only an existing bitmap: SETBIT on a missing key would create id/8 zero bytes.
-local function unset(f, v, id)
-  local suffix = 'bit:' .. f .. ':' .. v
-  if redis.call('EXISTS', p .. suffix) == 1 then
-    redis.call('SETBIT', p .. suffix, id, 0)
-    touched[suffix] = true
-  end
-end
-for id = next_id, stop do
-  local text = redis.call('GET', p .. 'rec:' .. id)
-  if text then
-    local ok, rec = pcall(cjson.decode, text)
-    if ok and rec['legal_hold'] == true then
-      held = held + 1
-    elseif ok then
-      for _, f in ipairs(zfields) do
-        local v = rec[f]
-        if type(v) == 'string' and v ~= '' then unindex(f, v, id) end
-      end
-      -- The compact form leaves fcm_send_yn out while it is N.
-      if rec['fcm_send_yn'] == nil then rec['fcm_send_yn'] = 'N' end
-      for _, f in ipairs(bfields) do
-        local v = rec[f]
-        if type(v) == 'string' and v ~= '' then unset(f, v, id) end
-      end
-      for _, f in ipairs(afields) do
-        local v = rec[f]
-        if type(v) == 'string' and v ~= '' then
-          unset(f, v, id)
-          unindex(f, v, id)
-        end
-      end
-      if type(rec['uniqueKey']) == 'string' then
-        redis.call('HDEL', p .. 'keyIndex', rec['uniqueKey'])
-      end
-      redis.call('ZREM', p .. 'due', id)
-      redis.call('ZREM', p .. 'inflight', id)
-      redis.call('DEL', p .. 'rec:' .. id)
-      removed = removed + 1
-    end
-  end
-end
-if stop >= next_id then
-  redis.call('SET', p .. 'retention:next', stop + 1)
-end
-for suffix, _ in pairs(touched) do
-  redis.call('SADD', p .. 'retention:touched', suffix)
-end
-local more = 0
-if stop < last then more = 1 end
-return {removed, held, more}
-"#;

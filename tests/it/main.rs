@@ -13,4 +13,5 @@ mod process;
 mod redis_outage;
 mod routes;
 mod security;
+mod store;
 mod support;

@@ -1,0 +1,51 @@
+-- Write the outcomes of send attempts, each only while its claim's lease still holds
+-- the record (its `inflight` score is still the lease): a sender whose lease expired
+-- and whose record was claimed again writes nothing (fencing). Moves the status and
+-- fcm_send_yn bits, queues a retry, counts per port and minute. Needs counters.lua
+-- before it.
+-- ARGV[1] prefix
+-- ARGV[2] n            outcomes in the batch
+-- ARGV[3] stats ttl    seconds a per-minute counter lives
+-- Then n outcomes, nine each:
+--   id
+--   lease              the lease the record was claimed under (unix ms)
+--   record             the whole record's JSON as it must now be stored
+--   old status, new status
+--   retry at           unix ms to try again, "" = none
+--   delivered          1 if FCM accepted it (fcm_send_yn N -> Y), else 0
+--   minute key         `stats:{port}:{unix minute}`
+--   total key          `stats:{port}:total`
+-- Returns 1 (applied) or 0 (lease lost) per outcome, in input order.
+local p, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+local changed = {}
+local i = 4
+for r = 1, n do
+  local id, lease, rec = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local old, new, retry_at, delivered = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  local minute_key, total_key = ARGV[i + 7], ARGV[i + 8]
+  i = i + 9
+  local held = redis.call('ZSCORE', p .. 'inflight', id)
+  if held and tonumber(held) == tonumber(lease) then
+    redis.call('SET', p .. 'rec:' .. id, rec)
+    redis.call('ZREM', p .. 'inflight', id)
+    if old ~= new then
+      redis.call('SETBIT', p .. 'bit:status:' .. old, id, 0)
+      redis.call('SETBIT', p .. 'bit:status:' .. new, id, 1)
+    end
+    if delivered == '1' then
+      redis.call('SETBIT', p .. 'bit:fcm_send_yn:N', id, 0)
+      redis.call('SETBIT', p .. 'bit:fcm_send_yn:Y', id, 1)
+    end
+    if retry_at ~= '' then
+      redis.call('ZADD', p .. 'due', retry_at, id)
+    end
+    count(minute_key, total_key, new)
+    changed[#changed + 1] = id
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+flush(p, ttl, 'outcome', changed)
+return out
