@@ -97,14 +97,13 @@ async fn log_queries() -> anyhow::Result<()> {
                         status: if n % 10 == 0 { Status::Failed } else { Status::Sent },
                         due_ms: None,
                         // What transfer.rhai decides, so memory per record is realistic.
-                        decision: Some(serde_json::json!({"action": "send", "push": {
+                        decision: serde_json::from_value(serde_json::json!({"action": "send", "push": {
                             "target": {"token": format!("fcm-token-{:0>140}", n % 50_000)},
                             "title": "이체 완료", "body": format!("{n}원이 입금되었습니다. 잔액을 확인하세요."),
                             "data": {"uniqueKey": format!("L{n}"), "D_servicename": "TRF"},
-                            "android": {"priority": "high"}}})),
+                            "android": {"priority": "high"}}})).ok(),
                         error: None,
                     }
-                    .compacted()
                 })
                 .collect();
             store.ingest(&batch).await?;
@@ -461,9 +460,9 @@ async fn redis_budget() -> anyhow::Result<()> {
                     "D_servicename": "TRF"}).as_object().cloned().unwrap_or_default(),
                 status: Status::Queued,
                 due_ms: Some(now),
-                decision: Some(serde_json::json!({"action": "send", "push": {"target": {"token": format!("fcm-token-{:0>140}", i % 50_000)}, "title": "이체 완료"}})),
+                decision: serde_json::from_value(serde_json::json!({"action": "send", "push": {"target": {"token": format!("fcm-token-{:0>140}", i % 50_000)}, "title": "이체 완료"}})).ok(),
                 error: None,
-            }.compacted())
+            })
             .collect();
         store.ingest(&batch).await?;
     }
@@ -821,8 +820,8 @@ fn sent_outcomes(
         .into_iter()
         .map(|c| {
             let mut record = c.record;
-            record["status"] = "sent".into();
-            record["fcm_send_yn"] = "Y".into();
+            record.status = pushgate::push::Status::Sent;
+            record.fcm_send_yn = "Y".into();
             pushgate::store::delivery::Outcome {
                 id: c.id,
                 lease: c.lease,

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -24,7 +24,7 @@ use crate::clock::now_ms;
 use crate::config::FcmConfig;
 use crate::fcm::{self, Answer, FcmClient, Retry};
 use crate::metrics::{labels, metrics};
-use crate::push::{Push, Status, Target};
+use crate::push::{Attempt, Push, Status, Target};
 use crate::script::format_local;
 use crate::store::Store;
 use crate::store::delivery::{Claimed, Outcome};
@@ -35,8 +35,6 @@ const CLAIM_BATCH: usize = 256;
 const FINISH_BATCH: usize = 512;
 /// How often an idle sender looks for records that became due (reserved times).
 const IDLE_POLL: Duration = Duration::from_millis(100);
-/// Attempts kept on a record for the console.
-const HISTORY_KEPT: usize = 20;
 
 /// The retry policy and limits, from `[fcm]`.
 #[derive(Debug, Clone)]
@@ -218,7 +216,7 @@ impl Sender {
             for (claim, permit) in claimed.into_iter().zip(permits) {
                 let this = self.clone();
                 let done = done.clone();
-                let dead_since = token_of(&claim.record).and_then(|t| dead.get(t).copied());
+                let dead_since = claim.record.token().and_then(|t| dead.get(t).copied());
                 sends.spawn(async move {
                     let outcome = this.attempt(claim, dead_since).await;
                     let _ = done
@@ -239,7 +237,7 @@ impl Sender {
 
     /// Which of the claimed records' tokens FCM already called UNREGISTERED.
     async fn dead_tokens(&self, claimed: &[Claimed]) -> HashMap<String, i64> {
-        let tokens: Vec<&str> = claimed.iter().filter_map(|c| token_of(&c.record)).collect();
+        let tokens: Vec<&str> = claimed.iter().filter_map(|c| c.record.token()).collect();
         match self.store.dead_tokens(&tokens).await {
             Ok(found) => tokens
                 .iter()
@@ -260,14 +258,12 @@ impl Sender {
             lease,
             mut record,
         } = claim;
-        let old_status: Status =
-            serde::Deserialize::deserialize(&record["status"]).unwrap_or(Status::Queued);
-        let port = record["worker"].as_str().unwrap_or_default().to_owned();
-        let attempts = record["attempts"].as_u64().unwrap_or(0) as u32 + 1;
+        let old_status = record.status;
+        let port = record.worker.clone();
+        let attempts = record.attempts + 1;
         // A reserved push ages from its reserved time, not from when it arrived.
-        let received_at = record["received_at"].as_i64().unwrap_or_else(now_ms);
-        let received_at = received_at.max(record["decision"]["at_ms"].as_i64().unwrap_or(0));
-        let push: Option<Push> = serde::Deserialize::deserialize(&record["decision"]["push"]).ok();
+        let received_at = record.age_from();
+        let push: Option<Push> = record.push().cloned();
         let dry_run = self.is_dry_run(&port);
 
         let (status, retry_at, delivered, step) = match (push, dead_since) {
@@ -337,47 +333,26 @@ impl Sender {
         // validate_only reaches FCM's checks but no phone.
         let delivered = delivered && !dry_run;
         let now = now_ms();
-        let map = record.as_object_mut();
-        if let Some(map) = map {
-            map.insert("status".into(), status.as_str().into());
-            map.insert("attempts".into(), attempts.into());
-            if delivered {
-                map.insert("fcm_send_yn".into(), "Y".into());
-            }
-            if step.sent {
-                map.insert(
-                    "fcm_send_time".into(),
-                    format_local(now, self.zone, "%Y%m%d%H%M%S").into(),
-                );
-            }
-            map.insert("result".into(), step.answer.clone().into());
-            if dry_run {
-                map.insert("dry_run".into(), true.into());
-            } else {
-                map.remove("dry_run");
-            }
-            match retry_at {
-                Some(at) => map.insert("due_at".into(), at.into()),
-                None => map.remove("due_at"),
-            };
-            let history = map.entry("history").or_insert_with(|| json!([]));
-            if let Some(list) = history.as_array_mut() {
-                let mut entry = json!({
-                    "at": now,
-                    "attempt": attempts,
-                    "http": step.http,
-                    "outcome": step.outcome,
-                });
-                // A success's answer is only the message name, already in `result`;
-                // errors keep theirs, since `result` holds only the last one.
-                if !delivered {
-                    entry["answer"] = step.answer.clone().into();
-                }
-                list.push(entry);
-                let excess = list.len().saturating_sub(HISTORY_KEPT);
-                list.drain(..excess);
-            }
+        record.status = status;
+        record.attempts = attempts;
+        if delivered {
+            record.fcm_send_yn = "Y".into();
         }
+        if step.sent {
+            record.fcm_send_time = format_local(now, self.zone, "%Y%m%d%H%M%S");
+        }
+        record.dry_run = dry_run;
+        record.due_at = retry_at;
+        record.remember(Attempt {
+            at: now,
+            attempt: attempts,
+            http: step.http,
+            outcome: step.outcome,
+            // A success's answer is only the message name, already in `result`;
+            // errors keep theirs, since `result` holds only the last one.
+            answer: (!delivered).then(|| step.answer.clone()),
+        });
+        record.result = step.answer;
         Outcome {
             id,
             lease,
@@ -468,10 +443,6 @@ impl Step {
             answer: json!({"error": message}).to_string(),
         }
     }
-}
-
-fn token_of(record: &Value) -> Option<&str> {
-    record["decision"]["push"]["target"]["token"].as_str()
 }
 
 /// An outcome on its way to Redis, with the in-flight slot it still holds: the slot

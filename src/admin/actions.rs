@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 
 use hyper::StatusCode;
-use serde_json::Value;
 
 use super::AdminState;
+use crate::push::Record;
 use crate::supervisor::SupervisorError;
 
 /// Start, stop or restart a port, and write it in the audit log.
@@ -38,7 +38,7 @@ pub(super) async fn set_hold(
     hold: bool,
     who: &str,
     peer: SocketAddr,
-) -> Result<Value, (StatusCode, String)> {
+) -> Result<Record, (StatusCode, String)> {
     match state.store.set_hold(id, hold).await {
         Ok(Some(record)) => {
             let action = if hold {

@@ -290,7 +290,8 @@ async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) ->
     }
     match state.store.log_page(&q).await {
         Ok(page) => {
-            let pushes: Vec<Value> = page.rows.iter().map(|r| view::record(r, sight)).collect();
+            let pushes: Vec<crate::push::Record> =
+                page.rows.iter().map(|r| view::record(r, sight)).collect();
             let (total, complete) = match page.total {
                 crate::store::log::Total::Exact(n) => (n, true),
                 crate::store::log::Total::AtLeast { found, .. } => (found, false),

@@ -17,6 +17,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::push::Record;
 use crate::push::fields::MASKED_FIELDS;
 use crate::script::{mask, mask_phone};
 
@@ -52,12 +53,29 @@ pub enum Sight {
 }
 
 /// The record as `sight` may see it.
-pub fn record(record: &Value, sight: Sight) -> Value {
-    let Sight::Masked = sight else {
+pub fn record(record: &Record, sight: Sight) -> Record {
+    if sight == Sight::Full {
         return record.clone();
+    }
+    // Masking changes text only, so the masked JSON is still a record; were it not,
+    // nothing free-form is shown rather than anything unmasked.
+    serde_json::from_value(seen(record.to_json(), sight)).unwrap_or_else(|_| Record {
+        message: Map::new(),
+        decision: None,
+        result: String::new(),
+        error: None,
+        history: Vec::new(),
+        ..record.clone()
+    })
+}
+
+/// A record's JSON as `sight` may see it.
+fn seen(record: Value, sight: Sight) -> Value {
+    let Sight::Masked = sight else {
+        return record;
     };
     let Some(map) = record.as_object() else {
-        return record.clone();
+        return record;
     };
     let secrets = Secrets::of(map);
     let masked = map
@@ -251,12 +269,12 @@ mod tests {
 
     #[test]
     fn full_sight_sees_the_record_as_stored() {
-        assert_eq!(record(&stored(), Sight::Full), stored());
+        assert_eq!(seen(stored(), Sight::Full), stored());
     }
 
     #[test]
     fn masked_sight_never_sees_the_phone_or_customer_number_in_any_form() {
-        let seen = record(&stored(), Sight::Masked);
+        let seen = super::seen(stored(), Sight::Masked);
         let text = seen.to_string();
         for secret in [
             "01012345678",
@@ -278,7 +296,7 @@ mod tests {
 
     #[test]
     fn masked_sight_stars_long_numbers_in_free_text_but_not_in_plain_fields() {
-        let seen = record(&stored(), Sight::Masked);
+        let seen = super::seen(stored(), Sight::Masked);
         assert_eq!(seen["decision"]["push"]["data"]["acct"], "***-***-******");
         assert_eq!(seen["branch"], "acct *************");
         assert_eq!(seen["sndn_rsev_hour"], "20261126093000");
@@ -288,8 +306,8 @@ mod tests {
 
     #[test]
     fn a_customer_number_that_is_not_a_number_is_replaced_verbatim() {
-        let seen = record(
-            &json!({"csno": "AB-778", "error": "no customer AB-778"}),
+        let seen = super::seen(
+            json!({"csno": "AB-778", "error": "no customer AB-778"}),
             Sight::Masked,
         );
         assert_eq!(seen["error"], "no customer AB**78");

@@ -56,7 +56,7 @@ pub async fn store_parsed(
         tokio::task::spawn_blocking(move || {
             messages
                 .into_iter()
-                .map(|m| route_message(&engine, &route, &port, m).compacted())
+                .map(|m| route_message(&engine, &route, &port, m))
                 .collect::<Vec<_>>()
         })
         .await
@@ -182,7 +182,7 @@ pub fn route_message(
                 Decision::Later { at_ms, .. } => (Status::Scheduled, Some(*at_ms)),
                 Decision::Drop { .. } => (Status::Dropped, None),
             };
-            record.decision = serde_json::to_value(&decision).ok();
+            record.decision = Some(decision);
         }
         Err(e) => {
             record.status = Status::ScriptError;

@@ -11,8 +11,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::scripts::scripts;
 use super::{Store, StoreError, bitmaps, record};
-use crate::push::Status;
 use crate::push::fields::{MESSAGE_BITMAP_FIELDS, OWN_BITMAP_FIELDS, ZSET_FIELDS};
+use crate::push::{Decision, Status};
 
 /// A write allowed only while Redis key `key` (under the prefix) holds `token`: how a
 /// connect-mode port's records are refused once its node lost the port's lease.
@@ -34,20 +34,9 @@ pub struct NewRecord {
     pub status: Status,
     /// When to send (unix ms) for `queued`/`scheduled` records.
     pub due_ms: Option<i64>,
-    /// The route decision, or the drop reason / script error, kept on the record.
-    pub decision: Option<Value>,
+    /// What the route script decided (none for a script error).
+    pub decision: Option<Decision>,
     pub error: Option<String>,
-}
-
-impl NewRecord {
-    /// The record with its decision in the stored form ([`record::compact_decision`]),
-    /// as [`Store::ingest`] expects it.
-    pub fn compacted(mut self) -> NewRecord {
-        if let Some(decision) = self.decision.take() {
-            self.decision = Some(record::compact_decision(decision, &self.fields));
-        }
-        self
-    }
 }
 
 /// The result of writing one record.
@@ -215,43 +204,36 @@ pub fn scalar_text(value: &Value) -> Option<String> {
 }
 
 /// The record's JSON after `{"id":N,` — the id is only known inside the Lua script.
-/// Serialised straight from the message map (no copy of it), in the compact form of
-/// [`record::encode`]: empty standard fields and default outcome fields left out.
+/// Serialised straight from the typed parts (no copy of the message), in the compact
+/// form of [`record::encode`].
 fn record_body_after_id(new: &NewRecord) -> String {
-    /// The message's fields minus the ones the compact form leaves out.
-    struct Fields<'a>(&'a Map<String, Value>);
-    impl serde::Serialize for Fields<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeMap;
-            let kept = self.0.iter().filter(|(k, v)| !record::omit_field(k, v));
-            let mut map = s.serialize_map(None)?;
-            for (k, v) in kept {
-                map.serialize_entry(k, v)?;
-            }
-            map.end()
-        }
-    }
     #[derive(serde::Serialize)]
     struct Body<'a> {
         #[serde(flatten)]
-        fields: Fields<'a>,
+        fields: record::CompactFields<'a>,
         worker: &'a str,
         status: &'static str,
         received_at: i64,
         #[serde(skip_serializing_if = "Option::is_none")]
         due_at: Option<i64>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        decision: Option<&'a Value>,
+        decision: Option<record::CompactDecision<'a>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<&'a str>,
     }
     let body = Body {
-        fields: Fields(&new.fields),
+        fields: record::CompactFields(&new.fields),
         worker: &new.port,
         status: new.status.as_str(),
         received_at: new.received_at_ms,
         due_at: new.due_ms,
-        decision: new.decision.as_ref(),
+        decision: new
+            .decision
+            .as_ref()
+            .map(|decision| record::CompactDecision {
+                decision,
+                fields: &new.fields,
+            }),
         error: new.error.as_deref(),
     };
     let text = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());

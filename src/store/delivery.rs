@@ -6,7 +6,7 @@
 //! write is refused once the lease has moved on (fencing). An expired lease returns
 //! the id to `due`, so a sender that dies mid-send loses nothing.
 
-use serde_json::Value;
+use crate::push::Record;
 
 use super::scripts::scripts;
 use super::{Store, StoreError};
@@ -18,7 +18,7 @@ pub struct Claimed {
     pub id: u64,
     /// The lease this claim holds (unix ms); the outcome must name it.
     pub lease: i64,
-    pub record: Value,
+    pub record: Record,
 }
 
 /// What one send attempt changed on a record.
@@ -27,7 +27,7 @@ pub struct Outcome {
     pub id: u64,
     pub lease: i64,
     /// The whole record as it must now be stored.
-    pub record: Value,
+    pub record: Record,
     pub old_status: Status,
     pub new_status: Status,
     /// When to try again (unix ms), for `retrying`.

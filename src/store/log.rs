@@ -2,7 +2,7 @@
 //! indexed fields, bounded substring search, time ranges, resend, flush, and the
 //! audit stream. Every page costs O(log N + page), a bitmap filter at most N/8 bytes.
 
-use serde_json::Value;
+use crate::push::Record;
 
 use super::scripts::scripts;
 use super::{Store, StoreError};
@@ -61,7 +61,7 @@ impl Total {
 
 #[derive(Debug, Clone)]
 pub struct LogPage {
-    pub rows: Vec<Value>,
+    pub rows: Vec<Record>,
     pub total: Total,
 }
 
@@ -327,10 +327,11 @@ impl Store {
             };
             scanned += chunk;
             for record in self.records(&ids).await? {
-                let status_ok = q.status.as_deref().is_none_or(|s| record["status"] == s);
-                let hit = record[field]
-                    .as_str()
-                    .is_some_and(|t| t.to_lowercase().contains(&needle));
+                let status_ok = q
+                    .status
+                    .as_deref()
+                    .is_none_or(|s| record.status.as_str() == s);
+                let hit = record.text(field).to_lowercase().contains(&needle);
                 if status_ok && hit {
                     if found >= offset && (rows.len() as u64) < count {
                         rows.push(record);
@@ -353,7 +354,7 @@ impl Store {
         &self,
         id: u64,
         expected: &str,
-        record: &Value,
+        record: &Record,
         old: Status,
         new: Status,
         due: Option<i64>,
@@ -378,16 +379,12 @@ impl Store {
             let Some((text, mut record)) = self.record_text(id).await? else {
                 return Ok(Resend::Missing);
             };
-            let old = record["status"].as_str().unwrap_or_default().to_owned();
-            if record["decision"]["push"].is_null() || !matches!(old.as_str(), "sent" | "failed") {
+            let old = record.status;
+            if record.push().is_none() || !matches!(old, Status::Sent | Status::Failed) {
                 return Ok(Resend::NotResendable);
             }
-            if let Some(map) = record.as_object_mut() {
-                map.insert("status".into(), Status::Queued.as_str().into());
-                map.insert("due_at".into(), now_ms.into());
-            }
-            let old: Status = serde_json::from_value(Value::String(old))
-                .map_err(|e| StoreError::Protocol(format!("record {id} status: {e}")))?;
+            record.status = Status::Queued;
+            record.due_at = Some(now_ms);
             if self
                 .requeue(id, &text, &record, old, Status::Queued, Some(now_ms))
                 .await?

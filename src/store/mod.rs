@@ -59,10 +59,10 @@ mod stats;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::push::Record;
 use link::Link;
 use redis::aio::ConnectionManager;
 use scripts::scripts;
-use serde_json::Value;
 
 pub use commit::{Committer, Fence, NewRecord, Stored, scalar_text};
 pub use error::StoreError;
@@ -202,12 +202,12 @@ impl Store {
     }
 
     /// One record by id, as stored.
-    pub async fn record(&self, id: u64) -> Result<Option<Value>, StoreError> {
+    pub async fn record(&self, id: u64) -> Result<Option<Record>, StoreError> {
         Ok(self.record_text(id).await?.map(|(_, record)| record))
     }
 
     /// Several records by id in one round trip (missing ones are skipped).
-    pub async fn records(&self, ids: &[u64]) -> Result<Vec<Value>, StoreError> {
+    pub async fn records(&self, ids: &[u64]) -> Result<Vec<Record>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -283,7 +283,7 @@ impl Store {
     }
 
     /// The record's stored text (what compare-and-set compares) and its parsed value.
-    pub async fn record_text(&self, id: u64) -> Result<Option<(String, Value)>, StoreError> {
+    pub async fn record_text(&self, id: u64) -> Result<Option<(String, Record)>, StoreError> {
         let text: Option<String> = self
             .query(redis::cmd("GET").arg(self.key(&format!("rec:{id}"))))
             .await?;

@@ -7,35 +7,15 @@
 //! through [`decode`], every write of a whole record through [`encode`], so nothing
 //! outside this file sees the compact form.
 
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use super::StoreError;
 use crate::push::fields::STANDARD_FIELDS;
+use crate::push::{Decision, Push, Record, Target};
 
-/// Outcome fields and the value they have until the first send.
-const DEFAULTS: &[(&str, DefaultValue)] = &[
-    ("attempts", DefaultValue::Zero),
-    ("fcm_send_yn", DefaultValue::Text("N")),
-    ("fcm_send_time", DefaultValue::Text("")),
-    ("result", DefaultValue::Text("")),
-];
-
-#[derive(Clone, Copy)]
-enum DefaultValue {
-    Zero,
-    Text(&'static str),
-}
-
-impl DefaultValue {
-    fn value(self) -> Value {
-        match self {
-            DefaultValue::Zero => Value::from(0),
-            DefaultValue::Text(t) => Value::from(t),
-        }
-    }
-}
-
-/// Parts of `decision.push` that may repeat a message field: (push path, message field).
+/// Parts of `decision.push` that may repeat a message field: (push part, message field).
 const SAME_AS_MESSAGE: &[(&str, &str)] = &[
     ("token", "device_id"),
     ("title", "msg_title"),
@@ -43,53 +23,19 @@ const SAME_AS_MESSAGE: &[(&str, &str)] = &[
 ];
 
 /// Parse a stored record and restore what [`encode`] left out.
-pub fn decode(text: &str) -> Result<Value, StoreError> {
+pub fn decode(text: &str) -> Result<Record, StoreError> {
     let mut record: Value = serde_json::from_str(text)
         .map_err(|e| StoreError::Protocol(format!("record is not JSON: {e}")))?;
     if let Some(map) = record.as_object_mut() {
         expand(map);
     }
-    Ok(record)
+    serde_json::from_value(record)
+        .map_err(|e| StoreError::Protocol(format!("record does not have a record's fields: {e}")))
 }
 
-/// Serialise a whole record in its compact form.
-/// Serialised straight from the record (no copy of it): only the decision, when there
-/// is one, is copied to be compacted.
-pub fn encode(record: &Value) -> String {
-    struct Compact<'a>(&'a Map<String, Value>);
-    impl serde::Serialize for Compact<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeMap;
-            let mut out = s.serialize_map(None)?;
-            for (name, value) in self.0 {
-                let default = DEFAULTS
-                    .iter()
-                    .any(|(n, d)| n == name && *value == d.value());
-                if default || omit_field(name, value) {
-                    continue;
-                }
-                if name == "decision" {
-                    out.serialize_entry(name, &compact_decision(value.clone(), self.0))?;
-                } else {
-                    out.serialize_entry(name, value)?;
-                }
-            }
-            out.end()
-        }
-    }
-    match record.as_object() {
-        Some(map) => serde_json::to_string(&Compact(map)).unwrap_or_default(),
-        None => record.to_string(),
-    }
-}
-
-/// The message as it arrived: a record without the fields pushgate added.
-pub fn message_fields(record: &Value) -> Map<String, Value> {
-    let mut fields = record.as_object().cloned().unwrap_or_default();
-    for name in crate::push::fields::RESERVED_FIELDS {
-        fields.remove(*name);
-    }
-    fields
+/// Serialise a whole record in its compact form, straight from the typed record.
+pub fn encode(record: &Record) -> String {
+    serde_json::to_string(&Compact(record)).unwrap_or_default()
 }
 
 /// Whether a message field may be left out of the stored record.
@@ -97,46 +43,171 @@ pub fn omit_field(name: &str, value: &Value) -> bool {
     value.as_str() == Some("") && STANDARD_FIELDS.contains(&name)
 }
 
-/// The route decision as stored: a plain send's token, title and body that equal the
-/// message's are named in `same` instead of repeated.
-pub fn compact_decision(mut decision: Value, fields: &Map<String, Value>) -> Value {
-    let Some(push) = decision.get_mut("push").and_then(Value::as_object_mut) else {
-        return decision;
-    };
-    let mut same = Vec::new();
-    for (part, field) in SAME_AS_MESSAGE {
-        let Some(message_value) = fields
-            .get(*field)
-            .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
-        else {
-            continue;
-        };
-        let stored = if *part == "token" {
-            push.get("target").and_then(|t| t.get("token"))
-        } else {
-            push.get(*part)
-        };
-        if stored == Some(message_value) {
-            if *part == "token" {
-                push.remove("target");
-            } else {
-                push.remove(*part);
+/// A message's fields as stored: empty standard fields left out.
+pub struct CompactFields<'a>(pub &'a Map<String, Value>);
+
+impl Serialize for CompactFields<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in self.0.iter().filter(|(k, v)| !omit_field(k, v)) {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// A route decision as stored: a send's token, title and body that equal the message's
+/// fields are named in `same` instead of repeated.
+pub struct CompactDecision<'a> {
+    pub decision: &'a Decision,
+    pub fields: &'a Map<String, Value>,
+}
+
+impl Serialize for CompactDecision<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        match self.decision {
+            Decision::Send { push } => {
+                map.serialize_entry("action", "send")?;
+                map.serialize_entry("push", &self.push(push))?;
             }
-            same.push(Value::from(*part));
+            Decision::Later { at_ms, push } => {
+                map.serialize_entry("action", "later")?;
+                map.serialize_entry("at_ms", at_ms)?;
+                map.serialize_entry("push", &self.push(push))?;
+            }
+            Decision::Drop { reason } => {
+                map.serialize_entry("action", "drop")?;
+                map.serialize_entry("reason", reason)?;
+            }
+        }
+        map.end()
+    }
+}
+
+impl<'a> CompactDecision<'a> {
+    fn push(&self, push: &'a Push) -> CompactPush<'a> {
+        let field = |name: &str| {
+            self.fields
+                .get(name)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        let token = match &push.target {
+            Target::Token(t) => Some(t.as_str()),
+            _ => None,
+        };
+        CompactPush {
+            push,
+            same_token: token.is_some() && token == field("device_id"),
+            same_title: push.title.is_some() && push.title.as_deref() == field("msg_title"),
+            same_body: push.body.is_some() && push.body.as_deref() == field("msg_contents"),
         }
     }
-    if !same.is_empty() {
-        push.insert("same".into(), Value::Array(same));
+}
+
+struct CompactPush<'a> {
+    push: &'a Push,
+    same_token: bool,
+    same_title: bool,
+    same_body: bool,
+}
+
+impl Serialize for CompactPush<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let p = self.push;
+        let mut map = s.serialize_map(None)?;
+        if !self.same_token {
+            map.serialize_entry("target", &p.target)?;
+        }
+        if let (false, Some(title)) = (self.same_title, &p.title) {
+            map.serialize_entry("title", title)?;
+        }
+        if let (false, Some(body)) = (self.same_body, &p.body) {
+            map.serialize_entry("body", body)?;
+        }
+        if let Some(image) = &p.image {
+            map.serialize_entry("image", image)?;
+        }
+        if !p.data.is_empty() {
+            map.serialize_entry("data", &p.data)?;
+        }
+        if let Some(android) = &p.android {
+            map.serialize_entry("android", android)?;
+        }
+        if let Some(apns) = &p.apns {
+            map.serialize_entry("apns", apns)?;
+        }
+        let same: Vec<&str> = [
+            (self.same_token, "token"),
+            (self.same_title, "title"),
+            (self.same_body, "body"),
+        ]
+        .into_iter()
+        .filter_map(|(same, part)| same.then_some(part))
+        .collect();
+        if !same.is_empty() {
+            map.serialize_entry("same", &same)?;
+        }
+        map.end()
     }
-    decision
+}
+
+/// A whole record as stored: outcome fields at their defaults left out too.
+struct Compact<'a>(&'a Record);
+
+impl Serialize for Compact<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("id", &r.id)?;
+        for (k, v) in r.message.iter().filter(|(k, v)| !omit_field(k, v)) {
+            map.serialize_entry(k, v)?;
+        }
+        map.serialize_entry("worker", &r.worker)?;
+        map.serialize_entry("status", &r.status)?;
+        map.serialize_entry("received_at", &r.received_at)?;
+        if r.attempts != 0 {
+            map.serialize_entry("attempts", &r.attempts)?;
+        }
+        if r.fcm_send_yn != "N" {
+            map.serialize_entry("fcm_send_yn", &r.fcm_send_yn)?;
+        }
+        if !r.fcm_send_time.is_empty() {
+            map.serialize_entry("fcm_send_time", &r.fcm_send_time)?;
+        }
+        if !r.result.is_empty() {
+            map.serialize_entry("result", &r.result)?;
+        }
+        if let Some(decision) = &r.decision {
+            let compact = CompactDecision {
+                decision,
+                fields: &r.message,
+            };
+            map.serialize_entry("decision", &compact)?;
+        }
+        if let Some(due_at) = r.due_at {
+            map.serialize_entry("due_at", &due_at)?;
+        }
+        if let Some(error) = &r.error {
+            map.serialize_entry("error", error)?;
+        }
+        if !r.history.is_empty() {
+            map.serialize_entry("history", &r.history)?;
+        }
+        if r.dry_run {
+            map.serialize_entry("dry_run", &true)?;
+        }
+        if r.legal_hold {
+            map.serialize_entry("legal_hold", &true)?;
+        }
+        map.end()
+    }
 }
 
 fn expand(map: &mut Map<String, Value>) {
     for name in STANDARD_FIELDS {
         map.entry(name).or_insert_with(|| Value::from(""));
-    }
-    for (name, default) in DEFAULTS {
-        map.entry(*name).or_insert_with(|| default.value());
     }
     let restored: Vec<(&str, Value)> = map
         .get("decision")
@@ -186,17 +257,22 @@ mod tests {
         })
     }
 
+    fn typed(value: Value) -> Record {
+        serde_json::from_value(value).unwrap()
+    }
+
     #[test]
     fn a_record_round_trips_through_its_compact_form() {
-        let record = full();
+        let record = typed(full());
         let stored = encode(&record);
         assert_eq!(decode(&stored).unwrap(), record);
-        assert!(stored.len() + 100 < record.to_string().len(), "{stored}");
+        assert_eq!(decode(&stored).unwrap().to_json(), full());
+        assert!(stored.len() + 100 < full().to_string().len(), "{stored}");
     }
 
     #[test]
     fn the_compact_form_leaves_out_only_what_can_be_restored() {
-        let stored: Value = serde_json::from_str(&encode(&full())).unwrap();
+        let stored: Value = serde_json::from_str(&encode(&typed(full()))).unwrap();
         for gone in [
             "sndn_rsev_hour",
             "uuid_id",
@@ -220,9 +296,9 @@ mod tests {
 
     #[test]
     fn a_sent_record_keeps_its_outcome_fields() {
-        let mut record = full();
-        record["attempts"] = json!(1);
-        record["fcm_send_yn"] = json!("Y");
+        let mut record = typed(full());
+        record.attempts = 1;
+        record.fcm_send_yn = "Y".into();
         let stored: Value = serde_json::from_str(&encode(&record)).unwrap();
         assert_eq!(
             (stored["attempts"].clone(), stored["fcm_send_yn"].clone()),
@@ -233,8 +309,9 @@ mod tests {
 
     #[test]
     fn a_topic_send_keeps_its_target() {
-        let mut record = full();
-        record["decision"]["push"]["target"] = json!({"topic": "news"});
+        let mut full = full();
+        full["decision"]["push"]["target"] = json!({"topic": "news"});
+        let record = typed(full);
         let stored: Value = serde_json::from_str(&encode(&record)).unwrap();
         assert_eq!(
             stored["decision"]["push"]["target"],

@@ -3,7 +3,7 @@
 //! with `legal_hold: true` stays. A bitmap left without a set bit is deleted at the end
 //! of the pass (its size is the highest id / 8 however empty it is).
 
-use serde_json::Value;
+use crate::push::Record;
 
 use super::scripts::scripts;
 use super::{Store, StoreError};
@@ -46,18 +46,12 @@ impl Store {
 
     /// Set or clear `legal_hold` on a record (retrying while the sender changes it).
     /// Returns the record as stored, or None when there is no such record.
-    pub async fn set_hold(&self, id: u64, hold: bool) -> Result<Option<Value>, StoreError> {
+    pub async fn set_hold(&self, id: u64, hold: bool) -> Result<Option<Record>, StoreError> {
         for _ in 0..10 {
             let Some((text, mut record)) = self.record_text(id).await? else {
                 return Ok(None);
             };
-            if let Some(map) = record.as_object_mut() {
-                if hold {
-                    map.insert("legal_hold".into(), true.into());
-                } else {
-                    map.remove("legal_hold");
-                }
-            }
+            record.legal_hold = hold;
             let mut invocation = scripts().swap.prepare_invoke();
             invocation
                 .arg(self.key(&format!("rec:{id}")))

@@ -183,7 +183,7 @@ async fn an_admin_fixes_a_script_in_the_browser_and_the_next_message_follows_it(
     let status = |i: usize| {
         let id: u64 = acks[i]["id"].as_str().unwrap().parse().unwrap();
         let store = app.app().store.clone();
-        async move { store.record(id).await.unwrap().unwrap()["status"].clone() }
+        async move { store.record(id).await.unwrap().unwrap().to_json()["status"].clone() }
     };
     assert_eq!(
         status(0).await,

@@ -426,6 +426,7 @@ async fn an_operator_resends_a_failed_push_and_it_is_audited() {
                 .await
                 .ok()
                 .flatten()
+                .map(|r| r.to_json())
                 .filter(|r| r["status"] == "failed")
         }
     })
@@ -461,6 +462,7 @@ async fn an_operator_resends_a_failed_push_and_it_is_audited() {
                 .await
                 .ok()
                 .flatten()
+                .map(|r| r.to_json())
                 .filter(|r| r["attempts"] == 2)
         }
     })
@@ -528,7 +530,14 @@ async fn scripts_check_try_save_with_versions_and_restore() {
     let on_disk = std::fs::read_to_string(app.dir.path().join("send.rhai")).unwrap();
     assert_eq!(on_disk, drop_all);
     let ids = store_messages(addr, &[message("after-save", 1)]).await;
-    let record = app.app().store.record(ids[0]).await.unwrap().unwrap();
+    let record = app
+        .app()
+        .store
+        .record(ids[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .to_json();
     assert_eq!(
         record["status"], "dropped",
         "the saved rule applies to the next message"
@@ -562,7 +571,13 @@ async fn scripts_check_try_save_with_versions_and_restore() {
     );
     let ids = store_messages(addr, &[message("after-restore", 2)]).await;
     assert_eq!(
-        app.app().store.record(ids[0]).await.unwrap().unwrap()["status"],
+        app.app()
+            .store
+            .record(ids[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .to_json()["status"],
         "queued"
     );
     assert_eq!(
@@ -595,7 +610,7 @@ async fn a_script_error_push_is_routed_again_once_the_script_is_fixed() {
     let ids = store_messages(addr, &[message("stuck", 0)]).await;
     let store = app.app().store.clone();
     assert_eq!(
-        store.record(ids[0]).await.unwrap().unwrap()["status"],
+        store.record(ids[0]).await.unwrap().unwrap().to_json()["status"],
         "script_error"
     );
 
@@ -614,7 +629,7 @@ async fn a_script_error_push_is_routed_again_once_the_script_is_fixed() {
         "{}",
         page.body
     );
-    let record = store.record(ids[0]).await.unwrap().unwrap();
+    let record = store.record(ids[0]).await.unwrap().unwrap().to_json();
     assert_eq!(record["status"], "queued");
     assert!(record.get("error").is_none(), "{record}");
     assert_eq!(

@@ -16,7 +16,7 @@ fn push(key: &str, token: &str) -> Value {
 
 async fn record_by_key(store: &Store, key: &str) -> Value {
     let id = store.id_for_key(key).await.unwrap().expect("stored");
-    store.record(id).await.unwrap().expect("record")
+    store.record(id).await.unwrap().expect("record").to_json()
 }
 
 /// Wait until every key's record has left the queues in a final status.

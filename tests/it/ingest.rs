@@ -121,7 +121,7 @@ async fn ten_thousand_over(
         let key = format!("K{n:08}");
         let id = ids[&key];
         let rec: String = redis::from_redis_value(row[0].clone()).expect("record stored");
-        let rec: Value = pushgate::store::record::decode(&rec).unwrap();
+        let rec: Value = pushgate::store::record::decode(&rec).unwrap().to_json();
         assert_eq!(rec["id"], id);
         assert_eq!(rec["uniqueKey"], key.as_str());
         assert_eq!(rec["msg_title"], "이체 완료");

@@ -128,7 +128,7 @@ async fn managed_redis_is_started_restarted_after_a_crash_and_shut_down() {
         "managed redis back with the record",
         || {
             let store = store.clone();
-            async move { store.record(1).await.ok().flatten() }
+            async move { store.record(1).await.ok().flatten().map(|r| r.to_json()) }
         },
     )
     .await;
@@ -342,7 +342,7 @@ async fn send_frames_json_and_fixed_width_telegrams_and_prints_the_acks() {
         .await
         .unwrap()
         .expect("stored");
-    let record = app.app().store.record(id).await.unwrap().unwrap();
+    let record = app.app().store.record(id).await.unwrap().unwrap().to_json();
     assert_eq!(
         record["msg_title"], "이체 완료",
         "EUC-KR fixed-width telegram decoded"

@@ -69,7 +69,7 @@ async fn http_ingest_stores_routes_and_dedupes_like_a_port() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["ok"], true);
     let id: u64 = answer["id"].as_str().unwrap().parse().unwrap();
-    let record = app.app().store.record(id).await.unwrap().unwrap();
+    let record = app.app().store.record(id).await.unwrap().unwrap().to_json();
     assert_eq!(record["status"], "queued", "routed by the key's script");
     assert_eq!(record["worker"], "api-crm");
     let (status, again) = post(&app, Some(INGEST_KEY), json_type, body(&message("H1", 1))).await;
@@ -327,7 +327,7 @@ async fn retention_removes_exactly_the_old_records_and_their_index_entries_keepi
         .await
         .unwrap()
         .expect("record exists");
-    assert_eq!(rec["legal_hold"], true);
+    assert!(rec.legal_hold);
 
     let pruned = store.prune(now - 30 * day, 100).await.unwrap();
     assert_eq!((pruned.removed, pruned.held), (1199, 1));

@@ -58,7 +58,7 @@ async fn each_decision_ends_in_its_status_and_due_entry() {
             "a routed frame is stored whatever the route said: {ack}"
         );
         let id: u64 = ack["id"].as_str().unwrap().parse().unwrap();
-        let rec = store.record(id).await.unwrap().expect("stored");
+        let rec = store.record(id).await.unwrap().expect("stored").to_json();
         assert_eq!(rec["status"], status, "{key}: {rec}");
         assert!(
             store.has_bit("status", status, id).await.unwrap(),
@@ -121,7 +121,7 @@ async fn an_endless_loop_ends_as_script_error_within_the_deadline_and_the_port_g
         "an endless loop took {took:?}"
     );
     let id: u64 = ack["id"].as_str().unwrap().parse().unwrap();
-    let rec = store.record(id).await.unwrap().unwrap();
+    let rec = store.record(id).await.unwrap().unwrap().to_json();
     assert_eq!(rec["status"], "script_error");
     assert!(
         rec["error"].as_str().unwrap().contains("deadline")
@@ -135,6 +135,9 @@ async fn an_endless_loop_ends_as_script_error_within_the_deadline_and_the_port_g
         .remove(0);
     assert_eq!(ack["ok"], true);
     let id: u64 = ack["id"].as_str().unwrap().parse().unwrap();
-    assert_eq!(store.record(id).await.unwrap().unwrap()["status"], "queued");
+    assert_eq!(
+        store.record(id).await.unwrap().unwrap().to_json()["status"],
+        "queued"
+    );
     app.shutdown().await;
 }

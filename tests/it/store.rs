@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::Notify;
 
 use pushgate::clock::now_ms;
-use pushgate::push::Status;
+use pushgate::push::{Record, Status};
 use pushgate::store::bitmaps::Admission;
 use pushgate::store::cluster::{Acquired, holder_node};
 use pushgate::store::console::{LoginGate, LoginLimits};
@@ -78,8 +78,8 @@ fn claimed_ids(claimed: &[Claimed]) -> Vec<u64> {
     claimed.iter().map(|c| c.id).collect()
 }
 
-fn ids(rows: &[Value]) -> Vec<u64> {
-    rows.iter().map(|r| r["id"].as_u64().unwrap()).collect()
+fn ids(rows: &[Record]) -> Vec<u64> {
+    rows.iter().map(|r| r.id).collect()
 }
 
 async fn page(store: &Store, q: LogQuery) -> (Vec<u64>, Total) {
@@ -145,7 +145,7 @@ async fn ingest_dedupes_the_same_unique_key_into_one_record() {
         "a duplicate takes no id"
     );
     assert_eq!(store.queue_depths().await.unwrap(), (1, 0), "queued once");
-    let stored = store.record(id).await.unwrap().expect("stored");
+    let stored = store.record(id).await.unwrap().expect("stored").to_json();
     assert_eq!(
         (
             stored["id"].as_u64(),
@@ -266,7 +266,8 @@ async fn claim_moves_due_ids_to_inflight_and_an_expired_lease_returns_them_to_du
     assert_eq!(first_ids, all[..2]);
     assert!(first.iter().all(|c| c.lease == now + 1_000));
     assert_eq!(
-        first[0].record["uniqueKey"], "C1",
+        first[0].record.unique_key(),
+        "C1",
         "claimed with its record"
     );
     assert_eq!(store.queue_depths().await.unwrap(), (1, 2));
@@ -301,9 +302,9 @@ async fn claim_moves_due_ids_to_inflight_and_an_expired_lease_returns_them_to_du
 /// The outcome of a send of `claim`: sent, delivered.
 fn sent(claim: &Claimed, at_ms: i64) -> Outcome {
     let mut record = claim.record.clone();
-    record["status"] = json!("sent");
-    record["attempts"] = json!(1);
-    record["fcm_send_yn"] = json!("Y");
+    record.status = Status::Sent;
+    record.attempts = 1;
+    record.fcm_send_yn = "Y".into();
     Outcome {
         id: claim.id,
         lease: claim.lease,
@@ -331,7 +332,10 @@ async fn an_outcome_under_a_lease_that_is_no_longer_the_records_score_is_refused
 
     let late = store.finish(&[sent(&first[0], now)]).await.unwrap();
     assert_eq!(late, [false], "the first sender's lease is gone");
-    assert_eq!(store.record(id).await.unwrap().unwrap()["status"], "queued");
+    assert_eq!(
+        store.record(id).await.unwrap().unwrap().to_json()["status"],
+        "queued"
+    );
     assert_eq!(
         store.queue_depths().await.unwrap(),
         (0, 1),
@@ -340,7 +344,7 @@ async fn an_outcome_under_a_lease_that_is_no_longer_the_records_score_is_refused
 
     let applied = store.finish(&[sent(&second[0], now)]).await.unwrap();
     assert_eq!(applied, [true]);
-    let stored = store.record(id).await.unwrap().unwrap();
+    let stored = store.record(id).await.unwrap().unwrap().to_json();
     assert_eq!(
         (&stored["status"], &stored["attempts"]),
         (&json!("sent"), &json!(1))
@@ -365,8 +369,8 @@ async fn an_outcome_with_a_retry_time_queues_the_record_again() {
     ingest(&store, &[record("R1", 1, Status::Queued, now)]).await;
     let claim = store.claim(now, now + 1_000, 1).await.unwrap().remove(0);
     let mut retry = sent(&claim, now);
-    retry.record["status"] = json!("retrying");
-    retry.record["fcm_send_yn"] = json!("N");
+    retry.record.status = Status::Retrying;
+    retry.record.fcm_send_yn = "N".into();
     retry.new_status = Status::Retrying;
     retry.delivered = false;
     retry.retry_at_ms = Some(now + 5_000);
@@ -733,7 +737,7 @@ async fn requeue_replaces_only_an_unchanged_idle_record_and_queues_it() {
     let now = now_ms();
     let id = ingest_one(&store, record("Q0", 0, Status::Dropped, now)).await;
     let (text, mut changed) = store.record_text(id).await.unwrap().unwrap();
-    changed["status"] = json!("queued");
+    changed.status = Status::Queued;
 
     let stale = store
         .requeue(
@@ -759,7 +763,10 @@ async fn requeue_replaces_only_an_unchanged_idle_record_and_queues_it() {
         .await
         .unwrap();
     assert!(applied);
-    assert_eq!(store.record(id).await.unwrap().unwrap()["status"], "queued");
+    assert_eq!(
+        store.record(id).await.unwrap().unwrap().to_json()["status"],
+        "queued"
+    );
     assert_eq!(store.due_at(id).await.unwrap(), Some(now));
     assert!(store.has_bit("status", "queued", id).await.unwrap());
     assert!(!store.has_bit("status", "dropped", id).await.unwrap());
@@ -788,16 +795,20 @@ async fn a_legal_hold_is_set_and_cleared_by_swapping_the_unchanged_record() {
     let store = open(&redis);
     let id = ingest_one(&store, record("H0", 0, Status::Dropped, now_ms())).await;
     let held = store.set_hold(id, true).await.unwrap().expect("exists");
-    assert_eq!(held["legal_hold"], true);
-    assert_eq!(store.record(id).await.unwrap().unwrap()["legal_hold"], true);
+    assert!(held.legal_hold);
+    assert_eq!(
+        store.record(id).await.unwrap().unwrap().to_json()["legal_hold"],
+        true
+    );
     let released = store.set_hold(id, false).await.unwrap().expect("exists");
-    assert!(released.get("legal_hold").is_none());
+    assert!(!released.legal_hold);
     assert!(
         store
             .record(id)
             .await
             .unwrap()
             .unwrap()
+            .to_json()
             .get("legal_hold")
             .is_none()
     );

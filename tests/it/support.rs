@@ -802,5 +802,5 @@ pub fn record(con: &mut redis::Connection, id: u64) -> Option<Value> {
         .arg(format!("pg:rec:{id}"))
         .query(con)
         .unwrap();
-    text.map(|t| pushgate::store::record::decode(&t).unwrap())
+    text.map(|t| pushgate::store::record::decode(&t).unwrap().to_json())
 }

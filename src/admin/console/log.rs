@@ -185,10 +185,10 @@ pub(super) async fn page(state: &AdminState, session: &Session, input: &Input) -
                 .rows
                 .iter()
                 .map(|r| {
-                    let seen = view::record(r, sight);
+                    let seen = view::record(r, sight).to_json();
                     LogRow {
-                        id: seen["id"].as_u64().unwrap_or(0),
-                        status: seen["status"].as_str().unwrap_or("").to_owned(),
+                        id: r.id,
+                        status: r.status.as_str().to_owned(),
                         cells: LOG_COLUMNS.iter().map(|c| cell(&seen, c)).collect(),
                     }
                 })
@@ -226,8 +226,8 @@ pub(super) async fn csv(state: &AdminState, session: &Session, input: &Input) ->
             }
         };
         for record in &result.rows {
-            let seen = view::record(record, sight);
-            let mut fields = vec![seen["id"].to_string(), cell(&seen, "status")];
+            let seen = view::record(record, sight).to_json();
+            let mut fields = vec![record.id.to_string(), record.status.as_str().to_owned()];
             fields.extend(LOG_COLUMNS.iter().map(|c| cell(&seen, c)));
             let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
             out.push_str(&line.join(","));

@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 
 use askama::Template;
 use hyper::StatusCode;
-use serde_json::Value;
 
 use super::{Chrome, Input, cell, error_page, render};
 use crate::admin::auth::Session;
 use crate::admin::{AdminState, Reply, actions, view};
 use crate::clock::now_ms;
 use crate::config::Role;
+use crate::push::Status;
 use crate::push::fields::LOG_COLUMNS;
 use crate::script::format_local;
 use crate::store::log::Resend;
@@ -78,15 +78,16 @@ pub(super) async fn page(
     };
     let zone = config.zone();
     let record = view::record(&record, session.sight());
-    let mut fields: Vec<FieldRow> = record
+    let json = record.to_json();
+    let mut fields: Vec<FieldRow> = json
         .as_object()
         .map(|m| {
             m.keys()
                 .filter(|k| !matches!(k.as_str(), "history" | "decision"))
                 .map(|k| {
-                    let mut value = cell(&record, k);
+                    let mut value = cell(&json, k);
                     if matches!(k.as_str(), "received_at" | "due_at")
-                        && let Some(ms) = record[k].as_i64()
+                        && let Some(ms) = json[k].as_i64()
                     {
                         value =
                             format!("{} ({ms})", format_local(ms, zone, "%Y-%m-%d %H:%M:%S%.3f"));
@@ -100,38 +101,30 @@ pub(super) async fn page(
         })
         .unwrap_or_default();
     fields.sort_by_key(|f| !LOG_COLUMNS.contains(&f.name.as_str()));
-    let attempts = record["history"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|a| AttemptRow {
-                    at: a["at"]
-                        .as_i64()
-                        .map(|ms| format_local(ms, zone, "%Y-%m-%d %H:%M:%S%.3f"))
-                        .unwrap_or_default(),
-                    attempt: a["attempt"].to_string(),
-                    http: a["http"].to_string(),
-                    outcome: a["outcome"].as_str().unwrap_or("").to_owned(),
-                    answer: a["answer"].as_str().unwrap_or("").to_owned(),
-                })
-                .collect()
+    let attempts = record
+        .history
+        .iter()
+        .map(|a| AttemptRow {
+            at: format_local(a.at, zone, "%Y-%m-%d %H:%M:%S%.3f"),
+            attempt: a.attempt.to_string(),
+            http: a.http.to_string(),
+            outcome: a.outcome.clone(),
+            answer: a.answer.clone().unwrap_or_default(),
         })
-        .unwrap_or_default();
-    let status = record["status"].as_str().unwrap_or("").to_owned();
-    let has_push = !record["decision"]["push"].is_null();
+        .collect();
+    let operator = session.may(Role::Operator);
     render(&PushPage {
         chrome: Some(Chrome::new(session, "log")),
         id,
-        can_resend: session.may(Role::Operator)
-            && has_push
-            && matches!(status.as_str(), "sent" | "failed"),
-        can_hold: session.may(Role::Operator),
-        can_reroute: session.may(Role::Operator)
-            && matches!(status.as_str(), "script_error" | "dropped"),
-        held: record["legal_hold"] == true,
-        status,
+        can_resend: operator
+            && record.push().is_some()
+            && matches!(record.status, Status::Sent | Status::Failed),
+        can_hold: operator,
+        can_reroute: operator && matches!(record.status, Status::ScriptError | Status::Dropped),
+        held: record.legal_hold,
+        status: record.status.as_str().to_owned(),
         fields,
-        decision: serde_json::to_string_pretty(&record["decision"]).unwrap_or_default(),
+        decision: serde_json::to_string_pretty(&json["decision"]).unwrap_or_default(),
         attempts,
         notice: notice.unwrap_or("").to_owned(),
     })
@@ -166,8 +159,8 @@ pub(super) async fn reroute(
             );
         }
     };
-    let old: crate::push::Status = match serde_json::from_value(record["status"].clone()) {
-        Ok(s @ (crate::push::Status::ScriptError | crate::push::Status::Dropped)) => s,
+    let old = match record.status {
+        s @ (Status::ScriptError | Status::Dropped) => s,
         _ => {
             return error_page(
                 Some(session),
@@ -176,7 +169,7 @@ pub(super) async fn reroute(
             );
         }
     };
-    let worker = record["worker"].as_str().unwrap_or_default().to_owned();
+    let worker = record.worker.clone();
     let route = match worker.strip_prefix("api-") {
         Some(key) => state
             .api_routes
@@ -192,10 +185,9 @@ pub(super) async fn reroute(
             &format!("{worker} has no script that compiles right now."),
         );
     };
-    let fields = crate::store::record::message_fields(&record);
     let message = crate::ingest::Message {
-        unique_key: record["uniqueKey"].as_str().unwrap_or_default().to_owned(),
-        fields,
+        unique_key: record.unique_key().to_owned(),
+        fields: record.message_fields(),
     };
     let engine = state.engine.clone();
     let routed = match tokio::task::spawn_blocking(move || {
@@ -212,20 +204,13 @@ pub(super) async fn reroute(
             );
         }
     };
-    let mut updated = record.clone();
-    if let Some(map) = updated.as_object_mut() {
-        map.insert("status".into(), routed.status.as_str().into());
-        for (key, value) in [
-            ("decision", routed.decision.clone()),
-            ("due_at", routed.due_ms.map(Value::from)),
-            ("error", routed.error.clone().map(Value::from)),
-        ] {
-            match value {
-                Some(v) => map.insert(key.into(), v),
-                None => map.remove(key),
-            };
-        }
-    }
+    let updated = crate::push::Record {
+        status: routed.status,
+        decision: routed.decision,
+        due_at: routed.due_ms,
+        error: routed.error,
+        ..record
+    };
     match state
         .store
         .requeue(num, &text, &updated, old, routed.status, routed.due_ms)

@@ -212,7 +212,7 @@ async fn try_message(
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("record {id} is not stored"))?;
-        return Ok(crate::store::record::message_fields(&stored));
+        return Ok(stored.message_fields());
     }
     match serde_json::from_str::<Value>(sample) {
         Ok(Value::Object(map)) => Ok(map),

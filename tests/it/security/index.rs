@@ -84,7 +84,7 @@ async fn search_all(
         if found.rows.is_empty() {
             return ids;
         }
-        ids.extend(found.rows.iter().map(|r| r["id"].as_u64().unwrap()));
+        ids.extend(found.rows.iter().map(|r| r.id));
     }
     unreachable!()
 }
