@@ -16,6 +16,23 @@ pub enum Status {
 }
 
 impl Status {
+    /// The statuses a record rests in (not the passing `received` and `sending`), in the
+    /// order the log's status filter offers them.
+    pub const RESTING: [Status; 7] = [
+        Status::Queued,
+        Status::Scheduled,
+        Status::Retrying,
+        Status::Sent,
+        Status::Failed,
+        Status::Dropped,
+        Status::ScriptError,
+    ];
+
+    /// The resting status with this name.
+    pub fn resting(name: &str) -> Option<Status> {
+        Status::RESTING.into_iter().find(|s| s.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Received => "received",

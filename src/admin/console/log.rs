@@ -12,6 +12,7 @@ use crate::admin::auth::Session;
 use crate::admin::view::{self, Sight};
 use crate::admin::{AdminState, Reply, full, with_type};
 use crate::config::Role;
+use crate::push::Status;
 use crate::push::fields::{LOG_COLUMNS, SUBSTRING_FIELDS};
 use crate::store::log::{LogQuery, Total, searchable_fields};
 use crate::supervisor::PortState;
@@ -23,16 +24,6 @@ const MAX_PAGE: u64 = 1_000_000_000;
 
 /// Rows a CSV export holds at most.
 const CSV_LIMIT: u64 = 100_000;
-
-const STATUSES: &[&str] = &[
-    "queued",
-    "scheduled",
-    "retrying",
-    "sent",
-    "failed",
-    "dropped",
-    "script_error",
-];
 
 /// One record on a page of the log.
 struct LogRow {
@@ -96,7 +87,7 @@ fn log_query(
     let query = LogQuery {
         field: (!field.is_empty()).then_some(field.clone()),
         value: input.get("q").to_owned(),
-        status: STATUSES.contains(&status).then(|| status.to_owned()),
+        status: Status::resting(status).map(|s| s.as_str().to_owned()),
         from_ms: parse_time("from")?,
         to_ms: parse_time("to")?,
         oldest_first: input.get("order") == "oldest",
@@ -126,11 +117,11 @@ pub(super) async fn page(state: &AdminState, session: &Session, input: &Input) -
                 selected: input.get("field") == f,
             })
             .collect(),
-        statuses: STATUSES
+        statuses: Status::RESTING
             .iter()
             .map(|s| Choice {
-                value: (*s).to_owned(),
-                selected: input.get("status") == *s,
+                value: s.as_str().to_owned(),
+                selected: input.get("status") == s.as_str(),
             })
             .collect(),
         q: input.get("q").to_owned(),
