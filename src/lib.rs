@@ -12,7 +12,7 @@
 //! - [`emulator`]: the strict FCM stand-in (`pushgate fcm-emulator`) for tests and the demo.
 //! - [`metrics`]: every counter and histogram, and the `/metrics` text.
 //! - [`supervisor`]: port lifecycle (start, stop, restart with backoff, states) and reload.
-//! - [`admin`]: the hyper admin listener and its authenticated JSON API.
+//! - [`admin`]: the hyper admin listener: the console (one file per page) and the JSON API.
 //! - [`signals`]: SIGHUP = reload, SIGTERM/SIGINT = graceful drain.
 //! - [`wire`]: the words of a port's wire contract (framing, charset, fixed-width fields).
 //! - [`app`]: wires the parts together for `serve` and tests.
