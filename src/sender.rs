@@ -302,7 +302,7 @@ impl Sender {
                         retry_after: None,
                     }
                 } else {
-                    tokio::time::timeout(deadline, self.client.send(&fcm::message_for(&push), dry_run))
+                    tokio::time::timeout(deadline, self.client.send(&fcm::Message::for_push(&push), dry_run))
                         .await
                         .unwrap_or_else(|_| Answer::Refused {
                             class: fcm::ErrorClass::Transport,

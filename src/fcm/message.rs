@@ -1,0 +1,161 @@
+//! The body of `messages:send`: FCM HTTP v1's `message`, built from a route decision's
+//! [`Push`] as typed structs that borrow from it.
+//!
+//! Fields are declared in alphabetical order on purpose: the body used to be a
+//! `serde_json::Value`, whose map sorts its keys, and declaring them so keeps the bytes
+//! on the wire the same.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::push::{Push, Target};
+
+/// The FCM HTTP v1 `message` for one push.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Message<'a> {
+    /// FCM's `android` object, passed through as the script built it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    android: Option<&'a Value>,
+    /// FCM's `apns` object, passed through as the script built it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apns: Option<&'a Value>,
+    /// A topic condition; one of `condition`, `token`, `topic` is set, never two.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    condition: Option<&'a str>,
+    /// String pairs for the app; left out when there are none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    data: &'a BTreeMap<String, String>,
+    /// What the device shows; left out when the push has no title, body or image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notification: Option<Notification<'a>>,
+    /// A registration token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+    /// A bare topic name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+}
+
+/// FCM's `notification`: each part only when the push has it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+struct Notification<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+}
+
+impl<'a> Message<'a> {
+    /// The message a route decision's push sends: exactly one target, and only the parts
+    /// the push has.
+    pub fn for_push(push: &'a Push) -> Message<'a> {
+        let (mut token, mut topic, mut condition) = (None, None, None);
+        match &push.target {
+            Target::Token(t) => token = Some(t.as_str()),
+            Target::Topic(t) => topic = Some(t.as_str()),
+            Target::Condition(c) => condition = Some(c.as_str()),
+        }
+        let notification = Notification {
+            body: push.body.as_deref(),
+            image: push.image.as_deref(),
+            title: push.title.as_deref(),
+        };
+        let has_notification = notification.body.is_some()
+            || notification.image.is_some()
+            || notification.title.is_some();
+        Message {
+            android: push.android.as_ref(),
+            apns: push.apns.as_ref(),
+            condition,
+            data: &push.data,
+            notification: has_notification.then_some(notification),
+            token,
+            topic,
+        }
+    }
+}
+
+/// The whole `messages:send` body.
+#[derive(Debug, Serialize)]
+pub(super) struct SendRequest<'a> {
+    pub(super) message: &'a Message<'a>,
+    /// FCM checks the message and sends it to nobody (the sender's dry run).
+    pub(super) validate_only: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_push_becomes_an_fcm_message_with_exactly_one_target() {
+        let push = Push {
+            target: Target::Topic("news".into()),
+            title: Some("제목".into()),
+            body: None,
+            image: None,
+            data: [("uniqueKey".to_owned(), "K1".to_owned())].into(),
+            android: Some(json!({"priority": "high"})),
+            apns: None,
+        };
+        assert_eq!(
+            serde_json::to_value(Message::for_push(&push)).unwrap(),
+            json!({"topic": "news", "notification": {"title": "제목"}, "data": {"uniqueKey": "K1"}, "android": {"priority": "high"}})
+        );
+        let bare = Push {
+            target: Target::Token("tok".into()),
+            title: None,
+            body: None,
+            image: None,
+            data: Default::default(),
+            android: None,
+            apns: None,
+        };
+        assert_eq!(
+            serde_json::to_value(Message::for_push(&bare)).unwrap(),
+            json!({"token": "tok"})
+        );
+    }
+
+    #[test]
+    fn the_send_body_has_the_same_bytes_as_the_json_value_it_replaced() {
+        let push = Push {
+            target: Target::Condition("'a' in topics".into()),
+            title: Some("t".into()),
+            body: Some("b".into()),
+            image: Some("https://example.com/i.png".into()),
+            data: [
+                ("z".to_owned(), "1".to_owned()),
+                ("a".to_owned(), "2".to_owned()),
+            ]
+            .into(),
+            android: Some(json!({"priority": "high", "ttl": "60s"})),
+            apns: Some(json!({"headers": {"apns-priority": "10"}})),
+        };
+        let message = Message::for_push(&push);
+        let body = SendRequest {
+            message: &message,
+            validate_only: true,
+        };
+        let bytes = serde_json::to_string(&body).unwrap();
+        // A Value's map sorts its keys: what `message_for` built and `send` sent before.
+        let as_value = serde_json::to_value(&body).unwrap().to_string();
+        assert_eq!(bytes, as_value);
+        assert_eq!(
+            bytes,
+            concat!(
+                r#"{"message":{"android":{"priority":"high","ttl":"60s"},"#,
+                r#""apns":{"headers":{"apns-priority":"10"}},"condition":"'a' in topics","#,
+                r#""data":{"a":"2","z":"1"},"#,
+                r#""notification":{"body":"b","image":"https://example.com/i.png","title":"t"}},"#,
+                r#""validate_only":true}"#
+            )
+        );
+    }
+}
