@@ -7,7 +7,7 @@
 //! - [`ingest`]: TCP listeners/connectors, framing, character sets, message checks, acks.
 //! - [`script`]: the sandboxed Rhai engine, compiled route scripts, turning a script's answer into a decision.
 //! - [`store`]: every Redis command and Lua script, the key layout, group commit, managed Redis.
-//! - [`fcm`]: service-account tokens, the HTTP v1 client, error classes.
+//! - [`fcm`]: service-account tokens, the typed send body, the HTTP v1 client, error classes.
 //! - [`sender`]: the in-flight pool, retry/schedule policy, durable queue claims.
 //! - [`emulator`]: the strict FCM stand-in (`pushgate fcm-emulator`) for tests and the demo.
 //! - [`metrics`]: every counter and histogram, and the `/metrics` text.
