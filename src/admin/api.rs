@@ -290,8 +290,7 @@ async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) ->
     }
     match state.store.log_page(&q).await {
         Ok(page) => {
-            let pushes: Vec<crate::push::Record> =
-                page.rows.iter().map(|r| view::record(r, sight)).collect();
+            let pushes: Vec<_> = page.rows.iter().map(|r| view::record(r, sight)).collect();
             let (total, complete) = match page.total {
                 crate::store::log::Total::Exact(n) => (n, true),
                 crate::store::log::Total::AtLeast { found, .. } => (found, false),

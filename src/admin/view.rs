@@ -15,6 +15,8 @@
 //! Searching a masked field is refused to a masked caller (see [`may_search`]): a match
 //! count is an oracle that finds a number from its masked form in 10^4 tries.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use crate::push::Record;
@@ -52,21 +54,23 @@ pub enum Sight {
     Masked,
 }
 
-/// The record as `sight` may see it.
-pub fn record(record: &Record, sight: Sight) -> Record {
+/// The record as `sight` may see it (borrowed as it is for a full sight).
+pub fn record(record: &Record, sight: Sight) -> Cow<'_, Record> {
     if sight == Sight::Full {
-        return record.clone();
+        return Cow::Borrowed(record);
     }
     // Masking changes text only, so the masked JSON is still a record; were it not,
     // nothing free-form is shown rather than anything unmasked.
-    serde_json::from_value(seen(record.to_json(), sight)).unwrap_or_else(|_| Record {
-        message: Map::new(),
-        decision: None,
-        result: String::new(),
-        error: None,
-        history: Vec::new(),
-        ..record.clone()
-    })
+    Cow::Owned(
+        serde_json::from_value(seen(record.to_json(), sight)).unwrap_or_else(|_| Record {
+            message: Map::new(),
+            decision: None,
+            result: String::new(),
+            error: None,
+            history: Vec::new(),
+            ..record.clone()
+        }),
+    )
 }
 
 /// A record's JSON as `sight` may see it.

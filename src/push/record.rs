@@ -130,6 +130,22 @@ impl Record {
         fields
     }
 
+    /// A message or outcome field as the log shows it in a column.
+    pub fn column(&self, name: &str) -> String {
+        match name {
+            "fcm_send_yn" => self.fcm_send_yn.clone(),
+            "fcm_send_time" => self.fcm_send_time.clone(),
+            "result" => self.result.clone(),
+            "status" => self.status.as_str().to_owned(),
+            "worker" => self.worker.clone(),
+            _ => match self.message.get(name) {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            },
+        }
+    }
+
     /// The whole record as JSON (what the API and the console's views start from).
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)

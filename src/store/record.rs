@@ -22,15 +22,108 @@ const SAME_AS_MESSAGE: &[(&str, &str)] = &[
     ("body", "msg_contents"),
 ];
 
-/// Parse a stored record and restore what [`encode`] left out.
+/// Parse a stored record and restore what [`encode`] left out: straight from the text
+/// into the typed record (no intermediate JSON tree), then the empty standard fields and
+/// the decision's parts named in `same` put back.
 pub fn decode(text: &str) -> Result<Record, StoreError> {
-    let mut record: Value = serde_json::from_str(text)
-        .map_err(|e| StoreError::Protocol(format!("record is not JSON: {e}")))?;
-    if let Some(map) = record.as_object_mut() {
-        expand(map);
+    let stored: StoredRecord = serde_json::from_str(text)
+        .map_err(|e| StoreError::Protocol(format!("record is not a stored record: {e}")))?;
+    let mut record = stored.record;
+    record.decision = stored.decision.map(|d| d.restore(&record.message));
+    for name in STANDARD_FIELDS {
+        record
+            .message
+            .entry(name)
+            .or_insert_with(|| Value::from(""));
     }
-    serde_json::from_value(record)
-        .map_err(|e| StoreError::Protocol(format!("record does not have a record's fields: {e}")))
+    Ok(record)
+}
+
+/// A record as stored: its decision may name parts in `same` instead of holding them.
+#[derive(serde::Deserialize)]
+struct StoredRecord {
+    #[serde(default)]
+    decision: Option<StoredDecision>,
+    #[serde(flatten)]
+    record: Record,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+enum StoredDecision {
+    Send { push: StoredPush },
+    Later { at_ms: i64, push: StoredPush },
+    Drop { reason: String },
+}
+
+#[derive(serde::Deserialize)]
+struct StoredPush {
+    #[serde(default)]
+    target: Option<Target>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    data: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    android: Option<Value>,
+    #[serde(default)]
+    apns: Option<Value>,
+    #[serde(default)]
+    same: Vec<String>,
+}
+
+impl StoredDecision {
+    fn restore(self, fields: &Map<String, Value>) -> Decision {
+        match self {
+            StoredDecision::Send { push } => Decision::Send {
+                push: push.restore(fields),
+            },
+            StoredDecision::Later { at_ms, push } => Decision::Later {
+                at_ms,
+                push: push.restore(fields),
+            },
+            StoredDecision::Drop { reason } => Decision::Drop { reason },
+        }
+    }
+}
+
+impl StoredPush {
+    fn restore(self, fields: &Map<String, Value>) -> Push {
+        let field = |part: &str| {
+            SAME_AS_MESSAGE
+                .iter()
+                .find(|(p, _)| *p == part)
+                .and_then(|(_, name)| fields.get(*name))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let same = |part: &str| self.same.iter().any(|s| s == part);
+        let target = match self.target {
+            Some(target) => target,
+            None => Target::Token(field("token").unwrap_or_default()),
+        };
+        Push {
+            target,
+            title: if same("title") {
+                field("title")
+            } else {
+                self.title
+            },
+            body: if same("body") {
+                field("body")
+            } else {
+                self.body
+            },
+            image: self.image,
+            data: self.data,
+            android: self.android,
+            apns: self.apns,
+        }
+    }
 }
 
 /// Serialise a whole record in its compact form, straight from the typed record.
@@ -202,41 +295,6 @@ impl Serialize for Compact<'_> {
             map.serialize_entry("legal_hold", &true)?;
         }
         map.end()
-    }
-}
-
-fn expand(map: &mut Map<String, Value>) {
-    for name in STANDARD_FIELDS {
-        map.entry(name).or_insert_with(|| Value::from(""));
-    }
-    let restored: Vec<(&str, Value)> = map
-        .get("decision")
-        .and_then(|d| d.get("push"))
-        .and_then(|p| p.get("same"))
-        .and_then(Value::as_array)
-        .map(|same| {
-            same.iter()
-                .filter_map(Value::as_str)
-                .filter_map(|part| {
-                    let (part, field) = SAME_AS_MESSAGE.iter().find(|(p, _)| *p == part)?;
-                    Some((*part, map.get(*field)?.clone()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(push) = map
-        .get_mut("decision")
-        .and_then(|d| d.get_mut("push"))
-        .and_then(Value::as_object_mut)
-    {
-        push.remove("same");
-        for (part, value) in restored {
-            if part == "token" {
-                push.insert("target".into(), serde_json::json!({ "token": value }));
-            } else {
-                push.insert(part.into(), value);
-            }
-        }
     }
 }
 

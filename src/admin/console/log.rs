@@ -7,7 +7,7 @@ use askama::Template;
 use hyper::header::HeaderValue;
 use hyper::{Method, StatusCode};
 
-use super::{Chrome, Input, cell, error_page, render};
+use super::{Chrome, Input, error_page, render};
 use crate::admin::auth::Session;
 use crate::admin::view::{self, Sight};
 use crate::admin::{AdminState, Reply, full, with_type};
@@ -176,11 +176,11 @@ pub(super) async fn page(state: &AdminState, session: &Session, input: &Input) -
                 .rows
                 .iter()
                 .map(|r| {
-                    let seen = view::record(r, sight).to_json();
+                    let seen = view::record(r, sight);
                     LogRow {
                         id: r.id,
                         status: r.status.as_str().to_owned(),
-                        cells: LOG_COLUMNS.iter().map(|c| cell(&seen, c)).collect(),
+                        cells: LOG_COLUMNS.iter().map(|c| seen.column(c)).collect(),
                     }
                 })
                 .collect();
@@ -217,9 +217,9 @@ pub(super) async fn csv(state: &AdminState, session: &Session, input: &Input) ->
             }
         };
         for record in &result.rows {
-            let seen = view::record(record, sight).to_json();
+            let seen = view::record(record, sight);
             let mut fields = vec![record.id.to_string(), record.status.as_str().to_owned()];
-            fields.extend(LOG_COLUMNS.iter().map(|c| cell(&seen, c)));
+            fields.extend(LOG_COLUMNS.iter().map(|c| seen.column(c)));
             let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
             out.push_str(&line.join(","));
             out.push_str("\r\n");
