@@ -8,7 +8,8 @@
 //!   error text, history), every number that contains a masked value's digits, however
 //!   it is written (`010-1234-5678`, `+82 10 1234 5678`, `821012345678`), replaced by
 //!   that value's masked form;
-//! - in free text that a script or a provider wrote (anything but [`PLAIN_FIELDS`]),
+//! - in free text that a script or a provider wrote (anything but the unmasked
+//!   standard fields and pushgate's own bookkeeping),
 //!   every other run of seven digits or more starred out, so a number a script
 //!   rewrote in a form not recognised above still does not show.
 //!
@@ -20,25 +21,19 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 
 use crate::push::Record;
-use crate::push::fields::MASKED_FIELDS;
+use crate::push::fields::{MASKED_FIELDS, STANDARD_FIELDS};
 use crate::script::{mask, mask_phone};
 
-/// Fields whose text a masked caller sees as stored (but for masked values within):
-/// message fields the console lists, and pushgate's own bookkeeping.
-const PLAIN_FIELDS: &[&str] = &[
-    "uniqueKey",
-    "sndn_rsev_hour",
-    "uuid_id",
-    "device_id",
-    "msg_title",
-    "msg_contents",
-    "D_servicename",
-    "push_grp_id",
-    "fcm_send_yn",
-    "fcm_send_time",
-    "status",
-    "worker",
-];
+/// pushgate's own text fields a masked caller sees as stored (but for masked values
+/// within), besides the standard message fields that are not masked.
+const OWN_PLAIN_FIELDS: &[&str] = &["fcm_send_yn", "fcm_send_time", "status", "worker"];
+
+/// Whether a masked caller sees a field's text as stored (but for masked values within),
+/// rather than with every long number starred.
+fn plain(field: &str) -> bool {
+    (STANDARD_FIELDS.contains(&field) && !MASKED_FIELDS.contains(&field))
+        || OWN_PLAIN_FIELDS.contains(&field)
+}
 
 /// Digits a number needs before it is starred out of free text.
 const LONG_NUMBER: usize = 7;
@@ -85,10 +80,7 @@ fn seen(record: Value, sight: Sight) -> Value {
     let masked = map
         .iter()
         .map(|(key, value)| {
-            let shown = match (
-                masked_form(key, value),
-                PLAIN_FIELDS.contains(&key.as_str()),
-            ) {
+            let shown = match (masked_form(key, value), plain(key)) {
                 (Some(form), _) => Value::String(form),
                 (None, plain) => walk(value, &secrets, !plain),
             };

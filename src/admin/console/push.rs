@@ -130,6 +130,25 @@ pub(super) async fn page(
     })
 }
 
+/// The push id an operator's action names, or the page saying why not: the action
+/// needs the operator role, and the id must be a number.
+fn operated_push(session: &Session, id: &str, what: &str) -> Result<u64, Box<Reply>> {
+    if !session.may(Role::Operator) {
+        return Err(Box::new(error_page(
+            Some(session),
+            StatusCode::FORBIDDEN,
+            &format!("Only operators may {what}."),
+        )));
+    }
+    id.parse::<u64>().map_err(|_| {
+        Box::new(error_page(
+            Some(session),
+            StatusCode::NOT_FOUND,
+            "No such push.",
+        ))
+    })
+}
+
 /// Run a `script_error` or `dropped` record through its port's current script again
 /// (after the script was fixed), storing the new decision as if it had just arrived.
 pub(super) async fn reroute(
@@ -138,15 +157,9 @@ pub(super) async fn reroute(
     id: &str,
     peer: SocketAddr,
 ) -> Reply {
-    if !session.may(Role::Operator) {
-        return error_page(
-            Some(session),
-            StatusCode::FORBIDDEN,
-            "Only operators may route a push again.",
-        );
-    }
-    let Ok(num) = id.parse::<u64>() else {
-        return error_page(Some(session), StatusCode::NOT_FOUND, "No such push.");
+    let num = match operated_push(session, id, "route a push again") {
+        Ok(num) => num,
+        Err(reply) => return *reply,
     };
     let (text, record) = match state.store.record_text(num).await {
         Ok(Some(found)) => found,
@@ -252,15 +265,9 @@ pub(super) async fn resend(
     id: &str,
     peer: SocketAddr,
 ) -> Reply {
-    if !session.may(Role::Operator) {
-        return error_page(
-            Some(session),
-            StatusCode::FORBIDDEN,
-            "Only operators may resend.",
-        );
-    }
-    let Ok(num) = id.parse::<u64>() else {
-        return error_page(Some(session), StatusCode::NOT_FOUND, "No such push.");
+    let num = match operated_push(session, id, "resend") {
+        Ok(num) => num,
+        Err(reply) => return *reply,
     };
     match state.store.resend(num, now_ms()).await {
         Ok(Resend::Queued) => {
@@ -298,15 +305,9 @@ pub(super) async fn hold(
     input: &Input,
     peer: SocketAddr,
 ) -> Reply {
-    if !session.may(Role::Operator) {
-        return error_page(
-            Some(session),
-            StatusCode::FORBIDDEN,
-            "Only operators may place a legal hold.",
-        );
-    }
-    let Ok(num) = id.parse::<u64>() else {
-        return error_page(Some(session), StatusCode::NOT_FOUND, "No such push.");
+    let num = match operated_push(session, id, "place a legal hold") {
+        Ok(num) => num,
+        Err(reply) => return *reply,
     };
     let hold = input.get("hold") == "1";
     match actions::set_hold(state, num, hold, &session.user, peer).await {
