@@ -37,8 +37,8 @@ impl Default for AdminConfig {
             tls_key: None,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
-            max_connections: 256,
-            max_connections_per_addr: 32,
+            max_connections: 512,
+            max_connections_per_addr: 256,
         }
     }
 }

@@ -261,7 +261,7 @@ script = "scripts/transfer.rhai"
         let a = &config.admin;
         assert_eq!(a.listen, "127.0.0.1:8080".parse().expect("addr"));
         assert_eq!((a.header_timeout_ms, a.body_timeout_ms), (10_000, 30_000));
-        assert_eq!((a.max_connections, a.max_connections_per_addr), (256, 32));
+        assert_eq!((a.max_connections, a.max_connections_per_addr), (512, 256));
         assert_eq!(
             (config.node.id.as_deref(), config.node.port_lease_ms),
             (None, 5000)
@@ -311,7 +311,7 @@ script = "scripts/transfer.rhai"
         assert_eq!(port.max_frame_bytes(), 65536);
         assert_eq!(port.addresses(), ["127.0.0.1:9001"]);
         assert!(port.allow.is_empty(), "no allow list: any peer");
-        assert_eq!(port.max_connections_per_addr, 8);
+        assert_eq!(port.max_connections_per_addr, 32);
         assert_eq!(port.first_frame_timeout(), Some(Duration::from_secs(10)));
         assert_eq!(config.zone(), chrono_tz::Asia::Seoul);
         assert_eq!(config.redis.prefix, "pushgate:");

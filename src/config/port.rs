@@ -120,7 +120,7 @@ fn default_idle_timeout() -> u64 {
 /// A FEP opens one connection, or a small pool; 8 leaves it room to reconnect while its
 /// old connections time out, and takes 8 hosts to fill the default 64 slots.
 fn default_max_connections_per_addr() -> usize {
-    8
+    32
 }
 fn default_first_frame_timeout_ms() -> u64 {
     10_000
