@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::now_ms;
 use crate::config::FcmConfig;
-use crate::fcm::{self, Answer, FcmClient, Retry};
+use crate::fcm::{self, Answer, Expiry, FcmClient, Retry};
 use crate::metrics::{labels, metrics};
 use crate::push::{Attempt, Push, Status, Target};
 use crate::script::format_local;
@@ -262,7 +262,7 @@ impl Sender {
         let port = record.worker.clone();
         let attempts = record.attempts + 1;
         // A reserved push ages from its reserved time, not from when it arrived.
-        let received_at = record.age_from();
+        let deadline_ms = record.deadline(self.policy.max_age.as_millis() as i64);
         let push: Option<Push> = record.push().cloned();
         let dry_run = self.is_dry_run(&port);
 
@@ -285,6 +285,21 @@ impl Sender {
                     ),
                 ),
             ),
+            (Some(_), None) if now_ms() >= deadline_ms => (
+                Status::Expired,
+                None,
+                false,
+                Step {
+                    counted: false,
+                    ..Step::local(
+                        "EXPIRED",
+                        &format!(
+                            "its deadline ({}) passed before it could be sent; not sent",
+                            format_local(deadline_ms, self.zone, "%Y-%m-%d %H:%M:%S")
+                        ),
+                    )
+                },
+            ),
             (Some(push), None) => {
                 let started = std::time::Instant::now();
                 // The whole attempt (token refresh, resend after a 401) must end well
@@ -302,7 +317,11 @@ impl Sender {
                         retry_after: None,
                     }
                 } else {
-                    tokio::time::timeout(deadline, self.client.send(&fcm::Message::for_push(&push), dry_run))
+                    let message = match push.ttl_secs {
+                        Some(_) => fcm::Message::expiring(&push, Expiry::of(deadline_ms, now_ms())),
+                        None => fcm::Message::for_push(&push),
+                    };
+                    tokio::time::timeout(deadline, self.client.send(&message, dry_run))
                         .await
                         .unwrap_or_else(|_| Answer::Refused {
                             class: fcm::ErrorClass::Transport,
@@ -326,7 +345,7 @@ impl Sender {
                             .inc();
                     }
                 }
-                self.judge(&push, answer, attempts, received_at).await
+                self.judge(&push, answer, attempts, deadline_ms).await
             }
         };
 
@@ -334,7 +353,8 @@ impl Sender {
         let delivered = delivered && !dry_run;
         let now = now_ms();
         record.status = status;
-        record.attempts = attempts;
+        // Quota answers and pushes never sent are not attempts: only the deadline ends those.
+        record.attempts = attempts - u32::from(!step.counted);
         if delivered {
             record.fcm_send_yn = "Y".into();
         }
@@ -345,7 +365,7 @@ impl Sender {
         record.due_at = retry_at;
         record.remember(Attempt {
             at: now,
-            attempt: attempts,
+            attempt: record.attempts,
             http: step.http,
             outcome: step.outcome,
             // A success's answer is only the message name, already in `result`;
@@ -366,13 +386,15 @@ impl Sender {
         }
     }
 
-    /// Turn FCM's answer into the record's next state.
+    /// Turn FCM's answer into the record's next state. A transient failure is tried again
+    /// with backoff until the push's deadline, then ends `expired`; only an explicit
+    /// `[fcm] max_attempts` (counting no quota answer) ends it `failed` sooner.
     async fn judge(
         &self,
         push: &Push,
         answer: Answer,
         attempts: u32,
-        received_at: i64,
+        deadline_ms: i64,
     ) -> (Status, Option<i64>, bool, Step) {
         match answer {
             Answer::Accepted { body, .. } => (
@@ -381,6 +403,7 @@ impl Sender {
                 true,
                 Step {
                     sent: true,
+                    counted: true,
                     http: 200,
                     outcome: "ACCEPTED".into(),
                     answer: body,
@@ -392,8 +415,10 @@ impl Sender {
                 body,
                 retry_after,
             } => {
+                let retry = class.retry();
                 let step = Step {
                     sent: true,
+                    counted: retry != Retry::Quota,
                     http,
                     outcome: class.name().into(),
                     answer: body,
@@ -404,7 +429,6 @@ impl Sender {
                 {
                     tracing::warn!(error = %e, "remembering an unregistered token");
                 }
-                let retry = class.retry();
                 if retry == Retry::Never {
                     return (Status::Failed, None, false, step);
                 }
@@ -413,8 +437,10 @@ impl Sender {
                     self.pause_for(delay);
                 }
                 let retry_at = now_ms() + delay.as_millis() as i64;
-                let too_old = retry_at - received_at > self.policy.max_age.as_millis() as i64;
-                if attempts >= self.policy.max_attempts || too_old {
+                let counted = attempts - u32::from(!step.counted);
+                if retry_at > deadline_ms {
+                    (Status::Expired, None, false, step)
+                } else if self.policy.max_attempts > 0 && counted >= self.policy.max_attempts {
                     (Status::Failed, None, false, step)
                 } else {
                     metrics().retries.inc();
@@ -429,6 +455,8 @@ impl Sender {
 struct Step {
     /// Whether FCM was asked at all.
     sent: bool,
+    /// Whether it counts as an attempt (quota answers do not).
+    counted: bool,
     http: u16,
     outcome: String,
     answer: String,
@@ -438,6 +466,7 @@ impl Step {
     fn local(outcome: &str, message: &str) -> Step {
         Step {
             sent: false,
+            counted: true,
             http: 0,
             outcome: outcome.into(),
             answer: json!({"error": message}).to_string(),

@@ -21,10 +21,13 @@ pub struct FcmConfig {
     /// A claimed record not finished within this returns to `due` (another sender may take it).
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
-    /// After this many attempts a retryable failure becomes `failed`.
+    /// With a value above 0, a transient failure after this many attempts (quota answers
+    /// not counted) becomes `failed` even before its deadline; 0 (the default) = only the
+    /// deadline ends retries.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
-    /// A record older than this (since it was received) is not retried again.
+    /// A push's deadline when its route set no `ttl`: seconds from when it was due
+    /// (received, or its reserved time). Past it, it ends `expired`.
     #[serde(default = "default_max_age_secs")]
     pub max_age_secs: u64,
     /// First retry delay after UNAVAILABLE/INTERNAL/timeouts; doubles per attempt, with jitter.
@@ -51,7 +54,7 @@ fn default_lease_secs() -> u64 {
     30
 }
 fn default_max_attempts() -> u32 {
-    8
+    0
 }
 fn default_max_age_secs() -> u64 {
     3600
@@ -80,8 +83,8 @@ impl FcmConfig {
                 self.endpoint
             ));
         }
-        if self.max_in_flight == 0 || self.max_attempts == 0 {
-            out.push("fcm.max_in_flight and fcm.max_attempts must be at least 1".into());
+        if self.max_in_flight == 0 || self.max_age_secs == 0 {
+            out.push("fcm.max_in_flight and fcm.max_age_secs must be at least 1".into());
         }
         if self.request_timeout_ms == 0 || self.retry_base_ms == 0 {
             out.push("fcm.request_timeout_ms and fcm.retry_base_ms must be above 0".into());

@@ -5,6 +5,7 @@
 //! `serde_json::Value`, whose map sorts its keys, and declaring them so keeps the bytes
 //! on the wire the same.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -13,14 +14,16 @@ use serde_json::Value;
 use crate::push::{Push, Target};
 
 /// The FCM HTTP v1 `message` for one push.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message<'a> {
-    /// FCM's `android` object, passed through as the script built it.
+    /// FCM's `android` object as the script built it (with `ttl` from the push's own
+    /// `ttl` when the script set none).
     #[serde(skip_serializing_if = "Option::is_none")]
-    android: Option<&'a Value>,
-    /// FCM's `apns` object, passed through as the script built it.
+    android: Option<Cow<'a, Value>>,
+    /// FCM's `apns` object as the script built it (with the `apns-expiration` header
+    /// from the push's `ttl` when the script set none).
     #[serde(skip_serializing_if = "Option::is_none")]
-    apns: Option<&'a Value>,
+    apns: Option<Cow<'a, Value>>,
     /// A topic condition; one of `condition`, `token`, `topic` is set, never two.
     #[serde(skip_serializing_if = "Option::is_none")]
     condition: Option<&'a str>,
@@ -49,7 +52,68 @@ struct Notification<'a> {
     title: Option<&'a str>,
 }
 
+/// When a push with a `ttl` stops being worth delivering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// Seconds left (FCM's `android.ttl`), at least 1.
+    pub remaining_secs: u64,
+    /// The deadline as unix seconds (APNs' `apns-expiration`).
+    pub at_secs: i64,
+}
+
+impl Expiry {
+    /// The expiry of a deadline (unix ms) seen at `now_ms`.
+    pub fn of(deadline_ms: i64, now_ms: i64) -> Expiry {
+        Expiry {
+            remaining_secs: ((deadline_ms - now_ms).max(1000) / 1000) as u64,
+            at_secs: deadline_ms.div_euclid(1000),
+        }
+    }
+}
+
+/// `object` with `key` set to `value` unless the script set it (or `object` is not a map).
+fn with_default<'a>(object: Option<&'a Value>, path: &[&str], value: Value) -> Cow<'a, Value> {
+    let mut owned = object
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    let mut at = &mut owned;
+    for (i, key) in path.iter().enumerate() {
+        let Some(map) = at.as_object_mut() else {
+            return object.map_or_else(|| Cow::Owned(Value::Null), Cow::Borrowed);
+        };
+        if i + 1 == path.len() {
+            if map.contains_key(*key) {
+                return object.map_or_else(|| Cow::Owned(owned.clone()), Cow::Borrowed);
+            }
+            map.insert((*key).to_owned(), value);
+            break;
+        }
+        at = map
+            .entry((*key).to_owned())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+    Cow::Owned(owned)
+}
+
 impl<'a> Message<'a> {
+    /// The message a push with a `ttl` sends: as [`Message::for_push`], with FCM's
+    /// `android.ttl` and APNs' `apns-expiration` set from `expiry` where the script did
+    /// not set them itself.
+    pub fn expiring(push: &'a Push, expiry: Expiry) -> Message<'a> {
+        let mut message = Message::for_push(push);
+        message.android = Some(with_default(
+            push.android.as_ref(),
+            &["ttl"],
+            Value::from(format!("{}s", expiry.remaining_secs)),
+        ));
+        message.apns = Some(with_default(
+            push.apns.as_ref(),
+            &["headers", "apns-expiration"],
+            Value::from(expiry.at_secs.to_string()),
+        ));
+        message
+    }
+
     /// The message a route decision's push sends: exactly one target, and only the parts
     /// the push has.
     pub fn for_push(push: &'a Push) -> Message<'a> {
@@ -68,8 +132,8 @@ impl<'a> Message<'a> {
             || notification.image.is_some()
             || notification.title.is_some();
         Message {
-            android: push.android.as_ref(),
-            apns: push.apns.as_ref(),
+            android: push.android.as_ref().map(Cow::Borrowed),
+            apns: push.apns.as_ref().map(Cow::Borrowed),
             condition,
             data: &push.data,
             notification: has_notification.then_some(notification),
@@ -94,6 +158,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_ttl_becomes_android_ttl_and_the_apns_expiration_unless_the_script_set_them() {
+        let mut push = Push {
+            target: Target::Token("tok".into()),
+            title: None,
+            body: None,
+            image: None,
+            data: Default::default(),
+            android: None,
+            apns: None,
+            ttl_secs: Some(60),
+        };
+        let expiry = Expiry::of(1_000_060_000, 1_000_000_000);
+        assert_eq!(
+            serde_json::to_value(Message::expiring(&push, expiry)).unwrap(),
+            json!({"token": "tok", "android": {"ttl": "60s"},
+                   "apns": {"headers": {"apns-expiration": "1000060"}}})
+        );
+        push.android = Some(json!({"priority": "high", "ttl": "10s"}));
+        push.apns = Some(json!({"headers": {"apns-priority": "5"}}));
+        assert_eq!(
+            serde_json::to_value(Message::expiring(&push, expiry)).unwrap(),
+            json!({"token": "tok", "android": {"priority": "high", "ttl": "10s"},
+                   "apns": {"headers": {"apns-priority": "5", "apns-expiration": "1000060"}}})
+        );
+        assert_eq!(Expiry::of(1_000, 5_000).remaining_secs, 1, "never 0s");
+    }
+
+    #[test]
     fn a_push_becomes_an_fcm_message_with_exactly_one_target() {
         let push = Push {
             target: Target::Topic("news".into()),
@@ -103,6 +195,7 @@ mod tests {
             data: [("uniqueKey".to_owned(), "K1".to_owned())].into(),
             android: Some(json!({"priority": "high"})),
             apns: None,
+            ttl_secs: None,
         };
         assert_eq!(
             serde_json::to_value(Message::for_push(&push)).unwrap(),
@@ -116,6 +209,7 @@ mod tests {
             data: Default::default(),
             android: None,
             apns: None,
+            ttl_secs: None,
         };
         assert_eq!(
             serde_json::to_value(Message::for_push(&bare)).unwrap(),
@@ -137,6 +231,7 @@ mod tests {
             .into(),
             android: Some(json!({"priority": "high", "ttl": "60s"})),
             apns: Some(json!({"headers": {"apns-priority": "10"}})),
+            ttl_secs: None,
         };
         let message = Message::for_push(&push);
         let body = SendRequest {

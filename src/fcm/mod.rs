@@ -17,7 +17,7 @@ pub mod message;
 
 pub use answer::{Answer, ErrorClass, Retry, classify};
 pub use credentials::{Credentials, SCOPE, ServiceAccount};
-pub use message::Message;
+pub use message::{Expiry, Message};
 
 use message::SendRequest;
 

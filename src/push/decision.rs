@@ -33,6 +33,10 @@ pub struct Push {
     /// FCM's `apns` object, passed through as the script built it.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub apns: Option<serde_json::Value>,
+    /// How long the push is worth sending, in seconds from when it was due (the
+    /// script's `ttl`): its deadline, FCM's `android.ttl` and the APNs expiration.
+    #[serde(rename = "ttl", skip_serializing_if = "Option::is_none", default)]
+    pub ttl_secs: Option<u64>,
 }
 
 /// FCM's exactly-one target.

@@ -32,6 +32,7 @@ pub const RESERVED_FIELDS: &[&str] = &[
     "history",
     "dry_run",
     "legal_hold",
+    "requeued_at",
 ];
 
 /// Fields indexed by a zset of ids per value (many distinct values).

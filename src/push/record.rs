@@ -54,6 +54,9 @@ pub struct Record {
     /// Retention keeps it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub legal_hold: bool,
+    /// When an operator last queued it again (resend, route again): it ages from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requeued_at: Option<i64>,
     /// The message's own fields: `uniqueKey`, the standard ones, and any other its
     /// sender added, as they arrived.
     #[serde(flatten)]
@@ -113,12 +116,24 @@ impl Record {
         }
     }
 
-    /// When it started to age: its reserved time for a `Later` decision, else arrival.
+    /// When it started to age: its reserved time for a `Later` decision, else arrival,
+    /// or when an operator queued it again if that is later.
     pub fn age_from(&self) -> i64 {
-        match &self.decision {
+        let due = match &self.decision {
             Some(Decision::Later { at_ms, .. }) => self.received_at.max(*at_ms),
             _ => self.received_at,
-        }
+        };
+        due.max(self.requeued_at.unwrap_or(0))
+    }
+
+    /// When it stops being worth sending (unix ms): from when it started to age, its
+    /// push's `ttl`, else `max_age_ms`.
+    pub fn deadline(&self, max_age_ms: i64) -> i64 {
+        let ttl_ms = self
+            .push()
+            .and_then(|p| p.ttl_secs)
+            .map_or(max_age_ms, |secs| secs as i64 * 1000);
+        self.age_from().saturating_add(ttl_ms)
     }
 
     /// The message as it arrived, for routing it again or trying a script on it.

@@ -13,17 +13,21 @@ pub enum Status {
     Retrying,
     Sent,
     Failed,
+    /// Its deadline (the push's `ttl`, else `[fcm] max_age_secs`) passed before the
+    /// provider accepted it: distinct from `failed`, which the provider refused.
+    Expired,
 }
 
 impl Status {
     /// The statuses a record rests in (not the passing `received` and `sending`), in the
     /// order the log's status filter offers them.
-    pub const RESTING: [Status; 7] = [
+    pub const RESTING: [Status; 8] = [
         Status::Queued,
         Status::Scheduled,
         Status::Retrying,
         Status::Sent,
         Status::Failed,
+        Status::Expired,
         Status::Dropped,
         Status::ScriptError,
     ];
@@ -44,6 +48,7 @@ impl Status {
             Status::Retrying => "retrying",
             Status::Sent => "sent",
             Status::Failed => "failed",
+            Status::Expired => "expired",
         }
     }
 }

@@ -10,7 +10,7 @@ use super::time::parse_local_time;
 use crate::push::{Decision, Push, Target};
 
 /// Keys a decision map may have; anything else is a typo (`titel`) and is rejected.
-const DECISION_KEYS: [&str; 13] = [
+const DECISION_KEYS: [&str; 14] = [
     "action",
     "token",
     "topic",
@@ -24,7 +24,11 @@ const DECISION_KEYS: [&str; 13] = [
     "at",
     "now",
     "reason",
+    "ttl",
 ];
+
+/// The longest `ttl` a push may have: FCM keeps a message at most four weeks.
+const MAX_TTL_SECS: i64 = 28 * 24 * 3600;
 
 /// Validate what `route()` returned. The flag is the decision's explicit `now: true`, which
 /// overrides the message's reservation.
@@ -136,6 +140,7 @@ fn read_push(map: &Map) -> Result<Push, String> {
         data: read_data(map)?,
         android: read_options(map, "android")?,
         apns: read_options(map, "apns")?,
+        ttl_secs: read_ttl(map)?,
     })
 }
 
@@ -272,6 +277,21 @@ fn check_data_key(key: &str) -> Result<(), String> {
 
 /// `android` / `apns`: FCM's own objects, passed through; only the shape and android's
 /// priority (a common typo that FCM would reject) are checked here.
+/// `ttl`: whole seconds, 1 to four weeks.
+fn read_ttl(map: &Map) -> Result<Option<u64>, String> {
+    match map.get("ttl").map(Dynamic::flatten_clone) {
+        None => Ok(None),
+        Some(value) if value.is_unit() => Ok(None),
+        Some(value) => match value.as_int() {
+            Ok(secs) if (1..=MAX_TTL_SECS).contains(&secs) => Ok(Some(secs as u64)),
+            Ok(secs) => Err(format!(
+                "`ttl` must be 1 to {MAX_TTL_SECS} seconds (four weeks), got {secs}"
+            )),
+            Err(kind) => Err(format!("`ttl` must be whole seconds, got {kind}")),
+        },
+    }
+}
+
 fn read_options(map: &Map, key: &str) -> Result<Option<serde_json::Value>, String> {
     let value = match map.get(key).map(Dynamic::flatten_clone) {
         None => return Ok(None),
@@ -333,6 +353,7 @@ mod tests {
                     data,
                     android: Some(json!({"priority": "normal", "ttl": "3600s"})),
                     apns: Some(json!({"headers": {"apns-priority": "5"}})),
+                    ttl_secs: None,
                 }
             })
         );
@@ -354,8 +375,37 @@ mod tests {
     fn unknown_keys_are_rejected() {
         assert_eq!(
             decision_error("  let d = send_token(\"t\", \"\", \"\");\n  d.titel = \"x\";\n  d"),
-            "unknown key `titel` in the decision (allowed: action, token, topic, condition, title, body, image, data, android, apns, at, now, reason)"
+            "unknown key `titel` in the decision (allowed: action, token, topic, condition, title, body, image, data, android, apns, at, now, reason, ttl)"
         );
+    }
+
+    #[test]
+    fn a_ttl_is_whole_seconds_up_to_four_weeks() {
+        let decided = run_body(
+            "  let d = send_token(\"t\", \"\", \"\");\n  d.ttl = 600;\n  d",
+            &sample(),
+            afternoon(),
+        )
+        .unwrap();
+        assert!(matches!(decided, Decision::Send { push } if push.ttl_secs == Some(600)));
+        for (ttl, problem) in [
+            (
+                "0",
+                "`ttl` must be 1 to 2419200 seconds (four weeks), got 0",
+            ),
+            (
+                "2419201",
+                "`ttl` must be 1 to 2419200 seconds (four weeks), got 2419201",
+            ),
+            ("\"600\"", "`ttl` must be whole seconds, got string"),
+        ] {
+            assert_eq!(
+                decision_error(&format!(
+                    "  let d = send_token(\"t\", \"\", \"\");\n  d.ttl = {ttl};\n  d"
+                )),
+                problem
+            );
+        }
     }
 
     #[test]

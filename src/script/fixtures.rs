@@ -77,5 +77,6 @@ pub(super) fn token_push(token: &str) -> Push {
         data: BTreeMap::new(),
         android: None,
         apns: None,
+        ttl_secs: None,
     }
 }

@@ -372,7 +372,7 @@ impl Store {
         Ok(applied == 1)
     }
 
-    /// Queue a sent or failed record with a send decision to be sent again, unless it
+    /// Queue a sent, failed or expired record with a send decision to be sent again, unless it
     /// is queued or in flight. Retries when the sender changes it meanwhile.
     pub async fn resend(&self, id: u64, now_ms: i64) -> Result<Resend, StoreError> {
         for _ in 0..5 {
@@ -380,11 +380,15 @@ impl Store {
                 return Ok(Resend::Missing);
             };
             let old = record.status;
-            if record.push().is_none() || !matches!(old, Status::Sent | Status::Failed) {
+            if record.push().is_none()
+                || !matches!(old, Status::Sent | Status::Failed | Status::Expired)
+            {
                 return Ok(Resend::NotResendable);
             }
             record.status = Status::Queued;
             record.due_at = Some(now_ms);
+            // Its deadline counts from now: an operator's resend of an old push is sent.
+            record.requeued_at = Some(now_ms);
             if self
                 .requeue(id, &text, &record, old, Status::Queued, Some(now_ms))
                 .await?
@@ -454,7 +458,7 @@ impl Store {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resend {
     Queued,
-    /// Not sent or failed, or routed to no push: nothing to send again.
+    /// Not sent, failed or expired, or routed to no push: nothing to send again.
     NotResendable,
     /// Queued or in flight (or changing) right now.
     Busy,

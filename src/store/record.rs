@@ -73,6 +73,8 @@ struct StoredPush {
     #[serde(default)]
     apns: Option<Value>,
     #[serde(default)]
+    ttl: Option<u64>,
+    #[serde(default)]
     same: Vec<String>,
 }
 
@@ -122,6 +124,7 @@ impl StoredPush {
             data: self.data,
             android: self.android,
             apns: self.apns,
+            ttl_secs: self.ttl,
         }
     }
 }
@@ -231,6 +234,9 @@ impl Serialize for CompactPush<'_> {
         if let Some(apns) = &p.apns {
             map.serialize_entry("apns", apns)?;
         }
+        if let Some(ttl) = p.ttl_secs {
+            map.serialize_entry("ttl", &ttl)?;
+        }
         let same: Vec<&str> = [
             (self.same_token, "token"),
             (self.same_title, "title"),
@@ -293,6 +299,9 @@ impl Serialize for Compact<'_> {
         }
         if r.legal_hold {
             map.serialize_entry("legal_hold", &true)?;
+        }
+        if let Some(at) = r.requeued_at {
+            map.serialize_entry("requeued_at", &at)?;
         }
         map.end()
     }

@@ -26,7 +26,10 @@ async fn wait_final(store: &Store, keys: &[String], within: Duration) -> BTreeMa
         let mut done = BTreeMap::new();
         for key in keys {
             let rec = record_by_key(store, key).await;
-            if matches!(rec["status"].as_str(), Some("sent" | "failed" | "dropped")) {
+            if matches!(
+                rec["status"].as_str(),
+                Some("sent" | "failed" | "dropped" | "expired")
+            ) {
                 done.insert(key.clone(), rec);
             }
         }
@@ -73,7 +76,7 @@ async fn each_fcm_error_class_ends_in_its_record_state() {
     let (app, addr) = start_delivering(
         &redis,
         &emu,
-        "max_attempts = 3\nretry_base_ms = 50\nretry_max_ms = 200\nquota_retry_ms = 100",
+        "max_attempts = 3\nmax_age_secs = 3\nretry_base_ms = 50\nretry_max_ms = 200\nquota_retry_ms = 100",
         "",
     )
     .await;
@@ -85,7 +88,8 @@ async fn each_fcm_error_class_ends_in_its_record_state() {
         ("mismatch", "mismatch-1", "failed", 1, "SENDER_ID_MISMATCH"),
         ("apns", "apns-1", "failed", 1, "THIRD_PARTY_AUTH_ERROR"),
         ("dead", "dead-1", "failed", 1, "UNREGISTERED"),
-        ("quota", "quota-1", "failed", 3, "QUOTA_EXCEEDED"),
+        // Quota answers are no attempts: only the deadline (max_age_secs) ends them.
+        ("quota", "quota-1", "expired", 0, "QUOTA_EXCEEDED"),
         ("unavail", "unavail-1", "failed", 3, "UNAVAILABLE"),
         ("internal", "internal-1", "failed", 3, "INTERNAL"),
     ];
@@ -98,9 +102,20 @@ async fn each_fcm_error_class_ends_in_its_record_state() {
         assert_eq!(rec["status"], status, "{key}: {rec}");
         assert_eq!(rec["attempts"], attempts, "{key}: {rec}");
         let steps = history(rec);
-        assert_eq!(steps.len(), attempts as usize, "{key}");
+        if attempts > 0 {
+            assert_eq!(steps.len(), attempts as usize, "{key}");
+        } else {
+            assert!(
+                steps.len() >= 2,
+                "{key} was tried until its deadline: {steps:?}"
+            );
+        }
+        // An expired push's last entry may be the claim that found it past its deadline.
         assert!(
-            steps.iter().all(|s| s["outcome"] == outcome),
+            steps
+                .iter()
+                .all(|s| s["outcome"] == outcome
+                    || (status == "expired" && s["outcome"] == "EXPIRED")),
             "{key}: {steps:?}"
         );
         assert_eq!(
@@ -238,7 +253,8 @@ async fn a_503_and_429_storm_ends_with_every_push_sent_exactly_once() {
     let (app, addr) = start_delivering(
         &redis,
         &emu,
-        "max_attempts = 25\nretry_base_ms = 100\nretry_max_ms = 400\nquota_retry_ms = 100",
+        // No attempt cap: transient failures retry until each push's deadline.
+        "retry_base_ms = 100\nretry_max_ms = 400\nquota_retry_ms = 100",
         "",
     )
     .await;
@@ -284,7 +300,9 @@ async fn a_503_and_429_storm_ends_with_every_push_sent_exactly_once() {
         let steps = history(rec);
         for pair in steps.windows(2) {
             retried += 1;
-            let attempt = pair[0]["attempt"].as_u64().unwrap() as u32;
+            // A quota answer is no attempt: its entry shows the attempts counted so far
+            // (0 before the first counted one), and its backoff at least that many's.
+            let attempt = pair[0]["attempt"].as_u64().unwrap().max(1) as u32;
             let full = (100u64 << (attempt - 1).min(10)).min(400);
             let gap = pair[1]["at"].as_i64().unwrap() - pair[0]["at"].as_i64().unwrap();
             assert!(
@@ -470,5 +488,119 @@ async fn redis_down_longer_than_the_lease_mid_send_sends_nothing_twice() {
         "sent twice after an outage without a crash: {twice:?}"
     );
     assert_eq!(stats.by_key.len(), total);
+    app.shutdown().await;
+}
+
+/// Sends to `device_id` with the message's `ttl` field (seconds) as the push's ttl.
+const SEND_WITH_TTL: &str = r#"
+fn route(msg) {
+    let push = send_token(msg.device_id, msg.msg_title, msg.msg_contents);
+    push.data = #{ uniqueKey: msg.uniqueKey };
+    if "ttl" in msg { push.ttl = parse_int(msg.ttl); }
+    push
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_whose_ttl_passes_during_an_outage_ends_expired_and_one_without_keeps_trying() {
+    let redis = RedisServer::start();
+    // Every send to an "unavail-" token answers 503: an FCM outage for those devices.
+    let emu = emulator(&["--fail-token", "unavail-=UNAVAILABLE"]).await;
+    let sa_dir = tempfile::tempdir().unwrap();
+    let fcm = fcm_table(
+        &emu,
+        sa_dir.path(),
+        "retry_base_ms = 100\nretry_max_ms = 300\nmax_age_secs = 3600",
+    );
+    let app = TestApp::start_with(
+        &redis,
+        &port_block("p", "ttl.rhai", ""),
+        &[("ttl.rhai", SEND_WITH_TTL)],
+        &fcm,
+    )
+    .await;
+    let addr = app.port_addr("p").await;
+    let mut short = push("short-ttl", "unavail-1");
+    short["ttl"] = json!("2");
+    let long = push("no-ttl", "unavail-2");
+    let mut fine = push("ttl-ok", "tok-ok-9");
+    fine["ttl"] = json!("600");
+    store_messages(addr, &[short, long, fine]).await;
+    let store = &app.app().store;
+    let done = wait_final(
+        store,
+        &["short-ttl".to_owned(), "ttl-ok".to_owned()],
+        Duration::from_secs(20),
+    )
+    .await;
+    let expired = &done["short-ttl"];
+    assert_eq!(expired["status"], "expired", "{expired}");
+    assert_eq!(expired["fcm_send_yn"], "N");
+    let steps = history(expired);
+    assert!(
+        steps.len() >= 2 && steps.iter().all(|s| s["outcome"] == "UNAVAILABLE"),
+        "retried until its 2 s deadline: {steps:?}"
+    );
+    let received = expired["received_at"].as_i64().unwrap();
+    let last = steps.last().unwrap()["at"].as_i64().unwrap();
+    assert!(
+        last - received <= 2_500,
+        "no try after the deadline: {last} - {received}"
+    );
+    assert_eq!(done["ttl-ok"]["status"], "sent");
+    // Without a ttl the deadline is max_age_secs, an hour away: still retrying.
+    let waiting = record_by_key(store, "no-ttl").await;
+    assert_eq!(waiting["status"], "retrying", "{waiting}");
+    assert!(waiting["attempts"].as_u64().unwrap() >= 2);
+    app.shutdown().await;
+}
+
+/// A stored record, as the ingest of two hours ago would have written it.
+fn two_hours_old(key: &str, status: pushgate::push::Status) -> pushgate::store::NewRecord {
+    let now = pushgate::clock::now_ms();
+    pushgate::store::NewRecord {
+        unique_key: key.to_owned(),
+        port: "p".into(),
+        received_at_ms: now - 2 * 3_600_000,
+        fields: push(key, "tok-old").as_object().cloned().unwrap(),
+        status,
+        due_ms: Some(now),
+        decision: serde_json::from_value(json!({"action": "send",
+            "push": {"target": {"token": "tok-old"}, "data": {"uniqueKey": key}}}))
+        .ok(),
+        error: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_found_past_its_deadline_expires_unsent_and_a_resend_sends_it_anyway() {
+    use pushgate::push::Status;
+    let redis = RedisServer::start();
+    let emu = emulator(&[]).await;
+    let (app, _) = start_delivering(&redis, &emu, "max_age_secs = 3600", "").await;
+    let store = &app.app().store;
+    // Queued two hours ago (the sender was down): past max_age_secs when claimed.
+    store
+        .ingest(&[two_hours_old("stale", Status::Queued)])
+        .await
+        .unwrap();
+    let stale = &wait_final(store, &["stale".to_owned()], Duration::from_secs(10)).await["stale"];
+    assert_eq!(stale["status"], "expired", "{stale}");
+    assert_eq!(stale["attempts"], 0, "not an attempt: nothing was sent");
+    assert_eq!(history(stale)[0]["outcome"], "EXPIRED");
+    assert_eq!(emu.stats().accepted, 0, "FCM never saw it");
+    // An operator's resend counts the deadline from the resend: it goes out.
+    let id = stale["id"].as_u64().unwrap();
+    assert_eq!(
+        store.resend(id, pushgate::clock::now_ms()).await.unwrap(),
+        pushgate::store::log::Resend::Queued
+    );
+    let resent = eventually(Duration::from_secs(10), "the resend sent", || async {
+        let rec = record_by_key(store, "stale").await;
+        (rec["status"] == "sent").then_some(rec)
+    })
+    .await;
+    assert_eq!(resent["fcm_send_yn"], "Y");
+    assert_eq!(emu.stats().accepted, 1);
     app.shutdown().await;
 }

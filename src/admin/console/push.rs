@@ -118,7 +118,10 @@ pub(super) async fn page(
         id,
         can_resend: operator
             && record.push().is_some()
-            && matches!(record.status, Status::Sent | Status::Failed),
+            && matches!(
+                record.status,
+                Status::Sent | Status::Failed | Status::Expired
+            ),
         can_hold: operator,
         can_reroute: operator && matches!(record.status, Status::ScriptError | Status::Dropped),
         held: record.legal_hold,
@@ -222,6 +225,7 @@ pub(super) async fn reroute(
         decision: routed.decision,
         due_at: routed.due_ms,
         error: routed.error,
+        requeued_at: Some(routed.received_at_ms),
         ..record
     };
     match state
@@ -258,7 +262,7 @@ pub(super) async fn reroute(
     }
 }
 
-/// `POST /push/{id}/resend`: send a sent or failed push again (operators and up).
+/// `POST /push/{id}/resend`: send a sent, failed or expired push again (operators and up).
 pub(super) async fn resend(
     state: &AdminState,
     session: &Session,
@@ -277,7 +281,7 @@ pub(super) async fn resend(
         Ok(Resend::NotResendable) => error_page(
             Some(session),
             StatusCode::CONFLICT,
-            "Only a sent or failed push with a send decision can be resent.",
+            "Only a sent, failed or expired push with a send decision can be resent.",
         ),
         Ok(Resend::Busy) => {
             page(
