@@ -67,8 +67,14 @@ impl Delivery {
             &fcm_config.endpoint,
             credentials.clone(),
         ));
+        // Outcomes wait for the replicas as ingest does, on a connection of their own.
+        let outcomes = store.dedicated(
+            config.redis.ack_replicas,
+            config.redis.ack_replicas_timeout_ms,
+        )?;
         let sender = Sender::new(
             store,
+            outcomes,
             client,
             Policy::from_config(fcm_config),
             config.zone(),

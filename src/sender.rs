@@ -86,6 +86,8 @@ impl Policy {
 
 pub struct Sender {
     store: Store,
+    /// Where outcomes are written (waits for `ack_replicas` when set).
+    outcomes: Store,
     client: Arc<FcmClient>,
     policy: Policy,
     zone: chrono_tz::Tz,
@@ -101,8 +103,11 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// `outcomes` is where send outcomes are written: with `ack_replicas`, a store on a
+    /// connection of its own, whose `WAIT`s hold up no claim.
     pub fn new(
         store: Store,
+        outcomes: Store,
         client: Arc<FcmClient>,
         policy: Policy,
         zone: chrono_tz::Tz,
@@ -110,6 +115,7 @@ impl Sender {
     ) -> Arc<Sender> {
         Arc::new(Sender {
             store,
+            outcomes,
             client,
             policy,
             zone,
@@ -159,7 +165,11 @@ impl Sender {
         let slots = Arc::new(Semaphore::new(self.policy.max_in_flight));
         let (done, outcomes) = mpsc::channel(self.policy.max_in_flight * 2);
         let stalled = Arc::new(AtomicBool::new(false));
-        let finisher = tokio::spawn(finish_loop(self.store.clone(), outcomes, stalled.clone()));
+        let finisher = tokio::spawn(finish_loop(
+            self.outcomes.clone(),
+            outcomes,
+            stalled.clone(),
+        ));
         let sends = TaskTracker::new();
         while !cancel.is_cancelled() {
             if stalled.load(Ordering::Acquire) {

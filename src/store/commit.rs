@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -114,7 +113,10 @@ impl Store {
         let flat: Vec<i64> = if self.ack_replicas == 0 {
             self.run(invocation.invoke_async(&mut con)).await?
         } else {
-            self.ingest_replicated(&invocation, &mut con).await?
+            // A duplicate also writes (its counters), so its `WAIT` covers the first
+            // write too.
+            self.invoke_replicated(&scripts().ingest, &invocation, &mut con)
+                .await?
         };
         if flat.len() != records.len() * 2 {
             return Err(StoreError::Protocol(format!(
@@ -134,38 +136,6 @@ impl Store {
                 }
             })
             .collect())
-    }
-
-    /// The ingest script and `WAIT` in one pipeline, so both run on one connection:
-    /// `WAIT` then covers this write (on a new connection it would cover nothing). A
-    /// duplicate also writes (its counters), so its `WAIT` covers the first write too.
-    async fn ingest_replicated(
-        &self,
-        invocation: &redis::ScriptInvocation<'_>,
-        con: &mut ConnectionManager,
-    ) -> Result<Vec<i64>, StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.invoke_script(invocation)
-            .cmd("WAIT")
-            .arg(self.ack_replicas)
-            .arg(self.ack_replicas_timeout_ms);
-        let mut answer: Result<(Vec<i64>, u32), StoreError> = self.run(pipe.query_async(con)).await;
-        if let Err(StoreError::Redis(e)) = &answer
-            && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-        {
-            let _: String = self.run(scripts().ingest.load_async(con)).await?;
-            answer = self.run(pipe.query_async(con)).await;
-        }
-        let (flat, reached) = answer?;
-        if reached < self.ack_replicas {
-            crate::metrics::metrics().replication_timeouts.inc();
-            return Err(StoreError::NotReplicated {
-                reached,
-                wanted: self.ack_replicas,
-                timeout_ms: self.ack_replicas_timeout_ms,
-            });
-        }
-        Ok(flat)
     }
 }
 

@@ -90,7 +90,15 @@ impl Store {
                 .arg(format!("stats:{}:{minute}", o.port))
                 .arg(format!("stats:{}:total", o.port));
         }
-        let applied: Vec<i64> = self.invoke(&invocation).await?;
+        let applied: Vec<i64> = if self.ack_replicas == 0 {
+            self.invoke(&invocation).await?
+        } else {
+            // With `ack_replicas`, an outcome counts only once replicas have it, so a
+            // failover cannot forget that a push was sent (and send it again).
+            let mut con = self.con().await?;
+            self.invoke_replicated(&scripts().outcome, &invocation, &mut con)
+                .await?
+        };
         Ok(applied.into_iter().map(|a| a == 1).collect())
     }
 

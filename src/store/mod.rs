@@ -144,6 +144,39 @@ impl Store {
         })
     }
 
+    /// A script and `WAIT ack_replicas` in one pipeline, so both run on one connection:
+    /// `WAIT` then covers this write (on a new connection it would cover nothing). Too
+    /// few replicas within the timeout is an error: the write may be lost in a failover.
+    async fn invoke_replicated<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        invocation: &redis::ScriptInvocation<'_>,
+        con: &mut ConnectionManager,
+    ) -> Result<T, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(invocation)
+            .cmd("WAIT")
+            .arg(self.ack_replicas)
+            .arg(self.ack_replicas_timeout_ms);
+        let mut answer: Result<(T, u32), StoreError> = self.run(pipe.query_async(con)).await;
+        if let Err(StoreError::Redis(e)) = &answer
+            && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        {
+            let _: String = self.run(script.load_async(con)).await?;
+            answer = self.run(pipe.query_async(con)).await;
+        }
+        let (value, reached) = answer?;
+        if reached < self.ack_replicas {
+            crate::metrics::metrics().replication_timeouts.inc();
+            return Err(StoreError::NotReplicated {
+                reached,
+                wanted: self.ack_replicas,
+                timeout_ms: self.ack_replicas_timeout_ms,
+            });
+        }
+        Ok(value)
+    }
+
     async fn con(&self) -> Result<ConnectionManager, StoreError> {
         if let Some(con) = self.link.known() {
             return Ok(con);

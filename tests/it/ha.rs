@@ -560,7 +560,7 @@ impl Drop for Server {
     }
 }
 
-fn poll(within: Duration, what: &str, check: impl Fn() -> bool) {
+fn poll(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -571,23 +571,12 @@ fn poll(within: Duration, what: &str, check: impl Fn() -> bool) {
 const REDIS_LINES: &str =
     "appendonly yes\nappendfsync everysec\nsave \"\"\nrepl-diskless-sync-delay 0";
 
-/// The master's port as a Sentinel names it.
-fn named_master(sentinel: &Server) -> Option<u16> {
-    let addr: Vec<String> = sentinel.query(
-        redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg("pg"),
-    )?;
-    addr.get(1)?.parse().ok()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acked_frames_survive_a_sentinel_failover_with_ack_replicas() {
-    let dir = tempfile::tempdir().unwrap();
+/// A master and a replica in sync with it (`WAIT 1` answered), each on a free port.
+fn master_and_replica(dir: &Path) -> (Server, Server) {
     let (mp, rp) = (free_port(), free_port());
-    let mut master = Server::start(dir.path(), "master", mp, REDIS_LINES, false);
+    let master = Server::start(dir, "master", mp, REDIS_LINES, false);
     let replica = Server::start(
-        dir.path(),
+        dir,
         "replica",
         rp,
         &format!("{REDIS_LINES}\nreplicaof 127.0.0.1 {mp}"),
@@ -605,6 +594,24 @@ async fn acked_frames_survive_a_sentinel_failover_with_ack_replicas() {
                 .is_ok_and(|(n,)| n == 1)
         }
     });
+    (master, replica)
+}
+
+/// The master's port as a Sentinel names it.
+fn named_master(sentinel: &Server) -> Option<u16> {
+    let addr: Vec<String> = sentinel.query(
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("pg"),
+    )?;
+    addr.get(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_frames_survive_a_sentinel_failover_with_ack_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut master, replica) = master_and_replica(dir.path());
+    let (mp, rp) = (master.port, replica.port);
     let sentinels: Vec<Server> = (1..=3)
         .map(|i| {
             Server::start(
@@ -942,4 +949,71 @@ async fn a_node_stopping_cleanly_hands_its_port_on_at_once() {
         metrics.contains("pushgate_port_leases_total{port=\"fep\",event=\"acquired\"} 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ack_replicas_a_sent_push_is_held_until_a_replica_has_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, replica) = master_and_replica(dir.path());
+    // A slow FCM: the send is in flight long enough to stop the replica meanwhile.
+    let emu = emulator(&["--latency-ms", "1500"]).await;
+    let fcm = fcm_table(
+        &emu,
+        dir.path(),
+        "lease_secs = 20\nrequest_timeout_ms = 5000\n",
+    );
+    let app = TestApp::configured_at(
+        &master.url(),
+        &port_block("p", "device.rhai", ""),
+        &[("device.rhai", SEND)],
+        |text| {
+            text.replacen(
+                "timeout_ms = 1000\n",
+                "timeout_ms = 1000\nack_replicas = 1\nack_replicas_timeout_ms = 300\n",
+                1,
+            ) + "\n"
+                + fcm.as_str()
+        },
+    )
+    .await;
+    let addr = app.port_addr("p").await;
+    let id = store_messages(addr, &[message("replicated", 1)]).await[0];
+    let mut con = redis::Client::open(master.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    poll(Duration::from_secs(10), "the push claimed", || {
+        redis::cmd("ZSCORE")
+            .arg("pg:inflight")
+            .arg(id)
+            .query::<Option<f64>>(&mut con)
+            .ok()
+            .flatten()
+            .is_some()
+    });
+    let timeouts = || pushgate::metrics::metrics().replication_timeouts.get();
+    let before = timeouts();
+    replica.signal("STOP");
+    poll(Duration::from_secs(10), "FCM accepted the push", || {
+        emu.stats().accepted == 1
+    });
+    // The outcome reached the master but no replica: the sender keeps it (and the
+    // claim's lease) and writes it again until a replica confirms, so a failover now
+    // would still learn that the push was sent.
+    poll(
+        Duration::from_secs(10),
+        "the outcome written again while no replica confirms it",
+        || timeouts() >= before + 3,
+    );
+    replica.signal("CONT");
+    let mut on_replica = redis::Client::open(replica.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    poll(Duration::from_secs(15), "sent, on the replica too", || {
+        record(&mut con, id).is_some_and(|r| r["status"] == "sent")
+            && record(&mut on_replica, id).is_some_and(|r| r["status"] == "sent")
+    });
+    assert_eq!(emu.stats().accepted, 1, "sent once");
+    app.shutdown().await;
 }

@@ -422,10 +422,20 @@ impl TestApp {
         scripts: &[(&str, &str)],
         edit: impl FnOnce(String) -> String,
     ) -> TestApp {
+        TestApp::configured_at(&redis.url(), ports, scripts, edit).await
+    }
+
+    /// As [`TestApp::configured`], on the Redis at `redis_url` (a replica set, say).
+    pub async fn configured_at(
+        redis_url: &str,
+        ports: &str,
+        scripts: &[(&str, &str)],
+        edit: impl FnOnce(String) -> String,
+    ) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         write_scripts(dir.path(), scripts);
         let config_path = dir.path().join("pushgate.toml");
-        let text = edit(config_text(&redis.url(), "127.0.0.1:0", ports))
+        let text = edit(config_text(redis_url, "127.0.0.1:0", ports))
             .replace("{dir}", &dir.path().display().to_string());
         std::fs::write(&config_path, text).unwrap();
         let config = Config::load(&config_path).expect("test config is valid");
