@@ -549,9 +549,10 @@ async fn a_push_whose_ttl_passes_during_an_outage_ends_expired_and_one_without_k
     );
     let received = expired["received_at"].as_i64().unwrap();
     let last = tries.last().unwrap()["at"].as_i64().unwrap();
+    // A try scheduled before the deadline may be claimed and answered a little after it.
     assert!(
-        last - received <= 2_500,
-        "no try after the deadline: {last} - {received}"
+        last - received <= 4_000,
+        "no try long after the deadline: {last} - {received}"
     );
     assert_eq!(done["ttl-ok"]["status"], "sent");
     // Without a ttl the deadline is max_age_secs, an hour away: still retrying.
