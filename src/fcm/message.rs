@@ -71,28 +71,33 @@ impl Expiry {
     }
 }
 
-/// `object` with `key` set to `value` unless the script set it (or `object` is not a map).
-fn with_default<'a>(object: Option<&'a Value>, path: &[&str], value: Value) -> Cow<'a, Value> {
+/// `object` (or `{}`) with `value` at `path`, unless the script put something there
+/// already or built something other than a map on the way: then as the script built it.
+fn with_default<'a>(
+    object: Option<&'a Value>,
+    path: &[&str],
+    value: Value,
+) -> Option<Cow<'a, Value>> {
     let mut owned = object
         .cloned()
         .unwrap_or_else(|| Value::Object(Default::default()));
+    let (last, parents) = path.split_last()?;
     let mut at = &mut owned;
-    for (i, key) in path.iter().enumerate() {
+    for key in parents {
         let Some(map) = at.as_object_mut() else {
-            return object.map_or_else(|| Cow::Owned(Value::Null), Cow::Borrowed);
+            return object.map(Cow::Borrowed);
         };
-        if i + 1 == path.len() {
-            if map.contains_key(*key) {
-                return object.map_or_else(|| Cow::Owned(owned.clone()), Cow::Borrowed);
-            }
-            map.insert((*key).to_owned(), value);
-            break;
-        }
         at = map
             .entry((*key).to_owned())
             .or_insert_with(|| Value::Object(Default::default()));
     }
-    Cow::Owned(owned)
+    match at.as_object_mut() {
+        Some(map) if !map.contains_key(*last) => {
+            map.insert((*last).to_owned(), value);
+        }
+        _ => return object.map(Cow::Borrowed),
+    }
+    Some(Cow::Owned(owned))
 }
 
 impl<'a> Message<'a> {
@@ -101,16 +106,16 @@ impl<'a> Message<'a> {
     /// not set them itself.
     pub fn expiring(push: &'a Push, expiry: Expiry) -> Message<'a> {
         let mut message = Message::for_push(push);
-        message.android = Some(with_default(
+        message.android = with_default(
             push.android.as_ref(),
             &["ttl"],
             Value::from(format!("{}s", expiry.remaining_secs)),
-        ));
-        message.apns = Some(with_default(
+        );
+        message.apns = with_default(
             push.apns.as_ref(),
             &["headers", "apns-expiration"],
             Value::from(expiry.at_secs.to_string()),
-        ));
+        );
         message
     }
 

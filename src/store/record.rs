@@ -22,6 +22,15 @@ const SAME_AS_MESSAGE: &[(&str, &str)] = &[
     ("body", "msg_contents"),
 ];
 
+/// The (non-empty) message field a push part may repeat, by [`SAME_AS_MESSAGE`].
+fn message_part<'f>(fields: &'f Map<String, Value>, part: &str) -> Option<&'f str> {
+    let (_, name) = SAME_AS_MESSAGE.iter().find(|(p, _)| *p == part)?;
+    fields
+        .get(*name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
 /// Parse a stored record and restore what [`encode`] left out: straight from the text
 /// into the typed record (no intermediate JSON tree), then the empty standard fields and
 /// the decision's parts named in `same` put back.
@@ -95,14 +104,7 @@ impl StoredDecision {
 
 impl StoredPush {
     fn restore(self, fields: &Map<String, Value>) -> Push {
-        let field = |part: &str| {
-            SAME_AS_MESSAGE
-                .iter()
-                .find(|(p, _)| *p == part)
-                .and_then(|(_, name)| fields.get(*name))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
+        let field = |part: &str| message_part(fields, part).map(str::to_owned);
         let same = |part: &str| self.same.iter().any(|s| s == part);
         let target = match self.target {
             Some(target) => target,
@@ -183,11 +185,8 @@ impl Serialize for CompactDecision<'_> {
 
 impl<'a> CompactDecision<'a> {
     fn push(&self, push: &'a Push) -> CompactPush<'a> {
-        let field = |name: &str| {
-            self.fields
-                .get(name)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
+        let same = |part: &str, value: Option<&str>| {
+            value.is_some() && value == message_part(self.fields, part)
         };
         let token = match &push.target {
             Target::Token(t) => Some(t.as_str()),
@@ -195,9 +194,9 @@ impl<'a> CompactDecision<'a> {
         };
         CompactPush {
             push,
-            same_token: token.is_some() && token == field("device_id"),
-            same_title: push.title.is_some() && push.title.as_deref() == field("msg_title"),
-            same_body: push.body.is_some() && push.body.as_deref() == field("msg_contents"),
+            same_token: same("token", token),
+            same_title: same("title", push.title.as_deref()),
+            same_body: same("body", push.body.as_deref()),
         }
     }
 }

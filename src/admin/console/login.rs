@@ -155,11 +155,7 @@ async fn sign_in(state: &AdminState, form: &[u8], peer: SocketAddr) -> Reply {
         }
     }
     let user = config.users.iter().find(|u| u.name == name).cloned();
-    // Verify even for unknown users, so timing does not tell which names exist.
-    let phc = user
-        .as_ref()
-        .map(|u| u.password.clone())
-        .unwrap_or_else(|| dummy_hash().to_owned());
+    let phc = user.as_ref().map(|u| u.password.clone());
     let Ok(slot) = state.limits.password_check(&config).await else {
         count("busy");
         let mut reply = refuse(
@@ -174,6 +170,9 @@ async fn sign_in(state: &AdminState, form: &[u8], peer: SocketAddr) -> Reply {
     };
     let ok = tokio::task::spawn_blocking(move || {
         let _slot = slot;
+        // Verify even for unknown users, so timing does not tell which names exist. The
+        // stand-in hash is made (once) here too: inside the slot and off the runtime.
+        let phc = phc.unwrap_or_else(|| dummy_hash().to_owned());
         auth::verify_password(&password, &phc)
     })
     .await
