@@ -211,8 +211,9 @@ async fn mark_one_sent(store: &pushgate::store::Store, n: u64) -> anyhow::Result
         store.ingest(&[record]).await?;
         let t = Instant::now();
         let claimed = store
-            .claim(pushgate::clock::now_ms(), now + 30_000, 10)
-            .await?;
+            .claim("default", pushgate::clock::now_ms(), now + 30_000, 10, None)
+            .await?
+            .records;
         let outcomes = sent_outcomes(claimed, now);
         anyhow::ensure!(
             store.finish(&outcomes).await?.iter().all(|a| *a),
@@ -473,11 +474,14 @@ async fn redis_budget() -> anyhow::Result<()> {
     while done < n {
         let claimed = store
             .claim(
+                "default",
                 pushgate::clock::now_ms(),
                 pushgate::clock::now_ms() + 30_000,
                 256,
+                None,
             )
-            .await?;
+            .await?
+            .records;
         anyhow::ensure!(!claimed.is_empty(), "nothing left to claim after {done}");
         let outcomes = sent_outcomes(claimed, now);
         done += outcomes.len() as u64;

@@ -12,10 +12,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, FcmConfig, PortChanges};
-use crate::fcm::{self, ClientSettings, Credentials, FcmClient, ServiceAccount};
+use crate::config::{Config, PortChanges};
 use crate::script::{CompiledRoute, Limits, RouteEngine};
-use crate::sender::{Policy, Sender};
+use crate::sender::{AppChanges, Apps};
 use crate::signals::Signal;
 use crate::store::bitmaps::Admission;
 use crate::store::managed::ManagedRedis;
@@ -35,79 +34,9 @@ pub struct App {
     admin_task: tokio::task::JoinHandle<()>,
     writer_task: tokio::task::JoinHandle<()>,
     node_task: tokio::task::JoinHandle<()>,
-    delivery: Option<Delivery>,
+    apps: Arc<Apps>,
     retention: tokio::task::JoinHandle<()>,
     managed: Option<ManagedRedis>,
-}
-
-/// The running sender and its token refresher.
-struct Delivery {
-    sender: Arc<Sender>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    refresher: tokio::task::JoinHandle<()>,
-}
-
-impl Delivery {
-    async fn start(
-        config: &Config,
-        fcm_config: &FcmConfig,
-        store: Store,
-        wake: Arc<Notify>,
-    ) -> anyhow::Result<Delivery> {
-        let account = ServiceAccount::load(&config.resolve(&fcm_config.service_account))?;
-        let http = fcm::http_client(&ClientSettings {
-            endpoint: fcm_config.endpoint.clone(),
-            connect_timeout: Duration::from_millis(fcm_config.connect_timeout_ms),
-            request_timeout: Duration::from_millis(fcm_config.request_timeout_ms),
-        })?;
-        let credentials = Arc::new(Credentials::new(account, http.clone()));
-        let client = Arc::new(FcmClient::new(
-            http,
-            &fcm_config.endpoint,
-            credentials.clone(),
-        ));
-        // Outcomes wait for the replicas as ingest does, on a connection of their own.
-        let outcomes = store.dedicated(
-            config.redis.ack_replicas,
-            config.redis.ack_replicas_timeout_ms,
-        )?;
-        let sender = Sender::new(
-            store,
-            outcomes,
-            client,
-            Policy::from_config(fcm_config),
-            config.zone(),
-            wake,
-        );
-        sender.set_dry_run_ports(dry_run_ports(config));
-        let cancel = CancellationToken::new();
-        let refresher = tokio::spawn(credentials.keep_fresh(cancel.clone()));
-        let task = tokio::spawn(sender.clone().run(cancel.clone()));
-        tracing::info!(endpoint = %fcm_config.endpoint, "sender started");
-        Ok(Delivery {
-            sender,
-            cancel,
-            task,
-            refresher,
-        })
-    }
-
-    /// Stop claiming; in-flight sends finish and their outcomes are written.
-    async fn stop(self) {
-        self.cancel.cancel();
-        let mut task = self.task;
-        if tokio::time::timeout(Duration::from_secs(30), &mut task)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "sender did not finish within 30 s (Redis unreachable?); unwritten outcomes will be re-sent after their leases expire"
-            );
-            task.abort();
-        }
-        let _ = self.refresher.await;
-    }
 }
 
 /// Compile the route script of every ingest API key.
@@ -171,22 +100,15 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-fn dry_run_ports(config: &Config) -> Vec<String> {
-    config
-        .ports
-        .iter()
-        .filter(|p| p.dry_run)
-        .map(|p| p.name.clone())
-        .collect()
-}
-
 pub fn engine_for(config: &Config) -> RouteEngine {
     let limits = Limits {
         max_operations: config.script.max_operations,
         deadline: Duration::from_millis(config.script.deadline_ms),
         ..Limits::default()
     };
-    RouteEngine::new(limits, config.zone())
+    let engine = RouteEngine::new(limits, config.zone());
+    engine.set_apps(config.apps().map(|a| a.name.clone()));
+    engine
 }
 
 impl App {
@@ -249,15 +171,7 @@ impl App {
             config.redis.commit_retry(),
             stored.clone(),
         );
-        let delivery = match &config.fcm {
-            Some(fcm_config) => {
-                Some(Delivery::start(&config, fcm_config, store.clone(), stored).await?)
-            }
-            None => {
-                tracing::warn!("no [fcm] section: records are stored and routed but not sent");
-                None
-            }
-        };
+        let apps = Apps::start(&config, store.clone(), stored).await?;
         let engine = Arc::new(engine_for(&config));
         let listener = tokio::net::TcpListener::bind(config.admin.listen)
             .await
@@ -287,7 +201,7 @@ impl App {
             config: RwLock::new(Arc::new(config.clone())),
             shutdown: admin_cancel.clone(),
             admin_addr,
-            sender: delivery.as_ref().map(|d| d.sender.clone()),
+            apps: apps.clone(),
             committer,
             script_saves: tokio::sync::Mutex::new(()),
             flushing: std::sync::atomic::AtomicBool::new(false),
@@ -321,7 +235,7 @@ impl App {
             admin_task,
             writer_task,
             node_task,
-            delivery,
+            apps,
             retention,
             managed,
         })
@@ -343,12 +257,13 @@ impl App {
                 "reload: [redis], [admin] and [store] changes take effect at the next restart"
             );
         }
-        if new.fcm != current.fcm {
-            tracing::warn!("reload: [fcm] changes take effect at the next restart");
+        let apps = self.apps.apply(&new).await;
+        if apps != AppChanges::default() {
+            tracing::info!(added = ?apps.added, removed = ?apps.removed, changed = ?apps.changed, failed = ?apps.failed, "reload: apps");
         }
-        if let Some(delivery) = &self.delivery {
-            delivery.sender.set_dry_run_ports(dry_run_ports(&new));
-        }
+        self.admin_state
+            .engine
+            .set_apps(new.apps().map(|a| a.name.clone()));
         if new.script != current.script || new.zone != current.zone {
             tracing::warn!("reload: script limits and zone take effect at the next restart");
         }
@@ -385,9 +300,7 @@ impl App {
         // Every port has awaited its own commits, so the writer holds nothing now.
         self.writer_task.abort();
         self.retention.abort();
-        if let Some(delivery) = self.delivery {
-            delivery.stop().await;
-        }
+        self.apps.stop().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.admin_task).await;
         if let Some(managed) = self.managed {
             managed.shutdown().await;

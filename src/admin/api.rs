@@ -220,6 +220,7 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
         &state.engine,
         &route,
         &source,
+        &key.queue(),
         None,
         parsed,
     )

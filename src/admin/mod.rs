@@ -49,7 +49,8 @@ pub struct AdminState {
     /// Where the console actually listens (the config may say port 0).
     pub admin_addr: SocketAddr,
     /// The sender, when `[fcm]` is configured (for `/readyz`).
-    pub sender: Option<Arc<crate::sender::Sender>>,
+    /// The running apps' senders.
+    pub apps: Arc<crate::sender::Apps>,
     /// Where `POST /api/v1/pushes` hands its records.
     pub committer: crate::store::Committer,
     /// One script Save at a time (each keeps a version and swaps the port's script).

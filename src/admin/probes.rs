@@ -26,18 +26,40 @@ async fn ready(state: &AdminState) -> Reply {
         Ok(()) => "ok".to_owned(),
         Err(e) => e,
     };
-    let fcm = match &state.sender {
-        None => "not configured".to_owned(),
-        Some(sender) if sender.has_token() => "ok".to_owned(),
-        Some(_) => "no access token yet".to_owned(),
+    // Each app: whether it holds a token (ready needs one per app), and its health (an
+    // unhealthy app is named here but keeps the node ready: its misconfiguration is the
+    // same on every node, and the other apps and ingest still work).
+    let senders = state.apps.senders();
+    let mut apps = serde_json::Map::new();
+    let mut tokens = true;
+    for sender in &senders {
+        let health = sender.health();
+        let token = sender.has_token();
+        tokens &= token;
+        apps.insert(
+            sender.app().to_owned(),
+            json!({
+                "token": if token { "ok" } else { "no access token yet" },
+                "healthy": health.healthy,
+                "unhealthy": health.unhealthy,
+            }),
+        );
+    }
+    let fcm = match senders.len() {
+        0 => "not configured",
+        _ if tokens => "ok",
+        _ => "no access token yet",
     };
-    let ready = redis == "ok" && fcm != "no access token yet";
+    let ready = redis == "ok" && tokens;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json(status, &json!({"ready": ready, "redis": redis, "fcm": fcm}))
+    json(
+        status,
+        &json!({"ready": ready, "redis": redis, "fcm": fcm, "apps": apps}),
+    )
 }
 
 async fn scrape(state: &AdminState) -> Reply {

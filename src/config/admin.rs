@@ -182,6 +182,22 @@ pub struct ApiKey {
     /// (ingest) Fields that must be present and non-empty, besides `uniqueKey`.
     #[serde(default)]
     pub required: Vec<String>,
+    /// (ingest) The app its pushes go through unless the script names one; none = `default`.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// (ingest) The lane its pushes wait in unless the script names one.
+    #[serde(default)]
+    pub lane: crate::push::Lane,
+}
+
+impl ApiKey {
+    /// The queue its pushes wait in unless their script names another app or lane.
+    pub fn queue(&self) -> crate::push::Queue {
+        crate::push::Queue::new(
+            self.app.as_deref().unwrap_or(crate::push::DEFAULT_APP),
+            self.lane,
+        )
+    }
 }
 
 impl std::fmt::Debug for ApiKey {

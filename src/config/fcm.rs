@@ -1,17 +1,43 @@
-//! `[fcm]`: credentials, endpoint and the sender's retry policy. The section has a
-//! required key (`service_account`), so it has no `Default`: each optional key names
-//! its default fn.
+//! An app: one provider project pushes are sent through, with its credentials, endpoint,
+//! pacing and retry policy. `[[app]]` entries are apps; `[fcm]` is the app `default`. Each
+//! optional key names its default fn (an app's `name` is required, so there is no
+//! `Default`).
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-/// `[fcm]`: credentials, endpoint and the sender's retry policy.
+/// Which provider an app sends through. APNs is designed in (its keys will sit beside
+/// FCM's), not built yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    #[default]
+    Fcm,
+}
+
+/// One app (`[[app]]`, or `[fcm]` as the app `default`): credentials, endpoint, pacing and
+/// the sender's retry policy.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FcmConfig {
-    /// The Google service-account JSON key (relative to the config file).
+    /// The app's name, which ports, API keys and scripts use (`app = "..."`); `[fcm]`
+    /// is `default`.
+    #[serde(default = "default_app_name")]
+    pub name: String,
+    #[serde(default)]
+    pub provider: Provider,
+    /// (fcm) The Google service-account JSON key (relative to the config file).
     pub service_account: PathBuf,
+    /// Most sends per second, shared by every node on the same Redis (a token bucket in
+    /// Redis); none = no cap of pushgate's own. Urgent pushes may use a reserve that
+    /// normal and bulk ones leave untouched.
+    #[serde(default)]
+    pub rate: Option<u32>,
+    /// Most sends the bucket lets go at once (its capacity); default a tenth of `rate`,
+    /// at least 2. Over any window of T seconds at most `burst + rate × T` are sent.
+    #[serde(default)]
+    pub burst: Option<u32>,
     /// `https://fcm.googleapis.com`, or the emulator's `http://host:port` (h2c).
     #[serde(default = "default_fcm_endpoint")]
     pub endpoint: String,
@@ -44,6 +70,9 @@ pub struct FcmConfig {
     pub request_timeout_ms: u64,
 }
 
+fn default_app_name() -> String {
+    crate::push::DEFAULT_APP.into()
+}
 fn default_fcm_endpoint() -> String {
     "https://fcm.googleapis.com".into()
 }
@@ -76,24 +105,74 @@ fn default_request_timeout_ms() -> u64 {
 }
 
 impl FcmConfig {
+    /// The bucket's capacity and the part of it only urgent pushes may use, for a rate.
+    pub fn bucket(&self) -> Option<Bucket> {
+        let rate = self.rate?;
+        let burst = self.burst.unwrap_or(rate / 10).max(2);
+        Some(Bucket {
+            rate,
+            burst,
+            // A fifth of the burst, at least one send: urgent pushes go at once even when
+            // bulk has used the window.
+            urgent_reserve: (burst / 5).max(1),
+        })
+    }
+
     pub(super) fn problems(&self, out: &mut Vec<String>) {
+        let at = format!("app {:?}", self.name);
+        if !crate::push::queue::is_app_name(&self.name) {
+            out.push(format!(
+                "{at}: name must be 1 to {} of a-z, 0-9, '_' and '-'",
+                crate::push::queue::MAX_APP_NAME
+            ));
+        }
+        if self.rate == Some(0) {
+            out.push(format!(
+                "{at}: rate must be at least 1 send a second (leave it out for no cap)"
+            ));
+        }
+        if let (Some(burst), Some(rate)) = (self.burst, self.rate)
+            && (burst < 2 || burst > rate.max(2))
+        {
+            out.push(format!(
+                "{at}: burst = {burst} must be 2 to rate ({rate}): a burst above a second's sends breaks the cap over short windows"
+            ));
+        }
+        if self.burst.is_some() && self.rate.is_none() {
+            out.push(format!("{at}: burst needs a rate"));
+        }
         if !(self.endpoint.starts_with("https://") || self.endpoint.starts_with("http://")) {
             out.push(format!(
-                "fcm.endpoint = {:?} must start with https:// (or http:// for the emulator)",
+                "{at}: endpoint = {:?} must start with https:// (or http:// for the emulator)",
                 self.endpoint
             ));
         }
         if self.max_in_flight == 0 || self.max_age_secs == 0 {
-            out.push("fcm.max_in_flight and fcm.max_age_secs must be at least 1".into());
+            out.push(format!(
+                "{at}: max_in_flight and max_age_secs must be at least 1"
+            ));
         }
         if self.request_timeout_ms == 0 || self.retry_base_ms == 0 {
-            out.push("fcm.request_timeout_ms and fcm.retry_base_ms must be above 0".into());
+            out.push(format!(
+                "{at}: request_timeout_ms and retry_base_ms must be above 0"
+            ));
         }
         if self.lease_secs * 1000 <= self.request_timeout_ms {
             out.push(format!(
-                "fcm.lease_secs = {} must be longer than fcm.request_timeout_ms = {} (a lease may not expire during a send)",
+                "{at}: lease_secs = {} must be longer than request_timeout_ms = {} (a lease may not expire during a send)",
                 self.lease_secs, self.request_timeout_ms
             ));
         }
     }
+}
+
+/// An app's token bucket, kept in Redis and shared by every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    /// Sends per second.
+    pub rate: u32,
+    /// Capacity.
+    pub burst: u32,
+    /// Tokens normal and bulk pushes leave for urgent ones.
+    pub urgent_reserve: u32,
 }

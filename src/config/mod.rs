@@ -25,7 +25,7 @@ mod store;
 
 pub use admin::{AdminConfig, ApiKey, ConsoleConfig, MAX_USER_NAME, Role, Scope, User};
 pub use diff::PortChanges;
-pub use fcm::FcmConfig;
+pub use fcm::{Bucket, FcmConfig, Provider};
 pub use node::NodeConfig;
 pub use port::{FramingKind, Mode, Payload, PortConfig};
 pub use redis::{AppendFsync, RedisConfig};
@@ -69,8 +69,11 @@ pub struct Config {
     pub node: NodeConfig,
     pub store: StoreConfig,
     pub script: ScriptConfig,
-    /// Delivery to FCM; without it records stay `queued`.
+    /// The app `default` (FCM); with no app at all records stay `queued`.
     pub fcm: Option<FcmConfig>,
+    /// More apps: each its own provider project, credentials, rate and queues.
+    #[serde(rename = "app")]
+    pub apps: Vec<FcmConfig>,
     #[serde(rename = "api_key")]
     pub api_keys: Vec<ApiKey>,
     pub console: ConsoleConfig,
@@ -94,6 +97,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             script: ScriptConfig::default(),
             fcm: None,
+            apps: Vec::new(),
             api_keys: Vec::new(),
             console: ConsoleConfig::default(),
             users: Vec::new(),
@@ -179,6 +183,48 @@ impl Config {
         }
     }
 
+    /// Every app: `[fcm]` (as `default`) first, then the `[[app]]` entries.
+    pub fn apps(&self) -> impl Iterator<Item = &FcmConfig> {
+        self.fcm.iter().chain(&self.apps)
+    }
+
+    pub fn app(&self, name: &str) -> Option<&FcmConfig> {
+        self.apps().find(|a| a.name == name)
+    }
+
+    /// Problems of a port's or API key's `app`: it must name a configured app, when
+    /// there is any (with none, nothing is sent and any name waits).
+    fn app_problems(&self, at: &str, app: Option<&str>, out: &mut Vec<String>) {
+        let has_apps = self.apps().next().is_some();
+        let name = app.unwrap_or(crate::push::DEFAULT_APP);
+        if has_apps && self.app(name).is_none() {
+            let known: Vec<&str> = self.apps().map(|a| a.name.as_str()).collect();
+            out.push(match app {
+                Some(_) => format!(
+                    "{at}: app = {name:?} is not configured (apps: {})",
+                    known.join(", ")
+                ),
+                None => format!(
+                    "{at}: no `app` is set and there is no app \"default\" ([fcm]); name one of: {}",
+                    known.join(", ")
+                ),
+            });
+        }
+    }
+
+    /// The queue a record from `worker` (a port, or `api-{key}`) waits in unless its
+    /// script names another app or lane.
+    pub fn queue_of(&self, worker: &str) -> crate::push::Queue {
+        if let Some(port) = self.port(worker) {
+            return port.queue();
+        }
+        worker
+            .strip_prefix("api-")
+            .and_then(|key| self.api_keys.iter().find(|k| k.name == key))
+            .map(ApiKey::queue)
+            .unwrap_or_default()
+    }
+
     pub fn port(&self, name: &str) -> Option<&PortConfig> {
         self.ports.iter().find(|p| p.name == name)
     }
@@ -192,8 +238,32 @@ impl Config {
         }
         self.redis.problems(&mut out);
         self.node.problems(&mut out);
-        if let Some(fcm) = &self.fcm {
-            fcm.problems(&mut out);
+        if let Some(fcm) = &self.fcm
+            && fcm.name != crate::push::DEFAULT_APP
+        {
+            out.push(format!(
+                "[fcm] is the app \"default\"; name = {:?} belongs in an [[app]] entry",
+                fcm.name
+            ));
+        }
+        let mut app_names = BTreeSet::new();
+        for app in self.apps() {
+            if !app_names.insert(app.name.as_str()) {
+                out.push(format!(
+                    "app {:?}: name is used twice ([fcm] is \"default\")",
+                    app.name
+                ));
+            }
+            app.problems(&mut out);
+        }
+        for key in &self.api_keys {
+            if key.scopes.contains(&Scope::Ingest) {
+                self.app_problems(
+                    &format!("api_key {:?}", key.name),
+                    key.app.as_deref(),
+                    &mut out,
+                );
+            }
         }
         self.store.problems(&mut out);
         self.script.problems(&mut out);
@@ -208,6 +278,7 @@ impl Config {
                 out.push(format!("{at}: name is used twice"));
             }
             port.problems(&at, &mut out);
+            self.app_problems(&at, port.app.as_deref(), &mut out);
         }
         out
     }

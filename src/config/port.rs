@@ -88,6 +88,13 @@ pub struct PortConfig {
     pub idle_timeout: u64,
     /// Path of the route script (relative to the config file).
     pub script: PathBuf,
+    /// The app its pushes are sent through, unless the script names one (`push.app`);
+    /// none = `default`.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// The lane its pushes wait in, unless the script names one (`push.lane`).
+    #[serde(default)]
+    pub lane: crate::push::Lane,
     #[serde(default = "default_true")]
     pub autostart: bool,
     /// Longest wait between reconnects in `connect` mode (seconds).
@@ -135,6 +142,14 @@ fn default_reconnect_max() -> u64 {
 const DEFAULT_LEN_DIGITS: u8 = 4;
 
 impl PortConfig {
+    /// The queue its pushes wait in unless their script names another app or lane.
+    pub fn queue(&self) -> crate::push::Queue {
+        crate::push::Queue::new(
+            self.app.as_deref().unwrap_or(crate::push::DEFAULT_APP),
+            self.lane,
+        )
+    }
+
     pub fn framing(&self) -> Framing {
         match self.framing {
             FramingKind::Ndjson => Framing::Ndjson,

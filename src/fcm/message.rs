@@ -173,6 +173,8 @@ mod tests {
             android: None,
             apns: None,
             ttl_secs: Some(60),
+            app: None,
+            lane: None,
         };
         let expiry = Expiry::of(1_000_060_000, 1_000_000_000);
         assert_eq!(
@@ -201,6 +203,8 @@ mod tests {
             android: Some(json!({"priority": "high"})),
             apns: None,
             ttl_secs: None,
+            app: None,
+            lane: None,
         };
         assert_eq!(
             serde_json::to_value(Message::for_push(&push)).unwrap(),
@@ -215,6 +219,8 @@ mod tests {
             android: None,
             apns: None,
             ttl_secs: None,
+            app: None,
+            lane: None,
         };
         assert_eq!(
             serde_json::to_value(Message::for_push(&bare)).unwrap(),
@@ -237,6 +243,8 @@ mod tests {
             android: Some(json!({"priority": "high", "ttl": "60s"})),
             apns: Some(json!({"headers": {"apns-priority": "10"}})),
             ttl_secs: None,
+            app: None,
+            lane: None,
         };
         let message = Message::for_push(&push);
         let body = SendRequest {

@@ -418,6 +418,7 @@ async fn store_messages(ctx: &PortContext, parsed: Vec<Result<Message, Refusal>>
         &ctx.engine,
         &route,
         &ctx.config.name,
+        &ctx.config.queue(),
         ctx.fence.as_ref().map(|f| &f.fence),
         parsed,
     )

@@ -10,7 +10,7 @@ use super::ack::Ack;
 use super::message::{Message, Refusal};
 use crate::clock::now_ms;
 use crate::metrics::{labels, metrics};
-use crate::push::{Decision, Status};
+use crate::push::{Decision, Queue, Status};
 use crate::script::{CompiledRoute, RouteEngine};
 use crate::store::{Committer, Fence, NewRecord, Stored};
 
@@ -31,6 +31,7 @@ pub async fn store_parsed(
     engine: &Arc<RouteEngine>,
     route: &CompiledRoute,
     source: &str,
+    queue: &Queue,
     fence: Option<&Fence>,
     parsed: Vec<Result<Message, Refusal>>,
 ) -> Answered {
@@ -53,10 +54,11 @@ pub async fn store_parsed(
         let engine = engine.clone();
         let route = route.clone();
         let port = source.to_owned();
+        let queue = queue.clone();
         tokio::task::spawn_blocking(move || {
             messages
                 .into_iter()
-                .map(|m| route_message(&engine, &route, &port, m))
+                .map(|m| route_message(&engine, &route, &port, &queue, m))
                 .collect::<Vec<_>>()
         })
         .await
@@ -157,11 +159,13 @@ pub async fn store_parsed(
     }
 }
 
-/// Run the route script on one message and turn its decision into a record.
+/// Run the route script on one message and turn its decision into a record. What the
+/// script left unsaid of the app and lane comes from `queue`, its port's or API key's.
 pub fn route_message(
     engine: &RouteEngine,
     route: &CompiledRoute,
     port: &str,
+    queue: &Queue,
     message: Message,
 ) -> NewRecord {
     let now = now_ms();
@@ -176,7 +180,10 @@ pub fn route_message(
         error: None,
     };
     match engine.route(route, &message.fields, now) {
-        Ok(decision) => {
+        Ok(mut decision) => {
+            if let Decision::Send { push } | Decision::Later { push, .. } = &mut decision {
+                push.default_to(queue);
+            }
             (record.status, record.due_ms) = match &decision {
                 Decision::Send { .. } => (Status::Queued, Some(now)),
                 Decision::Later { at_ms, .. } => (Status::Scheduled, Some(*at_ms)),

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use super::queue::{DEFAULT_APP, Lane, Queue};
+
 /// What to do with one push.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
@@ -37,6 +39,39 @@ pub struct Push {
     /// script's `ttl`): its deadline, FCM's `android.ttl` and the APNs expiration.
     #[serde(rename = "ttl", skip_serializing_if = "Option::is_none", default)]
     pub ttl_secs: Option<u64>,
+    /// The app it is sent through (the script's `app`, else its port's or API key's);
+    /// none on records from before apps, which belong to [`DEFAULT_APP`].
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub app: Option<String>,
+    /// Its lane (the script's `lane`, else its port's or API key's); none = normal.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lane: Option<Lane>,
+}
+
+impl Target {
+    /// The registration token, for a token send.
+    pub fn token(&self) -> Option<&str> {
+        match self {
+            Target::Token(token) => Some(token),
+            _ => None,
+        }
+    }
+}
+
+impl Push {
+    /// The queue it waits in.
+    pub fn queue(&self) -> Queue {
+        Queue::new(
+            self.app.as_deref().unwrap_or(DEFAULT_APP),
+            self.lane.unwrap_or_default(),
+        )
+    }
+
+    /// Fill in what the script left to its port or API key.
+    pub fn default_to(&mut self, queue: &Queue) {
+        self.app.get_or_insert_with(|| queue.app.clone());
+        self.lane.get_or_insert(queue.lane);
+    }
 }
 
 /// FCM's exactly-one target.

@@ -44,13 +44,16 @@ pub const BITMAP_FIELDS: &[&str] = &[
     "D_servicename",
     "push_grp_id",
     "worker",
+    "app",
+    "lane",
 ];
 /// The bitmap fields whose values come from messages; the others' values are
 /// pushgate's own (statuses, Y/N, configured port and API key names). A value of these
 /// gets a bitmap only once admitted (`store::bitmaps::Admission`).
 pub const MESSAGE_BITMAP_FIELDS: &[&str] = &["D_servicename", "push_grp_id"];
 /// The bitmap fields whose values pushgate itself sets (bounded by code and config).
-pub const OWN_BITMAP_FIELDS: &[&str] = &["status", "fcm_send_yn", "worker"];
+/// `app` and `lane` are the decision's (a record without a push has neither).
+pub const OWN_BITMAP_FIELDS: &[&str] = &["status", "fcm_send_yn", "worker", "app", "lane"];
 
 /// Fields searched by substring (not indexed).
 pub const SUBSTRING_FIELDS: &[&str] = &["msg_title", "msg_contents"];

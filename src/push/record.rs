@@ -108,6 +108,11 @@ impl Record {
         }
     }
 
+    /// The queue it waits in when due: its push's, else the default one (queue.lua's rule).
+    pub fn queue(&self) -> super::Queue {
+        self.push().map(|p| p.queue()).unwrap_or_default()
+    }
+
     /// The registration token it is sent to, for a token send.
     pub fn token(&self) -> Option<&str> {
         match &self.push()?.target {

@@ -7,10 +7,11 @@ use chrono_tz::Tz;
 use rhai::{Dynamic, Map};
 
 use super::time::parse_local_time;
-use crate::push::{Decision, Push, Target};
+use crate::push::queue::{MAX_APP_NAME, is_app_name};
+use crate::push::{Decision, Lane, Push, Target};
 
 /// Keys a decision map may have; anything else is a typo (`titel`) and is rejected.
-const DECISION_KEYS: [&str; 14] = [
+const DECISION_KEYS: [&str; 16] = [
     "action",
     "token",
     "topic",
@@ -25,6 +26,8 @@ const DECISION_KEYS: [&str; 14] = [
     "now",
     "reason",
     "ttl",
+    "app",
+    "lane",
 ];
 
 /// The longest `ttl` a push may have: FCM keeps a message at most four weeks.
@@ -141,6 +144,8 @@ fn read_push(map: &Map) -> Result<Push, String> {
         android: read_options(map, "android")?,
         apns: read_options(map, "apns")?,
         ttl_secs: read_ttl(map)?,
+        app: read_app(map)?,
+        lane: read_lane(map)?,
     })
 }
 
@@ -277,6 +282,29 @@ fn check_data_key(key: &str) -> Result<(), String> {
 
 /// `android` / `apns`: FCM's own objects, passed through; only the shape and android's
 /// priority (a common typo that FCM would reject) are checked here.
+/// `app`: an app name (whether it is configured is the engine's check).
+fn read_app(map: &Map) -> Result<Option<String>, String> {
+    let Some(app) = optional_text(map, "app")? else {
+        return Ok(None);
+    };
+    if !is_app_name(&app) {
+        return Err(format!(
+            "`app` must be 1 to {MAX_APP_NAME} of a-z, 0-9, _ and -, got {app:?}"
+        ));
+    }
+    Ok(Some(app))
+}
+
+/// `lane`: "urgent", "normal" or "bulk".
+fn read_lane(map: &Map) -> Result<Option<Lane>, String> {
+    let Some(lane) = optional_text(map, "lane")? else {
+        return Ok(None);
+    };
+    Lane::parse(&lane)
+        .map(Some)
+        .ok_or_else(|| format!("`lane` must be \"urgent\", \"normal\" or \"bulk\", got {lane:?}"))
+}
+
 /// `ttl`: whole seconds, 1 to four weeks.
 fn read_ttl(map: &Map) -> Result<Option<u64>, String> {
     match map.get("ttl").map(Dynamic::flatten_clone) {
@@ -354,6 +382,8 @@ mod tests {
                     android: Some(json!({"priority": "normal", "ttl": "3600s"})),
                     apns: Some(json!({"headers": {"apns-priority": "5"}})),
                     ttl_secs: None,
+                    app: None,
+                    lane: None,
                 }
             })
         );
@@ -375,7 +405,7 @@ mod tests {
     fn unknown_keys_are_rejected() {
         assert_eq!(
             decision_error("  let d = send_token(\"t\", \"\", \"\");\n  d.titel = \"x\";\n  d"),
-            "unknown key `titel` in the decision (allowed: action, token, topic, condition, title, body, image, data, android, apns, at, now, reason, ttl)"
+            "unknown key `titel` in the decision (allowed: action, token, topic, condition, title, body, image, data, android, apns, at, now, reason, ttl, app, lane)"
         );
     }
 

@@ -78,5 +78,7 @@ pub(super) fn token_push(token: &str) -> Push {
         android: None,
         apns: None,
         ttl_secs: None,
+        app: None,
+        lane: None,
     }
 }

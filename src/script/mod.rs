@@ -85,6 +85,9 @@ pub struct RouteEngine {
     engine: Engine,
     limits: Limits,
     zone: Tz,
+    /// The configured apps a decision's `app` may name; empty = any (no app is
+    /// configured, so nothing is sent yet).
+    apps: std::sync::RwLock<Arc<Vec<String>>>,
 }
 
 /// A script that compiled and defines `route(msg)`. Cheap to clone: ports share the AST.
@@ -133,7 +136,39 @@ impl RouteEngine {
             engine,
             limits,
             zone,
+            apps: std::sync::RwLock::new(Arc::new(Vec::new())),
         }
+    }
+
+    /// The apps a decision's `app` may name (set at start and by every reload).
+    pub fn set_apps(&self, apps: impl IntoIterator<Item = String>) {
+        if let Ok(mut slot) = self.apps.write() {
+            *slot = Arc::new(apps.into_iter().collect());
+        }
+    }
+
+    /// A decision's `app` must be configured: a typo fails as a script error, not as
+    /// pushes waiting for an app that never comes.
+    fn check_app(&self, decision: &Decision) -> Result<(), RouteError> {
+        let push = match decision {
+            Decision::Send { push } | Decision::Later { push, .. } => push,
+            Decision::Drop { .. } => return Ok(()),
+        };
+        let Some(app) = &push.app else {
+            return Ok(());
+        };
+        let apps = self.apps.read().map(|a| a.clone()).unwrap_or_default();
+        if apps.is_empty() || apps.contains(app) {
+            return Ok(());
+        }
+        Err(RouteError {
+            message: format!(
+                "`app` = {app:?} is not a configured app (apps: {})",
+                apps.join(", ")
+            ),
+            line: 0,
+            column: 0,
+        })
     }
 
     pub fn zone(&self) -> Tz {
@@ -229,6 +264,7 @@ impl RouteEngine {
                 column: 0,
             })?;
 
+        self.check_app(&decision)?;
         Ok(match decision {
             Decision::Send { push } if !send_now => match reserved_time(msg, self.zone) {
                 Some(at_ms) if at_ms > now_ms => Decision::Later { at_ms, push },

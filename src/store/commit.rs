@@ -38,6 +38,21 @@ pub struct NewRecord {
     pub error: Option<String>,
 }
 
+impl NewRecord {
+    fn push(&self) -> Option<&crate::push::Push> {
+        match &self.decision {
+            Some(Decision::Send { push } | Decision::Later { push, .. }) => Some(push),
+            _ => None,
+        }
+    }
+
+    /// The queue it waits in when it is due: its push's (the default one without a push,
+    /// as queue.lua reads it).
+    pub fn queue(&self) -> crate::push::Queue {
+        self.push().map(|p| p.queue()).unwrap_or_default()
+    }
+}
+
 /// The result of writing one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
@@ -93,7 +108,8 @@ impl Store {
                 .arg(fence)
                 .arg(&record.unique_key)
                 .arg(record_body_after_id(record))
-                .arg(record.due_ms.map(|ms| ms.to_string()).unwrap_or_default());
+                .arg(record.due_ms.map(|ms| ms.to_string()).unwrap_or_default())
+                .arg(record.queue().due_key());
             let zsets = index_keys(ZSET_FIELDS, "idx", record);
             invocation.arg(zsets.len()).arg(zsets);
             let bits = index_keys(OWN_BITMAP_FIELDS, "bit", record);
@@ -156,6 +172,8 @@ fn index_values<'f>(fields: &[&'f str], record: &NewRecord) -> Vec<(&'f str, Str
                 "status" => record.status.as_str().to_owned(),
                 "worker" => record.port.clone(),
                 "fcm_send_yn" => "N".to_owned(),
+                "app" => record.push()?.queue().app,
+                "lane" => record.push()?.queue().lane.as_str().to_owned(),
                 _ => scalar_text(record.fields.get(field)?)?,
             };
             (!value.is_empty()).then_some((field, value))

@@ -1,16 +1,43 @@
 //! The delivery side of the store: claiming due records under a lease, writing each
 //! send's outcome, and the list of dead registration tokens.
 //!
-//! A record in `inflight` belongs to the sender that claimed it until its lease
-//! (the zset score, unix ms) expires; only that sender writes the record, and its
-//! write is refused once the lease has moved on (fencing). An expired lease returns
-//! the id to `due`, so a sender that dies mid-send loses nothing.
+//! Every push waits in the due queue of its app and lane (`due:{app}:{lane}`, a zset
+//! scored by unix ms); one app's claim reads only its three queues. A record in
+//! `inflight` (one zset for every app) belongs to the sender that claimed it until its
+//! lease (the zset score, unix ms) expires; only that sender writes the record, and its
+//! write is refused once the lease has moved on (fencing). An expired lease returns the
+//! id to its queue, so a sender that dies mid-send loses nothing.
 
-use crate::push::Record;
+use std::time::Duration;
+
+use crate::config::Bucket;
+use crate::push::queue::{NORMAL_SHARE, SHARE_ROUND};
+use crate::push::{Lane, Queue, Record};
 
 use super::scripts::scripts;
 use super::{Store, StoreError};
 use crate::push::Status;
+
+/// What one claim took, and when the app's bucket lets it claim more.
+#[derive(Debug, Default)]
+pub struct Claim {
+    pub records: Vec<Claimed>,
+    /// Set when the bucket held back pushes that are due: claim again after this.
+    pub paced: Option<Duration>,
+}
+
+/// A queue's state, for the console's queue card.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDepth {
+    pub app: String,
+    pub lane: Lane,
+    /// Ids due now.
+    pub due: u64,
+    /// Ids due later (reserved times, retries).
+    pub scheduled: u64,
+    /// How long the oldest due id has waited (ms), 0 when none is due.
+    pub oldest_ms: i64,
+}
 
 /// A record taken from `due` for sending.
 #[derive(Debug, Clone)]
@@ -39,31 +66,56 @@ pub struct Outcome {
 }
 
 impl Store {
-    /// Return expired leases to `due`, then move up to `max` ids due by `now_ms` from
-    /// `due` to `inflight` with a lease until `lease_until_ms`, in one atomic step.
+    /// Return expired leases to their queues, then move up to `max` of `app`'s ids due
+    /// by `now_ms` to `inflight` with a lease until `lease_until_ms`, urgent first, normal
+    /// and bulk sharing the rest, as many as `bucket` allows: one atomic step.
     pub async fn claim(
         &self,
+        app: &str,
         now_ms: i64,
         lease_until_ms: i64,
         max: usize,
-    ) -> Result<Vec<Claimed>, StoreError> {
+        bucket: Option<Bucket>,
+    ) -> Result<Claim, StoreError> {
         let mut invocation = scripts().claim.prepare_invoke();
+        let (rate, burst, reserve) =
+            bucket.map_or((0, 0, 0), |b| (b.rate, b.burst, b.urgent_reserve));
         invocation
             .arg(&self.prefix)
+            .arg(app)
             .arg(now_ms)
             .arg(lease_until_ms)
-            .arg(max);
-        let pairs: Vec<(u64, String)> = self.invoke(&invocation).await?;
-        let mut claimed = Vec::with_capacity(pairs.len());
+            .arg(max)
+            .arg(rate)
+            .arg(burst)
+            .arg(reserve)
+            .arg(NORMAL_SHARE)
+            .arg(SHARE_ROUND);
+        let (wait_ms, pairs): (u64, Vec<(u64, String)>) = {
+            let value: redis::Value = self.invoke(&invocation).await?;
+            let mut items = match value {
+                redis::Value::Array(items) => items.into_iter(),
+                other => {
+                    return Err(StoreError::Protocol(format!("claim returned {other:?}")));
+                }
+            };
+            let wait: u64 = from_value(items.next().unwrap_or(redis::Value::Int(0)))?;
+            let rest: Vec<redis::Value> = items.collect();
+            (wait, from_value(redis::Value::Array(rest))?)
+        };
+        let mut records = Vec::with_capacity(pairs.len());
         for (id, text) in pairs {
             let record = super::record::decode(&text)?;
-            claimed.push(Claimed {
+            records.push(Claimed {
                 id,
                 lease: lease_until_ms,
                 record,
             });
         }
-        Ok(claimed)
+        Ok(Claim {
+            records,
+            paced: (wait_ms > 0).then(|| Duration::from_millis(wait_ms)),
+        })
     }
 
     /// Write outcomes in one atomic round trip. Returns, per outcome, whether it was
@@ -86,6 +138,7 @@ impl Store {
                 .arg(o.old_status.as_str())
                 .arg(o.new_status.as_str())
                 .arg(o.retry_at_ms.map(|ms| ms.to_string()).unwrap_or_default())
+                .arg(o.record.queue().due_key())
                 .arg(u8::from(o.delivered))
                 .arg(format!("stats:{}:{minute}", o.port))
                 .arg(format!("stats:{}:total", o.port));
@@ -124,13 +177,85 @@ impl Store {
             .await
     }
 
-    /// Ids waiting in `due` and in `inflight`.
+    /// Ids waiting in every due queue, and in `inflight`.
     pub async fn queue_depths(&self) -> Result<(u64, u64), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZCARD")
-            .arg(self.key("due"))
-            .cmd("ZCARD")
-            .arg(self.key("inflight"));
-        self.query_pipe(&pipe).await
+        let queues = self.queues(&[], now_ms_for_depths()).await?;
+        let waiting = queues.iter().map(|q| q.due + q.scheduled).sum();
+        let inflight: u64 = self
+            .query(redis::cmd("ZCARD").arg(self.key("inflight")))
+            .await?;
+        Ok((waiting, inflight))
     }
+
+    /// Every queue in use or belonging to `apps`, with its depth and oldest due id's age:
+    /// one round trip, O(log N) per queue.
+    pub async fn queues(&self, apps: &[&str], now_ms: i64) -> Result<Vec<QueueDepth>, StoreError> {
+        let registered: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(self.key("queues")))
+            .await?;
+        let mut queues: std::collections::BTreeSet<Queue> = registered
+            .iter()
+            .filter_map(|key| parse_due_key(key))
+            .collect();
+        for app in apps {
+            for lane in Lane::ALL {
+                queues.insert(Queue::new(app, lane));
+            }
+        }
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for q in &queues {
+            let key = self.key(&q.due_key());
+            pipe.cmd("ZCOUNT").arg(&key).arg("-inf").arg(now_ms);
+            pipe.cmd("ZCOUNT")
+                .arg(&key)
+                .arg(format!("({now_ms}"))
+                .arg("+inf");
+            pipe.cmd("ZRANGE").arg(&key).arg(0).arg(0).arg("WITHSCORES");
+        }
+        let answers: Vec<redis::Value> = self.query_pipe(&pipe).await?;
+        let mut out = Vec::with_capacity(queues.len());
+        for (q, chunk) in queues.into_iter().zip(answers.chunks(3)) {
+            let due: u64 = from_value(chunk[0].clone())?;
+            let scheduled: u64 = from_value(chunk[1].clone())?;
+            let first: Vec<(String, f64)> = from_value(chunk[2].clone())?;
+            let oldest_ms = match first.first() {
+                Some((_, score)) if due > 0 => (now_ms - *score as i64).max(0),
+                _ => 0,
+            };
+            out.push(QueueDepth {
+                app: q.app,
+                lane: q.lane,
+                due,
+                scheduled,
+                oldest_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Move what the first stage queued (one `due` zset) into the default app's normal
+    /// queue: run once at start, harmless when there is nothing to move.
+    pub async fn adopt_legacy_queue(&self) -> Result<u64, StoreError> {
+        let mut invocation = scripts().legacy_queue.prepare_invoke();
+        invocation.arg(&self.prefix);
+        self.invoke(&invocation).await
+    }
+}
+
+fn now_ms_for_depths() -> i64 {
+    crate::clock::now_ms()
+}
+
+/// `due:{app}:{lane}` back to its queue; anything else (a foreign key) is skipped.
+fn parse_due_key(key: &str) -> Option<Queue> {
+    let rest = key.strip_prefix("due:")?;
+    let (app, lane) = rest.rsplit_once(':')?;
+    Some(Queue::new(app, Lane::parse(lane)?))
+}
+
+fn from_value<T: redis::FromRedisValue>(value: redis::Value) -> Result<T, StoreError> {
+    redis::from_redis_value(value).map_err(|e| StoreError::Protocol(e.to_string()))
 }

@@ -348,26 +348,31 @@ impl Store {
         Ok(LogPage { rows, total })
     }
 
-    /// Replace a record that is neither queued nor in flight, if it is still exactly
-    /// `expected`, moving its status bit and (with `due`) queueing it. False = changed.
+    /// Replace record `id` with `after` if it is still the text `expected` and neither
+    /// queued nor in flight (compare and set), moving its status, app and lane bits from
+    /// `before`'s to `after`'s and, with `due`, queueing it in `after`'s queue. False =
+    /// changed meanwhile.
     pub async fn requeue(
         &self,
         id: u64,
         expected: &str,
-        record: &Record,
-        old: Status,
-        new: Status,
+        before: &Record,
+        after: &Record,
         due: Option<i64>,
     ) -> Result<bool, StoreError> {
+        let (cleared, set) = (own_bits(before), own_bits(after));
         let mut invocation = scripts().requeue.prepare_invoke();
         invocation
             .arg(&self.prefix)
             .arg(id)
             .arg(expected)
-            .arg(super::record::encode(record))
-            .arg(old.as_str())
-            .arg(new.as_str())
-            .arg(due.map(|d| d.to_string()).unwrap_or_default());
+            .arg(super::record::encode(after))
+            .arg(before.queue().due_key())
+            .arg(after.queue().due_key())
+            .arg(due.map(|d| d.to_string()).unwrap_or_default())
+            .arg(cleared.len())
+            .arg(cleared)
+            .arg(set);
         let applied: i64 = self.invoke(&invocation).await?;
         Ok(applied == 1)
     }
@@ -385,12 +390,13 @@ impl Store {
             {
                 return Ok(Resend::NotResendable);
             }
+            let before = record.clone();
             record.status = Status::Queued;
             record.due_at = Some(now_ms);
             // Its deadline counts from now: an operator's resend of an old push is sent.
             record.requeued_at = Some(now_ms);
             if self
-                .requeue(id, &text, &record, old, Status::Queued, Some(now_ms))
+                .requeue(id, &text, &before, &record, Some(now_ms))
                 .await?
             {
                 return Ok(Resend::Queued);
@@ -476,6 +482,18 @@ fn window_page(lo: u64, hi: u64, oldest_first: bool, offset: u64, count: u64) ->
         };
         (lo..=start).rev().take(count as usize).collect()
     }
+}
+
+/// The bitmaps of pushgate's own fields that can change when a record is queued again:
+/// its status, and its push's app and lane.
+fn own_bits(record: &Record) -> Vec<String> {
+    let mut bits = vec![format!("bit:status:{}", record.status.as_str())];
+    if let Some(push) = record.push() {
+        let queue = push.queue();
+        bits.push(format!("bit:app:{}", queue.app));
+        bits.push(format!("bit:lane:{}", queue.lane));
+    }
+    bits
 }
 
 #[cfg(test)]

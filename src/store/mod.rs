@@ -301,10 +301,17 @@ impl Store {
             .await
     }
 
-    /// When record `id` is due (unix ms), if it is in the `due` queue.
+    /// When record `id` is due (unix ms), if it is in its queue.
     pub async fn due_at(&self, id: u64) -> Result<Option<i64>, StoreError> {
+        let Some((_, record)) = self.record_text(id).await? else {
+            return Ok(None);
+        };
         let score: Option<f64> = self
-            .query(redis::cmd("ZSCORE").arg(self.key("due")).arg(id))
+            .query(
+                redis::cmd("ZSCORE")
+                    .arg(self.key(&record.queue().due_key()))
+                    .arg(id),
+            )
             .await?;
         Ok(score.map(|s| s as i64))
     }

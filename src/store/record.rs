@@ -84,6 +84,10 @@ struct StoredPush {
     #[serde(default)]
     ttl: Option<u64>,
     #[serde(default)]
+    app: Option<String>,
+    #[serde(default)]
+    lane: Option<crate::push::Lane>,
+    #[serde(default)]
     same: Vec<String>,
 }
 
@@ -127,6 +131,8 @@ impl StoredPush {
             android: self.android,
             apns: self.apns,
             ttl_secs: self.ttl,
+            app: self.app,
+            lane: self.lane,
         }
     }
 }
@@ -235,6 +241,14 @@ impl Serialize for CompactPush<'_> {
         }
         if let Some(ttl) = p.ttl_secs {
             map.serialize_entry("ttl", &ttl)?;
+        }
+        // The default app and the normal lane are what an absent key reads as.
+        let queue = p.queue();
+        if queue.app != crate::push::DEFAULT_APP {
+            map.serialize_entry("app", &queue.app)?;
+        }
+        if queue.lane != crate::push::Lane::Normal {
+            map.serialize_entry("lane", &queue.lane)?;
         }
         let same: Vec<&str> = [
             (self.same_token, "token"),

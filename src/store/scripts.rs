@@ -2,8 +2,9 @@
 //!
 //! The scripts live in `lua/`, one file each, opening with what the script does and its
 //! ARGV layout (`-- ARGV[1] prefix`, …). Two shared pieces are written once and put in
-//! front of the scripts that need them: `bucket.lua` (the `ix:` bucket rule) and
-//! `counters.lua` (the per-batch port counters and the `events` announcement).
+//! front of the scripts that need them: `bucket.lua` (the `ix:` bucket rule),
+//! `queue.lua` (a record's due queue) and `counters.lua` (the per-batch port counters and
+//! the `events` announcement).
 //!
 //! A [`redis::Script`] hashes its source once; Redis is asked by SHA-1 (`EVALSHA`) and
 //! sent the source only when it does not have it yet.
@@ -25,7 +26,8 @@ pub(super) struct Scripts {
     pub ingest: Script,
     /// `single.lua`: the one record holding a value (its `ix:` entry).
     pub single: Script,
-    /// `claim.lua`: due records to `inflight` under a lease; expired leases back to `due`.
+    /// `claim.lua`: one app's due records to `inflight` under a lease, urgent first, paced
+    /// by its token bucket; expired leases back to their queues.
     pub claim: Script,
     /// `outcome.lua`: send outcomes, each only while its lease still holds the record.
     pub outcome: Script,
@@ -51,24 +53,27 @@ pub(super) struct Scripts {
     pub renew_port: Script,
     /// `login_attempt.lua`: admit a console sign-in attempt, or say how long to wait.
     pub login_attempt: Script,
+    /// `legacy_queue.lua`: the first stage's `due` into the default app's normal queue.
+    pub legacy_queue: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     ingest: Script::new(lua!("bucket", "counters", "ingest")),
     single: Script::new(lua!("bucket", "single")),
-    claim: Script::new(lua!("claim")),
+    claim: Script::new(lua!("queue", "claim")),
     outcome: Script::new(lua!("counters", "outcome")),
     window: Script::new(lua!("window")),
     bitscan: Script::new(lua!("bitscan")),
     zfilter: Script::new(lua!("zfilter")),
     requeue: Script::new(lua!("requeue")),
-    prune: Script::new(lua!("bucket", "prune")),
+    prune: Script::new(lua!("bucket", "queue", "prune")),
     swap: Script::new(lua!("swap")),
     emptied_bitmaps: Script::new(lua!("emptied_bitmaps")),
     bitmap_registry: Script::new(lua!("bitmap_registry")),
     acquire_port: Script::new(lua!("acquire_port")),
     renew_port: Script::new(lua!("renew_port")),
     login_attempt: Script::new(lua!("login_attempt")),
+    legacy_queue: Script::new(lua!("legacy_queue")),
 });
 
 /// The store's scripts (built on first use).

@@ -114,7 +114,7 @@ async fn ten_thousand_over(
                 m["D_servicename"].as_str().unwrap()
             ))
             .arg(id);
-        pipe.cmd("ZSCORE").arg("pg:due").arg(id);
+        pipe.cmd("ZSCORE").arg("pg:due:default:normal").arg(id);
     }
     let answers: Vec<redis::Value> = pipe.query(&mut con).unwrap();
     for (n, row) in answers.chunks(10).enumerate() {

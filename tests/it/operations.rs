@@ -400,7 +400,7 @@ async fn retention_removes_exactly_the_old_records_and_their_index_entries_keepi
         }
     }
     let due: Vec<u64> = redis::cmd("ZRANGE")
-        .arg("pg:due")
+        .arg("pg:due:default:normal")
         .arg(0)
         .arg(-1)
         .query(&mut con)

@@ -261,7 +261,11 @@ async fn claim_moves_due_ids_to_inflight_and_an_expired_lease_returns_them_to_du
     )
     .await;
 
-    let first = store.claim(now, now + 1_000, 2).await.unwrap();
+    let first = store
+        .claim("default", now, now + 1_000, 2, None)
+        .await
+        .unwrap()
+        .records;
     let first_ids = claimed_ids(&first);
     assert_eq!(first_ids, all[..2]);
     assert!(first.iter().all(|c| c.lease == now + 1_000));
@@ -273,19 +277,31 @@ async fn claim_moves_due_ids_to_inflight_and_an_expired_lease_returns_them_to_du
     assert_eq!(store.queue_depths().await.unwrap(), (1, 2));
 
     // Before the leases end, a claim takes only what is still due.
-    let second = store.claim(now + 500, now + 1_500, 10).await.unwrap();
+    let second = store
+        .claim("default", now + 500, now + 1_500, 10, None)
+        .await
+        .unwrap()
+        .records;
     assert_eq!(claimed_ids(&second), all[2..]);
     assert_eq!(store.queue_depths().await.unwrap(), (0, 3));
 
     // Once the first leases end, the next claim returns them to `due` first.
-    let none = store.claim(now + 1_200, now + 2_200, 0).await.unwrap();
+    let none = store
+        .claim("default", now + 1_200, now + 2_200, 0, None)
+        .await
+        .unwrap()
+        .records;
     assert!(none.is_empty());
     assert_eq!(
         store.queue_depths().await.unwrap(),
         (2, 1),
         "two leases ran out"
     );
-    let again = store.claim(now + 1_200, now + 2_200, 10).await.unwrap();
+    let again = store
+        .claim("default", now + 1_200, now + 2_200, 10, None)
+        .await
+        .unwrap()
+        .records;
     assert_eq!(claimed_ids(&again), first_ids);
 
     // A due id whose record retention removed is dropped from the queue.
@@ -295,7 +311,14 @@ async fn claim_moves_due_ids_to_inflight_and_an_expired_lease_returns_them_to_du
         .arg(999)
         .query(&mut redis.connection())
         .unwrap();
-    assert!(store.claim(now, now + 1_000, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim("default", now, now + 1_000, 10, None)
+            .await
+            .unwrap()
+            .records
+            .is_empty()
+    );
     assert_eq!(store.queue_depths().await.unwrap(), (0, 3));
 }
 
@@ -325,9 +348,17 @@ async fn an_outcome_under_a_lease_that_is_no_longer_the_records_score_is_refused
     let store = open(&redis);
     let now = now_ms();
     let id = ingest_one(&store, record("O1", 1, Status::Queued, now)).await;
-    let first = store.claim(now, now + 1_000, 1).await.unwrap();
+    let first = store
+        .claim("default", now, now + 1_000, 1, None)
+        .await
+        .unwrap()
+        .records;
     // The lease runs out and another sender claims the record again.
-    let second = store.claim(now + 2_000, now + 3_000, 1).await.unwrap();
+    let second = store
+        .claim("default", now + 2_000, now + 3_000, 1, None)
+        .await
+        .unwrap()
+        .records;
     assert_eq!((first[0].id, second[0].id), (id, id));
 
     let late = store.finish(&[sent(&first[0], now)]).await.unwrap();
@@ -367,7 +398,12 @@ async fn an_outcome_with_a_retry_time_queues_the_record_again() {
     let store = open(&redis);
     let now = now_ms();
     ingest(&store, &[record("R1", 1, Status::Queued, now)]).await;
-    let claim = store.claim(now, now + 1_000, 1).await.unwrap().remove(0);
+    let claim = store
+        .claim("default", now, now + 1_000, 1, None)
+        .await
+        .unwrap()
+        .records
+        .remove(0);
     let mut retry = sent(&claim, now);
     retry.record.status = Status::Retrying;
     retry.record.fcm_send_yn = "N".into();
@@ -737,29 +773,16 @@ async fn requeue_replaces_only_an_unchanged_idle_record_and_queues_it() {
     let now = now_ms();
     let id = ingest_one(&store, record("Q0", 0, Status::Dropped, now)).await;
     let (text, mut changed) = store.record_text(id).await.unwrap().unwrap();
+    let before = changed.clone();
     changed.status = Status::Queued;
 
     let stale = store
-        .requeue(
-            id,
-            "{\"id\":0}",
-            &changed,
-            Status::Dropped,
-            Status::Queued,
-            Some(now),
-        )
+        .requeue(id, "{\"id\":0}", &before, &changed, Some(now))
         .await
         .unwrap();
     assert!(!stale, "a record changed since it was read is not replaced");
     let applied = store
-        .requeue(
-            id,
-            &text,
-            &changed,
-            Status::Dropped,
-            Status::Queued,
-            Some(now),
-        )
+        .requeue(id, &text, &before, &changed, Some(now))
         .await
         .unwrap();
     assert!(applied);
@@ -773,14 +796,7 @@ async fn requeue_replaces_only_an_unchanged_idle_record_and_queues_it() {
 
     let (current, _) = store.record_text(id).await.unwrap().unwrap();
     let busy = store
-        .requeue(
-            id,
-            &current,
-            &changed,
-            Status::Queued,
-            Status::Queued,
-            Some(now),
-        )
+        .requeue(id, &current, &before, &changed, Some(now))
         .await
         .unwrap();
     assert!(!busy, "a queued record is not replaced");

@@ -175,8 +175,8 @@ pub(super) async fn reroute(
             );
         }
     };
-    let old = match record.status {
-        s @ (Status::ScriptError | Status::Dropped) => s,
+    match record.status {
+        Status::ScriptError | Status::Dropped => {}
         _ => {
             return error_page(
                 Some(session),
@@ -206,8 +206,9 @@ pub(super) async fn reroute(
         fields: record.message_fields(),
     };
     let engine = state.engine.clone();
+    let queue = state.config().queue_of(&worker);
     let routed = match tokio::task::spawn_blocking(move || {
-        crate::ingest::route_message(&engine, &route, &worker, message)
+        crate::ingest::route_message(&engine, &route, &worker, &queue, message)
     })
     .await
     {
@@ -226,11 +227,11 @@ pub(super) async fn reroute(
         due_at: routed.due_ms,
         error: routed.error,
         requeued_at: Some(routed.received_at_ms),
-        ..record
+        ..record.clone()
     };
     match state
         .store
-        .requeue(num, &text, &updated, old, routed.status, routed.due_ms)
+        .requeue(num, &text, &record, &updated, routed.due_ms)
         .await
     {
         Ok(true) => {

@@ -18,6 +18,7 @@
 --   uniqueKey
 --   body                  the record's JSON after `{"id":N,` (the id is given here)
 --   due                   unix ms to send at, "" = not queued
+--   queue                 its due queue under the prefix, `due:{app}:{lane}`
 --   nz, nz suffixes       zset index keys, `idx:{field}:{value}`
 --   nb, nb suffixes       pushgate's own bitmaps, `bit:{field}:{value}`
 --   na, na triples        message bitmap fields: field, value, listed (0/1)
@@ -39,6 +40,8 @@ end
 local i = 9 + 2 * nf
 local out = {}
 local stored = {}
+-- The queues this batch used, registered in `queues` for the console's queue card.
+local queues = {}
 -- A value's first id goes into a small shared hash; the second turns it into a zset.
 local function index(suffix, id)
   local key = p .. suffix
@@ -104,9 +107,9 @@ end
 for r = 1, n do
   local fence = tonumber(ARGV[i])
   i = i + 1
-  local ukey, body, due = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local nz = tonumber(ARGV[i + 3])
-  local zfirst = i + 4
+  local ukey, body, due, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local nz = tonumber(ARGV[i + 4])
+  local zfirst = i + 5
   local nb = tonumber(ARGV[zfirst + nz])
   local bfirst = zfirst + nz + 1
   local na = tonumber(ARGV[bfirst + nb])
@@ -140,13 +143,17 @@ for r = 1, n do
       index_admitted(ARGV[a], ARGV[a + 1], ARGV[a + 2] == '1', id)
     end
     if due ~= '' then
-      redis.call('ZADD', p .. 'due', due, id)
+      redis.call('ZADD', p .. queue, due, id)
+      queues[queue] = true
     end
     count(minute_key, total_key, status)
     stored[#stored + 1] = id
     out[#out + 1] = id
     out[#out + 1] = 0
   end
+end
+for queue, _ in pairs(queues) do
+  redis.call('SADD', p .. 'queues', queue)
 end
 flush(p, ttl, 'stored', stored)
 return out

@@ -6,12 +6,13 @@
 -- ARGV[1] prefix
 -- ARGV[2] n            outcomes in the batch
 -- ARGV[3] stats ttl    seconds a per-minute counter lives
--- Then n outcomes, nine each:
+-- Then n outcomes, ten each:
 --   id
 --   lease              the lease the record was claimed under (unix ms)
 --   record             the whole record's JSON as it must now be stored
 --   old status, new status
 --   retry at           unix ms to try again, "" = none
+--   queue              its due queue under the prefix, `due:{app}:{lane}`
 --   delivered          1 if FCM accepted it (fcm_send_yn N -> Y), else 0
 --   minute key         `stats:{port}:{unix minute}`
 --   total key          `stats:{port}:total`
@@ -22,9 +23,9 @@ local changed = {}
 local i = 4
 for r = 1, n do
   local id, lease, rec = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local old, new, retry_at, delivered = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
-  local minute_key, total_key = ARGV[i + 7], ARGV[i + 8]
-  i = i + 9
+  local old, new, retry_at, queue = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  local delivered, minute_key, total_key = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
+  i = i + 10
   local held = redis.call('ZSCORE', p .. 'inflight', id)
   if held and tonumber(held) == tonumber(lease) then
     redis.call('SET', p .. 'rec:' .. id, rec)
@@ -38,7 +39,7 @@ for r = 1, n do
       redis.call('SETBIT', p .. 'bit:fcm_send_yn:Y', id, 1)
     end
     if retry_at ~= '' then
-      redis.call('ZADD', p .. 'due', retry_at, id)
+      redis.call('ZADD', p .. queue, retry_at, id)
     end
     count(minute_key, total_key, new)
     changed[#changed + 1] = id

