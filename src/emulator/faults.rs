@@ -185,9 +185,7 @@ mod tests {
         .await;
         let h = spawn(&["--fail-429", "1"]).await;
         let (status, body) = h.send(message("k")).await;
-        assert_eq!(status, 429, "{body}");
-        let (subject, description) = quota_violation(&body);
-        assert_eq!(subject, "project:pushgate-emulator");
+        let description = assert_quota_answer(status, &body, "project:pushgate-emulator");
         assert!(description.starts_with("Message rate exceeded"), "{body}");
         assert_eq!(quota_scope(&body.to_string()), QuotaScope::Project);
         let stats = h.emulator.stats();
@@ -265,15 +263,7 @@ mod tests {
             Some(&b"30"[..])
         );
         let (status, body) = read(response).await;
-        assert_fcm_error(
-            status,
-            &body,
-            429,
-            "RESOURCE_EXHAUSTED",
-            Some("QUOTA_EXCEEDED"),
-        );
-        let (subject, description) = quota_violation(&body);
-        assert_eq!(subject, "device:hot-device-7");
+        let description = assert_quota_answer(status, &body, "device:hot-device-7");
         assert!(
             description.starts_with("Device message rate exceeded"),
             "{body}"
@@ -281,14 +271,7 @@ mod tests {
         assert_eq!(quota_scope(&body.to_string()), QuotaScope::Device);
 
         let (status, body) = read(send("busy-device-1").await).await;
-        assert_fcm_error(
-            status,
-            &body,
-            429,
-            "RESOURCE_EXHAUSTED",
-            Some("QUOTA_EXCEEDED"),
-        );
-        assert_eq!(quota_violation(&body).0, "project:pushgate-emulator");
+        assert_quota_answer(status, &body, "project:pushgate-emulator");
         assert_eq!(quota_scope(&body.to_string()), QuotaScope::Project);
 
         assert_eq!(read(send("cool-device").await).await.0, 200);

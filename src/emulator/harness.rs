@@ -161,6 +161,12 @@ impl Harness {
         .await
     }
 
+    /// `GET /stats`, as its JSON.
+    pub(super) async fn stats_json(&self) -> Value {
+        let response = (self.http.get(self.url("/stats")).send().await).expect("GET /stats");
+        read(response).await.1
+    }
+
     pub(super) async fn assert_invalid(&self, message: Value, needle: &str) {
         let (status, body) = self.send(message).await;
         assert_fcm_error(
@@ -232,6 +238,20 @@ pub(super) fn assert_fcm_error(
         &[]
     };
     assert_eq!(others, expected, "{body}");
+}
+
+/// Asserts a 429 QUOTA_EXCEEDED whose QuotaFailure names `subject`; returns its description.
+pub(super) fn assert_quota_answer(status: u16, body: &Value, subject: &str) -> String {
+    assert_fcm_error(
+        status,
+        body,
+        429,
+        "RESOURCE_EXHAUSTED",
+        Some("QUOTA_EXCEEDED"),
+    );
+    let (named, description) = quota_violation(body);
+    assert_eq!(named, subject, "{body}");
+    description
 }
 
 /// The `(subject, description)` of a QUOTA_EXCEEDED answer's one QuotaFailure violation.

@@ -517,15 +517,7 @@ mod tests {
             "Retry-After {retry_after:?}"
         );
         let (status, body) = read(response).await;
-        assert_fcm_error(
-            status,
-            &body,
-            429,
-            "RESOURCE_EXHAUSTED",
-            Some("QUOTA_EXCEEDED"),
-        );
-        let (subject, description) = quota_violation(&body);
-        assert_eq!(subject, "device:device-1");
+        let description = assert_quota_answer(status, &body, "device:device-1");
         assert!(description.contains("3 messages a minute"), "{description}");
         // Other devices and dry runs are not held back by it.
         assert_eq!(send("device-2", false).await.status().as_u16(), 200);

@@ -54,7 +54,7 @@ impl State {
 mod tests {
     use super::*;
     use crate::emulator::harness::*;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     #[tokio::test]
     async fn stats_endpoint_serves_the_counters_as_json() {
@@ -62,14 +62,7 @@ mod tests {
         assert_eq!(h.send(message("a")).await.0, 200);
         assert_eq!(h.send(message("a")).await.0, 200);
         assert_eq!(h.send(json!({"topic": "/topics/x"})).await.0, 400);
-        let response = h
-            .http
-            .get(h.url("/stats"))
-            .send()
-            .await
-            .expect("GET /stats");
-        let stats: Stats =
-            serde_json::from_str(&response.text().await.expect("body")).expect("Stats JSON");
+        let stats: Stats = serde_json::from_value(h.stats_json().await).expect("Stats JSON");
         assert_eq!(stats, h.emulator.stats());
         assert_eq!((stats.accepted, stats.tokens_issued), (2, 3));
         assert_eq!(stats.by_key.get("a"), Some(&2));
@@ -88,14 +81,7 @@ mod tests {
         );
         assert_eq!(h.send(message("c")).await.0, 429, "and its third");
         assert_eq!(h.send(json!({"token": "busy-1"})).await.0, 429);
-        let response = h
-            .http
-            .get(h.url("/stats"))
-            .send()
-            .await
-            .expect("GET /stats");
-        let stats: Value =
-            serde_json::from_str(&response.text().await.expect("body")).expect("JSON");
+        let stats = h.stats_json().await;
         assert_eq!(stats["quota"], json!({"device": 2, "project": 1}));
         assert_eq!(stats["rejected"]["QUOTA_EXCEEDED"], 3);
         assert_eq!(stats["by_key"], json!({"a": 1}));
