@@ -161,6 +161,12 @@ impl Harness {
         .await
     }
 
+    /// `GET /stats`, as its JSON.
+    pub(super) async fn stats_json(&self) -> Value {
+        let response = (self.http.get(self.url("/stats")).send().await).expect("GET /stats");
+        read(response).await.1
+    }
+
     pub(super) async fn assert_invalid(&self, message: Value, needle: &str) {
         let (status, body) = self.send(message).await;
         assert_fcm_error(
@@ -214,14 +220,50 @@ pub(super) fn assert_fcm_error(
     assert_eq!(body["error"]["code"], http, "{body}");
     assert_eq!(body["error"]["status"], canonical, "{body}");
     assert!(body["error"]["message"].is_string(), "{body}");
-    let expected_details = code.map(|code| {
-        json!([{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}])
-    });
+    let Some(code) = code else {
+        assert_eq!(body["error"].get("details"), None, "{body}");
+        return;
+    };
+    let details = body["error"]["details"].as_array().expect("details");
     assert_eq!(
-        body["error"].get("details"),
-        expected_details.as_ref(),
+        details[0],
+        json!({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}),
         "{body}"
     );
+    // FCM says which quota a QUOTA_EXCEEDED hit, and adds nothing to other errors.
+    let others: Vec<&Value> = details[1..].iter().map(|d| &d["@type"]).collect();
+    let expected: &[&str] = if code == "QUOTA_EXCEEDED" {
+        &["type.googleapis.com/google.rpc.QuotaFailure"]
+    } else {
+        &[]
+    };
+    assert_eq!(others, expected, "{body}");
+}
+
+/// Asserts a 429 QUOTA_EXCEEDED whose QuotaFailure names `subject`; returns its description.
+pub(super) fn assert_quota_answer(status: u16, body: &Value, subject: &str) -> String {
+    assert_fcm_error(
+        status,
+        body,
+        429,
+        "RESOURCE_EXHAUSTED",
+        Some("QUOTA_EXCEEDED"),
+    );
+    let (named, description) = quota_violation(body);
+    assert_eq!(named, subject, "{body}");
+    description
+}
+
+/// The `(subject, description)` of a QUOTA_EXCEEDED answer's one QuotaFailure violation.
+pub(super) fn quota_violation(body: &Value) -> (String, String) {
+    let details = body["error"]["details"].as_array().expect("details");
+    let failure = (details.iter())
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.QuotaFailure")
+        .unwrap_or_else(|| panic!("no QuotaFailure in {body}"));
+    let violations = failure["violations"].as_array().expect("violations");
+    assert_eq!(violations.len(), 1, "{body}");
+    let text = |key: &str| violations[0][key].as_str().expect(key).to_owned();
+    (text("subject"), text("description"))
 }
 
 pub(super) fn message(unique_key: &str) -> Value {

@@ -6,17 +6,20 @@
 //! answered the way Google answers it, so the gateway's mistakes fail tests instead of failing
 //! in production. Where Google is lenient the emulator is not: a JSON `null` field is rejected
 //! rather than read as absent, so the gateway sends minimal, typed JSON. Faults (503/429/500,
-//! per-token errors, latency) are injected on demand to exercise the retry classes.
+//! per-token errors, latency) are injected on demand to exercise the retry classes, and
+//! FCM's per-device quota is enforced; every QUOTA_EXCEEDED names the quota it hit (the
+//! device or the project) in a `google.rpc.QuotaFailure` detail, as FCM does.
 //!
 //! Routes: `POST /token`, `POST /v1/projects/{project}/messages:send`, `GET /stats`; HTTP/1.1
 //! and h2c (prior knowledge) on one port.
 //!
 //! Layout: this file starts, serves and stops the emulator and routes each request; `token`
 //! is the OAuth token endpoint and the bearer check, `send` validates `messages:send`,
-//! `faults` injects failures, `rejection` is FCM's error table and envelope, `stats` the
-//! counters behind `GET /stats`.
+//! `faults` injects failures, `quota` is the per-device quota, `rejection` is FCM's error
+//! table and envelope, `stats` the counters behind `GET /stats`.
 
 mod faults;
+mod quota;
 mod rejection;
 mod send;
 mod stats;
@@ -50,7 +53,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use faults::Faults;
+use faults::{Faults, Forced};
+use quota::DeviceQuota;
 use rejection::Rejection;
 
 pub use faults::parse_fail_token;
@@ -76,14 +80,15 @@ pub struct EmulatorArgs {
     /// Lifetime of issued access tokens, seconds.
     #[arg(long, default_value_t = 3600)]
     pub token_ttl: u64,
-    /// Fraction (0..=1) of sends answered 503 UNAVAILABLE / 429 QUOTA_EXCEEDED / 500 INTERNAL.
+    /// Fraction (0..=1) of sends answered 503 UNAVAILABLE / 429 QUOTA_EXCEEDED (naming the
+    /// project's quota) / 500 INTERNAL.
     #[arg(long, default_value_t = 0.0)]
     pub fail_503: f64,
     #[arg(long, default_value_t = 0.0)]
     pub fail_429: f64,
     #[arg(long, default_value_t = 0.0)]
     pub fail_500: f64,
-    /// Retry-After seconds sent with injected 503/429 (none if unset).
+    /// Retry-After seconds sent with injected 503/429 and forced quota answers (none if unset).
     #[arg(long)]
     pub retry_after: Option<u64>,
     /// Added latency per send, milliseconds.
@@ -93,9 +98,14 @@ pub struct EmulatorArgs {
     #[arg(long)]
     pub unregistered_prefix: Option<String>,
     /// PREFIX=ERRORCODE: tokens starting with PREFIX always get that FCM error (any code of the
-    /// table in fcm-v1.md). Repeatable.
+    /// table in fcm-v1.md; QUOTA_EXCEEDED names the project's quota, QUOTA_EXCEEDED_DEVICE is
+    /// the 429 naming the device's). Repeatable.
     #[arg(long = "fail-token", value_parser = parse_fail_token)]
     pub fail_tokens: Vec<(String, String)>,
+    /// Messages a minute one registration token may receive (FCM: 240 per Android device);
+    /// more are answered 429 QUOTA_EXCEEDED naming the device, with Retry-After. 0 = off.
+    #[arg(long, default_value_t = 240)]
+    pub device_rate: u32,
 }
 
 /// A running emulator; dropping it stops the server too, `shutdown` also waits for it.
@@ -132,7 +142,7 @@ impl Emulator {
             )));
         }
         let fail_tokens = (args.fail_tokens.iter())
-            .map(|(prefix, code)| Ok((prefix.clone(), ErrorCode::parse(code).map_err(invalid)?)))
+            .map(|(prefix, code)| Ok((prefix.clone(), Forced::parse(code).map_err(invalid)?)))
             .collect::<std::io::Result<Vec<_>>>()?;
 
         let listener = TcpListener::bind(args.listen).await?;
@@ -170,6 +180,7 @@ impl Emulator {
             latency: Duration::from_millis(args.latency_ms),
             unregistered_prefix: args.unregistered_prefix,
             fail_tokens,
+            device_quota: DeviceQuota::per_minute(args.device_rate),
             tokens: Mutex::default(),
             stats: Mutex::default(),
             next_id: AtomicU64::new(1),
@@ -296,7 +307,9 @@ struct State {
     faults: Faults,
     latency: Duration,
     unregistered_prefix: Option<String>,
-    fail_tokens: Vec<(String, ErrorCode)>,
+    fail_tokens: Vec<(String, Forced)>,
+    /// `None` with `--device-rate 0`.
+    device_quota: Option<DeviceQuota>,
     /// Issued access tokens and when each expires.
     tokens: Mutex<HashMap<String, Instant>>,
     stats: Mutex<Stats>,
@@ -325,7 +338,7 @@ impl State {
                     Ok(answer) => reply(StatusCode::OK, &answer, None),
                     Err(e) => {
                         tracing::debug!("FCM emulator rejects a send: {}", e.message);
-                        self.reject(e.stats_key());
+                        self.refuse(&e);
                         reply(e.http, &e.envelope(), e.retry_after)
                     }
                 }

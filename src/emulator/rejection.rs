@@ -1,7 +1,11 @@
 //! FCM's error table (`ErrorCode`) and the envelope of every non-200 answer (`Rejection`).
+//! A QUOTA_EXCEEDED answer always says which quota was hit, in a `google.rpc.QuotaFailure`
+//! detail beside the FcmError one.
 
 use hyper::StatusCode;
 use serde_json::{Value, json};
+
+use crate::fcm::QuotaScope;
 
 /// The `errorCode`s of an FcmError detail, i.e. the table in fcm-v1.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +72,20 @@ pub(super) struct Rejection {
     pub(super) code: Option<ErrorCode>,
     pub(super) message: String,
     pub(super) retry_after: Option<u64>,
+    /// The quota a QUOTA_EXCEEDED answer names.
+    pub(super) quota: Option<QuotaViolation>,
+}
+
+/// One violation of a `google.rpc.QuotaFailure` detail (`{subject, description}`).
+#[derive(Debug)]
+pub(super) struct QuotaViolation {
+    /// What the subject names, counted in `Stats::quota`.
+    pub(super) scope: QuotaScope,
+    /// `device:<token>` or `project:<project id>`, after the proto's `project:` example.
+    pub(super) subject: String,
+    /// The case of FCM's ErrorCode reference: "Device message rate exceeded" or
+    /// "Message rate exceeded", with the limit.
+    pub(super) description: String,
 }
 
 impl Rejection {
@@ -79,6 +97,36 @@ impl Rejection {
             code: Some(code),
             message,
             retry_after: None,
+            quota: None,
+        }
+    }
+
+    /// QUOTA_EXCEEDED for the project's quota: the sender's whole app must slow down.
+    pub(super) fn project_quota(project: &str, message: String, retry_after: Option<u64>) -> Self {
+        Rejection {
+            retry_after,
+            quota: Some(QuotaViolation {
+                scope: QuotaScope::Project,
+                subject: format!("project:{project}"),
+                description: "Message rate exceeded: the project's messages a minute".into(),
+            }),
+            ..Rejection::fcm(ErrorCode::QuotaExceeded, message)
+        }
+    }
+
+    /// QUOTA_EXCEEDED for one device's quota: only pushes to `token` must wait.
+    pub(super) fn device_quota(token: &str, description: String, retry_after: Option<u64>) -> Self {
+        Rejection {
+            retry_after,
+            quota: Some(QuotaViolation {
+                scope: QuotaScope::Device,
+                subject: format!("device:{token}"),
+                description: format!("Device message rate exceeded: {description}"),
+            }),
+            ..Rejection::fcm(
+                ErrorCode::QuotaExceeded,
+                "Device message rate exceeded.".into(),
+            )
         }
     }
 
@@ -89,6 +137,7 @@ impl Rejection {
             code: None,
             message,
             retry_after: None,
+            quota: None,
         }
     }
 
@@ -100,10 +149,17 @@ impl Rejection {
         let mut error =
             json!({"code": self.http.as_u16(), "message": self.message, "status": self.status});
         if let Some(code) = self.code {
-            error["details"] = json!([{
+            let mut details = vec![json!({
                 "@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
                 "errorCode": code.as_str(),
-            }]);
+            })];
+            if let Some(quota) = &self.quota {
+                details.push(json!({
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [{"subject": quota.subject, "description": quota.description}],
+                }));
+            }
+            error["details"] = Value::Array(details);
         }
         json!({ "error": error })
     }

@@ -1,8 +1,9 @@
 //! `messages:send`: Google's order of checks (project, credentials, faults, message, token
-//! verdicts) and the strict validation of the request body: shape, one target, topic names,
+//! verdicts, the device's quota) and the strict validation of the request body: shape, one target, topic names,
 //! data keys, android options, sizes.
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use hyper::StatusCode;
 use hyper::body::Bytes;
@@ -33,7 +34,7 @@ impl State {
         }
         self.authenticate(headers)?;
         tokio::time::sleep(self.latency).await;
-        if let Some(fault) = self.faults.draw() {
+        if let Some(fault) = self.faults.draw(&self.project) {
             return Err(fault);
         }
         let request = body
@@ -41,6 +42,10 @@ impl State {
             .map_err(|msg| Rejection::fcm(ErrorCode::InvalidArgument, msg))?;
         if let Some(token) = &request.token {
             self.forced_error(token)?;
+            // A dry run reaches no device, so it uses none of the device's quota.
+            if !request.validate_only {
+                self.device_quota(token)?;
+            }
         }
         let mut stats = self.stats();
         if request.validate_only {
@@ -55,6 +60,27 @@ impl State {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         Ok(json!({"name": format!("projects/{}/messages/{id}", self.project)}))
+    }
+}
+
+impl State {
+    /// Counts a message to `token` against its device quota; over it, the 429 naming the
+    /// device with Retry-After (whole seconds, at least 1) until one more message fits.
+    fn device_quota(&self, token: &str) -> Result<(), Rejection> {
+        let Some(quota) = &self.device_quota else {
+            return Ok(());
+        };
+        quota.admit(token, Instant::now()).map_err(|wait| {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            Rejection::device_quota(
+                token,
+                format!(
+                    "more than {} messages a minute to this device",
+                    quota.rate()
+                ),
+                Some(seconds.max(1)),
+            )
+        })
     }
 }
 
@@ -272,7 +298,7 @@ fn is_duration(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::emulator::harness::*;
-    use reqwest::header::CONTENT_TYPE;
+    use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
     #[tokio::test]
     async fn send_to_another_project_is_not_found_without_fcm_detail() {
@@ -463,6 +489,77 @@ mod tests {
                 .0,
             200
         );
+    }
+
+    #[tokio::test]
+    async fn a_device_over_its_rate_gets_a_429_naming_it_with_retry_after() {
+        let h = spawn(&["--device-rate", "3"]).await;
+        let token = h.token().await;
+        let send = |device: &str, validate_only: bool| {
+            let body = json!({"message": {"token": device}, "validate_only": validate_only});
+            let (h, token) = (&h, &token);
+            async move { h.post_send("pushgate-emulator", Some(token), &body).await }
+        };
+        for n in 0..3 {
+            assert_eq!(
+                send("device-1", false).await.status().as_u16(),
+                200,
+                "message {n}"
+            );
+        }
+        let response = send("device-1", false).await;
+        // A minute / 3 after the first message, the next one fits (less the time the
+        // three sends took; generous for a loaded machine).
+        let retry_after: Option<u64> =
+            (response.headers().get(RETRY_AFTER)).and_then(|v| v.to_str().ok()?.parse().ok());
+        assert!(
+            retry_after.is_some_and(|s| (15..=20).contains(&s)),
+            "Retry-After {retry_after:?}"
+        );
+        let (status, body) = read(response).await;
+        let description = assert_quota_answer(status, &body, "device:device-1");
+        assert!(description.contains("3 messages a minute"), "{description}");
+        // Other devices and dry runs are not held back by it.
+        assert_eq!(send("device-2", false).await.status().as_u16(), 200);
+        assert_eq!(send("device-1", true).await.status().as_u16(), 200);
+
+        let stats = h.emulator.stats();
+        assert_eq!((stats.accepted, stats.validated), (4, 1));
+        assert_eq!(stats.rejected.get("QUOTA_EXCEEDED"), Some(&1));
+        assert_eq!(stats.quota.get("device"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn the_default_device_rate_is_fcms_240_a_minute_and_0_turns_it_off() {
+        let h = spawn(&[]).await;
+        let token = h.token().await;
+        let body = json!({"message": {"token": "chatty-device"}});
+        // The bucket refills one message every 250 ms while the burst goes out, so the
+        // first refusal comes after at least 240 messages.
+        let mut first_refusal = None;
+        for n in 0..400 {
+            let response = h.post_send("pushgate-emulator", Some(&token), &body).await;
+            if response.status().as_u16() == 429 {
+                first_refusal = Some((n, read(response).await.1));
+                break;
+            }
+        }
+        let (n, refusal) = first_refusal.expect("a burst of 400 to one device is refused");
+        assert!(n >= 240, "refused after only {n} messages");
+        assert!(
+            quota_violation(&refusal)
+                .1
+                .contains("240 messages a minute"),
+            "{refusal}"
+        );
+
+        let h = spawn(&["--device-rate", "0"]).await;
+        let token = h.token().await;
+        for _ in 0..400 {
+            h.post_send("pushgate-emulator", Some(&token), &body).await;
+        }
+        let stats = h.emulator.stats();
+        assert_eq!((stats.accepted, stats.quota.len()), (400, 0), "{stats:?}");
     }
 
     #[tokio::test]

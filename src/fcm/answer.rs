@@ -1,4 +1,5 @@
-//! FCM's answer to one send, and the one place that maps FCM's errors to retry classes.
+//! FCM's answer to one send, and the one place that maps FCM's errors to retry classes
+//! and QUOTA_EXCEEDED answers to the quota they name.
 
 use std::time::Duration;
 
@@ -30,7 +31,8 @@ pub enum Retry {
     Never,
     /// Back off exponentially with jitter (honouring Retry-After).
     Backoff,
-    /// Project quota: slow the whole sender down, starting at a minute.
+    /// A quota was hit: the answer's [`QuotaScope`] says whether one device or the whole
+    /// app must slow down; without Retry-After the backoff starts at a minute.
     Quota,
 }
 
@@ -118,6 +120,119 @@ pub fn classify(http_status: u16, body: &str) -> ErrorClass {
     }
 }
 
+/// Which quota a QUOTA_EXCEEDED answer says was hit, and so what must slow down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaScope {
+    /// One device's limit (240 messages a minute, 5,000 an hour per Android device): only
+    /// that device's pushes wait.
+    Device,
+    /// The project's limit (600,000 messages a minute), or an answer that does not say
+    /// which: the whole app slows down, the safe reading.
+    Project,
+}
+
+impl QuotaScope {
+    /// The label for metrics, stats and the dashboard.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuotaScope::Device => "device",
+            QuotaScope::Project => "project",
+        }
+    }
+}
+
+/// Which quota a QUOTA_EXCEEDED answer names, from its `google.rpc.QuotaFailure` detail.
+///
+/// What is known of real answers, and why the reading is this loose:
+/// - FCM's ErrorCode reference (firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode):
+///   QUOTA_EXCEEDED is "Sending limit exceeded for the message target. An extension of
+///   type google.rpc.QuotaFailure is returned to specify which quota was exceeded", in one
+///   of three cases: message rate (the project), device message rate, topic message rate.
+/// - `google.rpc.QuotaFailure` is `{"violations": [{"subject", "description"}]}`; the
+///   proto's own examples of a subject are `"clientip:<ip address>"` and
+///   `"project:<project id>"`. Newer violations also carry `quotaMetric`, `quotaId`,
+///   `quotaDimensions`, `quotaValue` (camelCase in Google's JSON, as in Gemini's real 429s;
+///   firebase-admin-go's `messaging_errors.go` reads them snake_case, so both are read).
+/// - The one captured real FCM 429 found (firebase/firebase-admin-go#719, a project quota)
+///   has no FcmError and no QuotaFailure: an ErrorInfo `RATE_LIMIT_EXCEEDED` with
+///   `quota_limit: SendsPerMinutePerProject`. Such an answer reads as [`QuotaScope::Project`].
+/// - No public capture of a device-quota body was found; rails/action_push_native#129
+///   ("Surface FCM quota violations") reports FCM's violations as `subject` and
+///   `description` and leaves their wording to the caller.
+///
+/// So a violation names the device when a device (or token) dimension, quota id or metric,
+/// a `device:`/`token:` subject, or (failing those) a description says "device"; a
+/// project quota id or `project:` subject names the project. The widest scope named wins,
+/// and an answer that names nothing is [`QuotaScope::Project`]. A topic quota names no
+/// device, so it too slows the app.
+pub fn quota_scope(body: &str) -> QuotaScope {
+    let Ok(parsed) = serde_json::from_str::<Value>(body) else {
+        return QuotaScope::Project;
+    };
+    let violations = (parsed["error"]["details"].as_array().into_iter().flatten())
+        .filter(|d| {
+            d["@type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("google.rpc.QuotaFailure"))
+        })
+        .flat_map(|d| d["violations"].as_array().into_iter().flatten());
+    let mut named_device = false;
+    for violation in violations {
+        match violation_scope(violation) {
+            QuotaScope::Project => return QuotaScope::Project,
+            QuotaScope::Device => named_device = true,
+        }
+    }
+    if named_device {
+        QuotaScope::Device
+    } else {
+        QuotaScope::Project
+    }
+}
+
+/// The scope one QuotaFailure violation names; anything unclear is the project.
+fn violation_scope(violation: &Value) -> QuotaScope {
+    let field = |camel: &str, snake: &str| {
+        (violation.get(camel).or_else(|| violation.get(snake)))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    let per_device = |name: &str| name.contains("device") || name.contains("token");
+    let dimensions = violation
+        .get("quotaDimensions")
+        .or_else(|| violation.get("quota_dimensions"))
+        .and_then(Value::as_object);
+    if dimensions.is_some_and(|d| d.keys().any(|k| per_device(&k.to_ascii_lowercase()))) {
+        return QuotaScope::Device;
+    }
+    let quota = format!(
+        "{} {}",
+        field("quotaId", "quota_id"),
+        field("quotaMetric", "quota_metric")
+    );
+    if quota.contains("device") {
+        return QuotaScope::Device;
+    }
+    if quota.contains("project") {
+        return QuotaScope::Project;
+    }
+    match field("subject", "subject")
+        .split_once(':')
+        .map(|(kind, _)| kind)
+    {
+        Some("device" | "token" | "registration_token") => return QuotaScope::Device,
+        Some("project" | "project_number" | "projects") => return QuotaScope::Project,
+        _ => {}
+    }
+    if field("description", "description").contains("device") {
+        QuotaScope::Device
+    } else {
+        QuotaScope::Project
+    }
+}
+
 /// FCM's answer to one send.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
@@ -131,6 +246,9 @@ pub enum Answer {
         http: u16,
         body: String,
         retry_after: Option<Duration>,
+        /// For QUOTA_EXCEEDED, the quota the answer named (see [`quota_scope`]); `None`
+        /// for every other class.
+        quota: Option<QuotaScope>,
     },
 }
 
@@ -220,6 +338,99 @@ mod tests {
             assert_eq!(got, class, "{http} {status} {code:?}");
             assert_eq!(got.retry(), retry, "{class:?}");
         }
+    }
+
+    /// A QUOTA_EXCEEDED answer with an FcmError detail and a QuotaFailure of `violations`.
+    fn quota_answer(violations: Value) -> String {
+        json!({"error": {"code": 429, "message": "Quota exceeded.", "status": "RESOURCE_EXHAUSTED",
+            "details": [
+                {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "QUOTA_EXCEEDED"},
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": violations},
+            ]}})
+        .to_string()
+    }
+
+    #[test]
+    fn a_quota_failure_naming_the_device_is_a_device_quota() {
+        let body = quota_answer(json!([{
+            "subject": "device:fcm-token-0001",
+            "description": "Device message rate exceeded: more than 240 messages a minute to this device.",
+        }]));
+        assert_eq!(classify(429, &body), ErrorClass::QuotaExceeded);
+        assert_eq!(quota_scope(&body), QuotaScope::Device);
+        // As firebase-admin-go's test writes one: the consumer project as subject, the
+        // device in the quota id and dimensions (snake_case).
+        let body = quota_answer(json!([{
+            "subject": "project:test-project",
+            "description": "Device message rate exceeded",
+            "api_service": "firebasecloudmessaging.googleapis.com",
+            "quota_metric": "firebasecloudmessaging.googleapis.com/device_messages",
+            "quota_id": "DeviceMessagesPerMinute",
+            "quota_dimensions": {"device_token": "abc123"},
+            "quota_value": 100,
+        }]));
+        assert_eq!(quota_scope(&body), QuotaScope::Device);
+        // Google's JSON mapping spells the same fields camelCase.
+        let body =
+            quota_answer(json!([{"quotaId": "DeviceMessagesPerMinute", "quotaValue": "240"}]));
+        assert_eq!(quota_scope(&body), QuotaScope::Device);
+    }
+
+    #[test]
+    fn a_quota_failure_naming_the_project_or_nothing_is_a_project_quota() {
+        let body = quota_answer(json!([{
+            "subject": "project:pushgate-prod",
+            "description": "Message rate exceeded: the project's 600000 messages a minute.",
+        }]));
+        assert_eq!(quota_scope(&body), QuotaScope::Project);
+        // firebase/firebase-admin-go#719, a real project-quota 429: no FcmError, no
+        // QuotaFailure, only ErrorInfo and Help.
+        let real = r#"{"error": {"code": 429,
+            "message": "Quota exceeded for quota metric 'Send requests' and limit 'Send requests per minute' of service 'fcm.googleapis.com' for consumer 'project_number:xxx'.",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [
+              {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RATE_LIMIT_EXCEEDED",
+               "domain": "googleapis.com",
+               "metadata": {"quota_limit_value": "xxx", "consumer": "projects/xxx",
+                 "quota_metric": "fcm.googleapis.com/send_requests", "quota_unit": "1/min/{project}",
+                 "service": "fcm.googleapis.com", "quota_location": "global",
+                 "quota_limit": "SendsPerMinutePerProject"}},
+              {"@type": "type.googleapis.com/google.rpc.Help",
+               "links": [{"description": "Request a higher quota limit.",
+                 "url": "https://cloud.google.com/docs/quotas/help/request_increase"}]}]}}"#;
+        assert_eq!(classify(429, real), ErrorClass::QuotaExceeded);
+        assert_eq!(quota_scope(real), QuotaScope::Project);
+        // A topic quota names no device: the app slows down.
+        let topic = quota_answer(json!([{"subject": "topic:market-notice",
+            "description": "Topic message rate exceeded."}]));
+        assert_eq!(quota_scope(&topic), QuotaScope::Project);
+        // A project subject outranks a description that mentions devices.
+        let unclear = quota_answer(json!([{"subject": "project:p",
+            "description": "Device message rate exceeded"}]));
+        assert_eq!(quota_scope(&unclear), QuotaScope::Project);
+        for nothing in [
+            quota_answer(json!([])),
+            quota_answer(json!([{}])),
+            envelope(429, "RESOURCE_EXHAUSTED", Some("QUOTA_EXCEEDED")),
+            String::new(),
+            "<html>Too Many Requests</html>".into(),
+        ] {
+            assert_eq!(quota_scope(&nothing), QuotaScope::Project, "{nothing}");
+        }
+    }
+
+    #[test]
+    fn the_widest_quota_named_wins() {
+        let both = quota_answer(json!([
+            {"subject": "device:fcm-token-0001", "description": "Device message rate exceeded."},
+            {"subject": "project:pushgate-prod", "description": "Message rate exceeded."},
+        ]));
+        assert_eq!(quota_scope(&both), QuotaScope::Project);
+        let two_devices = quota_answer(json!([
+            {"subject": "device:a", "description": "Device message rate exceeded."},
+            {"subject": "token:b"},
+        ]));
+        assert_eq!(quota_scope(&two_devices), QuotaScope::Device);
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod answer;
 pub mod credentials;
 pub mod message;
 
-pub use answer::{Answer, ErrorClass, Retry, classify};
+pub use answer::{Answer, ErrorClass, QuotaScope, Retry, classify, quota_scope};
 pub use credentials::{Credentials, SCOPE, ServiceAccount};
 pub use message::{Expiry, Message};
 
@@ -164,9 +164,12 @@ impl FcmClient {
         if (200..300).contains(&http) {
             return Answer::Accepted { body };
         }
+        let class = classify(http, &body);
         Answer::Refused {
-            class: classify(http, &body),
+            class,
             http,
+            // Read from the whole body: the kept copy is cut short.
+            quota: (class == ErrorClass::QuotaExceeded).then(|| quota_scope(&body)),
             body: truncate(&body, 2000).to_owned(),
             retry_after,
         }
@@ -179,5 +182,6 @@ fn transport(message: String) -> Answer {
         http: 0,
         body: json!({"error": message}).to_string(),
         retry_after: None,
+        quota: None,
     }
 }

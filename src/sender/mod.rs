@@ -403,6 +403,7 @@ impl Sender {
                         http: 0,
                         body: json!({"error": "not sent: the claim's lease ran out before the send began (was this process paused?)"}).to_string(),
                         retry_after: None,
+                        quota: None,
                     }
                 } else {
                     let message = match push.ttl_secs {
@@ -416,6 +417,7 @@ impl Sender {
                             http: 0,
                             body: json!({"error": format!("no answer within {deadline:?} (before 80% of the lease)")}).to_string(),
                             retry_after: None,
+                            quota: None,
                         })
                 };
                 let m = metrics();
@@ -505,6 +507,7 @@ impl Sender {
                 http,
                 body,
                 retry_after,
+                quota: _,
             } => {
                 let retry = class.retry();
                 let step = Step {

@@ -405,7 +405,10 @@ async fn sigkill_mid_send_then_restart_finishes_every_push_and_counts_the_resent
     let addr = tokio::task::block_in_place(|| first.port_addr("p"));
     let total = 3000;
     let keys: Vec<String> = (0..total).map(|n| format!("crash-{n}")).collect();
-    let messages: Vec<Value> = keys.iter().map(|k| push(k, "tok-1")).collect();
+    // Spread over devices: one device takes at most 240 a minute.
+    let messages: Vec<Value> = (keys.iter().enumerate())
+        .map(|(n, k)| push(k, &format!("tok-{}", n % 100)))
+        .collect();
     store_messages(addr, &messages).await;
     eventually(Duration::from_secs(30), "sends under way", || async {
         (emu.stats().accepted >= 500).then_some(())
