@@ -183,6 +183,7 @@ impl Emulator {
             device_quota: DeviceQuota::per_minute(args.device_rate),
             tokens: Mutex::default(),
             stats: Mutex::default(),
+            accepted: Mutex::new(std::collections::VecDeque::new()),
             next_id: AtomicU64::new(1),
         });
         let cancel = CancellationToken::new();
@@ -212,6 +213,16 @@ impl Emulator {
 
     pub fn stats(&self) -> Stats {
         self.state.stats().clone()
+    }
+
+    /// The accepted sends in the order they were accepted, with when (unix ms): the last
+    /// 200,000. Sends without a `uniqueKey` in their data are listed with `""`.
+    pub fn accepted_in_order(&self) -> Vec<(String, i64)> {
+        self.state
+            .accepted
+            .lock()
+            .map(|a| a.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Stop accepting, let in-flight requests finish (bounded), and wait for the server.
@@ -313,8 +324,13 @@ struct State {
     /// Issued access tokens and when each expires.
     tokens: Mutex<HashMap<String, Instant>>,
     stats: Mutex<Stats>,
+    /// The last accepted sends in order: (uniqueKey, unix ms), at most [`ACCEPTED_KEPT`].
+    accepted: Mutex<std::collections::VecDeque<(String, i64)>>,
     next_id: AtomicU64,
 }
+
+/// Accepted sends the emulator remembers in order, for tests of order and pace.
+const ACCEPTED_KEPT: usize = 200_000;
 
 impl State {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {

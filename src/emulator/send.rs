@@ -55,6 +55,13 @@ impl State {
             );
         }
         stats.accepted += 1;
+        if let Ok(mut order) = self.accepted.lock() {
+            if order.len() >= super::ACCEPTED_KEPT {
+                order.pop_front();
+            }
+            let key = request.unique_key.clone().unwrap_or_default();
+            order.push_back((key, crate::clock::now_ms()));
+        }
         if let Some(key) = request.unique_key {
             *stats.by_key.entry(key).or_default() += 1;
         }

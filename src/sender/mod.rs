@@ -507,7 +507,7 @@ impl Sender {
                 http,
                 body,
                 retry_after,
-                quota: _,
+                quota,
             } => {
                 let retry = class.retry();
                 let step = Step {
@@ -528,9 +528,9 @@ impl Sender {
                 }
                 let delay = self.policy.retry_delay(retry, attempts, retry_after);
                 if retry == Retry::Quota {
-                    match (quota_names_device(&step.answer), push.target.token()) {
+                    match (quota, push.target.token()) {
                         // The device's own limit: only its pushes wait.
-                        (true, Some(token)) => {
+                        (Some(fcm::QuotaScope::Device), Some(token)) => {
                             let now = now_ms();
                             self.devices
                                 .hold(token, now + delay.as_millis() as i64, now)
@@ -551,11 +551,6 @@ impl Sender {
             }
         }
     }
-}
-
-/// Whether a quota answer names the device (its own limit) rather than the project.
-fn quota_names_device(_answer: &str) -> bool {
-    false
 }
 
 /// One attempt as the record's history shows it.
