@@ -60,6 +60,8 @@ impl Delivery {
             endpoint: fcm_config.endpoint.clone(),
             connect_timeout: Duration::from_millis(fcm_config.connect_timeout_ms),
             request_timeout: Duration::from_millis(fcm_config.request_timeout_ms),
+            proxy: fcm_config.proxy.clone(),
+            ca_file: fcm_config.ca_file.as_deref().map(|p| config.resolve(p)),
         })?;
         let credentials = Arc::new(Credentials::new(account, http.clone()));
         let client = Arc::new(FcmClient::new(

@@ -171,11 +171,17 @@ fn check(path: &std::path::Path) -> ExitCode {
         eprintln!("{e}");
         failed = true;
     }
-    if let Some(fcm) = &config.fcm
-        && let Err(e) = pushgate::fcm::ServiceAccount::load(&config.resolve(&fcm.service_account))
-    {
-        eprintln!("{e}");
-        failed = true;
+    if let Some(fcm) = &config.fcm {
+        if let Err(e) = pushgate::fcm::ServiceAccount::load(&config.resolve(&fcm.service_account)) {
+            eprintln!("{e}");
+            failed = true;
+        }
+        if let Some(ca_file) = &fcm.ca_file
+            && let Err(e) = pushgate::fcm::read_ca_file(&config.resolve(ca_file))
+        {
+            eprintln!("{e}");
+            failed = true;
+        }
     }
     if failed {
         return ExitCode::FAILURE;
