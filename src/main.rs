@@ -171,19 +171,26 @@ fn check(path: &std::path::Path) -> ExitCode {
         eprintln!("{e}");
         failed = true;
     }
-    if let Some(fcm) = &config.fcm
-        && let Err(e) = pushgate::fcm::ServiceAccount::load(&config.resolve(&fcm.service_account))
-    {
-        eprintln!("{e}");
-        failed = true;
+    for app in config.apps() {
+        if let Err(e) = pushgate::fcm::ServiceAccount::load(&config.resolve(&app.service_account)) {
+            eprintln!("app {:?}: {e}", app.name);
+            failed = true;
+        }
+        if let Some(ca_file) = &app.ca_file
+            && let Err(e) = pushgate::fcm::read_ca_file(&config.resolve(ca_file))
+        {
+            eprintln!("app {:?}: {e}", app.name);
+            failed = true;
+        }
     }
     if failed {
         return ExitCode::FAILURE;
     }
     println!(
-        "{}: ok ({} ports, every script compiles)",
+        "{}: ok ({} ports, {} apps, every script compiles)",
         path.display(),
-        config.ports.len()
+        config.ports.len(),
+        config.apps().count()
     );
     ExitCode::SUCCESS
 }

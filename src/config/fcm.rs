@@ -68,6 +68,16 @@ pub struct FcmConfig {
     pub connect_timeout_ms: u64,
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// `http://host:port` (or `http://user:password@host:port`): a CONNECT proxy that every
+    /// request of this app goes through, the token grant and the sends alike, for networks
+    /// where only a DMZ host reaches the internet. Unset, the usual `HTTPS_PROXY` /
+    /// `NO_PROXY` environment applies.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Extra PEM CA certificates to trust besides the system store (relative to the config
+    /// file): a TLS-inspecting proxy's CA, or the emulator's self-signed certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_app_name() -> String {
@@ -163,6 +173,96 @@ impl FcmConfig {
                 self.lease_secs, self.request_timeout_ms
             ));
         }
+        if let Some(proxy) = &self.proxy {
+            if let Err(why) = check_proxy(proxy) {
+                out.push(format!(
+                    "{at}: proxy = {:?} {why}",
+                    crate::config::redact(proxy)
+                ));
+            }
+            // A plain-http endpoint is the emulator's h2c, which no CONNECT proxy carries.
+            if self.endpoint.starts_with("http://") {
+                out.push(format!(
+                    "{at}: proxy needs an https:// endpoint, not {:?}",
+                    self.endpoint
+                ));
+            }
+        }
+    }
+}
+
+/// Why `proxy` is not an `http://[user:password@]host[:port]` URL, if it is not. Only a
+/// plain-http proxy: TLS to Google runs end to end inside its CONNECT tunnel.
+fn check_proxy(proxy: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(proxy).map_err(|e| format!("is not a URL ({e})"))?;
+    if url.scheme() != "http" {
+        return Err(
+            "must start with http:// (a CONNECT proxy, e.g. \"http://10.0.0.1:3128\")".into(),
+        );
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return Err("must be only http://host:port, with no path".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{PORT, parse};
+
+    const FCM: &str = "[fcm]\nservice_account = \"sa.json\"\n";
+
+    #[test]
+    fn proxy_and_ca_file_are_optional_and_read_as_written() {
+        let config = parse(&format!("{FCM}{PORT}")).unwrap();
+        let fcm = config.fcm.expect("[fcm]");
+        assert_eq!((fcm.proxy, fcm.ca_file), (None, None));
+
+        let text = format!(
+            "{FCM}proxy = \"http://squid.dmz:3128\"\nca_file = \"certs/inspecting-proxy.pem\"\n{PORT}"
+        );
+        let fcm = parse(&text).unwrap().fcm.expect("[fcm]");
+        assert_eq!(fcm.proxy.as_deref(), Some("http://squid.dmz:3128"));
+        assert_eq!(
+            fcm.ca_file.as_deref(),
+            Some(std::path::Path::new("certs/inspecting-proxy.pem"))
+        );
+    }
+
+    #[test]
+    fn a_proxy_must_be_a_plain_http_url_and_its_password_never_shows() {
+        for ok in [
+            "http://10.0.0.1:3128",
+            "http://squid.dmz:3128/",
+            "http://pushgate:s3cret@squid.dmz:3128",
+            "http://squid.dmz",
+        ] {
+            let text = format!("{FCM}proxy = \"{ok}\"\n{PORT}");
+            assert!(parse(&text).is_ok(), "{ok} is a valid proxy");
+        }
+        for (bad, expected) in [
+            ("squid.dmz:3128", "must start with http://"),
+            ("https://squid.dmz:3128", "must start with http://"),
+            ("socks5://squid.dmz:1080", "must start with http://"),
+            ("http://", "is not a URL"),
+            ("http://squid.dmz:3128/proxy", "with no path"),
+            ("http://u:hunter2@squid.dmz:99999", "is not a URL"),
+        ] {
+            let err = parse(&format!("{FCM}proxy = \"{bad}\"\n{PORT}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("app \"default\": proxy = "), "{bad}: {err}");
+            assert!(err.contains(expected), "{bad}: {err}");
+            assert!(!err.contains("hunter2"), "the password is shown: {err}");
+        }
+        let h2c = format!(
+            "{FCM}endpoint = \"http://127.0.0.1:8930\"\nproxy = \"http://squid.dmz:3128\"\n{PORT}"
+        );
+        let err = parse(&h2c).unwrap_err().to_string();
+        assert!(
+            err.contains("app \"default\": proxy needs an https:// endpoint"),
+            "{err}"
+        );
     }
 }
 

@@ -76,7 +76,7 @@ impl Harness {
     }
 
     pub(super) fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.emulator.addr())
+        format!("{}{path}", self.emulator.base_url())
     }
 
     pub(super) fn header(&self) -> Value {

@@ -11,18 +11,21 @@
 //! device or the project) in a `google.rpc.QuotaFailure` detail, as FCM does.
 //!
 //! Routes: `POST /token`, `POST /v1/projects/{project}/messages:send`, `GET /stats`; HTTP/1.1
-//! and h2c (prior knowledge) on one port.
+//! and h2c (prior knowledge) on one port, or, with `--tls-cert-out`, HTTPS only (HTTP/2 by
+//! ALPN, and HTTP/1.1) with a self-signed certificate, the token endpoint included.
 //!
 //! Layout: this file starts, serves and stops the emulator and routes each request; `token`
 //! is the OAuth token endpoint and the bearer check, `send` validates `messages:send`,
 //! `faults` injects failures, `quota` is the per-device quota, `rejection` is FCM's error
-//! table and envelope, `stats` the counters behind `GET /stats`.
+//! table and envelope, `stats` the counters behind `GET /stats`, `tls` the self-signed
+//! certificate.
 
 mod faults;
 mod quota;
 mod rejection;
 mod send;
 mod stats;
+mod tls;
 mod token;
 
 #[cfg(test)]
@@ -48,6 +51,7 @@ use rsa::pkcs1v15::VerifyingKey;
 use rsa::pkcs8::{EncodePrivateKey as _, LineEnding};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +70,8 @@ pub use token::FCM_SCOPE;
 const MAX_BODY: usize = 1 << 20;
 /// How long shutdown waits for in-flight requests before dropping them.
 const DRAIN: Duration = Duration::from_secs(5);
+/// A TLS client that has not finished its handshake by then is dropped.
+const HANDSHAKE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct EmulatorArgs {
@@ -106,6 +112,11 @@ pub struct EmulatorArgs {
     /// more are answered 429 QUOTA_EXCEEDED naming the device, with Retry-After. 0 = off.
     #[arg(long, default_value_t = 240)]
     pub device_rate: u32,
+    /// Serve HTTPS instead of plain http/h2c: generate a self-signed certificate for
+    /// localhost and 127.0.0.1 and write it (PEM) to this file, for the client's `ca_file`.
+    /// The service account's token_uri is then https:// too.
+    #[arg(long)]
+    pub tls_cert_out: Option<std::path::PathBuf>,
 }
 
 /// A running emulator; dropping it stops the server too, `shutdown` also waits for it.
@@ -113,6 +124,8 @@ pub struct Emulator {
     addr: SocketAddr,
     state: Arc<State>,
     service_account: String,
+    /// The self-signed certificate (PEM) when serving HTTPS.
+    certificate: Option<String>,
     cancel: CancellationToken,
     server: JoinHandle<()>,
 }
@@ -147,9 +160,24 @@ impl Emulator {
 
         let listener = TcpListener::bind(args.listen).await?;
         let addr = listener.local_addr()?;
+        let tls = match &args.tls_cert_out {
+            None => None,
+            Some(path) => {
+                let tls = tls::self_signed(addr.ip())?;
+                // Written before the first accept: once the emulator answers, the file is there.
+                tokio::fs::write(path, &tls.pem).await.map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("writing the certificate to {}: {e}", path.display()),
+                    )
+                })?;
+                Some(tls)
+            }
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let key_id = hex(&rand::rng().random::<[u8; 20]>());
         let client_email = format!("pushgate-sender@{}.iam.gserviceaccount.com", args.project);
-        let token_uri = format!("http://{addr}/token");
+        let token_uri = format!("{scheme}://{addr}/token");
         let pem = key
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(std::io::Error::other)?;
@@ -187,11 +215,14 @@ impl Emulator {
             next_id: AtomicU64::new(1),
         });
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, state.clone(), cancel.clone()));
+        let certificate = tls.as_ref().map(|t| t.pem.clone());
+        let acceptor = tls.map(|t| t.acceptor);
+        let server = tokio::spawn(serve(listener, acceptor, state.clone(), cancel.clone()));
         Ok(Emulator {
             addr,
             state,
             service_account,
+            certificate,
             cancel,
             server,
         })
@@ -201,12 +232,27 @@ impl Emulator {
         self.addr
     }
 
+    /// `https://ADDR` when serving TLS, else `http://ADDR`.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.certificate.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The self-signed certificate (PEM) a client must trust, when serving HTTPS.
+    pub fn certificate_pem(&self) -> Option<&str> {
+        self.certificate.as_deref()
+    }
+
     pub fn project(&self) -> &str {
         &self.state.project
     }
 
     /// The service-account JSON (type, project_id, private_key_id, private_key (PKCS#8 PEM),
-    /// client_email, client_id, token_uri = http://ADDR/token).
+    /// client_email, client_id, token_uri = http://ADDR/token, or https:// with TLS).
     pub fn service_account_json(&self) -> String {
         self.service_account.clone()
     }
@@ -258,8 +304,8 @@ pub async fn run(
         })?;
     }
     println!(
-        "FCM emulator listening on http://{} for project {}",
-        emulator.addr(),
+        "FCM emulator listening on {} for project {}",
+        emulator.base_url(),
         emulator.project()
     );
     shutdown.await;
@@ -267,7 +313,12 @@ pub async fn run(
     Ok(())
 }
 
-async fn serve(listener: TcpListener, state: Arc<State>, cancel: CancellationToken) {
+async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<State>,
+    cancel: CancellationToken,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let connections = TaskTracker::new();
     loop {
@@ -283,28 +334,47 @@ async fn serve(listener: TcpListener, state: Arc<State>, cancel: CancellationTok
                 }
             },
         };
-        let state = state.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(state.handle(req).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let cancel = cancel.clone();
+        let (builder, state, cancel) = (builder.clone(), state.clone(), cancel.clone());
+        let Some(acceptor) = tls.clone() else {
+            connections.spawn(serve_connection(builder, stream, state, cancel));
+            continue;
+        };
         connections.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN, conn).await;
-                }
+            let handshake = tokio::select! {
+                () = cancel.cancelled() => return,
+                done = tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)) => done,
+            };
+            match handshake {
+                Ok(Ok(stream)) => serve_connection(builder, stream, state, cancel).await,
+                Ok(Err(e)) => tracing::debug!("FCM emulator: TLS handshake: {e}"),
+                Err(_) => tracing::debug!("FCM emulator: TLS handshake timed out"),
             }
         });
     }
     connections.close();
     connections.wait().await;
+}
+
+/// HTTP/1.1 or HTTP/2 (by preface) on one connection, until it ends or shutdown drains it.
+async fn serve_connection(
+    builder: auto::Builder<TokioExecutor>,
+    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    state: Arc<State>,
+    cancel: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(state.handle(req).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN, conn).await;
+        }
+    }
 }
 
 /// Everything the handlers share; fixed at start except the token table and the counters.
@@ -489,6 +559,62 @@ mod tests {
         assert_eq!(response.version(), reqwest::Version::HTTP_2);
         assert_eq!(read(response).await.0, 200);
         assert_eq!(h.emulator.stats().by_key.get("h2"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn with_tls_cert_out_it_serves_https_with_the_written_certificate_h2_and_http1() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("emulator.pem");
+        let flags = ["--tls-cert-out", path.to_str().expect("utf-8 path")];
+        let emulator = Emulator::start_with_key(args(&flags), test_key(0))
+            .await
+            .expect("starting");
+        let pem = std::fs::read_to_string(&path).expect("the certificate is written at start");
+        assert_eq!(emulator.certificate_pem(), Some(pem.as_str()));
+        let root = reqwest::Certificate::from_pem(pem.as_bytes()).expect("a PEM certificate");
+        let trusting = || reqwest::Client::builder().tls_certs_only([root.clone()]);
+        let h = Harness::new(emulator, trusting().build().expect("client"));
+        let base = format!("https://{}", h.emulator.addr());
+        assert_eq!(h.emulator.base_url(), base);
+        assert_eq!(h.service_account["token_uri"], format!("{base}/token"));
+
+        // The grant (its JWT's aud is the https token_uri) and a send, HTTP/2 by ALPN.
+        let token = h.token().await;
+        let response = h
+            .post_send(
+                "pushgate-emulator",
+                Some(&token),
+                &json!({"message": message("tls")}),
+            )
+            .await;
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(read(response).await.0, 200);
+        assert_eq!(h.emulator.stats().by_key.get("tls"), Some(&1));
+
+        // HTTP/1.1 clients, and the name localhost, are served too.
+        let http1 = trusting().http1_only().build().expect("client");
+        let port = h.emulator.addr().port();
+        let stats = http1
+            .get(format!("https://localhost:{port}/stats"))
+            .send()
+            .await
+            .expect("GET /stats over HTTP/1.1 and TLS");
+        assert_eq!(
+            (stats.version(), stats.status().as_u16()),
+            (reqwest::Version::HTTP_11, 200)
+        );
+
+        // Only TLS, and only for a client that trusts the certificate.
+        let untrusting = client(false).get(h.url("/stats")).send().await;
+        assert!(untrusting.is_err(), "an unknown certificate was accepted");
+        let plain = client(false)
+            .get(format!("http://{}/stats", h.emulator.addr()))
+            .send()
+            .await;
+        assert!(
+            plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()),
+            "plain http was served"
+        );
     }
 
     #[tokio::test]

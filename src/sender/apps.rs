@@ -114,6 +114,8 @@ impl Apps {
             endpoint: app.endpoint.clone(),
             connect_timeout: Duration::from_millis(app.connect_timeout_ms),
             request_timeout: Duration::from_millis(app.request_timeout_ms),
+            proxy: app.proxy.clone(),
+            ca_file: app.ca_file.as_deref().map(|p| config.resolve(p)),
         })?;
         let credentials = Arc::new(Credentials::new(account, http.clone()));
         let client = Arc::new(FcmClient::new(http, &app.endpoint, credentials.clone()));

@@ -148,26 +148,13 @@ async fn managed_redis_is_started_restarted_after_a_crash_and_shut_down() {
     drop((dir, keep));
 }
 
-fn check(config: &std::path::Path) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pushgate"))
-        .args(["check", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_accepts_the_example_config_and_its_scripts() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pushgate.example.toml");
-    let (ok, stdout, stderr) = check(&example);
+    let (ok, stdout, stderr) = check_config(&example);
     assert!(ok, "{stderr}");
     assert!(
-        stdout.contains("2 ports, every script compiles"),
+        stdout.contains("2 ports, 0 apps, every script compiles"),
         "{stdout}"
     );
 }
@@ -192,7 +179,7 @@ fn check_reports_each_error_as_file_line_column_and_fails() {
         ),
     )
     .unwrap();
-    let (ok, _, stderr) = check(&config);
+    let (ok, _, stderr) = check_config(&config);
     assert!(!ok);
     let script = dir.path().join("bad.rhai");
     assert!(
@@ -201,7 +188,7 @@ fn check_reports_each_error_as_file_line_column_and_fails() {
     );
 
     std::fs::write(&config, "[[port]]\nname = \"a\"\naddr = \"127.0.0.1:0\"\nscript = \"ok.rhai\"\nframing = \"morse\"\n").unwrap();
-    let (ok, _, stderr) = check(&config);
+    let (ok, _, stderr) = check_config(&config);
     assert!(!ok);
     assert!(
         stderr.contains(&format!("{}:5:", config.display())),
@@ -214,7 +201,7 @@ fn check_reports_each_error_as_file_line_column_and_fails() {
         "[[port]]\nname = \"a\"\naddr = \"nowhere\"\nscript = \"ok.rhai\"\nmax_connections = 0\n",
     )
     .unwrap();
-    let (ok, _, stderr) = check(&config);
+    let (ok, _, stderr) = check_config(&config);
     assert!(!ok);
     assert_eq!(stderr.lines().count(), 2, "one line per problem: {stderr}");
 
@@ -226,7 +213,7 @@ fn check_reports_each_error_as_file_line_column_and_fails() {
         ),
     )
     .unwrap();
-    let (ok, _, stderr) = check(&config);
+    let (ok, _, stderr) = check_config(&config);
     assert!(!ok, "a missing service account fails check");
     assert!(stderr.contains("missing.json"), "{stderr}");
 }

@@ -10,6 +10,8 @@ mod ingest;
 mod lifecycle;
 mod operations;
 mod process;
+mod proxy;
+mod proxy_support;
 mod redis_outage;
 mod routes;
 mod security;

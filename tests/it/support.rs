@@ -686,10 +686,16 @@ pub struct Process {
 
 impl Process {
     pub fn serve(config: &Path, admin: SocketAddr) -> Process {
+        Process::serve_with_env(config, admin, &[])
+    }
+
+    /// As [`Process::serve`], with `env` added to the child's environment.
+    pub fn serve_with_env(config: &Path, admin: SocketAddr, env: &[(&str, &str)]) -> Process {
         let child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -761,6 +767,20 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `pushgate check --config CONFIG`: (success, stdout, stderr).
+pub fn check_config(config: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A strict FCM emulator in this process, with `flags` as on its command line.
