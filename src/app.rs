@@ -241,6 +241,11 @@ impl App {
         })
     }
 
+    /// The running apps' senders.
+    pub fn apps(&self) -> &Arc<Apps> {
+        &self.apps
+    }
+
     /// The config as currently running.
     pub fn config_snapshot(&self) -> Arc<Config> {
         self.admin_state.config()

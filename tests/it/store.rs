@@ -945,3 +945,160 @@ async fn the_sign_in_throttle_locks_a_name_per_address_and_slows_a_busy_address(
         .unwrap();
     assert_eq!(count, 0, "a success takes its own attempt back");
 }
+
+/// A queued record whose push waits in `lane` of app `app`.
+fn in_lane(key: &str, app: &str, lane: pushgate::push::Lane, at_ms: i64) -> NewRecord {
+    let push: pushgate::push::Push = serde_json::from_value(json!({
+        "target": {"token": format!("tok-{key}")},
+        "app": app,
+        "lane": lane,
+    }))
+    .unwrap();
+    NewRecord {
+        decision: Some(pushgate::push::Decision::Send { push }),
+        due_ms: Some(at_ms),
+        ..record(key, 0, Status::Queued, at_ms)
+    }
+}
+
+/// `claim.lua`: urgent first, then normal and bulk four to one, one app at a time.
+#[tokio::test]
+async fn a_claim_takes_urgent_first_then_normal_and_bulk_four_to_one() {
+    use pushgate::push::Lane;
+    let redis = RedisServer::start();
+    let store = open(&redis);
+    let now = now_ms();
+    let mut records = Vec::new();
+    for n in 0..20 {
+        records.push(in_lane(&format!("b{n}"), "default", Lane::Bulk, now - 1000));
+        records.push(in_lane(
+            &format!("n{n}"),
+            "default",
+            Lane::Normal,
+            now - 500,
+        ));
+    }
+    records.push(in_lane("u0", "default", Lane::Urgent, now));
+    records.push(in_lane("other", "card", Lane::Urgent, now));
+    ingest(&store, &records).await;
+    let lanes = |claimed: &[Claimed]| -> Vec<String> {
+        claimed
+            .iter()
+            .map(|c| c.record.push().unwrap().queue().lane.to_string())
+            .collect()
+    };
+    let first = store
+        .claim("default", now, now + 30_000, 6, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        lanes(&first.records),
+        ["urgent", "normal", "normal", "normal", "normal", "bulk"],
+        "urgent first although it arrived last; then four normal to one bulk"
+    );
+    assert!(
+        first
+            .records
+            .iter()
+            .all(|c| c.record.unique_key() != "other")
+    );
+    // One slot at a time keeps the ratio: the turn is kept in Redis.
+    let mut singles = Vec::new();
+    for _ in 0..10 {
+        let c = store
+            .claim("default", now, now + 30_000, 1, None)
+            .await
+            .unwrap();
+        singles.extend(lanes(&c.records));
+    }
+    assert_eq!(
+        singles.iter().filter(|l| *l == "bulk").count(),
+        2,
+        "{singles:?}"
+    );
+    // Normal runs out: bulk takes every slot; the other app's queue is untouched.
+    let rest = store
+        .claim("default", now, now + 30_000, 100, None)
+        .await
+        .unwrap();
+    assert_eq!(rest.records.len(), 40 + 1 - 6 - 10);
+    let card = store
+        .claim("card", now, now + 30_000, 100, None)
+        .await
+        .unwrap();
+    assert_eq!(card.records.len(), 1);
+}
+
+/// `claim.lua`'s bucket: no more than its capacity at once, a reserve only urgent pushes
+/// use, and a wait that says when to come back.
+#[tokio::test]
+async fn a_claim_draws_on_the_apps_bucket_and_leaves_urgent_its_reserve() {
+    use pushgate::config::Bucket;
+    use pushgate::push::Lane;
+    let redis = RedisServer::start();
+    let store = open(&redis);
+    let now = now_ms();
+    let records: Vec<NewRecord> = (0..50)
+        .map(|n| in_lane(&format!("b{n}"), "default", Lane::Bulk, now))
+        .collect();
+    ingest(&store, &records).await;
+    // One send a second: a bucket that refills too slowly to matter during the test.
+    let bucket = Some(Bucket {
+        rate: 1,
+        burst: 10,
+        urgent_reserve: 3,
+    });
+    let first = store
+        .claim("default", now, now + 30_000, 100, bucket)
+        .await
+        .unwrap();
+    assert_eq!(first.records.len(), 7, "the burst less the urgent reserve");
+    assert!(
+        first.paced.is_some_and(|w| w <= Duration::from_secs(4)),
+        "{:?}",
+        first.paced
+    );
+    let again = store
+        .claim("default", now, now + 30_000, 100, bucket)
+        .await
+        .unwrap();
+    assert!(
+        again.records.is_empty(),
+        "the bucket is down to the reserve"
+    );
+    ingest(&store, &[in_lane("u", "default", Lane::Urgent, now)]).await;
+    let urgent = store
+        .claim("default", now, now + 30_000, 100, bucket)
+        .await
+        .unwrap();
+    assert_eq!(urgent.records.len(), 1, "urgent uses the reserve");
+    assert_eq!(urgent.records[0].record.unique_key(), "u");
+}
+
+/// `legacy_queue.lua`: what the first stage queued is sent by the default app's normal lane.
+#[tokio::test]
+async fn the_first_stages_due_queue_moves_into_the_default_apps_normal_lane() {
+    let redis = RedisServer::start();
+    let store = open(&redis);
+    let mut con = redis.connection();
+    let now = now_ms();
+    let id = ingest_one(&store, record("L0", 0, Status::Queued, now)).await;
+    let _: () = redis::cmd("ZREM")
+        .arg("pg:due:default:normal")
+        .arg(id)
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg("pg:due")
+        .arg(now)
+        .arg(id)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(store.adopt_legacy_queue().await.unwrap(), 1);
+    assert_eq!(store.adopt_legacy_queue().await.unwrap(), 0, "once");
+    let claimed = store
+        .claim("default", now, now + 30_000, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(claimed_ids(&claimed.records), [id]);
+}

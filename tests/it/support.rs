@@ -809,6 +809,21 @@ pub fn fcm_table(emulator: &pushgate::emulator::Emulator, dir: &Path, settings: 
     )
 }
 
+/// Write the emulator's service account into `dir` and return an `[[app]]` table named
+/// `name` for it. Put it after every other table: keys after it would be the app's.
+pub fn app_table(
+    emulator: &pushgate::emulator::Emulator,
+    dir: &Path,
+    name: &str,
+    settings: &str,
+) -> String {
+    fcm_table(emulator, dir, settings).replacen(
+        "[fcm]\n",
+        &format!("[[app]]\nname = \"{name}\"\n"),
+        1,
+    )
+}
+
 /// pushgate with one port `p` routed by [`SEND`] and `[fcm]` (plus `settings`) pointing
 /// at `emulator`; returns the app and where `p` listens.
 pub async fn start_delivering(
