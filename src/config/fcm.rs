@@ -206,9 +206,21 @@ fn check_proxy(proxy: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An app's token bucket, kept in Redis and shared by every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    /// Sends per second.
+    pub rate: u32,
+    /// Capacity.
+    pub burst: u32,
+    /// Tokens normal and bulk pushes leave for urgent ones.
+    pub urgent_reserve: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::{PORT, parse};
+    use super::{Bucket, Provider};
 
     const FCM: &str = "[fcm]\nservice_account = \"sa.json\"\n";
 
@@ -264,15 +276,72 @@ mod tests {
             "{err}"
         );
     }
-}
+    #[test]
+    fn apps_are_named_and_fcm_is_the_default_one() {
+        let text = format!(
+            "{PORT}app = \"card\"\nlane = \"urgent\"\n{FCM}rate = 500\n[[app]]\nname = \"card\"\nservice_account = \"card.json\"\n"
+        );
+        let config = parse(&text).unwrap();
+        let names: Vec<&str> = config.apps().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["default", "card"]);
+        let default = config.app("default").unwrap();
+        assert_eq!(default.provider, Provider::Fcm);
+        assert_eq!(
+            default.bucket(),
+            Some(Bucket {
+                rate: 500,
+                burst: 50,
+                urgent_reserve: 10
+            })
+        );
+        assert_eq!(
+            config.app("card").unwrap().bucket(),
+            None,
+            "no rate, no cap"
+        );
+        let port = &config.ports[0];
+        assert_eq!(
+            port.queue(),
+            crate::push::Queue::new("card", crate::push::Lane::Urgent)
+        );
+        assert_eq!(config.queue_of("nowhere"), crate::push::Queue::default());
+    }
 
-/// An app's token bucket, kept in Redis and shared by every node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bucket {
-    /// Sends per second.
-    pub rate: u32,
-    /// Capacity.
-    pub burst: u32,
-    /// Tokens normal and bulk pushes leave for urgent ones.
-    pub urgent_reserve: u32,
+    #[test]
+    fn app_names_rates_and_references_are_checked() {
+        for (text, problem) in [
+            (
+                format!("{FCM}[[app]]\nname = \"default\"\nservice_account = \"x\"\n"),
+                "name is used twice",
+            ),
+            (
+                format!("{FCM}name = \"mts\"\n"),
+                "belongs in an [[app]] entry",
+            ),
+            (
+                "[[app]]\nname = \"Bad Name\"\nservice_account = \"x\"\n".to_string(),
+                "name must be 1 to 32",
+            ),
+            (format!("{FCM}rate = 0\n"), "rate must be at least 1"),
+            (format!("{FCM}burst = 5\n"), "burst needs a rate"),
+            (
+                format!("{FCM}rate = 100\nburst = 500\n"),
+                "burst = 500 must be 2 to rate",
+            ),
+            (
+                format!("{PORT}app = \"nope\"\n{FCM}"),
+                "app = \"nope\" is not configured",
+            ),
+            (
+                format!("{PORT}[[app]]\nname = \"card\"\nservice_account = \"x\"\n"),
+                "no `app` is set and there is no app \"default\"",
+            ),
+            (format!("{PORT}lane = \"fast\"\n"), "unknown variant `fast`"),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(problem), "{text}\n=> {err}");
+        }
+        // Without any app, a port may name one: nothing is sent yet.
+        assert!(parse(&format!("{PORT}app = \"later\"\n")).is_ok());
+    }
 }

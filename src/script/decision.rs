@@ -439,6 +439,38 @@ mod tests {
     }
 
     #[test]
+    fn a_script_may_name_the_app_and_lane() {
+        let decided = run_body(
+            "  let d = send_token(\"t\", \"\", \"\");\n  d.app = \"card\";\n  d.lane = \"urgent\";\n  d",
+            &sample(),
+            afternoon(),
+        )
+        .unwrap();
+        assert!(matches!(
+            decided,
+            Decision::Send { push } if push.app.as_deref() == Some("card") && push.lane == Some(Lane::Urgent)
+        ));
+        for (set, problem) in [
+            (
+                "d.lane = \"fast\"",
+                "`lane` must be \"urgent\", \"normal\" or \"bulk\", got \"fast\"",
+            ),
+            (
+                "d.app = \"Card App\"",
+                "`app` must be 1 to 32 of a-z, 0-9, _ and -, got \"Card App\"",
+            ),
+            ("d.app = 7", "`app` must be a string, got i64"),
+        ] {
+            assert_eq!(
+                decision_error(&format!(
+                    "  let d = send_token(\"t\", \"\", \"\");\n  {set};\n  d"
+                )),
+                problem
+            );
+        }
+    }
+
+    #[test]
     fn action_must_be_known() {
         assert_eq!(
             decision_error("  #{ token: \"t\" }"),
