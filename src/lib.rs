@@ -21,6 +21,7 @@
 #![recursion_limit = "256"]
 
 pub mod admin;
+pub mod apns;
 pub mod app;
 pub mod clock;
 pub mod config;

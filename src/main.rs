@@ -172,8 +172,9 @@ fn check(path: &std::path::Path) -> ExitCode {
         failed = true;
     }
     for app in config.apps() {
-        if let Err(e) = pushgate::fcm::ServiceAccount::load(&config.resolve(&app.service_account)) {
-            eprintln!("app {:?}: {e}", app.name);
+        // Reads the app's key (service account or .p8) and builds its client.
+        if let Err(e) = pushgate::sender::apps::client_for(&config, app) {
+            eprintln!("app {:?}: {e:#}", app.name);
             failed = true;
         }
         if let Some(ca_file) = &app.ca_file

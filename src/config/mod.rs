@@ -15,8 +15,8 @@
 //! each of its optional keys names its `default_*` fn.
 
 mod admin;
+mod app;
 mod diff;
-mod fcm;
 mod node;
 mod port;
 mod redis;
@@ -24,8 +24,8 @@ mod script;
 mod store;
 
 pub use admin::{AdminConfig, ApiKey, ConsoleConfig, MAX_USER_NAME, Role, Scope, User};
+pub use app::{AppConfig, Bucket, Provider};
 pub use diff::PortChanges;
-pub use fcm::{Bucket, FcmConfig, Provider};
 pub use node::NodeConfig;
 pub use port::{FramingKind, Mode, Payload, PortConfig};
 pub use redis::{AppendFsync, RedisConfig};
@@ -70,10 +70,10 @@ pub struct Config {
     pub store: StoreConfig,
     pub script: ScriptConfig,
     /// The app `default` (FCM); with no app at all records stay `queued`.
-    pub fcm: Option<FcmConfig>,
+    pub fcm: Option<AppConfig>,
     /// More apps: each its own provider project, credentials, rate and queues.
     #[serde(rename = "app")]
-    pub apps: Vec<FcmConfig>,
+    pub apps: Vec<AppConfig>,
     #[serde(rename = "api_key")]
     pub api_keys: Vec<ApiKey>,
     pub console: ConsoleConfig,
@@ -184,11 +184,11 @@ impl Config {
     }
 
     /// Every app: `[fcm]` (as `default`) first, then the `[[app]]` entries.
-    pub fn apps(&self) -> impl Iterator<Item = &FcmConfig> {
+    pub fn apps(&self) -> impl Iterator<Item = &AppConfig> {
         self.fcm.iter().chain(&self.apps)
     }
 
-    pub fn app(&self, name: &str) -> Option<&FcmConfig> {
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
         self.apps().find(|a| a.name == name)
     }
 

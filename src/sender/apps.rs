@@ -12,8 +12,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Policy, Sender};
-use crate::config::{Config, FcmConfig};
+use super::{Client, Policy, Sender};
+use crate::apns::{ApnsClient, ApnsSettings, ProviderKey};
+use crate::config::{AppConfig, Config, Provider};
 use crate::fcm::{self, ClientSettings, Credentials, FcmClient, ServiceAccount};
 use crate::store::Store;
 
@@ -22,7 +23,7 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// One app's running sender.
 struct Running {
-    config: FcmConfig,
+    config: AppConfig,
     sender: Arc<Sender>,
     /// Woken when ingest stored records.
     wake: Arc<Notify>,
@@ -108,17 +109,8 @@ impl Apps {
         }
     }
 
-    fn launch(&self, config: &Config, app: &FcmConfig) -> anyhow::Result<Running> {
-        let account = ServiceAccount::load(&config.resolve(&app.service_account))?;
-        let http = fcm::http_client(&ClientSettings {
-            endpoint: app.endpoint.clone(),
-            connect_timeout: Duration::from_millis(app.connect_timeout_ms),
-            request_timeout: Duration::from_millis(app.request_timeout_ms),
-            proxy: app.proxy.clone(),
-            ca_file: app.ca_file.as_deref().map(|p| config.resolve(p)),
-        })?;
-        let credentials = Arc::new(Credentials::new(account, http.clone()));
-        let client = Arc::new(FcmClient::new(http, &app.endpoint, credentials.clone()));
+    fn launch(&self, config: &Config, app: &AppConfig) -> anyhow::Result<Running> {
+        let client = client_for(config, app)?;
         let wake = Arc::new(Notify::new());
         let sender = Sender::new(
             self.store.clone(),
@@ -132,9 +124,9 @@ impl Apps {
             sender.set_dry_run_ports(ports.iter().cloned());
         }
         let cancel = self.cancel.child_token();
-        let refresher = tokio::spawn(credentials.keep_fresh(cancel.clone()));
+        let refresher = sender.client().keep_fresh(cancel.clone());
         let task = tokio::spawn(sender.clone().run(cancel.clone()));
-        tracing::info!(app = %app.name, endpoint = %app.endpoint, rate = ?app.rate, "sender started");
+        tracing::info!(app = %app.name, provider = app.provider.as_str(), endpoint = %app.endpoint(), rate = ?app.rate, "sender started");
         Ok(Running {
             config: app.clone(),
             sender,
@@ -169,7 +161,7 @@ impl Apps {
             *slot = ports.clone();
         }
         let mut changes = AppChanges::default();
-        let wanted: BTreeMap<&str, &FcmConfig> =
+        let wanted: BTreeMap<&str, &AppConfig> =
             config.apps().map(|a| (a.name.as_str(), a)).collect();
         let mut stopping = Vec::new();
         if let Ok(mut map) = self.running.write() {
@@ -247,6 +239,42 @@ async fn fan_out(apps: Arc<Apps>, stored: Arc<Notify>) {
             }
         }
     }
+}
+
+/// The provider client an app's config describes: its key read, its HTTP client built
+/// (pooled, HTTP/2, through `proxy`, trusting `ca_file`).
+pub fn client_for(config: &Config, app: &AppConfig) -> anyhow::Result<Client> {
+    let http = fcm::http_client(&ClientSettings {
+        endpoint: app.endpoint().to_owned(),
+        connect_timeout: Duration::from_millis(app.connect_timeout_ms),
+        request_timeout: Duration::from_millis(app.request_timeout_ms),
+        proxy: app.proxy.clone(),
+        ca_file: app.ca_file.as_deref().map(|p| config.resolve(p)),
+    })?;
+    let missing = |key: &str| anyhow::anyhow!("app {:?} has no {key}", app.name);
+    Ok(match app.provider {
+        Provider::Fcm => {
+            let path = app
+                .service_account
+                .as_deref()
+                .ok_or_else(|| missing("service_account"))?;
+            let account = ServiceAccount::load(&config.resolve(path))?;
+            let credentials = Arc::new(Credentials::new(account, http.clone()));
+            Client::Fcm(Arc::new(FcmClient::new(http, app.endpoint(), credentials)))
+        }
+        Provider::Apns => {
+            let path = app.key_file.as_deref().ok_or_else(|| missing("key_file"))?;
+            let key = ProviderKey::load(&config.resolve(path))?;
+            let settings = ApnsSettings {
+                endpoint: app.endpoint().to_owned(),
+                topic: app.topic.clone().ok_or_else(|| missing("topic"))?,
+                key_id: app.key_id.clone().ok_or_else(|| missing("key_id"))?,
+                team_id: app.team_id.clone().ok_or_else(|| missing("team_id"))?,
+                token_refresh: Duration::from_secs(app.token_refresh_secs),
+            };
+            Client::Apns(Arc::new(ApnsClient::new(http, settings, key)))
+        }
+    })
 }
 
 fn dry_run_ports(config: &Config) -> Vec<String> {

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::now_ms;
-use crate::config::{Bucket, FcmConfig};
-use crate::fcm::{self, Answer, Expiry, FcmClient, Retry};
+use crate::config::{AppConfig, Bucket};
+use crate::fcm::{self, Answer, Retry};
 use crate::metrics::{labels, metrics};
 use crate::push::{Attempt, Push, Status, Target};
 use crate::script::format_local;
@@ -32,10 +32,12 @@ use crate::store::Store;
 use crate::store::delivery::{Claimed, Outcome};
 
 pub mod apps;
+pub mod client;
 pub mod devices;
 pub mod health;
 
 pub use apps::{AppChanges, Apps};
+pub use client::Client;
 pub use health::{Health, HealthView};
 
 /// Most records claimed in one round trip.
@@ -60,7 +62,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn from_config(config: &FcmConfig) -> Policy {
+    pub fn from_config(config: &AppConfig) -> Policy {
         Policy {
             app: config.name.clone(),
             bucket: config.bucket(),
@@ -101,7 +103,7 @@ pub struct Sender {
     store: Store,
     /// Where outcomes are written (waits for `ack_replicas` when set).
     outcomes: Store,
-    client: Arc<FcmClient>,
+    client: Client,
     policy: Policy,
     zone: chrono_tz::Tz,
     /// Ports whose records are sent with `validate_only`.
@@ -125,7 +127,7 @@ impl Sender {
     pub fn new(
         store: Store,
         outcomes: Store,
-        client: Arc<FcmClient>,
+        client: Client,
         policy: Policy,
         zone: chrono_tz::Tz,
         wake: Arc<Notify>,
@@ -159,9 +161,9 @@ impl Sender {
         }
     }
 
-    /// Whether an FCM access token is at hand (for `/readyz`).
+    /// Whether an access or provider token is at hand (for `/readyz`).
     pub fn has_token(&self) -> bool {
-        self.client.credentials().has_token()
+        self.client.has_token()
     }
 
     pub fn app(&self) -> &str {
@@ -172,7 +174,7 @@ impl Sender {
         &self.policy
     }
 
-    pub fn client(&self) -> &FcmClient {
+    pub fn client(&self) -> &Client {
         &self.client
     }
 
@@ -406,11 +408,7 @@ impl Sender {
                         quota: None,
                     }
                 } else {
-                    let message = match push.ttl_secs {
-                        Some(_) => fcm::Message::expiring(&push, Expiry::of(deadline_ms, now_ms())),
-                        None => fcm::Message::for_push(&push),
-                    };
-                    tokio::time::timeout(deadline, self.client.send(&message, dry_run))
+                    tokio::time::timeout(deadline, self.client.send(&push, deadline_ms, dry_run))
                         .await
                         .unwrap_or_else(|_| Answer::Refused {
                             class: fcm::ErrorClass::Transport,

@@ -7,20 +7,37 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-/// Which provider an app sends through. APNs is designed in (its keys will sit beside
-/// FCM's), not built yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+/// Which provider an app sends through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
+    /// Firebase Cloud Messaging HTTP v1 (`service_account`).
     #[default]
     Fcm,
+    /// Apple's provider API directly, with token auth (`key_file`, `key_id`, `team_id`,
+    /// `topic`).
+    Apns,
 }
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Fcm => "fcm",
+            Provider::Apns => "apns",
+        }
+    }
+}
+
+/// Apple's production endpoint; `https://api.sandbox.push.apple.com` is the development one.
+pub const APNS_ENDPOINT: &str = "https://api.push.apple.com";
+/// Google's FCM endpoint.
+pub const FCM_ENDPOINT: &str = "https://fcm.googleapis.com";
 
 /// One app (`[[app]]`, or `[fcm]` as the app `default`): credentials, endpoint, pacing and
 /// the sender's retry policy.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FcmConfig {
+pub struct AppConfig {
     /// The app's name, which ports, API keys and scripts use (`app = "..."`); `[fcm]`
     /// is `default`.
     #[serde(default = "default_app_name")]
@@ -28,7 +45,26 @@ pub struct FcmConfig {
     #[serde(default)]
     pub provider: Provider,
     /// (fcm) The Google service-account JSON key (relative to the config file).
-    pub service_account: PathBuf,
+    #[serde(default)]
+    pub service_account: Option<PathBuf>,
+    /// (apns) The `.p8` key Apple gives developers (PKCS#8 PEM, EC P-256), relative to the
+    /// config file.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// (apns) The key's 10-character id (`kid`).
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// (apns) The 10-character team id (`iss`).
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// (apns) The app's bundle id, sent as `apns-topic`.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// (apns) How long one provider token (JWT) is used before a new one is signed:
+    /// Apple wants 20 to 60 minutes (faster refreshes get 429
+    /// TooManyProviderTokenUpdates, older tokens 403 ExpiredProviderToken).
+    #[serde(default = "default_token_refresh_secs")]
+    pub token_refresh_secs: u64,
     /// Most sends per second, shared by every node on the same Redis (a token bucket in
     /// Redis); none = no cap of pushgate's own. Urgent pushes may use a reserve that
     /// normal and bulk ones leave untouched.
@@ -38,9 +74,10 @@ pub struct FcmConfig {
     /// at least 2. Over any window of T seconds at most `burst + rate × T` are sent.
     #[serde(default)]
     pub burst: Option<u32>,
-    /// `https://fcm.googleapis.com`, or the emulator's `http://host:port` (h2c).
-    #[serde(default = "default_fcm_endpoint")]
-    pub endpoint: String,
+    /// `https://fcm.googleapis.com` (fcm) or `https://api.push.apple.com` (apns) when
+    /// unset; or an emulator's `http://host:port` (h2c) or `https://localhost:port`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
     /// Most sends in flight at once.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
@@ -83,8 +120,8 @@ pub struct FcmConfig {
 fn default_app_name() -> String {
     crate::push::DEFAULT_APP.into()
 }
-fn default_fcm_endpoint() -> String {
-    "https://fcm.googleapis.com".into()
+fn default_token_refresh_secs() -> u64 {
+    40 * 60
 }
 fn default_max_in_flight() -> usize {
     256
@@ -114,7 +151,16 @@ fn default_request_timeout_ms() -> u64 {
     10_000
 }
 
-impl FcmConfig {
+impl AppConfig {
+    /// Where its sends go: `endpoint`, else the provider's own.
+    pub fn endpoint(&self) -> &str {
+        match (&self.endpoint, self.provider) {
+            (Some(endpoint), _) => endpoint,
+            (None, Provider::Fcm) => FCM_ENDPOINT,
+            (None, Provider::Apns) => APNS_ENDPOINT,
+        }
+    }
+
     /// The bucket's capacity and the part of it only urgent pushes may use, for a rate.
     pub fn bucket(&self) -> Option<Bucket> {
         let rate = self.rate?;
@@ -151,10 +197,11 @@ impl FcmConfig {
         if self.burst.is_some() && self.rate.is_none() {
             out.push(format!("{at}: burst needs a rate"));
         }
-        if !(self.endpoint.starts_with("https://") || self.endpoint.starts_with("http://")) {
+        self.provider_problems(&at, out);
+        let endpoint = self.endpoint();
+        if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
             out.push(format!(
-                "{at}: endpoint = {:?} must start with https:// (or http:// for the emulator)",
-                self.endpoint
+                "{at}: endpoint = {endpoint:?} must start with https:// (or http:// for the emulator)"
             ));
         }
         if self.max_in_flight == 0 || self.max_age_secs == 0 {
@@ -181,11 +228,69 @@ impl FcmConfig {
                 ));
             }
             // A plain-http endpoint is the emulator's h2c, which no CONNECT proxy carries.
-            if self.endpoint.starts_with("http://") {
+            if endpoint.starts_with("http://") {
                 out.push(format!(
-                    "{at}: proxy needs an https:// endpoint, not {:?}",
-                    self.endpoint
+                    "{at}: proxy needs an https:// endpoint, not {endpoint:?}"
                 ));
+            }
+        }
+    }
+}
+
+impl AppConfig {
+    /// Each provider's own keys are required, and the other's refused.
+    fn provider_problems(&self, at: &str, out: &mut Vec<String>) {
+        let apns_keys = [
+            ("key_file", self.key_file.is_some()),
+            ("key_id", self.key_id.is_some()),
+            ("team_id", self.team_id.is_some()),
+            ("topic", self.topic.is_some()),
+        ];
+        match self.provider {
+            Provider::Fcm => {
+                if self.service_account.is_none() {
+                    out.push(format!(
+                        "{at}: provider \"fcm\" needs service_account (the Google JSON key)"
+                    ));
+                }
+                for (key, _) in apns_keys.iter().filter(|(_, set)| *set) {
+                    out.push(format!(
+                        "{at}: {key} is an APNs key; set provider = \"apns\" for Apple's API"
+                    ));
+                }
+            }
+            Provider::Apns => {
+                for (key, _) in apns_keys.iter().filter(|(_, set)| !*set) {
+                    out.push(format!("{at}: provider \"apns\" needs {key}"));
+                }
+                if self.service_account.is_some() {
+                    out.push(format!(
+                        "{at}: service_account is FCM's; an APNs app signs with key_file"
+                    ));
+                }
+                for (key, value) in [("key_id", &self.key_id), ("team_id", &self.team_id)] {
+                    if let Some(value) = value
+                        && !(value.len() == 10 && value.bytes().all(|b| b.is_ascii_alphanumeric()))
+                    {
+                        out.push(format!(
+                            "{at}: {key} = {value:?} must be Apple's 10 letters and digits"
+                        ));
+                    }
+                }
+                if let Some(topic) = &self.topic
+                    && (topic.is_empty()
+                        || topic.len() > 255
+                        || topic
+                            .bytes()
+                            .any(|b| b.is_ascii_whitespace() || !b.is_ascii_graphic()))
+                {
+                    out.push(format!("{at}: topic = {topic:?} must be the app's bundle id (e.g. \"kr.example.bank\")"));
+                }
+                if self.token_refresh_secs == 0 {
+                    out.push(format!(
+                        "{at}: token_refresh_secs must be at least 1 (Apple wants 1200 to 3600)"
+                    ));
+                }
             }
         }
     }
