@@ -397,9 +397,11 @@ async fn an_outcome_with_a_retry_time_queues_the_record_again() {
     let redis = RedisServer::start();
     let store = open(&redis);
     let now = now_ms();
-    ingest(&store, &[record("R1", 1, Status::Queued, now)]).await;
+    // An urgent push of another app: its retry goes back to its own queue and lane.
+    let urgent = in_lane("R1", "card", pushgate::push::Lane::Urgent, now);
+    ingest(&store, &[urgent]).await;
     let claim = store
-        .claim("default", now, now + 1_000, 1, None)
+        .claim("card", now, now + 1_000, 1, None)
         .await
         .unwrap()
         .records
@@ -412,8 +414,17 @@ async fn an_outcome_with_a_retry_time_queues_the_record_again() {
     retry.retry_at_ms = Some(now + 5_000);
     assert_eq!(store.finish(&[retry]).await.unwrap(), [true]);
     assert_eq!(store.due_at(claim.id).await.unwrap(), Some(now + 5_000));
+    let mut con = redis.connection();
+    let score: Option<i64> = redis::cmd("ZSCORE")
+        .arg("pg:due:card:urgent")
+        .arg(claim.id)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(score, Some(now + 5_000), "the retry keeps its app and lane");
     assert!(store.has_bit("status", "retrying", claim.id).await.unwrap());
     assert!(store.has_bit("fcm_send_yn", "N", claim.id).await.unwrap());
+    assert!(store.has_bit("lane", "urgent", claim.id).await.unwrap());
+    assert!(store.has_bit("app", "card", claim.id).await.unwrap());
 }
 
 /// `prune.lua` with `swap.lua` (legal hold)
