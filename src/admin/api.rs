@@ -21,6 +21,8 @@ use super::{AdminState, Reply, json as reply_json, json_error, read_body};
 use crate::clock::now_ms;
 use crate::config::{Role, Scope};
 use crate::ingest;
+use crate::push::Lane;
+use crate::push::queue::is_app_name;
 use crate::store::log::{LogQuery, searchable_fields};
 use crate::supervisor::SupervisorError;
 
@@ -254,8 +256,8 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
     )
 }
 
-/// `GET /api/v1/pushes?field=value`: the first searchable field given, plus `status`,
-/// `order=oldest`, `page`, `per_page` (≤ 1000).
+/// `GET /api/v1/pushes?field=value`: the first searchable field given, plus the filters
+/// `status`, `app` and `lane`, `order=oldest`, `page`, `per_page` (≤ 1000).
 async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) -> Reply {
     let fields = searchable_fields();
     let mut q = LogQuery {
@@ -266,6 +268,21 @@ async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) ->
     for (k, v) in query {
         match k.as_str() {
             "status" => q.status = Some(v.clone()),
+            "app" if is_app_name(v) => q.app = Some(v.clone()),
+            "lane" if Lane::parse(v).is_some() => q.lane = Some(v.clone()),
+            "app" | "lane" => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{v:?} is not {}",
+                        if k == "app" {
+                            "an app name"
+                        } else {
+                            "a lane (urgent, normal, bulk)"
+                        }
+                    ),
+                );
+            }
             "order" => q.oldest_first = v == "oldest",
             "page" => q.page = v.parse().unwrap_or(1).clamp(1, 1_000_000_000),
             "per_page" => q.per_page = v.parse().unwrap_or(100),
@@ -277,7 +294,7 @@ async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) ->
                 return json_error(
                     StatusCode::BAD_REQUEST,
                     format!(
-                        "{other:?} is not a search parameter (fields: {}; status, order, page, per_page)",
+                        "{other:?} is not a search parameter (fields: {}; status, app, lane, order, page, per_page)",
                         fields.join(", ")
                     ),
                 );

@@ -657,3 +657,151 @@ async fn a_script_error_push_is_routed_again_once_the_script_is_fixed() {
     );
     app.shutdown().await;
 }
+
+/// Wait until push `id` is in `status`.
+async fn wait_status(store: &pushgate::store::Store, id: u64, status: &str) {
+    eventually(
+        Duration::from_secs(15),
+        &format!("push {id} {status}"),
+        || {
+            let store = store.clone();
+            async move {
+                let record = store.record(id).await.ok().flatten()?.to_json();
+                (record["status"] == status).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// The HTML from `marker` to the end of its element `until` (a card, a table row).
+fn section<'a>(body: &'a str, marker: &str, until: &str) -> &'a str {
+    let start = body
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} on the page:\n{body}"));
+    let rest = &body[start..];
+    &rest[..rest.find(until).unwrap_or(rest.len())]
+}
+
+/// `GET path` on the API with `key`: (status, JSON).
+async fn api_get(web: &Web, path: &str, key: Option<&str>) -> (u16, Value) {
+    let mut request = web.client().get(format!("{}{path}", web.base));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    } else if let Some(cookie) = web.cookie() {
+        request = request.header("cookie", cookie);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_filters_by_app_and_lane_with_every_kind_of_search() {
+    let redis = RedisServer::start();
+    let main = emulator(&[]).await;
+    let card = emulator(&[]).await;
+    let (app, [p, u, c]) = two_apps(&redis, &main, &card, "").await;
+    // Ids 1-3 default/normal, 4-7 default/urgent, 8-9 card/bulk; ids 1 and 8 share a
+    // customer number (so its index is a zset), and 8 is a TRF push.
+    let mut normal: Vec<Value> = (0..3).map(|n| message(&format!("n-{n}"), n + 1)).collect();
+    normal[0]["csno"] = json!("4440000001");
+    let urgent: Vec<Value> = (0..4).map(|n| message(&format!("u-{n}"), n + 10)).collect();
+    let mut bulk: Vec<Value> = (0..2).map(|n| message(&format!("b-{n}"), n + 20)).collect();
+    bulk[0]["csno"] = json!("4440000001");
+    let mut ids = store_messages(p, &normal).await;
+    ids.extend(store_messages(u, &urgent).await);
+    ids.extend(store_messages(c, &bulk).await);
+    assert_eq!(ids, (1..=9).collect::<Vec<u64>>());
+    let store = app.app().store.clone();
+    for id in ids {
+        wait_status(&store, id, "sent").await;
+    }
+
+    let mut web = Web::new(app.app().admin_addr);
+    web.sign_in("operator").await;
+    let log = web.get("/log").await.body;
+    assert!(
+        log.contains("<option value=\"card\" >card</option>"),
+        "the app select lists the configured apps: {log}"
+    );
+    assert!(log.contains("<option value=\"bulk\" >bulk</option>"));
+    let ids_of = |body: &str| -> Vec<u64> {
+        body.split("<td><a href=\"/push/")
+            .skip(1)
+            .map(|r| r.split('"').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let cases: &[(&str, &[u64])] = &[
+        ("app=card", &[9, 8]),
+        ("lane=urgent", &[7, 6, 5, 4]),
+        ("app=default", &[7, 6, 5, 4, 3, 2, 1]),
+        ("app=default&lane=bulk", &[]),
+        ("app=card&lane=bulk&status=sent", &[9, 8]),
+        ("app=card&status=failed", &[]),
+        // An index entry of one record, then a zset (two records share the number).
+        ("field=uuid_id&q=uuid-20&app=card", &[8]),
+        ("field=uuid_id&q=uuid-20&app=default", &[]),
+        ("field=csno&q=4440000001", &[8, 1]),
+        ("field=csno&q=4440000001&app=card", &[8]),
+        ("field=csno&q=4440000001&lane=normal&status=sent", &[1]),
+        // A bitmap field, a unique key and a substring search, each with a filter.
+        ("field=D_servicename&q=TRF&app=card", &[8]),
+        ("field=uniqueKey&q=b-1&lane=bulk", &[9]),
+        ("field=uniqueKey&q=b-1&lane=urgent", &[]),
+        ("field=msg_contents&q=%EC%9E%85%EA%B8%88&app=card", &[9, 8]),
+    ];
+    for (query, expected) in cases {
+        let body = web.get(&format!("/log?{query}")).await.body;
+        assert_eq!(ids_of(&body), *expected, "/log?{query}");
+        assert!(
+            body.contains(&format!(">{}</b> records", expected.len())),
+            "/log?{query} counts what it shows"
+        );
+    }
+    let page = web.get("/log?app=card").await.body;
+    let row = section(&page, "<td><a href=\"/push/9\"", "</tr>");
+    assert!(
+        row.contains("<td data-col=\"app\">card</td>") && row.contains(">bulk</td>"),
+        "{row}"
+    );
+    assert!(
+        page.contains("href=\"/log.csv?app=card\""),
+        "the export keeps the filter"
+    );
+    let csv = web.get("/log.csv?app=card").await.body;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("\u{feff}id,status,app,lane,"), "{csv}");
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(
+        lines[1].starts_with("\"9\",\"sent\",\"card\",\"bulk\","),
+        "{csv}"
+    );
+    assert!(
+        web.get("/log?app=Bad%20App")
+            .await
+            .body
+            .contains("is not an app name")
+    );
+
+    let push = web.get("/push/5").await.body;
+    assert!(push.contains("id=\"push-app\">default<"), "{push}");
+    assert!(push.contains("id=\"push-lane\">urgent<"), "{push}");
+
+    // The API filters the same way, beside a searched field.
+    let (status, found) = api_get(
+        &web,
+        "/api/v1/pushes?csno=4440000001&app=card&lane=bulk",
+        Some(TEST_KEY),
+    )
+    .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(found["pushes"][0]["id"], 8, "{found}");
+    let (_, found) = api_get(&web, "/api/v1/pushes?lane=urgent", Some(TEST_KEY)).await;
+    assert_eq!(found["total"], 4, "{found}");
+    let (status, refused) = api_get(&web, "/api/v1/pushes?lane=fast", Some(TEST_KEY)).await;
+    assert_eq!(status, 400, "{refused}");
+    app.shutdown().await;
+}

@@ -225,3 +225,15 @@ fn cell(record: &Value, column: &str) -> String {
         other => other.to_string(),
     }
 }
+
+/// A record's push's app and lane, as the log and the push page show them; empty when
+/// its route decided no push.
+fn app_and_lane(record: &crate::push::Record) -> (String, String) {
+    record
+        .push()
+        .map(|p| {
+            let queue = p.queue();
+            (queue.app, queue.lane.as_str().to_owned())
+        })
+        .unwrap_or_default()
+}
