@@ -1,12 +1,12 @@
 //! The console: server-rendered pages for people, one file per page. Plain forms work
 //! without JavaScript; every POST carries the session's CSRF token. This file routes a
 //! request to its page and holds only what several pages share: the [`Chrome`] around
-//! every signed-in page, [`render`], [`error_page`], the request's [`Input`] and a
-//! record's [`cell`].
+//! every signed-in page, [`render`], [`error_page`], the request's [`Input`], a
+//! record's [`cell`] and its push's [`app_and_lane`].
 //!
 //! - `login`: signing in and out, built to hold under a flood of strangers
-//! - `dashboard`: ports, nodes, Redis and the queue; starting and stopping ports
-//! - `events`: the dashboard's live counters, as Server-Sent Events
+//! - `dashboard`: ports, apps, queues, nodes and Redis; starting and stopping ports
+//! - `events`: the dashboard's live figures, as Server-Sent Events
 //! - `log`: the push log, its CSV export and flushing it
 //! - `push`: one push; resend, route again, legal hold
 //! - `scripts`: the ports' route scripts; check, try, save, restore
