@@ -4,7 +4,8 @@
 //! it through [`metrics()`]. Label values come from small fixed sets (port names,
 //! reasons, statuses, error classes), never from message contents.
 
-use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -34,6 +35,14 @@ pub struct Metrics {
     /// Ids in the `due` and `inflight` queues (sampled at scrape).
     pub due: Gauge,
     pub inflight: Gauge,
+    /// Per app and lane, sampled at scrape by [`Metrics::set_queues`]: pushes due now,
+    /// pushes due later, and the oldest due push's wait in seconds.
+    queue_lane_due: Family<Labels, Gauge>,
+    queue_lane_scheduled: Family<Labels, Gauge>,
+    queue_oldest_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Held while the per-queue gauges are replaced and while rendering, so a scrape
+    /// never shows them half replaced.
+    queues_replacing: Mutex<()>,
     /// Seconds per group-commit round trip to Redis.
     pub redis_seconds: Histogram,
     /// Records per group-commit round trip.
@@ -79,6 +88,10 @@ impl Metrics {
             retries: Counter::default(),
             due: Gauge::default(),
             inflight: Gauge::default(),
+            queue_lane_due: Family::default(),
+            queue_lane_scheduled: Family::default(),
+            queue_oldest_seconds: Family::default(),
+            queues_replacing: Mutex::new(()),
             redis_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             port_state: Family::default(),
@@ -144,6 +157,21 @@ impl Metrics {
             m.due.clone(),
         );
         registry.register(
+            "queue_lane_due",
+            "Pushes due now, per app and lane",
+            m.queue_lane_due.clone(),
+        );
+        registry.register(
+            "queue_lane_scheduled",
+            "Pushes due later (reserved times, retries), per app and lane",
+            m.queue_lane_scheduled.clone(),
+        );
+        registry.register(
+            "queue_oldest_seconds",
+            "Seconds the oldest due push has waited, per app and lane (0 when none is due)",
+            m.queue_oldest_seconds.clone(),
+        );
+        registry.register(
             "queue_inflight",
             "Records claimed by a sender",
             m.inflight.clone(),
@@ -197,14 +225,43 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Replace the per-queue gauges with these queues' (app, lane, due, scheduled,
+    /// oldest due push's wait in ms): a queue not listed any more has no series.
+    pub fn set_queues<'a>(&self, queues: impl IntoIterator<Item = QueueSample<'a>>) {
+        let _replacing = self.queues_replacing.lock();
+        self.queue_lane_due.clear();
+        self.queue_lane_scheduled.clear();
+        self.queue_oldest_seconds.clear();
+        for q in queues {
+            let labels = labels(&[("app", q.app), ("lane", q.lane)]);
+            self.queue_lane_due.get_or_create(&labels).set(q.due as i64);
+            self.queue_lane_scheduled
+                .get_or_create(&labels)
+                .set(q.scheduled as i64);
+            self.queue_oldest_seconds
+                .get_or_create(&labels)
+                .set(q.oldest_ms as f64 / 1000.0);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        let _replacing = self.queues_replacing.lock();
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
     }
+}
+
+/// One due queue's figures for [`Metrics::set_queues`].
+pub struct QueueSample<'a> {
+    pub app: &'a str,
+    pub lane: &'a str,
+    pub due: u64,
+    pub scheduled: u64,
+    pub oldest_ms: i64,
 }
 
 pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
@@ -232,5 +289,34 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with EOF");
+    }
+
+    #[test]
+    fn queue_gauges_are_replaced_whole_at_each_sample() {
+        let m = metrics();
+        let sample = |app, due| QueueSample {
+            app,
+            lane: "bulk",
+            due,
+            scheduled: 2,
+            oldest_ms: 1500,
+        };
+        m.set_queues([sample("gone-app", 1), sample("kept-app", 7)]);
+        let text = m.render();
+        assert!(
+            text.contains("pushgate_queue_lane_due{app=\"kept-app\",lane=\"bulk\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pushgate_queue_oldest_seconds{app=\"kept-app\",lane=\"bulk\"} 1.5"),
+            "{text}"
+        );
+        m.set_queues([sample("kept-app", 3)]);
+        let text = m.render();
+        assert!(!text.contains("gone-app"), "{text}");
+        assert!(
+            text.contains("pushgate_queue_lane_scheduled{app=\"kept-app\",lane=\"bulk\"} 2"),
+            "{text}"
+        );
     }
 }

@@ -43,6 +43,19 @@
         }
         if (!card.querySelector("button.switch.busy")) paintSwitch(card, p.state);
       });
+      (data.apps || []).forEach(function (a) {
+        var card = document.querySelector('.card[data-app="' + CSS.escape(a.name) + '"]');
+        if (!card) return;
+        card.className = card.className.replace(/state-\w+/, a.css);
+        ["state", "detail", "pace", "errors", "token", "last_error"].forEach(function (f) { setText(card, f, a[f]); });
+        var detail = card.querySelector('[data-field="detail"]');
+        if (detail) detail.hidden = !a.detail;
+      });
+      (data.queues || []).forEach(function (q) {
+        var row = document.querySelector('tr[data-queue="' + CSS.escape(q.key) + '"]');
+        if (!row) return;
+        ["due", "oldest", "scheduled"].forEach(function (f) { setText(row, f, q[f]); });
+      });
       var due = document.getElementById("q-due"), inflight = document.getElementById("q-inflight");
       if (due) due.textContent = data.due;
       if (inflight) inflight.textContent = data.inflight;

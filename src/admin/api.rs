@@ -3,6 +3,7 @@
 //!
 //! - `GET /api/v1/ports`, `GET /api/v1/ports/{name}` (read)
 //! - `POST /api/v1/ports/{name}/start|stop|restart` (control)
+//! - `GET /api/v1/apps`, `GET /api/v1/queues`: each app's state, each due queue's depth (read)
 //! - `POST /api/v1/pushes` one message or an array of up to 1,000 (ingest, key only)
 //! - `GET /api/v1/pushes/{id}`, `GET /api/v1/pushes?field=value&status=…&page=…` (read)
 //! - `POST|DELETE /api/v1/pushes/{id}/hold` legal hold on or off (control)
@@ -16,11 +17,14 @@ use serde_json::{Value, json};
 
 use super::actions::{control_port, set_hold};
 use super::auth::{self, Session};
+use super::delivery;
 use super::view::{self, Sight};
 use super::{AdminState, Reply, json as reply_json, json_error, read_body};
 use crate::clock::now_ms;
 use crate::config::{Role, Scope};
 use crate::ingest;
+use crate::push::Lane;
+use crate::push::queue::is_app_name;
 use crate::store::log::{LogQuery, searchable_fields};
 use crate::supervisor::SupervisorError;
 
@@ -35,12 +39,15 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let needed = match (&method, segments.as_slice()) {
         (&Method::GET, ["api", "v1", "ports"] | ["api", "v1", "ports", _]) => Scope::Read,
-        (&Method::GET, ["api", "v1", "cluster"]) => Scope::Read,
+        (&Method::GET, ["api", "v1", "cluster" | "apps" | "queues"]) => Scope::Read,
         (&Method::POST, ["api", "v1", "ports", _, "start" | "stop" | "restart"]) => Scope::Control,
         (&Method::POST, ["api", "v1", "pushes"]) => Scope::Ingest,
         (&Method::GET, ["api", "v1", "pushes"] | ["api", "v1", "pushes", _]) => Scope::Read,
         (&Method::POST | &Method::DELETE, ["api", "v1", "pushes", _, "hold"]) => Scope::Control,
-        (_, ["api", "v1", "ports" | "pushes", ..]) => {
+        (
+            _,
+            ["api", "v1", "ports" | "pushes", ..] | ["api", "v1", "cluster" | "apps" | "queues"],
+        ) => {
             return json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} is not allowed on {path}"),
@@ -49,7 +56,10 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
         _ => return json_error(StatusCode::NOT_FOUND, format!("no such API: {path}")),
     };
     // Pushes are for systems: only API keys may read them (masked unless `personal`).
-    let session_ok = matches!(segments.get(2), Some(&"ports" | &"cluster"));
+    let session_ok = matches!(
+        segments.get(2),
+        Some(&"ports" | &"cluster" | &"apps" | &"queues")
+    );
     let (caller, sight) = match authorize(state, &req, needed, session_ok).await {
         Ok(c) => c,
         Err(reply) => return reply,
@@ -81,6 +91,16 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
             }
         }
         ["api", "v1", "cluster"] => cluster(state).await,
+        ["api", "v1", "apps"] => reply_json(
+            StatusCode::OK,
+            &delivery::app_views(&state.apps, &state.config(), sight),
+        ),
+        ["api", "v1", "queues"] => {
+            match delivery::queue_views(&state.store, &state.config(), now_ms()).await {
+                Ok(queues) => reply_json(StatusCode::OK, &queues),
+                Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            }
+        }
         ["api", "v1", "pushes"] => search(state, &query, sight).await,
         ["api", "v1", "pushes", id] => match id.parse::<u64>() {
             Ok(id) => match state.store.record(id).await {
@@ -254,8 +274,8 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
     )
 }
 
-/// `GET /api/v1/pushes?field=value`: the first searchable field given, plus `status`,
-/// `order=oldest`, `page`, `per_page` (≤ 1000).
+/// `GET /api/v1/pushes?field=value`: the first searchable field given, plus the filters
+/// `status`, `app` and `lane`, `order=oldest`, `page`, `per_page` (≤ 1000).
 async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) -> Reply {
     let fields = searchable_fields();
     let mut q = LogQuery {
@@ -266,6 +286,21 @@ async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) ->
     for (k, v) in query {
         match k.as_str() {
             "status" => q.status = Some(v.clone()),
+            "app" if is_app_name(v) => q.app = Some(v.clone()),
+            "lane" if Lane::parse(v).is_some() => q.lane = Some(v.clone()),
+            "app" | "lane" => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{v:?} is not {}",
+                        if k == "app" {
+                            "an app name"
+                        } else {
+                            "a lane (urgent, normal, bulk)"
+                        }
+                    ),
+                );
+            }
             "order" => q.oldest_first = v == "oldest",
             "page" => q.page = v.parse().unwrap_or(1).clamp(1, 1_000_000_000),
             "per_page" => q.per_page = v.parse().unwrap_or(100),
@@ -277,7 +312,7 @@ async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) ->
                 return json_error(
                     StatusCode::BAD_REQUEST,
                     format!(
-                        "{other:?} is not a search parameter (fields: {}; status, order, page, per_page)",
+                        "{other:?} is not a search parameter (fields: {}; status, app, lane, order, page, per_page)",
                         fields.join(", ")
                     ),
                 );

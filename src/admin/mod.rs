@@ -7,6 +7,7 @@ mod actions;
 mod api;
 pub mod auth;
 mod console;
+mod delivery;
 mod limits;
 mod probes;
 pub mod tls;

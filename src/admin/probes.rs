@@ -1,11 +1,13 @@
 //! `/healthz` (the process answers), `/readyz` (Redis reachable and writable, the
-//! sender holds an FCM token) and `/metrics` (Prometheus text).
+//! sender holds an FCM token) and `/metrics` (Prometheus text; the queue gauges are
+//! read from Redis at each scrape).
 
 use hyper::StatusCode;
 use serde_json::json;
 
-use super::{AdminState, Reply, full, json, with_type};
-use crate::metrics::{labels, metrics};
+use super::{AdminState, Reply, delivery, full, json, with_type};
+use crate::clock::now_ms;
+use crate::metrics::{QueueSample, labels, metrics};
 use crate::supervisor::PortState;
 
 pub(super) async fn answer(state: &AdminState, path: &str) -> Reply {
@@ -67,6 +69,15 @@ async fn scrape(state: &AdminState) -> Reply {
     if let Ok((due, inflight)) = state.store.queue_depths().await {
         m.due.set(due as i64);
         m.inflight.set(inflight as i64);
+    }
+    if let Ok(queues) = delivery::queue_views(&state.store, &state.config(), now_ms()).await {
+        m.set_queues(queues.iter().map(|q| QueueSample {
+            app: &q.app,
+            lane: q.lane.as_str(),
+            due: q.due,
+            scheduled: q.scheduled,
+            oldest_ms: q.oldest_ms,
+        }));
     }
     for view in state.supervisor.ports().await {
         for candidate in [

@@ -146,6 +146,16 @@ impl Credentials {
         self.cached().is_some_and(|t| Instant::now() < t.expires_at)
     }
 
+    /// When the cached token stops being used (unix ms), for the console's app card;
+    /// none without a usable token.
+    pub fn token_expires_at_ms(&self) -> Option<i64> {
+        let left = self
+            .cached()?
+            .expires_at
+            .checked_duration_since(Instant::now())?;
+        Some(crate::clock::now_ms() + left.as_millis() as i64)
+    }
+
     fn cached(&self) -> Option<AccessToken> {
         self.current.read().ok().and_then(|t| t.clone())
     }

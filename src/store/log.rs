@@ -31,6 +31,10 @@ pub struct LogQuery {
     pub value: String,
     /// Only records in this status.
     pub status: Option<String>,
+    /// Only pushes sent through this app.
+    pub app: Option<String>,
+    /// Only pushes in this lane.
+    pub lane: Option<String>,
     /// Received between these (unix ms, inclusive).
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
@@ -38,6 +42,31 @@ pub struct LogQuery {
     /// 1-based.
     pub page: u64,
     pub per_page: u64,
+}
+
+impl LogQuery {
+    /// The bitmap filters asked for besides the searched field, as (field, value):
+    /// status, app, lane.
+    fn filters(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("status", &self.status),
+            ("app", &self.app),
+            ("lane", &self.lane),
+        ]
+        .into_iter()
+        .filter_map(|(field, value)| Some((field, value.as_deref()?)))
+    }
+
+    /// Whether `record` passes the filters: what their bitmaps say of it, read from the
+    /// record itself (for scans that read records anyway).
+    fn admits(&self, record: &Record) -> bool {
+        let queue = record.push().map(|p| p.queue());
+        self.filters().all(|(field, value)| match field {
+            "status" => record.status.as_str() == value,
+            "app" => queue.as_ref().is_some_and(|q| q.app == value),
+            _ => queue.as_ref().is_some_and(|q| q.lane.as_str() == value),
+        })
+    }
 }
 
 /// How many records match.
@@ -110,42 +139,37 @@ impl Store {
         }
         let value = q.value.trim();
         let field = q.field.as_deref().filter(|_| !value.is_empty());
-        let status_key = q
-            .status
-            .as_deref()
-            .map(|s| self.key(&format!("bit:status:{s}")));
+        let filters: Vec<String> = q
+            .filters()
+            .map(|(f, v)| self.key(&format!("bit:{f}:{v}")))
+            .collect();
         let (ids, total) = match field.map(|f| (f, index_of(f))) {
-            None => match &status_key {
-                None => {
-                    // The plain listing starts where retention stopped; records kept
-                    // by legal hold below that are found by searching.
-                    let lo = lo.max(floor);
-                    if lo > hi {
-                        return Ok(LogPage {
-                            rows: Vec::new(),
-                            total: Total::Exact(0),
-                        });
-                    }
-                    let total = hi - lo + 1;
-                    (
-                        window_page(lo, hi, q.oldest_first, offset, per_page),
-                        Total::Exact(total),
-                    )
+            None if filters.is_empty() => {
+                // The plain listing starts where retention stopped; records kept by
+                // legal hold below that are found by searching.
+                let lo = lo.max(floor);
+                if lo > hi {
+                    return Ok(LogPage {
+                        rows: Vec::new(),
+                        total: Total::Exact(0),
+                    });
                 }
-                Some(bits) => {
-                    self.bit_page(std::slice::from_ref(bits), lo, hi, q, offset, per_page)
-                        .await?
-                }
-            },
+                let total = hi - lo + 1;
+                (
+                    window_page(lo, hi, q.oldest_first, offset, per_page),
+                    Total::Exact(total),
+                )
+            }
+            None => self.bit_page(&filters, lo, hi, q, offset, per_page).await?,
             Some((f, Some(Index::Bitmap))) => {
                 let mut keys = vec![self.key(&format!("bit:{f}:{value}"))];
-                keys.extend(status_key.clone());
+                keys.extend(filters.iter().cloned());
                 let not_admitted = super::bitmaps::is_message_bitmap_field(f)
                     && !self.has_bitmap(f, value).await?;
                 let found = if not_admitted {
                     let zkey = self.key(&format!("idx:{f}:{value}"));
                     let found = self
-                        .zset_page(&zkey, status_key.as_deref(), lo, hi, q, offset, per_page)
+                        .zset_page(&zkey, &filters, lo, hi, q, offset, per_page)
                         .await?;
                     // Earned its bitmap meanwhile: the ids moved there.
                     let moved = found.0.is_empty() && self.has_bitmap(f, value).await?;
@@ -160,14 +184,14 @@ impl Store {
             }
             Some((f, Some(Index::Zset))) => {
                 let zkey = self.key(&format!("idx:{f}:{value}"));
-                self.zset_page(&zkey, status_key.as_deref(), lo, hi, q, offset, per_page)
+                self.zset_page(&zkey, &filters, lo, hi, q, offset, per_page)
                     .await?
             }
             Some((_, Some(Index::UniqueKey))) => {
                 let id = self.id_for_key(value).await?;
                 let mut ids: Vec<u64> = id.into_iter().filter(|i| (lo..=hi).contains(i)).collect();
-                if let (Some(bits), Some(&id)) = (&status_key, ids.first())
-                    && !self.bit_at(bits, id).await?
+                if let Some(&id) = ids.first()
+                    && !self.bits_at(&filters, id).await?
                 {
                     ids.clear();
                 }
@@ -194,6 +218,16 @@ impl Store {
     pub(super) async fn bit_at(&self, key: &str, id: u64) -> Result<bool, StoreError> {
         let bit: u8 = self.query(redis::cmd("GETBIT").arg(key).arg(id)).await?;
         Ok(bit == 1)
+    }
+
+    /// Whether `id` is set in every one of the bitmaps `keys` (true for none).
+    async fn bits_at(&self, keys: &[String], id: u64) -> Result<bool, StoreError> {
+        for key in keys {
+            if !self.bit_at(key, id).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The first and last id received within the range (binary search over ids,
@@ -235,11 +269,12 @@ impl Store {
         Ok((out.into_iter().skip(1).collect(), Total::Exact(total)))
     }
 
+    /// A page of the zset index `zkey`'s ids that are set in every bitmap of `filters`.
     #[allow(clippy::too_many_arguments)]
     async fn zset_page(
         &self,
         zkey: &str,
-        status_key: Option<&str>,
+        filters: &[String],
         lo: u64,
         hi: u64,
         q: &LogQuery,
@@ -260,15 +295,15 @@ impl Store {
                 .into_iter()
                 .filter(|id| (lo..=hi).contains(id))
                 .collect();
-            if let (Some(bits), Some(&id)) = (status_key, ids.first())
-                && !self.bit_at(bits, id).await?
+            if let Some(&id) = ids.first()
+                && !self.bits_at(filters, id).await?
             {
                 ids.clear();
             }
             let total = Total::Exact(ids.len() as u64);
             return Ok((if offset == 0 { ids } else { Vec::new() }, total));
         }
-        let Some(bits) = status_key else {
+        if filters.is_empty() {
             let total: u64 = self
                 .query(redis::cmd("ZCOUNT").arg(zkey).arg(&min).arg(&max))
                 .await?;
@@ -281,17 +316,17 @@ impl Store {
             }
             cmd.arg("LIMIT").arg(offset).arg(count);
             return Ok((self.query(&cmd).await?, Total::Exact(total)));
-        };
+        }
         let mut invocation = scripts().zfilter.prepare_invoke();
         invocation
             .arg(zkey)
-            .arg(bits)
             .arg(lo)
             .arg(hi)
             .arg(u8::from(!q.oldest_first))
             .arg(offset)
             .arg(count)
-            .arg(ZSET_FILTER_BUDGET);
+            .arg(ZSET_FILTER_BUDGET)
+            .arg(filters);
         let out: Vec<u64> = self.invoke(&invocation).await?;
         let (found, scanned, exhausted) = (out[0], out[1], out[2] == 1);
         let total = if exhausted {
@@ -327,12 +362,8 @@ impl Store {
             };
             scanned += chunk;
             for record in self.records(&ids).await? {
-                let status_ok = q
-                    .status
-                    .as_deref()
-                    .is_none_or(|s| record.status.as_str() == s);
                 let hit = record.text(field).to_lowercase().contains(&needle);
-                if status_ok && hit {
+                if hit && q.admits(&record) {
                     if found >= offset && (rows.len() as u64) < count {
                         rows.push(record);
                     }

@@ -35,7 +35,7 @@ pub(super) struct Scripts {
     pub window: Script,
     /// `bitscan.lua`: a page of the ids set in a bitmap (or an AND of bitmaps).
     pub bitscan: Script,
-    /// `zfilter.lua`: a page of a zset index's ids filtered by a status bitmap.
+    /// `zfilter.lua`: a page of a zset index's ids filtered by bitmaps (status, app, lane).
     pub zfilter: Script,
     /// `requeue.lua`: replace an idle, unchanged record, moving its status bit and queueing it.
     pub requeue: Script,

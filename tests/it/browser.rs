@@ -198,3 +198,67 @@ async fn an_admin_fixes_a_script_in_the_browser_and_the_next_message_follows_it(
     browser.close().await;
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_watches_the_app_cards_and_a_queue_drain_live_and_filters_the_log_by_app() {
+    let redis = RedisServer::start();
+    let main = emulator(&["--fail-token", "bad-=INVALID_ARGUMENT"]).await;
+    let card = emulator(&["--project", "card-project"]).await;
+    // `card` sends one push a second: its bulk queue drains while the page is open.
+    let (app, [p, _, c]) = two_apps(&redis, &main, &card, "rate = 1\nburst = 2").await;
+    let mut refused = message("bad-1", 1);
+    refused["device_id"] = json!("bad-1");
+    store_messages(p, &[refused]).await;
+    let batch: Vec<_> = (0..20).map(|n| message(&format!("card-{n}"), n)).collect();
+    store_messages(c, &batch).await;
+    let base = format!("http://{}", app.app().admin_addr);
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &base, "viewer").await;
+    browser
+        .wait_for_text(
+            ".card[data-app=\"default\"] [data-field=\"errors\"]",
+            "INVALID_ARGUMENT 1",
+        )
+        .await;
+    let due = "tr[data-queue=\"card/bulk\"] [data-field=\"due\"]";
+    let first = browser.wait_for(due).await.text().await.unwrap();
+    assert!(first.parse::<u64>().unwrap() > 0, "{first}");
+    // The count moves without a page load.
+    eventually(
+        Duration::from_secs(15),
+        "the due count to move live",
+        || async {
+            let now = browser.wait_for(due).await.text().await.ok()?;
+            (now != first).then_some(())
+        },
+    )
+    .await;
+    browser.screenshot("dashboard-apps").await;
+    browser
+        .client
+        .execute("document.getElementById('queues').scrollIntoView()", vec![])
+        .await
+        .expect("scroll to the queue card");
+    browser.screenshot("dashboard-queues").await;
+
+    browser.goto(&format!("{base}/log")).await;
+    let app_filter = browser.wait_for("#app-filter").await;
+    app_filter
+        .select_by_value("card")
+        .await
+        .expect("choose card");
+    let lane_filter = browser.wait_for("#lane-filter").await;
+    lane_filter
+        .select_by_value("bulk")
+        .await
+        .expect("choose bulk");
+    browser.click("#search-button").await;
+    browser.wait_for_text("#total", "20").await;
+    browser.screenshot("log-filtered-by-app-and-lane").await;
+    browser.click("#log tbody tr td a").await;
+    browser.wait_for_text("#push-lane", "bulk").await;
+    browser.screenshot("push-with-app-and-lane").await;
+    browser.close().await;
+    app.shutdown().await;
+}

@@ -657,3 +657,359 @@ async fn a_script_error_push_is_routed_again_once_the_script_is_fixed() {
     );
     app.shutdown().await;
 }
+
+/// Wait until push `id` is in `status`.
+async fn wait_status(store: &pushgate::store::Store, id: u64, status: &str) {
+    eventually(
+        Duration::from_secs(15),
+        &format!("push {id} {status}"),
+        || {
+            let store = store.clone();
+            async move {
+                let record = store.record(id).await.ok().flatten()?.to_json();
+                (record["status"] == status).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// The HTML from `marker` to the end of its element `until` (a card, a table row).
+fn section<'a>(body: &'a str, marker: &str, until: &str) -> &'a str {
+    let start = body
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} on the page:\n{body}"));
+    let rest = &body[start..];
+    &rest[..rest.find(until).unwrap_or(rest.len())]
+}
+
+/// The number in a row's `data-field="{field}"` cell.
+fn cell_number(row: &str, field: &str) -> u64 {
+    section(row, &format!("data-field=\"{field}\">"), "<")
+        .split('>')
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in {row}"))
+}
+
+/// `GET path` on the API with `key`: (status, JSON).
+async fn api_get(web: &Web, path: &str, key: Option<&str>) -> (u16, Value) {
+    let mut request = web.client().get(format!("{}{path}", web.base));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    } else if let Some(cookie) = web.cookie() {
+        request = request.header("cookie", cookie);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The first event of the dashboard's live stream.
+async fn first_event(web: &Web) -> Value {
+    let mut response = web
+        .client()
+        .get(format!("{}/events", web.base))
+        .header("cookie", web.cookie().expect("signed in"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some((event, _)) = text
+            .split("data: ")
+            .nth(1)
+            .and_then(|data| data.split_once("\n\n"))
+        {
+            return serde_json::from_str(event).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_each_app_s_state_and_every_queue_s_depth_to_viewers_too() {
+    let redis = RedisServer::start();
+    let main = emulator(&[
+        "--fail-token",
+        "bad-=INVALID_ARGUMENT",
+        "--fail-token",
+        "apns-=THIRD_PARTY_AUTH_ERROR",
+    ])
+    .await;
+    let card = emulator(&["--project", "card-project"]).await;
+    // `card` sends one push a second: most of a batch stays due.
+    let (app, [p, _, c]) = two_apps(&redis, &main, &card, "rate = 1\nburst = 2").await;
+    let store = app.app().store.clone();
+    // `default`: one push accepted, one refused, then one that marks the app unhealthy.
+    for (key, token, status) in [
+        ("ok-1", "tok-ok-1", "sent"),
+        ("bad-1", "bad-1", "failed"),
+        ("apns-1", "apns-1", "failed"),
+    ] {
+        let mut m = message(key, 1);
+        m["device_id"] = json!(token);
+        let id = store_messages(p, &[m]).await[0];
+        wait_status(&store, id, status).await;
+    }
+    // One push reserved for tomorrow waits in default's normal queue.
+    let tomorrow =
+        chrono::Utc::now().with_timezone(&chrono_tz::Asia::Seoul) + chrono::Duration::days(1);
+    let mut later = message("later-1", 2);
+    later["sndn_rsev_hour"] = json!(tomorrow.format("%Y%m%d%H%M%S").to_string());
+    store_messages(p, &[later]).await;
+    let batch: Vec<Value> = (0..30).map(|n| message(&format!("card-{n}"), n)).collect();
+    store_messages(c, &batch).await;
+    // What an app removed from the config leaves behind: a queue no sender reads.
+    let mut con = redis.connection();
+    let _: () = redis::cmd("ZADD")
+        .arg("pg:due:ghost:urgent")
+        .arg(pushgate::clock::now_ms() - 150_000)
+        .arg(999_999)
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg("pg:queues")
+        .arg("due:ghost:urgent")
+        .query(&mut con)
+        .unwrap();
+
+    let mut web = Web::new(app.app().admin_addr);
+    let body = web.sign_in("viewer").await.body;
+    let main_card = section(&body, "data-app=\"default\"", "</article>");
+    assert!(main_card.contains(">unhealthy<"), "{main_card}");
+    assert!(
+        main_card.contains("THIRD_PARTY_AUTH_ERROR at "),
+        "says why: {main_card}"
+    );
+    assert!(
+        main_card.contains("INVALID_ARGUMENT 1 · THIRD_PARTY_AUTH_ERROR 1"),
+        "error classes with counts: {main_card}"
+    );
+    assert!(main_card.contains("per s · no cap"), "{main_card}");
+    assert!(main_card.contains("expires "), "token expiry: {main_card}");
+    let card_card = section(&body, "data-app=\"card\"", "</article>");
+    assert!(card_card.contains(">ok<"), "{card_card}");
+    assert!(card_card.contains("project card-project"), "{card_card}");
+    assert!(
+        card_card.contains(" / 1 per s"),
+        "against its rate: {card_card}"
+    );
+    assert!(card_card.contains("expires "), "{card_card}");
+
+    let bulk = section(&body, "data-queue=\"card/bulk\"", "</tr>");
+    assert!(cell_number(bulk, "due") >= 10, "{bulk}");
+    assert!(!bulk.contains("not configured"), "{bulk}");
+    assert!(
+        !section(bulk, "data-field=\"oldest\">", "</td>").contains('—'),
+        "an age: {bulk}"
+    );
+    let normal = section(&body, "data-queue=\"default/normal\"", "</tr>");
+    assert_eq!(cell_number(normal, "scheduled"), 1, "{normal}");
+    assert_eq!(cell_number(normal, "due"), 0, "{normal}");
+    let urgent = section(&body, "data-queue=\"default/urgent\"", "</tr>");
+    assert!(urgent.contains("data-field=\"oldest\">—<"), "{urgent}");
+    let ghost = section(&body, "data-queue=\"ghost/urgent\"", "</tr>");
+    assert!(ghost.contains("not configured"), "flagged: {ghost}");
+    assert!(ghost.contains("data-field=\"oldest\">2 min<"), "{ghost}");
+
+    // The same data as JSON, for a read key and for the console's session.
+    let (status, _) = api_get(&Web::new(app.app().admin_addr), "/api/v1/apps", None).await;
+    assert_eq!(status, 401, "a key or a session");
+    let (status, apps) = api_get(&web, "/api/v1/apps", Some(READ_ONLY_KEY)).await;
+    assert_eq!(status, 200, "{apps}");
+    let names: Vec<&str> = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "card"]);
+    assert_eq!(apps[0]["state"], "unhealthy");
+    assert_eq!(apps[0]["unhealthy"]["class"], "THIRD_PARTY_AUTH_ERROR");
+    assert_eq!(
+        apps[0]["errors"],
+        json!({"INVALID_ARGUMENT": 1, "THIRD_PARTY_AUTH_ERROR": 1})
+    );
+    assert_eq!(apps[0]["rate"], Value::Null);
+    assert_eq!(apps[1]["state"], "ok");
+    assert_eq!(apps[1]["rate"], 1);
+    assert_eq!(apps[1]["project"], "card-project");
+    assert!(
+        apps[1]["token_expires_at"].as_i64().unwrap() > pushgate::clock::now_ms(),
+        "{apps}"
+    );
+    let (status, queues) = api_get(&web, "/api/v1/queues", None).await;
+    assert_eq!(status, 200, "the console's session may read it: {queues}");
+    let queue = |app: &str, lane: &str| {
+        queues
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["app"] == app && q["lane"] == lane)
+            .unwrap_or_else(|| panic!("{app}/{lane} in {queues}"))
+            .clone()
+    };
+    assert!(queue("card", "bulk")["due"].as_u64().unwrap() >= 10);
+    assert!(queue("card", "bulk")["oldest_ms"].as_i64().unwrap() > 0);
+    assert_eq!(queue("default", "normal")["scheduled"], 1);
+    assert_eq!(queue("card", "urgent")["configured"], true);
+    assert_eq!(queue("ghost", "urgent")["configured"], false);
+    assert_eq!(queue("ghost", "urgent")["due"], 1);
+    assert_eq!(
+        queues.as_array().unwrap().len(),
+        7,
+        "three lanes of two apps and the orphan: {queues}"
+    );
+
+    // The live stream carries the cards and rows the page is drawn from.
+    let event = first_event(&web).await;
+    assert_eq!(event["apps"][0]["state"], "unhealthy", "{event}");
+    assert_eq!(event["apps"][1]["name"], "card", "{event}");
+    let live_bulk = event["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["key"] == "card/bulk")
+        .cloned()
+        .unwrap_or_else(|| panic!("card/bulk in {event}"));
+    assert!(live_bulk["due"].as_u64().unwrap() >= 1, "{event}");
+
+    // And /metrics has a gauge per app and lane beside the old total.
+    let metrics = web.get("/metrics").await.body;
+    assert!(
+        metrics.contains("pushgate_queue_lane_scheduled{app=\"default\",lane=\"normal\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pushgate_queue_lane_due{app=\"ghost\",lane=\"urgent\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pushgate_queue_oldest_seconds{app=\"card\",lane=\"bulk\"} "),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pushgate_queue_due ")),
+        "{metrics}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_filters_by_app_and_lane_with_every_kind_of_search() {
+    let redis = RedisServer::start();
+    let main = emulator(&[]).await;
+    let card = emulator(&[]).await;
+    let (app, [p, u, c]) = two_apps(&redis, &main, &card, "").await;
+    // Ids 1-3 default/normal, 4-7 default/urgent, 8-9 card/bulk; ids 1 and 8 share a
+    // customer number (so its index is a zset), and 8 is a TRF push.
+    let mut normal: Vec<Value> = (0..3).map(|n| message(&format!("n-{n}"), n + 1)).collect();
+    normal[0]["csno"] = json!("4440000001");
+    let urgent: Vec<Value> = (0..4).map(|n| message(&format!("u-{n}"), n + 10)).collect();
+    let mut bulk: Vec<Value> = (0..2).map(|n| message(&format!("b-{n}"), n + 20)).collect();
+    bulk[0]["csno"] = json!("4440000001");
+    let mut ids = store_messages(p, &normal).await;
+    ids.extend(store_messages(u, &urgent).await);
+    ids.extend(store_messages(c, &bulk).await);
+    assert_eq!(ids, (1..=9).collect::<Vec<u64>>());
+    let store = app.app().store.clone();
+    for id in ids {
+        wait_status(&store, id, "sent").await;
+    }
+
+    let mut web = Web::new(app.app().admin_addr);
+    web.sign_in("operator").await;
+    let log = web.get("/log").await.body;
+    assert!(
+        log.contains("<option value=\"card\" >card</option>"),
+        "the app select lists the configured apps: {log}"
+    );
+    assert!(log.contains("<option value=\"bulk\" >bulk</option>"));
+    let ids_of = |body: &str| -> Vec<u64> {
+        body.split("<td><a href=\"/push/")
+            .skip(1)
+            .map(|r| r.split('"').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let cases: &[(&str, &[u64])] = &[
+        ("app=card", &[9, 8]),
+        ("lane=urgent", &[7, 6, 5, 4]),
+        ("app=default", &[7, 6, 5, 4, 3, 2, 1]),
+        ("app=default&lane=bulk", &[]),
+        ("app=card&lane=bulk&status=sent", &[9, 8]),
+        ("app=card&status=failed", &[]),
+        // An index entry of one record, then a zset (two records share the number).
+        ("field=uuid_id&q=uuid-20&app=card", &[8]),
+        ("field=uuid_id&q=uuid-20&app=default", &[]),
+        ("field=csno&q=4440000001", &[8, 1]),
+        ("field=csno&q=4440000001&app=card", &[8]),
+        ("field=csno&q=4440000001&lane=normal&status=sent", &[1]),
+        // A bitmap field, a unique key and a substring search, each with a filter.
+        ("field=D_servicename&q=TRF&app=card", &[8]),
+        ("field=uniqueKey&q=b-1&lane=bulk", &[9]),
+        ("field=uniqueKey&q=b-1&lane=urgent", &[]),
+        ("field=msg_contents&q=%EC%9E%85%EA%B8%88&app=card", &[9, 8]),
+    ];
+    for (query, expected) in cases {
+        let body = web.get(&format!("/log?{query}")).await.body;
+        assert_eq!(ids_of(&body), *expected, "/log?{query}");
+        assert!(
+            body.contains(&format!(">{}</b> records", expected.len())),
+            "/log?{query} counts what it shows"
+        );
+    }
+    let page = web.get("/log?app=card").await.body;
+    let row = section(&page, "<td><a href=\"/push/9\"", "</tr>");
+    assert!(
+        row.contains("<td data-col=\"app\">card</td>") && row.contains(">bulk</td>"),
+        "{row}"
+    );
+    assert!(
+        page.contains("href=\"/log.csv?app=card\""),
+        "the export keeps the filter"
+    );
+    let csv = web.get("/log.csv?app=card").await.body;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("\u{feff}id,status,app,lane,"), "{csv}");
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(
+        lines[1].starts_with("\"9\",\"sent\",\"card\",\"bulk\","),
+        "{csv}"
+    );
+    assert!(
+        web.get("/log?app=Bad%20App")
+            .await
+            .body
+            .contains("is not an app name")
+    );
+
+    let push = web.get("/push/5").await.body;
+    assert!(push.contains("id=\"push-app\">default<"), "{push}");
+    assert!(push.contains("id=\"push-lane\">urgent<"), "{push}");
+
+    // The API filters the same way, beside a searched field.
+    let (status, found) = api_get(
+        &web,
+        "/api/v1/pushes?csno=4440000001&app=card&lane=bulk",
+        Some(TEST_KEY),
+    )
+    .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(found["pushes"][0]["id"], 8, "{found}");
+    let (_, found) = api_get(&web, "/api/v1/pushes?lane=urgent", Some(TEST_KEY)).await;
+    assert_eq!(found["total"], 4, "{found}");
+    let (status, refused) = api_get(&web, "/api/v1/pushes?lane=fast", Some(TEST_KEY)).await;
+    assert_eq!(status, 400, "{refused}");
+    app.shutdown().await;
+}

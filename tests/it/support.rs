@@ -841,6 +841,51 @@ pub async fn start_delivering(
     (app, addr)
 }
 
+/// An `[[app]]` block named `name` for `emulator`: the `[fcm]` table's keys plus `name`.
+pub fn app_block(
+    emulator: &pushgate::emulator::Emulator,
+    dir: &Path,
+    name: &str,
+    settings: &str,
+) -> String {
+    fcm_table(emulator, dir, settings).replacen(
+        "[fcm]\n",
+        &format!("[[app]]\nname = \"{name}\"\n"),
+        1,
+    )
+}
+
+/// pushgate with two apps, `default` ([fcm]) on `main` and `card` ([[app]], plus
+/// `card_settings`) on `card`; port `p` sends through `default` in the normal lane, `u`
+/// through `default` in the urgent lane, `c` through `card` in the bulk lane. Returns
+/// the app and where p, u and c listen.
+pub async fn two_apps(
+    redis: &RedisServer,
+    main: &pushgate::emulator::Emulator,
+    card: &pushgate::emulator::Emulator,
+    card_settings: &str,
+) -> (TestApp, [SocketAddr; 3]) {
+    let keys = tempfile::tempdir().unwrap();
+    let apps = format!(
+        "{}\n{}",
+        fcm_table(main, keys.path(), ""),
+        app_block(card, keys.path(), "card", card_settings)
+    );
+    let ports = [
+        port_block("p", "send.rhai", ""),
+        port_block("u", "send.rhai", "lane = \"urgent\""),
+        port_block("c", "send.rhai", "app = \"card\"\nlane = \"bulk\""),
+    ]
+    .concat();
+    let app = TestApp::start_with(redis, &ports, &[("send.rhai", SEND)], &apps).await;
+    let addrs = [
+        app.port_addr("p").await,
+        app.port_addr("u").await,
+        app.port_addr("c").await,
+    ];
+    (app, addrs)
+}
+
 /// Every record id's JSON, read straight from Redis.
 pub fn record(con: &mut redis::Connection, id: u64) -> Option<Value> {
     let text: Option<String> = redis::cmd("GET")

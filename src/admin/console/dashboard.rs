@@ -1,15 +1,19 @@
-//! The dashboard: a card per port (state, counters, the last hour's sparkline), the
-//! nodes sharing this Redis, Redis's health and the queue depths; and the switches
-//! that start and stop ports. Its live counters come from [`super::events`].
+//! The dashboard: a card per port (state, counters, the last hour's sparkline), a card
+//! per app (state, pace against its rate, errors, token, last error), the queues of every
+//! app and lane, the nodes sharing this Redis and Redis's health; and the switches that
+//! start and stop ports. Its live figures come from [`super::events`], which sends the
+//! same [`AppCard`]s and [`QueueRow`]s the page is rendered from.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use askama::Template;
 use hyper::StatusCode;
+use serde::Serialize;
 
 use super::{Chrome, error_page, render};
 use crate::admin::auth::Session;
+use crate::admin::delivery::{self, AppState, AppView, QueueView, human_age};
 use crate::admin::{AdminState, Reply, actions, redirect};
 use crate::clock::now_ms;
 use crate::config::Role;
@@ -66,9 +70,167 @@ struct DashboardPage {
     redis: RedisHealth,
     topology: Option<crate::store::cluster::Topology>,
     nodes: Vec<NodeRow>,
+    apps: Vec<AppCard>,
+    queues: Vec<QueueRow>,
+    /// Why the queues could not be read (Redis down).
+    queue_error: String,
     due: u64,
     inflight: u64,
     records: u64,
+}
+
+/// An app's card as text ready to show; the live stream sends the same.
+#[derive(Serialize)]
+pub(super) struct AppCard {
+    name: String,
+    /// The card's colour, as a port state's CSS class.
+    css: &'static str,
+    /// The badge: ok, slowed, no token, unhealthy, not running.
+    state: &'static str,
+    /// The state in words when it is not ok: why unhealthy, until when slowed.
+    detail: String,
+    provider: &'static str,
+    project: String,
+    /// Sends a second against the rate: "412 / 500 per s", "3.5 per s · no cap".
+    pace: String,
+    /// Error classes of the last five minutes with counts.
+    errors: String,
+    token: String,
+    last_error: String,
+}
+
+/// The cards of `views`, times in `zone`.
+pub(super) fn app_cards(views: Vec<AppView>, zone: chrono_tz::Tz) -> Vec<AppCard> {
+    let clock = |ms: i64| format_local(ms, zone, "%H:%M:%S");
+    views
+        .into_iter()
+        .map(|v| {
+            let detail = match v.state {
+                AppState::Unhealthy => v
+                    .unhealthy
+                    .as_ref()
+                    .map(|e| {
+                        format!(
+                            "{} at {}: nothing is sent until a send is accepted again",
+                            e.class,
+                            clock(e.at)
+                        )
+                    })
+                    .unwrap_or_default(),
+                AppState::Slowed => format!(
+                    "slowed by the project's quota until {}",
+                    v.slowed_until.map(clock).unwrap_or_default()
+                ),
+                AppState::NoToken => "no access token yet: nothing can be sent".into(),
+                AppState::NotRunning => "its sender did not start: see the log".into(),
+                AppState::Ok => String::new(),
+            };
+            let errors = if v.errors.is_empty() {
+                "none".to_owned()
+            } else {
+                v.errors
+                    .iter()
+                    .map(|(class, n)| format!("{class} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(" · ")
+            };
+            AppCard {
+                css: match v.state {
+                    AppState::Ok => "state-running",
+                    AppState::Slowed | AppState::NoToken => "state-starting",
+                    AppState::Unhealthy | AppState::NotRunning => "state-failed",
+                },
+                state: v.state.as_str(),
+                detail,
+                provider: v.provider,
+                project: v.project.unwrap_or_default(),
+                pace: pace(v.sends_per_sec, v.rate, v.state),
+                errors,
+                token: v
+                    .token_expires_at
+                    .map(|ms| format!("expires {}", clock(ms)))
+                    .unwrap_or_else(|| "none".into()),
+                last_error: v
+                    .last_error
+                    .map(|e| {
+                        format!(
+                            "{} at {}: {}",
+                            e.class,
+                            clock(e.at),
+                            shortened(&provider_message(&e.answer), 160)
+                        )
+                    })
+                    .unwrap_or_else(|| "none".into()),
+                name: v.name,
+            }
+        })
+        .collect()
+}
+
+/// Sends a second against the app's rate.
+fn pace(per_sec: f64, rate: Option<u32>, state: AppState) -> String {
+    let sends = if state == AppState::NotRunning {
+        "—".to_owned()
+    } else if per_sec < 10.0 {
+        format!("{per_sec:.1}")
+    } else {
+        format!("{per_sec:.0}")
+    };
+    match rate {
+        Some(rate) => format!("{sends} / {rate} per s"),
+        None => format!("{sends} per s · no cap"),
+    }
+}
+
+/// What a provider's answer says in words: FCM's `error.message` when the answer is its
+/// JSON error, else the answer as it is.
+fn provider_message(answer: &str) -> std::borrow::Cow<'_, str> {
+    serde_json::from_str::<serde_json::Value>(answer)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .map_or(std::borrow::Cow::Borrowed(answer), std::borrow::Cow::Owned)
+}
+
+/// At most `chars` characters of `text`, with an ellipsis when cut.
+fn shortened(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// One due queue's row on the queue card; the live stream sends the same.
+#[derive(Serialize)]
+pub(super) struct QueueRow {
+    /// `app/lane`, which the live stream finds the row by.
+    key: String,
+    app: String,
+    lane: &'static str,
+    due: u64,
+    /// How long the oldest due push has waited ("3 s", "2 min"), "—" when none is due.
+    oldest: String,
+    scheduled: u64,
+    /// No configured app sends from it.
+    orphan: bool,
+}
+
+pub(super) fn queue_rows(views: Vec<QueueView>) -> Vec<QueueRow> {
+    views
+        .into_iter()
+        .map(|q| QueueRow {
+            key: format!("{}/{}", q.app, q.lane),
+            lane: q.lane.as_str(),
+            due: q.due,
+            oldest: if q.due == 0 {
+                "—".into()
+            } else {
+                human_age(q.oldest_ms)
+            },
+            scheduled: q.scheduled,
+            orphan: !q.configured,
+            app: q.app,
+        })
+        .collect()
 }
 
 /// `GET /`: every port's card, the nodes sharing this Redis, Redis's health and the
@@ -131,6 +293,14 @@ pub(super) async fn page(state: &AdminState, session: &Session) -> Reply {
     let nodes = node_rows(state, now).await;
     let (due, inflight) = state.store.queue_depths().await.unwrap_or((0, 0));
     let records = state.store.record_count().await.unwrap_or(0);
+    let apps = app_cards(
+        delivery::app_views(&state.apps, &config, session.sight()),
+        config.zone(),
+    );
+    let (queues, queue_error) = match delivery::queue_views(&state.store, &config, now).await {
+        Ok(views) => (queue_rows(views), String::new()),
+        Err(e) => (Vec::new(), e.to_string()),
+    };
     render(&DashboardPage {
         chrome: Some(Chrome::new(session, "dashboard")),
         ports,
@@ -138,6 +308,9 @@ pub(super) async fn page(state: &AdminState, session: &Session) -> Reply {
         redis,
         topology,
         nodes,
+        apps,
+        queues,
+        queue_error,
         due,
         inflight,
         records,
@@ -253,6 +426,30 @@ fn redis_health(info: Result<HashMap<String, String>, crate::store::StoreError>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pace_reads_against_the_rate_or_says_there_is_none() {
+        assert_eq!(pace(412.4, Some(500), AppState::Ok), "412 / 500 per s");
+        assert_eq!(pace(0.44, Some(1), AppState::Slowed), "0.4 / 1 per s");
+        assert_eq!(pace(3.5, None, AppState::Ok), "3.5 per s · no cap");
+        assert_eq!(pace(0.0, Some(9), AppState::NotRunning), "— / 9 per s");
+    }
+
+    #[test]
+    fn an_fcm_error_answer_reads_as_its_message() {
+        let answer = r#"{"error":{"code":400,"message":"The registration token is not valid","status":"INVALID_ARGUMENT"}}"#;
+        assert_eq!(
+            provider_message(answer),
+            "The registration token is not valid"
+        );
+        assert_eq!(provider_message("connection reset"), "connection reset");
+    }
+
+    #[test]
+    fn long_answers_are_shortened_on_a_character_boundary() {
+        assert_eq!(shortened("이체 완료", 2), "이체…");
+        assert_eq!(shortened("short", 160), "short");
+    }
 
     #[test]
     fn sparkline_scales_to_the_peak() {

@@ -1,5 +1,6 @@
-//! The dashboard's live counters: one Server-Sent Event a second per open stream, and
-//! the channel-fed body that carries them.
+//! The dashboard's live figures: one Server-Sent Event a second per open stream (the
+//! ports' counters, the app cards, the queue rows), and the channel-fed body that
+//! carries them.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -12,11 +13,15 @@ use hyper::body::{Bytes, Frame};
 use hyper::header::HeaderValue;
 use serde_json::Value;
 
+use super::dashboard::{app_cards, queue_rows};
 use crate::admin::auth::{self, Session};
+use crate::admin::delivery::{app_views, queue_views};
 use crate::admin::{AdminState, Reply, json_error, with_type};
 use crate::clock::now_ms;
 
-/// Server-Sent Events: every port's counters once a second, for as long as the session
+/// Server-Sent Events: once a second, every port's counters, the app cards and the queue
+/// rows (of the apps the config named when the stream opened: an app a reload adds
+/// shows when the page is loaded again), for as long as the session
 /// that opened the stream lives (sign-out, expiry or a role change end it within a
 /// second), and at most `[console] streams_per_session` at once per session.
 pub(super) fn stream(state: &AdminState, session: &Session) -> Reply {
@@ -37,6 +42,8 @@ pub(super) fn stream(state: &AdminState, session: &Session) -> Reply {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let supervisor = state.supervisor.clone();
     let store = state.store.clone();
+    let apps = state.apps.clone();
+    let sight = session.sight();
     let shutdown = state.shutdown.clone();
     let session = session.clone();
     tokio::spawn(async move {
@@ -64,7 +71,18 @@ pub(super) fn stream(state: &AdminState, session: &Session) -> Reply {
                 })
                 .collect();
             let (due, inflight) = store.queue_depths().await.unwrap_or((0, 0));
-            let event = serde_json::json!({"ports": ports, "due": due, "inflight": inflight});
+            let cards = app_cards(app_views(&apps, &config, sight), config.zone());
+            let queues = queue_views(&store, &config, now_ms())
+                .await
+                .map(queue_rows)
+                .unwrap_or_default();
+            let event = serde_json::json!({
+                "ports": ports,
+                "due": due,
+                "inflight": inflight,
+                "apps": cards,
+                "queues": queues,
+            });
             if tx
                 .send(Bytes::from(format!("data: {event}\n\n")))
                 .await

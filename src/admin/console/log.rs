@@ -1,5 +1,6 @@
 //! The push log: the search form and its pages, the CSV export of a search, and
-//! flushing the whole log (stopped ports only).
+//! flushing the whole log (stopped ports only). A search is one field's value plus the
+//! filters status, app and lane, each a bitmap ANDed with the rest.
 
 use std::net::SocketAddr;
 
@@ -7,13 +8,14 @@ use askama::Template;
 use hyper::header::HeaderValue;
 use hyper::{Method, StatusCode};
 
-use super::{Chrome, Input, error_page, render};
+use super::{Chrome, Input, app_and_lane, error_page, render};
 use crate::admin::auth::Session;
 use crate::admin::view::{self, Sight};
 use crate::admin::{AdminState, Reply, full, with_type};
 use crate::config::Role;
-use crate::push::Status;
 use crate::push::fields::{LOG_COLUMNS, SUBSTRING_FIELDS};
+use crate::push::queue::is_app_name;
+use crate::push::{Lane, Status};
 use crate::store::log::{LogQuery, Total, searchable_fields};
 use crate::supervisor::PortState;
 
@@ -29,6 +31,9 @@ const CSV_LIMIT: u64 = 100_000;
 struct LogRow {
     id: u64,
     status: String,
+    /// Its push's app and lane; empty when its route sent nothing.
+    app: String,
+    lane: String,
     cells: Vec<String>,
 }
 
@@ -44,6 +49,8 @@ struct LogPageView {
     chrome: Option<Chrome>,
     fields: Vec<Choice>,
     statuses: Vec<Choice>,
+    apps: Vec<Choice>,
+    lanes: Vec<Choice>,
     q: String,
     from: String,
     to: String,
@@ -84,10 +91,16 @@ fn log_query(
             .ok_or_else(|| format!("{key} does not exist in {zone}"))
     };
     let status = input.get("status");
+    let app = input.get("app");
+    if !app.is_empty() && !is_app_name(app) {
+        return Err(format!("{app:?} is not an app name"));
+    }
     let query = LogQuery {
         field: (!field.is_empty()).then_some(field.clone()),
         value: input.get("q").to_owned(),
         status: Status::resting(status).map(|s| s.as_str().to_owned()),
+        app: (!app.is_empty()).then(|| app.to_owned()),
+        lane: Lane::parse(input.get("lane")).map(|l| l.as_str().to_owned()),
         from_ms: parse_time("from")?,
         to_ms: parse_time("to")?,
         oldest_first: input.get("order") == "oldest",
@@ -96,7 +109,7 @@ fn log_query(
     };
     let base: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(
-            ["field", "q", "status", "from", "to", "order"]
+            ["field", "q", "status", "app", "lane", "from", "to", "order"]
                 .iter()
                 .map(|k| (*k, input.get(k)))
                 .filter(|(_, v)| !v.is_empty()),
@@ -108,10 +121,18 @@ fn log_query(
 /// `GET /log`: one page of the push log, searched and filtered.
 pub(super) async fn page(state: &AdminState, session: &Session, input: &Input) -> Reply {
     let config = state.config();
+    // The configured apps, and the one asked for if a reload removed it since.
+    let mut app_names: Vec<String> = config.apps().map(|a| a.name.clone()).collect();
+    let asked = input.get("app");
+    if !asked.is_empty() && !app_names.iter().any(|a| a == asked) {
+        app_names.push(asked.to_owned());
+    }
     let mut page = LogPageView {
         chrome: Some(Chrome::new(session, "log")),
+        // App and lane have selects of their own.
         fields: searchable_fields()
             .into_iter()
+            .filter(|f| !matches!(*f, "app" | "lane"))
             .map(|f| Choice {
                 value: f.to_owned(),
                 selected: input.get("field") == f,
@@ -122,6 +143,20 @@ pub(super) async fn page(state: &AdminState, session: &Session, input: &Input) -
             .map(|s| Choice {
                 value: s.as_str().to_owned(),
                 selected: input.get("status") == s.as_str(),
+            })
+            .collect(),
+        apps: app_names
+            .into_iter()
+            .map(|a| Choice {
+                selected: a == asked,
+                value: a,
+            })
+            .collect(),
+        lanes: Lane::ALL
+            .iter()
+            .map(|l| Choice {
+                value: l.as_str().to_owned(),
+                selected: input.get("lane") == l.as_str(),
             })
             .collect(),
         q: input.get("q").to_owned(),
@@ -177,9 +212,12 @@ pub(super) async fn page(state: &AdminState, session: &Session, input: &Input) -
                 .iter()
                 .map(|r| {
                     let seen = view::record(r, sight);
+                    let (app, lane) = app_and_lane(r);
                     LogRow {
                         id: r.id,
                         status: r.status.as_str().to_owned(),
+                        app,
+                        lane,
                         cells: LOG_COLUMNS.iter().map(|c| seen.column(c)).collect(),
                     }
                 })
@@ -200,7 +238,7 @@ pub(super) async fn csv(state: &AdminState, session: &Session, input: &Input) ->
         Err(e) => return error_page(Some(session), StatusCode::BAD_REQUEST, &e),
     };
     query.per_page = 1000;
-    let mut out = String::from("\u{feff}id,status,");
+    let mut out = String::from("\u{feff}id,status,app,lane,");
     out.push_str(&LOG_COLUMNS.join(","));
     out.push_str("\r\n");
     let mut written = 0;
@@ -218,7 +256,13 @@ pub(super) async fn csv(state: &AdminState, session: &Session, input: &Input) ->
         };
         for record in &result.rows {
             let seen = view::record(record, sight);
-            let mut fields = vec![record.id.to_string(), record.status.as_str().to_owned()];
+            let (app, lane) = app_and_lane(record);
+            let mut fields = vec![
+                record.id.to_string(),
+                record.status.as_str().to_owned(),
+                app,
+                lane,
+            ];
             fields.extend(LOG_COLUMNS.iter().map(|c| seen.column(c)));
             let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
             out.push_str(&line.join(","));

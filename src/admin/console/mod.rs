@@ -1,12 +1,12 @@
 //! The console: server-rendered pages for people, one file per page. Plain forms work
 //! without JavaScript; every POST carries the session's CSRF token. This file routes a
 //! request to its page and holds only what several pages share: the [`Chrome`] around
-//! every signed-in page, [`render`], [`error_page`], the request's [`Input`] and a
-//! record's [`cell`].
+//! every signed-in page, [`render`], [`error_page`], the request's [`Input`], a
+//! record's [`cell`] and its push's [`app_and_lane`].
 //!
 //! - `login`: signing in and out, built to hold under a flood of strangers
-//! - `dashboard`: ports, nodes, Redis and the queue; starting and stopping ports
-//! - `events`: the dashboard's live counters, as Server-Sent Events
+//! - `dashboard`: ports, apps, queues, nodes and Redis; starting and stopping ports
+//! - `events`: the dashboard's live figures, as Server-Sent Events
 //! - `log`: the push log, its CSV export and flushing it
 //! - `push`: one push; resend, route again, legal hold
 //! - `scripts`: the ports' route scripts; check, try, save, restore
@@ -224,4 +224,16 @@ fn cell(record: &Value, column: &str) -> String {
         Value::Null => String::new(),
         other => other.to_string(),
     }
+}
+
+/// A record's push's app and lane, as the log and the push page show them; empty when
+/// its route decided no push.
+fn app_and_lane(record: &crate::push::Record) -> (String, String) {
+    record
+        .push()
+        .map(|p| {
+            let queue = p.queue();
+            (queue.app, queue.lane.as_str().to_owned())
+        })
+        .unwrap_or_default()
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use askama::Template;
 use hyper::StatusCode;
 
-use super::{Chrome, Input, cell, error_page, render};
+use super::{Chrome, Input, app_and_lane, cell, error_page, render};
 use crate::admin::auth::Session;
 use crate::admin::{AdminState, Reply, actions, view};
 use crate::clock::now_ms;
@@ -37,6 +37,9 @@ struct PushPage {
     chrome: Option<Chrome>,
     id: u64,
     status: String,
+    /// Its push's app and lane (the queue it waits in); empty when it has no push.
+    app: String,
+    lane: String,
     fields: Vec<FieldRow>,
     decision: String,
     attempts: Vec<AttemptRow>,
@@ -113,6 +116,7 @@ pub(super) async fn page(
         })
         .collect();
     let operator = session.may(Role::Operator);
+    let (app, lane) = app_and_lane(&record);
     render(&PushPage {
         chrome: Some(Chrome::new(session, "log")),
         id,
@@ -126,6 +130,8 @@ pub(super) async fn page(
         can_reroute: operator && matches!(record.status, Status::ScriptError | Status::Dropped),
         held: record.legal_hold,
         status: record.status.as_str().to_owned(),
+        app,
+        lane,
         fields,
         decision: serde_json::to_string_pretty(&json["decision"]).unwrap_or_default(),
         attempts,

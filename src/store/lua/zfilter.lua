@@ -1,17 +1,25 @@
--- One page of a zset index's ids within [lo, hi] whose status bit is set: walks the
--- zset in chunks of 1,000, at most budget ids, so a filter over a huge index stops
--- (and says so) instead of stalling Redis.
+-- One page of a zset index's ids within [lo, hi] that are set in every filter bitmap
+-- (status, app, lane): walks the zset in chunks of 1,000, at most budget ids, so a
+-- filter over a huge index stops (and says so) instead of stalling Redis.
 -- ARGV[1] zset key      the index (`idx:{field}:{value}`, score = id)
--- ARGV[2] bitmap key    the status bitmap (`bit:status:{status}`)
--- ARGV[3] lo            lowest id
--- ARGV[4] hi            highest id
--- ARGV[5] newest first  1 = walk down from hi, 0 = up from lo
--- ARGV[6] offset        matching ids to skip
--- ARGV[7] count         most ids to return
--- ARGV[8] budget        most zset ids to walk
+-- ARGV[2] lo            lowest id
+-- ARGV[3] hi            highest id
+-- ARGV[4] newest first  1 = walk down from hi, 0 = up from lo
+-- ARGV[5] offset        matching ids to skip
+-- ARGV[6] count         most ids to return
+-- ARGV[7] budget        most zset ids to walk
+-- ARGV[8] bitmap key    then further bitmap keys an id must be set in too
 -- Returns {found, scanned, exhausted (0/1), id, id, ...}.
-local zkey, bkey, lo, hi = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local rev, offset, count, budget = ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local zkey, lo, hi = ARGV[1], ARGV[2], ARGV[3]
+local rev, offset, count, budget = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local bkeys = {}
+for i = 8, #ARGV do bkeys[#bkeys + 1] = ARGV[i] end
+local function admitted(id)
+  for _, bkey in ipairs(bkeys) do
+    if redis.call('GETBIT', bkey, id) == 0 then return false end
+  end
+  return true
+end
 local found, scanned, ids = 0, 0, {}
 local exhausted = 0
 while scanned < budget do
@@ -22,7 +30,7 @@ while scanned < budget do
     chunk = redis.call('ZRANGE', zkey, lo, hi, 'BYSCORE', 'LIMIT', scanned, 1000)
   end
   for _, id in ipairs(chunk) do
-    if redis.call('GETBIT', bkey, id) == 1 then
+    if admitted(id) then
       if found >= offset and #ids < count then ids[#ids + 1] = id end
       found = found + 1
     end
