@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::view::{self, Sight};
-use crate::config::{Config, Provider};
+use crate::config::Config;
 use crate::push::Lane;
 use crate::sender::Apps;
 use crate::sender::health::SeenError;
@@ -84,9 +84,7 @@ pub fn app_views(apps: &Apps, config: &Config, sight: Sight) -> Vec<AppView> {
     let mut shown = BTreeSet::new();
     for app in config.apps() {
         shown.insert(app.name.as_str());
-        let provider = match app.provider {
-            Provider::Fcm => "fcm",
-        };
+        let provider = app.provider.as_str();
         match senders.iter().find(|s| s.app() == app.name) {
             Some(sender) => views.push(running(sender, provider, sight)),
             None => views.push(AppView {
@@ -107,7 +105,7 @@ pub fn app_views(apps: &Apps, config: &Config, sight: Sight) -> Vec<AppView> {
     }
     for sender in &senders {
         if !shown.contains(sender.app()) {
-            views.push(running(sender, "fcm", sight));
+            views.push(running(sender, sender.client().provider().as_str(), sight));
         }
     }
     views
@@ -116,8 +114,8 @@ pub fn app_views(apps: &Apps, config: &Config, sight: Sight) -> Vec<AppView> {
 /// A running app's view, from its sender.
 fn running(sender: &crate::sender::Sender, provider: &'static str, sight: Sight) -> AppView {
     let health = sender.health();
-    let credentials = sender.client().credentials();
-    let token_expires_at = credentials.token_expires_at_ms();
+    let client = sender.client();
+    let token_expires_at = client.token_expires_at_ms();
     let state = if !health.healthy {
         AppState::Unhealthy
     } else if token_expires_at.is_none() {
@@ -135,7 +133,7 @@ fn running(sender: &crate::sender::Sender, provider: &'static str, sight: Sight)
     AppView {
         name: sender.app().to_owned(),
         provider,
-        project: Some(credentials.project_id().to_owned()),
+        project: Some(client.project()),
         state,
         unhealthy: health.unhealthy.map(seen),
         rate: bucket.map(|b| b.rate),

@@ -64,6 +64,16 @@ impl ApnsClient {
         }
     }
 
+    /// The app's bundle id (`apns-topic`).
+    pub fn topic(&self) -> &str {
+        &self._settings.topic
+    }
+
+    /// When the provider token in use is due to be replaced (unix ms).
+    pub fn token_expires_at_ms(&self) -> Option<i64> {
+        None
+    }
+
     /// Whether a provider token is at hand.
     pub fn has_token(&self) -> bool {
         false

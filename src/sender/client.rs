@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::apns::ApnsClient;
+use crate::config::Provider;
 use crate::fcm::{self, Answer, Expiry, FcmClient};
 use crate::push::Push;
 
@@ -46,6 +47,30 @@ impl Client {
         match self {
             Client::Fcm(client) => client.credentials().has_token(),
             Client::Apns(client) => client.has_token(),
+        }
+    }
+
+    pub fn provider(&self) -> Provider {
+        match self {
+            Client::Fcm(_) => Provider::Fcm,
+            Client::Apns(_) => Provider::Apns,
+        }
+    }
+
+    /// What it sends to: the FCM project id, or the APNs app's bundle id.
+    pub fn project(&self) -> String {
+        match self {
+            Client::Fcm(client) => client.credentials().project_id().to_owned(),
+            Client::Apns(client) => client.topic().to_owned(),
+        }
+    }
+
+    /// When the token in use expires (unix ms): FCM's access token, or when the APNs
+    /// provider token is due to be replaced.
+    pub fn token_expires_at_ms(&self) -> Option<i64> {
+        match self {
+            Client::Fcm(client) => client.credentials().token_expires_at_ms(),
+            Client::Apns(client) => client.token_expires_at_ms(),
         }
     }
 
