@@ -8,6 +8,7 @@
 //! - [`script`]: the sandboxed Rhai engine, compiled route scripts, turning a script's answer into a decision.
 //! - [`store`]: every Redis command and Lua script, the key layout, group commit, managed Redis.
 //! - [`fcm`]: service-account tokens, the typed send body, the HTTP v1 client, error classes.
+//! - [`apns`]: Apple's provider API directly: ES256 provider tokens, the request and payload, Apple's answers.
 //! - [`sender`]: the in-flight pool, retry/schedule policy, durable queue claims.
 //! - [`emulator`]: the strict FCM stand-in (`pushgate fcm-emulator`) for tests and the demo.
 //! - [`metrics`]: every counter and histogram, and the `/metrics` text.

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// How pushgate treats an FCM error (fcm-v1.md's table, in one place).
+/// How pushgate treats a provider's error (fcm-v1.md's table here, apns.md's in
+/// `apns::answer`): one set of classes, so the sender retries both providers alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorClass {
@@ -22,6 +23,17 @@ pub enum ErrorClass {
     Transport,
     /// Any other answer (e.g. 403 PERMISSION_DENIED for a wrong project).
     Other,
+    /// (APNs) 400 BadDeviceToken or DeviceTokenNotForTopic: the token is no use to this
+    /// app, as dead as an unregistered one.
+    BadDeviceToken,
+    /// (APNs) 403 ExpiredProviderToken, InvalidProviderToken or MissingProviderToken even
+    /// after one new token: the key, key id, team id or clock is wrong.
+    InvalidProviderToken,
+    /// (APNs) 400 BadTopic, MissingTopic or TopicDisallowed: the app's `topic` (bundle
+    /// id) is wrong for its key.
+    BadTopic,
+    /// (APNs) 413 PayloadTooLarge.
+    PayloadTooLarge,
 }
 
 /// What to do after an error.
@@ -43,13 +55,23 @@ impl ErrorClass {
             | ErrorClass::Unregistered
             | ErrorClass::SenderIdMismatch
             | ErrorClass::ThirdPartyAuthError
-            | ErrorClass::Other => Retry::Never,
+            | ErrorClass::Other
+            | ErrorClass::BadDeviceToken
+            | ErrorClass::BadTopic
+            | ErrorClass::PayloadTooLarge => Retry::Never,
             ErrorClass::QuotaExceeded => Retry::Quota,
             ErrorClass::Unavailable
             | ErrorClass::Internal
             | ErrorClass::Unauthenticated
+            | ErrorClass::InvalidProviderToken
             | ErrorClass::Transport => Retry::Backoff,
         }
+    }
+
+    /// The answer says the token will never reach this app's device again: remember it
+    /// dead and send it nothing more.
+    pub fn is_dead_token(self) -> bool {
+        matches!(self, ErrorClass::Unregistered | ErrorClass::BadDeviceToken)
     }
 
     pub fn name(self) -> &'static str {
@@ -64,6 +86,10 @@ impl ErrorClass {
             ErrorClass::Unauthenticated => "UNAUTHENTICATED",
             ErrorClass::Transport => "TRANSPORT",
             ErrorClass::Other => "OTHER",
+            ErrorClass::BadDeviceToken => "BAD_DEVICE_TOKEN",
+            ErrorClass::InvalidProviderToken => "INVALID_PROVIDER_TOKEN",
+            ErrorClass::BadTopic => "BAD_TOPIC",
+            ErrorClass::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
         }
     }
 }

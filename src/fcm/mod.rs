@@ -38,8 +38,9 @@ pub enum FcmError {
     Client(String),
 }
 
-/// reqwest errors name the URL; keep messages short and free of query strings.
-fn without_url(e: &reqwest::Error) -> String {
+/// reqwest errors name the URL; keep messages short and free of query strings (APNs
+/// messages too: its URLs carry device tokens).
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -56,7 +57,7 @@ fn without_url(e: &reqwest::Error) -> String {
     text
 }
 
-fn truncate(text: &str, max: usize) -> &str {
+pub(crate) fn truncate(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {
         Some((at, _)) => &text[..at],
         None => text,

@@ -135,7 +135,7 @@ pub(super) fn read_decision(returned: Dynamic, zone: Tz) -> Result<(Decision, bo
 }
 
 fn read_push(map: &Map) -> Result<Push, String> {
-    Ok(Push {
+    let push = Push {
         target: read_target(map)?,
         title: optional_text(map, "title")?,
         body: optional_text(map, "body")?,
@@ -146,7 +146,15 @@ fn read_push(map: &Map) -> Result<Push, String> {
         ttl_secs: read_ttl(map)?,
         app: read_app(map)?,
         lane: read_lane(map)?,
-    })
+    };
+    // A push to a device token may reach Apple through either provider: FCM forwards
+    // the same `apns` object to Apple and limits messages to 4 KB too, so Apple's rules
+    // (headers, collapse id, payload size) are checked here for both, when the script
+    // decides rather than when the send fails.
+    if push.target.token().is_some() {
+        crate::apns::check(&push)?;
+    }
+    Ok(push)
 }
 
 fn read_target(map: &Map) -> Result<Target, String> {
@@ -436,6 +444,31 @@ mod tests {
                 problem
             );
         }
+    }
+
+    #[test]
+    fn apples_rules_are_checked_when_the_script_decides_a_token_push() {
+        let body = "가".repeat(1500);
+        let err = decision_error(&format!("  send_token(\"t\", \"제목\", \"{body}\")"));
+        assert!(
+            err.starts_with("the APNs payload would be 4,5")
+                && err.ends_with("bytes; Apple takes at most 4,096"),
+            "{err}"
+        );
+        assert_eq!(
+            decision_error(&format!(
+                "  let d = send_token(\"t\", \"\", \"\");\n  d.apns = #{{ headers: #{{ \"apns-collapse-id\": \"{}\" }} }};\n  d",
+                "c".repeat(65)
+            )),
+            "apns.headers[\"apns-collapse-id\"] must be 1 to 64 bytes, got 65 bytes"
+        );
+        // A topic push never reaches Apple as one payload of pushgate's making.
+        let topic = run_body(
+            &format!("  send_topic(\"news\", \"제목\", \"{body}\")"),
+            &sample(),
+            afternoon(),
+        );
+        assert!(topic.is_ok(), "{topic:?}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! sends a second, error classes over the last minutes, the last error, and whether the
 //! app is healthy. An app is unhealthy from an answer that no retry can fix because the
 //! app itself is misconfigured (THIRD_PARTY_AUTH_ERROR: its APNs credentials in Firebase;
-//! SENDER_ID_MISMATCH: tokens of another project) until a send is accepted again.
+//! SENDER_ID_MISMATCH: tokens of another project; for an APNs app, INVALID_PROVIDER_TOKEN:
+//! its key, key id or team id, and BAD_TOPIC: its bundle id) until a send is accepted again.
 //!
 //! Each node keeps its own view (its own sends); counters shared across nodes are the
 //! per-port ones in Redis.
@@ -22,7 +23,10 @@ const ERROR_MINUTES: i64 = 5;
 pub fn makes_unhealthy(class: ErrorClass) -> bool {
     matches!(
         class,
-        ErrorClass::ThirdPartyAuthError | ErrorClass::SenderIdMismatch
+        ErrorClass::ThirdPartyAuthError
+            | ErrorClass::SenderIdMismatch
+            | ErrorClass::InvalidProviderToken
+            | ErrorClass::BadTopic
     )
 }
 

@@ -515,11 +515,19 @@ impl Sender {
                     outcome: class.name().into(),
                     answer: body,
                 };
-                if class == fcm::ErrorClass::Unregistered
+                if class.is_dead_token()
                     && let Target::Token(token) = &push.target
-                    && let Err(e) = self.store.remember_dead_token(token, now_ms()).await
                 {
-                    tracing::warn!(error = %e, "remembering an unregistered token");
+                    // Dead since Apple's 410 timestamp when it gives one; FCM gives none.
+                    let now = now_ms();
+                    let since = crate::apns::answer::unregistered_at(&step.answer, now);
+                    if let Err(e) = self
+                        .store
+                        .remember_dead_token(token, since.unwrap_or(now))
+                        .await
+                    {
+                        tracing::warn!(error = %e, "remembering a dead token");
+                    }
                 }
                 if retry == Retry::Never {
                     return (Status::Failed, None, false, step);

@@ -219,6 +219,53 @@ fn check_reports_each_error_as_file_line_column_and_fails() {
 }
 
 #[test]
+fn check_reads_an_apns_apps_key_and_never_prints_it() {
+    use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
+    let dir = tempfile::tempdir().unwrap();
+    write_scripts(dir.path(), &[("ok.rhai", TRANSFER_SCRIPT)]);
+    let key = p256::ecdsa::SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng)
+        .to_pkcs8_pem(LineEnding::LF)
+        .unwrap()
+        .to_string();
+    std::fs::write(dir.path().join("AuthKey_ABC123DEFG.p8"), &key).unwrap();
+    // The same key with one line of it damaged: the rest is still secret.
+    let damaged = key.replacen("\n", "\n!!", 1);
+    std::fs::write(dir.path().join("damaged.p8"), &damaged).unwrap();
+    let config = dir.path().join("c.toml");
+    let with_key = |file: &str| {
+        let app = format!(
+            "[[app]]\nname = \"ios\"\nprovider = \"apns\"\nkey_file = \"{file}\"\nkey_id = \"ABC123DEFG\"\nteam_id = \"DEF456GHIJ\"\ntopic = \"kr.example.bank\"\nendpoint = \"http://127.0.0.1:1\"\n"
+        );
+        std::fs::write(
+            &config,
+            format!("{}{app}", port_block("b", "ok.rhai", "app = \"ios\"")),
+        )
+        .unwrap();
+        check_config(&config)
+    };
+
+    let (ok, stdout, stderr) = with_key("AuthKey_ABC123DEFG.p8");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("1 ports, 1 apps"), "{stdout}");
+
+    let (ok, _, stderr) = with_key("damaged.p8");
+    assert!(!ok, "a damaged key fails check");
+    assert!(stderr.contains("app \"ios\""), "{stderr}");
+    assert!(stderr.contains("damaged.p8"), "{stderr}");
+    assert!(stderr.contains("not an EC P-256 private key"), "{stderr}");
+    for line in damaged.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(
+            !stderr.contains(line.trim_start_matches('!')),
+            "the key shows: {stderr}"
+        );
+    }
+
+    let (ok, _, stderr) = with_key("missing.p8");
+    assert!(!ok, "a missing key fails check");
+    assert!(stderr.contains("missing.p8"), "{stderr}");
+}
+
+#[test]
 fn log_format_json_writes_one_json_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     write_scripts(dir.path(), &[("t.rhai", TRANSFER_SCRIPT)]);
