@@ -86,12 +86,14 @@ impl ApnsClient {
 
     /// The app's bundle id (`apns-topic`).
     pub fn topic(&self) -> &str {
-        &self._settings.topic
+        &self.settings.topic
     }
 
-    /// When the provider token in use is due to be replaced (unix ms).
+    /// When the provider token in use is due to be replaced (unix ms), once one is signed.
     pub fn token_expires_at_ms(&self) -> Option<i64> {
-        None
+        self.tokens
+            .has_token()
+            .then(|| crate::clock::now_ms() + self.tokens.due_in().as_millis() as i64)
     }
 
     /// Whether a provider token is at hand.
