@@ -18,8 +18,10 @@
 //! is the OAuth token endpoint and the bearer check, `send` validates `messages:send`,
 //! `faults` injects failures, `quota` is the per-device quota, `rejection` is FCM's error
 //! table and envelope, `stats` the counters behind `GET /stats`, `tls` the self-signed
-//! certificate, `server` the accept loop both emulators run.
+//! certificate, `server` the accept loop both emulators run. [`apns`] is the APNs emulator,
+//! built the same way.
 
+pub mod apns;
 mod faults;
 mod quota;
 mod rejection;
