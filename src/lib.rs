@@ -10,7 +10,8 @@
 //! - [`fcm`]: service-account tokens, the typed send body, the HTTP v1 client, error classes.
 //! - [`apns`]: Apple's provider API directly: ES256 provider tokens, the request and payload, Apple's answers.
 //! - [`sender`]: the in-flight pool, retry/schedule policy, durable queue claims.
-//! - [`emulator`]: the strict FCM stand-in (`pushgate fcm-emulator`) for tests and the demo.
+//! - [`emulator`]: the strict FCM stand-in (`pushgate fcm-emulator`) for tests and the demo,
+//!   and in [`emulator::apns`] the strict APNs one (`pushgate apns-emulator`).
 //! - [`metrics`]: every counter and histogram, and the `/metrics` text.
 //! - [`supervisor`]: port lifecycle (start, stop, restart with backoff, states) and reload.
 //! - [`admin`]: the hyper admin listener: the console (one file per page) and the JSON API.

@@ -61,6 +61,8 @@ enum Command {
     Send(send::SendArgs),
     /// A strict stand-in for FCM HTTP v1 (token endpoint + messages:send) on loopback.
     FcmEmulator(pushgate::emulator::EmulatorArgs),
+    /// A strict stand-in for Apple's provider API (APNs with token auth), HTTP/2 only.
+    ApnsEmulator(pushgate::emulator::apns::ApnsEmulatorArgs),
 }
 
 fn main() -> ExitCode {
@@ -117,18 +119,25 @@ fn main() -> ExitCode {
             ephemeral_ports,
         } => run(demo::run(dir, admin, ephemeral_ports)),
         Command::Send(args) => run(send::run(args)),
-        Command::FcmEmulator(args) => run(async move {
-            let mut signals = pushgate::signals::listen()?;
-            let terminated = async move {
-                while let Some(signal) = signals.recv().await {
-                    if signal == pushgate::signals::Signal::Terminate {
-                        break;
-                    }
-                }
-            };
-            pushgate::emulator::run(args, terminated).await
-        }),
+        Command::FcmEmulator(args) => {
+            run(async move { pushgate::emulator::run(args, terminated()?).await })
+        }
+        Command::ApnsEmulator(args) => {
+            run(async move { pushgate::emulator::apns::run(args, terminated()?).await })
+        }
     }
+}
+
+/// Resolves on SIGTERM or SIGINT (SIGHUP is ignored): when an emulator stops.
+fn terminated() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut signals = pushgate::signals::listen()?;
+    Ok(async move {
+        while let Some(signal) = signals.recv().await {
+            if signal == pushgate::signals::Signal::Terminate {
+                break;
+            }
+        }
+    })
 }
 
 fn run(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {

@@ -18,12 +18,15 @@
 //! is the OAuth token endpoint and the bearer check, `send` validates `messages:send`,
 //! `faults` injects failures, `quota` is the per-device quota, `rejection` is FCM's error
 //! table and envelope, `stats` the counters behind `GET /stats`, `tls` the self-signed
-//! certificate.
+//! certificate, `server` the accept loop both emulators run. [`apns`] is the APNs emulator,
+//! built the same way.
 
+pub mod apns;
 mod faults;
 mod quota;
 mod rejection;
 mod send;
+mod server;
 mod stats;
 mod tls;
 mod token;
@@ -32,7 +35,6 @@ mod token;
 mod harness;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -43,19 +45,15 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use rand::Rng as _;
 use rsa::RsaPrivateKey;
 use rsa::pkcs1v15::VerifyingKey;
 use rsa::pkcs8::{EncodePrivateKey as _, LineEnding};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use faults::{Faults, Forced};
 use quota::DeviceQuota;
@@ -68,10 +66,6 @@ pub use token::FCM_SCOPE;
 
 /// Far above any valid FCM request; only stops a runaway client from filling memory.
 const MAX_BODY: usize = 1 << 20;
-/// How long shutdown waits for in-flight requests before dropping them.
-const DRAIN: Duration = Duration::from_secs(5);
-/// A TLS client that has not finished its handshake by then is dropped.
-const HANDSHAKE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct EmulatorArgs {
@@ -163,7 +157,7 @@ impl Emulator {
         let tls = match &args.tls_cert_out {
             None => None,
             Some(path) => {
-                let tls = tls::self_signed(addr.ip())?;
+                let tls = tls::self_signed(addr.ip(), &[b"h2", b"http/1.1"])?;
                 // Written before the first accept: once the emulator answers, the file is there.
                 tokio::fs::write(path, &tls.pem).await.map_err(|e| {
                     std::io::Error::new(
@@ -217,7 +211,13 @@ impl Emulator {
         let cancel = CancellationToken::new();
         let certificate = tls.as_ref().map(|t| t.pem.clone());
         let acceptor = tls.map(|t| t.acceptor);
-        let server = tokio::spawn(serve(listener, acceptor, state.clone(), cancel.clone()));
+        let server = tokio::spawn(server::serve(
+            "FCM emulator",
+            listener,
+            acceptor,
+            state.clone(),
+            cancel.clone(),
+        ));
         Ok(Emulator {
             addr,
             state,
@@ -313,70 +313,6 @@ pub async fn run(
     Ok(())
 }
 
-async fn serve(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    state: Arc<State>,
-    cancel: CancellationToken,
-) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let connections = TaskTracker::new();
-    loop {
-        let stream = tokio::select! {
-            () = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Usually fd exhaustion: back off instead of spinning on it.
-                    tracing::warn!("FCM emulator: accepting a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let (builder, state, cancel) = (builder.clone(), state.clone(), cancel.clone());
-        let Some(acceptor) = tls.clone() else {
-            connections.spawn(serve_connection(builder, stream, state, cancel));
-            continue;
-        };
-        connections.spawn(async move {
-            let handshake = tokio::select! {
-                () = cancel.cancelled() => return,
-                done = tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)) => done,
-            };
-            match handshake {
-                Ok(Ok(stream)) => serve_connection(builder, stream, state, cancel).await,
-                Ok(Err(e)) => tracing::debug!("FCM emulator: TLS handshake: {e}"),
-                Err(_) => tracing::debug!("FCM emulator: TLS handshake timed out"),
-            }
-        });
-    }
-    connections.close();
-    connections.wait().await;
-}
-
-/// HTTP/1.1 or HTTP/2 (by preface) on one connection, until it ends or shutdown drains it.
-async fn serve_connection(
-    builder: auto::Builder<TokioExecutor>,
-    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    state: Arc<State>,
-    cancel: CancellationToken,
-) {
-    let service = hyper::service::service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(state.handle(req).await) }
-    });
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN, conn).await;
-        }
-    }
-}
-
 /// Everything the handlers share; fixed at start except the token table and the counters.
 struct State {
     project: String,
@@ -402,7 +338,7 @@ struct State {
 /// Accepted sends the emulator remembers in order, for tests of order and pace.
 const ACCEPTED_KEPT: usize = 200_000;
 
-impl State {
+impl server::Handler for State {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path();

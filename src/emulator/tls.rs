@@ -17,9 +17,9 @@ pub(super) struct SelfSigned {
     pub(super) acceptor: TlsAcceptor,
 }
 
-/// Generate a certificate for `localhost`, `127.0.0.1` and `ip`, and a server offering
-/// HTTP/2 and HTTP/1.1 by ALPN.
-pub(super) fn self_signed(ip: IpAddr) -> std::io::Result<SelfSigned> {
+/// Generate a certificate for `localhost`, `127.0.0.1` and `ip`, and a server offering the
+/// `alpn` protocols (FCM: `h2` and `http/1.1`; APNs: `h2` only, as Apple).
+pub(super) fn self_signed(ip: IpAddr, alpn: &[&[u8]]) -> std::io::Result<SelfSigned> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
         names.push(ip.to_string());
@@ -34,7 +34,7 @@ pub(super) fn self_signed(ip: IpAddr) -> std::io::Result<SelfSigned> {
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
         .map_err(std::io::Error::other)?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(SelfSigned {
         pem: certified.cert.pem(),
         acceptor: TlsAcceptor::from(Arc::new(server)),
