@@ -1,6 +1,7 @@
 //! Integration tests: real redis-server processes, real sockets, the real binary.
 
 mod api;
+mod apns;
 mod apps;
 mod browser;
 mod browser_support;

@@ -809,6 +809,46 @@ pub fn fcm_table(emulator: &pushgate::emulator::Emulator, dir: &Path, settings: 
     )
 }
 
+/// A strict APNs emulator in this process, writing its `.p8` into `dir`, with `flags` as
+/// on its command line.
+pub async fn apns_emulator(dir: &Path, flags: &[&str]) -> pushgate::emulator::apns::ApnsEmulator {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: pushgate::emulator::apns::ApnsEmulatorArgs,
+    }
+    let key = dir.join("AuthKey.p8").display().to_string();
+    let mut argv = vec![
+        "apns-emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--write-key",
+        &key,
+    ];
+    argv.extend_from_slice(flags);
+    let cli = <Cli as clap::Parser>::parse_from(argv);
+    pushgate::emulator::apns::ApnsEmulator::start(cli.args)
+        .await
+        .expect("APNs emulator starts")
+}
+
+/// An `[[app]]` table (provider `apns`) named `name` for `emulator`, whose key is in `dir`.
+pub fn apns_app_table(
+    emulator: &pushgate::emulator::apns::ApnsEmulator,
+    dir: &Path,
+    name: &str,
+    settings: &str,
+) -> String {
+    format!(
+        "[[app]]\nname = \"{name}\"\nprovider = \"apns\"\nendpoint = \"{}\"\nkey_file = \"{}\"\nkey_id = \"{}\"\nteam_id = \"{}\"\ntopic = \"{}\"\n{settings}\n",
+        emulator.base_url(),
+        dir.join("AuthKey.p8").display(),
+        emulator.key_id(),
+        emulator.team_id(),
+        emulator.topic()
+    )
+}
+
 /// Write the emulator's service account into `dir` and return an `[[app]]` table named
 /// `name` for it. Put it after every other table: keys after it would be the app's.
 pub fn app_table(
