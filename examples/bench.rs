@@ -5,11 +5,17 @@
 //! 2. End to end: pushes per second from the first frame sent until the FCM emulator
 //!    has accepted every one (TCP in → Redis → script → sender → emulator → outcome
 //!    written), eight connections.
+//! 3. `budget`: Redis's CPU per push, the store driven directly.
+//! 4. `rss`: pushgate's memory and each process's CPU per push, as separate processes.
+//! 5. `log`: the console's log page at 10k, 100k and 1M records, and the old design.
+//! 6. `lanes`: urgent ack-to-accepted latency while 1,000,000 bulk pushes drain at the
+//!    app's rate cap, and the cap measured at the emulator.
 //!
-//! pushgate runs in-process with a managed redis-server (AOF on, `appendfsync
-//! everysec`, unix socket in a temp dir) and the shipped `transfer.rhai`; the load runs
-//! on its own runtime thread, each connection keeping `WINDOW` frames in flight; the
-//! emulator runs in the same process. Everything shares the machine's cores.
+//! Unless a part says otherwise, pushgate runs in-process with a managed redis-server
+//! (AOF on, `appendfsync everysec`, unix socket in a temp dir) and the shipped
+//! `transfer.rhai`; the load runs on its own runtime thread, each connection keeping
+//! `WINDOW` frames in flight; the emulator runs in the same process. Everything shares
+//! the machine's cores.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,6 +30,8 @@ const RUN: Duration = Duration::from_secs(8);
 const END_TO_END_PUSHES: u64 = 100_000;
 
 fn main() -> anyhow::Result<()> {
+    // reqwest (the log pages, the emulator's `/stats`) needs a rustls provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         println!("pushgate benchmark: ndjson port, transfer.rhai, Redis 7 AOF everysec (managed), {WINDOW} frames in flight per connection");
@@ -42,6 +50,9 @@ fn main() -> anyhow::Result<()> {
         }
         if only.is_empty() || only == "log" {
             log_queries().await?;
+        }
+        if only.is_empty() || only == "lanes" {
+            lanes().await?;
         }
         Ok(())
     })
@@ -70,7 +81,6 @@ async fn log_queries() -> anyhow::Result<()> {
     )
     .await?;
     let cookie = cookie.split(';').next().unwrap_or("").to_owned();
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let base = format!("http://{}", app.admin_addr);
     let used = |info: std::collections::HashMap<String, String>| {
@@ -513,76 +523,18 @@ async fn redis_budget() -> anyhow::Result<()> {
 /// 100,000 pushes to `sent`, then pushgate's peak RSS and each process's CPU time per
 /// push, which shows where the time goes and what 2 cores can do at most.
 async fn rss() -> anyhow::Result<()> {
-    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/pushgate");
-    if !bin.exists() {
-        println!(
-            "pushgate RSS and CPU: skipped ({} not built; `make bench` builds it)",
-            bin.display()
-        );
+    let Some(bin) = release_binary("pushgate RSS and CPU") else {
         return Ok(());
-    }
-    let dir = tempfile::tempdir()?;
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
-    let (port_addr, admin_addr, emulator_addr) = (free()?, free()?, free()?);
-    let quiet = || std::process::Stdio::null();
-    let mut emulator = std::process::Command::new(&bin)
-        .args(["fcm-emulator", "--listen", &emulator_addr.to_string()])
-        // The load cycles through 5,000 tokens, far above a device's 240 a minute: measure
-        // throughput, not FCM's per-device quota.
-        .args(["--device-rate", "0"])
-        .arg("--write-service-account")
-        .arg(dir.path().join("sa.json"))
-        .stderr(quiet())
-        .spawn()?;
-    std::fs::write(
-        dir.path().join("transfer.rhai"),
-        include_str!("../scripts/transfer.rhai"),
-    )?;
-    let config = dir.path().join("rss.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[redis]\nmanaged = true\ndir = \"redis\"\n[admin]\nlisten = \"{admin_addr}\"\n\
-             [fcm]\nservice_account = \"sa.json\"\nendpoint = \"http://{emulator_addr}\"\n\
-             [[port]]\nname = \"bench\"\naddr = \"{port_addr}\"\nscript = \"transfer.rhai\"\n"
-        ),
-    )?;
+    };
+    let run = Separate::start(&bin, tempfile::tempdir()?, "", &[("bench", "")]).await?;
+    let port_addr = run.ports[0];
+    let mut con = run.redis.clone();
+    let (pid, redis_pid, emulator_pid) = (
+        run.pushgate_pid(),
+        run.redis_pid.clone(),
+        run.emulator_pid(),
+    );
     let started = Instant::now();
-    while !dir.path().join("sa.json").exists() {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(30),
-            "the emulator did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut child = std::process::Command::new(&bin)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stderr(quiet())
-        .spawn()?;
-    let pid = child.id().to_string();
-    while tokio::net::TcpStream::connect(port_addr).await.is_err() {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(60),
-            "pushgate did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let redis = redis::Client::open(format!(
-        "redis+unix://{}",
-        dir.path().join("redis/redis.sock").display()
-    ))?;
-    let mut con = redis.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut con)
-        .await?;
-    let redis_pid = info
-        .lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .map(|p| p.trim().to_owned())
-        .ok_or_else(|| anyhow::anyhow!("no process_id in INFO"))?;
-    let emulator_pid = emulator.id().to_string();
     let idle = proc_status_kib(&pid, "VmRSS:");
     let cpu = |p: &str| cpu_seconds(p);
     let before = [cpu(&pid), cpu(&redis_pid), cpu(&emulator_pid), cpu("self")];
@@ -612,13 +564,7 @@ async fn rss() -> anyhow::Result<()> {
     let commands = command_stats(&mut con, END_TO_END_PUSHES).await?;
     let _ = load.join();
     let peak = proc_status_kib(&pid, "VmHWM:");
-    for p in [&pid, &emulator_pid] {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", p])
-            .status();
-    }
-    let _ = child.wait();
-    let _ = emulator.wait();
+    drop(run);
     let n = END_TO_END_PUSHES as f64;
     let per_push: Vec<f64> = before
         .iter()
@@ -662,6 +608,468 @@ async fn rss() -> anyhow::Result<()> {
             "ceiling_pushes_per_second_on_2_cores": 2e6 / total,
         }),
     )
+}
+
+/// Bulk pushes queued in the `lanes` part.
+const LANES_BULK: u64 = 1_000_000;
+/// `[fcm] rate` in the `lanes` part: what this 2-core machine sends with CPU to spare
+/// (about half its cores while draining; `docs/BENCHMARKS.md`).
+const LANES_RATE: u32 = 5_000;
+/// One urgent push this often...
+const URGENT_EVERY: Duration = Duration::from_millis(80);
+/// ...for this long: 450 samples.
+const URGENT_WINDOW: Duration = Duration::from_secs(36);
+
+/// Lanes and the rate cap: the app `default` with `rate = LANES_RATE`, a port `campaign`
+/// (lane bulk) and a port `alerts` (lane urgent), pushgate and the emulator as processes of
+/// their own. 1,000,000 bulk pushes are queued as fast as ingest takes them; then, while
+/// that backlog drains at the cap, one urgent push every 80 ms for 36 s on one persistent
+/// connection, each timed from its ack to its acceptance by the emulator (`GET
+/// /stats/accepted`). Shows the urgent latency, the sends per second at the emulator
+/// (whole window and busiest second) against the rate, and the bulk left when the
+/// window ends: the urgent pushes were measured during the drain. It does not wait for
+/// the rest of the million (at the rate that takes minutes more).
+async fn lanes() -> anyhow::Result<()> {
+    let Some(bin) = release_binary("lanes") else {
+        return Ok(());
+    };
+    // Redis's AOF of the million peaks near 1.2 GB on disk (it is rewritten as it grows).
+    let fcm = format!("rate = {LANES_RATE}");
+    let ports = [
+        ("campaign", "lane = \"bulk\""),
+        ("alerts", "lane = \"urgent\""),
+    ];
+    let run = Separate::start(&bin, tempfile::tempdir()?, &fcm, &ports).await?;
+    let (campaign, alerts) = (run.ports[0], run.ports[1]);
+    let mut con = run.redis.clone();
+    let bulk_depth = |mut con: redis::aio::MultiplexedConnection| async move {
+        redis::cmd("ZCARD")
+            .arg("pushgate:due:default:bulk")
+            .query_async::<u64>(&mut con)
+            .await
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Accepted::default()));
+    let poller = tokio::spawn(poll_accepted(
+        run.emulator_url.clone(),
+        accepted.clone(),
+        stop.clone(),
+    ));
+
+    // The backlog, as fast as ingest takes it (8 connections, WINDOW frames in flight each).
+    let ingest_from = unix_ms();
+    let load = std::thread::spawn(move || load(campaign, 8, Limit::Frames(LANES_BULK / 8)));
+    while !load.is_finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (queued, ingest_elapsed, _) = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    let ingest_to = unix_ms();
+    anyhow::ensure!(queued == LANES_BULK, "only {queued} bulk pushes acked");
+    let depth_queued = bulk_depth(con.clone()).await?;
+    println!(
+        "lanes, rate = {LANES_RATE}/s: {queued} bulk pushes queued in {:.1} s ({:.0} frames/s) while sending; {depth_queued} still due",
+        ingest_elapsed.as_secs_f64(),
+        queued as f64 / ingest_elapsed.as_secs_f64()
+    );
+
+    // Urgent pushes while the backlog drains.
+    let pids = [
+        run.pushgate_pid(),
+        run.redis_pid.clone(),
+        run.emulator_pid(),
+        "self".to_owned(),
+    ];
+    let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds(p)).collect();
+    let window_from = unix_ms();
+    let urgent = urgent_pushes(alerts, URGENT_EVERY, URGENT_WINDOW).await?;
+    let window_to = unix_ms();
+    let cpu_used: Vec<f64> = (pids.iter().zip(&cpu_before))
+        .map(|(p, before)| (cpu_seconds(p) - before) / ((window_to - window_from) / 1000.0))
+        .collect();
+    let depth_after = bulk_depth(con.clone()).await?;
+    let started = Instant::now();
+    loop {
+        let missing = {
+            let seen = accepted.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+            urgent
+                .iter()
+                .filter(|u| !seen.urgent.contains_key(&u.key))
+                .count()
+        };
+        if missing == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30) && !poller.is_finished(),
+            "{missing} urgent pushes not seen accepted 30 s after the window (or the poller stopped)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    poller.await??;
+    let seen = std::mem::take(&mut *accepted.lock().map_err(|_| anyhow::anyhow!("lock"))?);
+    let remaining = bulk_depth(con.clone()).await?;
+    let sent: u64 = redis::cmd("BITCOUNT")
+        .arg("pushgate:bit:status:sent")
+        .query_async(&mut con)
+        .await?;
+    drop(run);
+
+    // Ack → accepted, and write → accepted, per urgent push. The emulator's clock reads
+    // whole ms; an acceptance in the same ms as the ack counts as 0.
+    let after = |from: f64, key: &str| {
+        let at = seen.urgent.get(key).copied().unwrap_or_default() as f64;
+        Duration::from_secs_f64((at - from).max(0.0) / 1000.0)
+    };
+    let from_ack = percentiles(urgent.iter().map(|u| after(u.acked_ms, &u.key)).collect());
+    let from_write = percentiles(urgent.iter().map(|u| after(u.written_ms, &u.key)).collect());
+    let ack = percentiles(
+        urgent
+            .iter()
+            .map(|u| Duration::from_secs_f64((u.acked_ms - u.written_ms).max(0.0) / 1000.0))
+            .collect(),
+    );
+    let ms = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "lanes: {} urgent pushes, one every {} ms for {} s on one connection, while bulk drained from {depth_queued} to {depth_after} due: ack → accepted by the emulator p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (write → accepted p50 {:.1}, p99 {:.1}, max {:.1} ms; write → ack p99 {:.1} ms)",
+        urgent.len(),
+        URGENT_EVERY.as_millis(),
+        URGENT_WINDOW.as_secs(),
+        ms(&from_ack, "p50_ms"),
+        ms(&from_ack, "p99_ms"),
+        ms(&from_ack, "max_ms"),
+        ms(&from_write, "p50_ms"),
+        ms(&from_write, "p99_ms"),
+        ms(&from_write, "max_ms"),
+        ms(&ack, "p99_ms"),
+    );
+
+    // The cap, at the emulator: every acceptance, over the urgent window, while ingest
+    // was queueing the backlog, and over any one second.
+    let mut times = seen.times.clone();
+    times.sort_unstable();
+    let between = |from: f64, to: f64| {
+        let lo = times.partition_point(|t| (*t as f64) < from);
+        let hi = times.partition_point(|t| (*t as f64) < to);
+        &times[lo..hi]
+    };
+    let per_second = |from: f64, to: f64| between(from, to).len() as f64 / ((to - from) / 1000.0);
+    let window_rate = per_second(window_from, window_to);
+    let window_busiest = busiest_second(between(window_from, window_to));
+    let ingest_rate = per_second(ingest_from, ingest_to);
+    let run_busiest = busiest_second(&times);
+    let burst = (LANES_RATE / 10).max(2);
+    println!(
+        "lanes, the cap at the emulator (rate {LANES_RATE}/s, burst {burst}): {window_rate:.0} sends/s over the urgent window, busiest second {window_busiest}; {ingest_rate:.0} sends/s while the backlog was being queued; busiest second of the whole run {run_busiest} (the cap allows rate + burst = {}); {} sends seen in all, {} missed by the poller",
+        LANES_RATE + burst,
+        times.len(),
+        seen.missed
+    );
+    println!(
+        "lanes, CPU during the urgent window (share of one core): pushgate {:.0} %, redis-server {:.0} %, FCM emulator {:.0} %, this benchmark {:.0} %; {:.0} % of the 2 cores in all",
+        cpu_used[0] * 100.0,
+        cpu_used[1] * 100.0,
+        cpu_used[2] * 100.0,
+        cpu_used[3] * 100.0,
+        cpu_used.iter().sum::<f64>() * 50.0
+    );
+    println!(
+        "lanes: bulk still due when the processes stopped: {remaining} of {LANES_BULK} (another {:.0} s at the rate; not waited for); {sent} records `sent`",
+        remaining as f64 / LANES_RATE as f64
+    );
+    write_json(
+        "lanes",
+        &serde_json::json!({
+            "rate": LANES_RATE, "burst": burst, "bulk_pushes": LANES_BULK,
+            "ingest_seconds": ingest_elapsed.as_secs_f64(),
+            "bulk_due_after_ingest": depth_queued, "bulk_due_after_window": depth_after,
+            "bulk_due_at_stop": remaining, "records_sent_at_stop": sent,
+            "urgent_every_ms": URGENT_EVERY.as_millis() as u64, "urgent_window_s": URGENT_WINDOW.as_secs(),
+            "urgent_ack_to_accepted": from_ack, "urgent_write_to_accepted": from_write,
+            "urgent_write_to_ack": ack,
+            "sends_per_second_urgent_window": window_rate, "busiest_second_urgent_window": window_busiest,
+            "sends_per_second_while_queueing": ingest_rate, "busiest_second_whole_run": run_busiest,
+            "sends_seen": times.len(), "sends_missed_by_poller": seen.missed,
+            "cpu_share_of_one_core_urgent_window": {
+                "pushgate": cpu_used[0], "redis": cpu_used[1], "emulator": cpu_used[2], "benchmark": cpu_used[3],
+            },
+        }),
+    )
+}
+
+/// Now, unix ms with the fraction: comparable with the emulator's acceptance times.
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// Most of `times` (sorted unix ms) in any one second.
+fn busiest_second(times: &[i64]) -> usize {
+    let mut end = 0;
+    let mut most = 0;
+    for (i, t) in times.iter().enumerate() {
+        while end < times.len() && times[end] < t + 1000 {
+            end += 1;
+        }
+        most = most.max(end - i);
+    }
+    most
+}
+
+/// What the emulator accepted, as `GET /stats/accepted` lists it.
+#[derive(Default)]
+struct Accepted {
+    /// When each send was accepted (unix ms), in the order accepted.
+    times: Vec<i64>,
+    /// When each urgent push (uniqueKey `u-…`) was accepted.
+    urgent: std::collections::HashMap<String, i64>,
+    /// Sends the emulator no longer kept when polled: then the cap figures undercount.
+    missed: u64,
+}
+
+/// Poll the emulator's accepted sends every 200 ms into `into`, from its first send on;
+/// after `stop`, once more, then return.
+async fn poll_accepted(
+    emulator: String,
+    into: std::sync::Arc<std::sync::Mutex<Accepted>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let mut next = 0u64;
+    loop {
+        let last = stop.is_cancelled();
+        let body = http
+            .get(format!("{emulator}/stats/accepted?since={next}"))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        let page: serde_json::Value = serde_json::from_slice(&body)?;
+        let first = page["first"].as_u64().unwrap_or(next);
+        {
+            let mut seen = into.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+            seen.missed += first.saturating_sub(next);
+            for send in page["accepted"].as_array().into_iter().flatten() {
+                let (key, at) = (
+                    send[0].as_str().unwrap_or(""),
+                    send[1].as_i64().unwrap_or(0),
+                );
+                seen.times.push(at);
+                if key.starts_with("u-") {
+                    seen.urgent.insert(key.to_owned(), at);
+                }
+            }
+        }
+        next = page["next"].as_u64().unwrap_or(next);
+        if last {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+}
+
+/// One urgent push as the benchmark sent it.
+struct UrgentPush {
+    key: String,
+    /// When its frame was written (unix ms).
+    written_ms: f64,
+    /// When its ok ack arrived (unix ms).
+    acked_ms: f64,
+}
+
+/// One persistent connection to the urgent port: a push every `every` for `run`, each
+/// waiting for its ack before the next.
+async fn urgent_pushes(
+    addr: SocketAddr,
+    every: Duration,
+    run: Duration,
+) -> anyhow::Result<Vec<UrgentPush>> {
+    use tokio::io::AsyncBufReadExt;
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (rd, mut wr) = stream.into_split();
+    let mut acks = tokio::io::BufReader::new(rd);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
+    let mut pushes = Vec::new();
+    let mut line = String::new();
+    while started.elapsed() < run {
+        tick.tick().await;
+        let n = pushes.len();
+        let key = format!("u-{}-{n}", std::process::id());
+        let frame = format!(
+            "{{\"uniqueKey\":\"{key}\",\"csno\":\"{:010}\",\"device_id\":\"fcm-token-urgent-{n:0>133}\",\"msg_title\":\"새 기기 로그인\",\"msg_contents\":\"새 기기에서 로그인했습니다. 본인이 아니면 연락하세요.\",\"D_servicename\":\"LOGIN\"}}\n",
+            n % 100_000
+        );
+        let written_ms = unix_ms();
+        wr.write_all(frame.as_bytes()).await?;
+        line.clear();
+        anyhow::ensure!(
+            acks.read_line(&mut line).await? > 0,
+            "the urgent port closed the connection after {n} pushes"
+        );
+        let acked_ms = unix_ms();
+        anyhow::ensure!(line.contains("\"ok\":true"), "urgent push refused: {line}");
+        pushes.push(UrgentPush {
+            key,
+            written_ms,
+            acked_ms,
+        });
+    }
+    Ok(pushes)
+}
+
+/// `target/release/pushgate`, or `None` (and a line saying `part` was skipped) when it is
+/// not built: `make bench` builds it.
+fn release_binary(part: &str) -> Option<std::path::PathBuf> {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/pushgate");
+    if !bin.exists() {
+        println!(
+            "{part}: skipped ({} not built; `make bench` builds it)",
+            bin.display()
+        );
+        return None;
+    }
+    Some(bin)
+}
+
+/// pushgate (the release binary, `serve`) and the FCM emulator (`fcm-emulator
+/// --device-rate 0`), each a process of its own, with pushgate's managed Redis (AOF on) as
+/// its child and `transfer.rhai` on every port. Dropping it stops both (SIGTERM, then waits).
+struct Separate {
+    /// The emulator, then pushgate.
+    processes: Processes,
+    /// The emulator's `http://ADDR`, for its `/stats`.
+    emulator_url: String,
+    /// Each port's address, in the order the ports were given.
+    ports: Vec<SocketAddr>,
+    /// pushgate's managed Redis, over its unix socket.
+    redis: redis::aio::MultiplexedConnection,
+    redis_pid: String,
+    /// The config, the service account and Redis's data; removed after both processes stop.
+    _dir: tempfile::TempDir,
+}
+
+impl Separate {
+    /// Start both in `dir` with `[fcm]` plus `fcm_extra` (TOML lines) and one `[[port]]`
+    /// per `(name, extra TOML lines)`, and wait until every port takes connections.
+    async fn start(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        fcm_extra: &str,
+        ports: &[(&str, &str)],
+    ) -> anyhow::Result<Separate> {
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+        let (admin_addr, emulator_addr) = (free()?, free()?);
+        let quiet = std::process::Stdio::null;
+        let mut processes = Processes(Vec::new());
+        let emulator = std::process::Command::new(bin)
+            .args(["fcm-emulator", "--listen", &emulator_addr.to_string()])
+            // The loads cycle through a few thousand tokens, far above a device's 240 a
+            // minute: measure throughput and pace, not FCM's per-device quota.
+            .args(["--device-rate", "0"])
+            .arg("--write-service-account")
+            .arg(dir.path().join("sa.json"))
+            .stdout(quiet())
+            .stderr(quiet())
+            .spawn()?;
+        processes.0.push(emulator);
+        std::fs::write(
+            dir.path().join("transfer.rhai"),
+            include_str!("../scripts/transfer.rhai"),
+        )?;
+        let mut config = format!(
+            "[redis]\nmanaged = true\ndir = \"redis\"\n[admin]\nlisten = \"{admin_addr}\"\n\
+             [fcm]\nservice_account = \"sa.json\"\nendpoint = \"http://{emulator_addr}\"\n{fcm_extra}\n"
+        );
+        let mut addrs = Vec::new();
+        for (name, extra) in ports {
+            let addr = free()?;
+            config.push_str(&format!(
+                "[[port]]\nname = \"{name}\"\naddr = \"{addr}\"\nscript = \"transfer.rhai\"\n{extra}\n"
+            ));
+            addrs.push(addr);
+        }
+        let config_path = dir.path().join("pushgate.toml");
+        std::fs::write(&config_path, config)?;
+        let started = Instant::now();
+        while !dir.path().join("sa.json").exists() {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "the emulator did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pushgate = std::process::Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .stdout(quiet())
+            .stderr(quiet())
+            .spawn()?;
+        processes.0.push(pushgate);
+        for addr in &addrs {
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "pushgate did not open {addr}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let client = redis::Client::open(format!(
+            "redis+unix://{}",
+            dir.path().join("redis/redis.sock").display()
+        ))?;
+        let mut redis = client.get_multiplexed_async_connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut redis)
+            .await?;
+        let redis_pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .map(|p| p.trim().to_owned())
+            .ok_or_else(|| anyhow::anyhow!("no process_id in INFO"))?;
+        Ok(Separate {
+            processes,
+            emulator_url: format!("http://{emulator_addr}"),
+            ports: addrs,
+            redis,
+            redis_pid,
+            _dir: dir,
+        })
+    }
+
+    fn pushgate_pid(&self) -> String {
+        self.processes.0[1].id().to_string()
+    }
+
+    fn emulator_pid(&self) -> String {
+        self.processes.0[0].id().to_string()
+    }
+}
+
+/// Child processes stopped when dropped, the last started first: SIGTERM (pushgate then
+/// stops its Redis), then waited for.
+struct Processes(Vec<std::process::Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in self.0.iter_mut().rev() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// `INFO commandstats` per push: (command, calls, µs), most time first. Commands that

@@ -10,7 +10,8 @@
 //! FCM's per-device quota is enforced; every QUOTA_EXCEEDED names the quota it hit (the
 //! device or the project) in a `google.rpc.QuotaFailure` detail, as FCM does.
 //!
-//! Routes: `POST /token`, `POST /v1/projects/{project}/messages:send`, `GET /stats`; HTTP/1.1
+//! Routes: `POST /token`, `POST /v1/projects/{project}/messages:send`, `GET /stats`,
+//! `GET /stats/accepted?since=N` (the accepted sends in order, with their times); HTTP/1.1
 //! and h2c (prior knowledge) on one port, or, with `--tls-cert-out`, HTTPS only (HTTP/2 by
 //! ALPN, and HTTP/1.1) with a self-signed certificate, the token endpoint included.
 //!
@@ -351,6 +352,13 @@ impl server::Handler for State {
                 let stats = serde_json::to_value(self.stats().clone()).unwrap_or_default();
                 reply(StatusCode::OK, &stats, None)
             }
+            (&Method::GET, "/stats/accepted", _) => match since(parts.uri.query()) {
+                Ok(since) => reply(StatusCode::OK, &self.accepted_since(since), None),
+                Err(msg) => {
+                    let e = Rejection::plain(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", msg);
+                    reply(e.http, &e.envelope(), None)
+                }
+            },
             (&Method::POST, "/token", _) => self.token(&parts.headers, read_body(body).await),
             (&Method::POST, _, Some(project)) => {
                 match self
@@ -376,6 +384,17 @@ impl server::Handler for State {
             }
         }
     }
+}
+
+/// The `since` of `GET /stats/accepted` (0 when absent).
+fn since(query: Option<&str>) -> Result<u64, String> {
+    let value = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "since")
+        .map(|(_, v)| v.into_owned());
+    value.map_or(Ok(0), |v| {
+        v.parse()
+            .map_err(|_| format!("since={v:?} is not a count of accepted sends"))
+    })
 }
 
 /// The media type of Content-Type, lowercased and without parameters such as charset.
