@@ -26,6 +26,14 @@ impl Provider {
             Provider::Apns => "apns",
         }
     }
+
+    /// As operators say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Fcm => "FCM",
+            Provider::Apns => "APNs",
+        }
+    }
 }
 
 /// Apple's production endpoint; `https://api.sandbox.push.apple.com` is the development one.

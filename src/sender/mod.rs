@@ -305,7 +305,7 @@ impl Sender {
     /// Which of the claimed records' tokens FCM already called UNREGISTERED.
     async fn dead_tokens(&self, claimed: &[Claimed]) -> HashMap<String, i64> {
         let tokens: Vec<&str> = claimed.iter().filter_map(|c| c.record.token()).collect();
-        match self.store.dead_tokens(&tokens).await {
+        match self.store.dead_tokens(&self.policy.app, &tokens).await {
             Ok(found) => tokens
                 .iter()
                 .zip(found)
@@ -347,7 +347,9 @@ impl Sender {
                 Step::local(
                     "UNREGISTERED",
                     &format!(
-                        "FCM reported this token unregistered at {}; not sent again",
+                        "{} reported this token unregistered (dead for app {:?}) as of {}; not sent again",
+                        self.client.provider().name(),
+                        self.policy.app,
                         format_local(since, self.zone, "%Y-%m-%d %H:%M:%S")
                     ),
                 ),
@@ -523,7 +525,7 @@ impl Sender {
                     let since = crate::apns::answer::unregistered_at(&step.answer, now);
                     if let Err(e) = self
                         .store
-                        .remember_dead_token(token, since.unwrap_or(now))
+                        .remember_dead_token(&self.policy.app, token, since.unwrap_or(now))
                         .await
                     {
                         tracing::warn!(error = %e, "remembering a dead token");

@@ -155,12 +155,28 @@ impl Store {
         Ok(applied.into_iter().map(|a| a == 1).collect())
     }
 
-    /// Remember registration tokens FCM called UNREGISTERED (token → unix ms).
-    pub async fn remember_dead_token(&self, token: &str, at_ms: i64) -> Result<(), StoreError> {
+    /// The hash of `app`'s dead tokens: a token is dead for the app whose provider said so
+    /// (APNs: DeviceTokenNotForTopic is about this app's bundle only). The default app's is
+    /// the first stage's `deadTokens`.
+    fn dead_tokens_key(&self, app: &str) -> String {
+        if app == crate::push::DEFAULT_APP {
+            self.key("deadTokens")
+        } else {
+            self.key(&format!("deadTokens:{app}"))
+        }
+    }
+
+    /// Remember a token `app`'s provider called dead (token → unix ms it was dead as of).
+    pub async fn remember_dead_token(
+        &self,
+        app: &str,
+        token: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
         let _: i64 = self
             .query(
                 redis::cmd("HSET")
-                    .arg(self.key("deadTokens"))
+                    .arg(self.dead_tokens_key(app))
                     .arg(token)
                     .arg(at_ms),
             )
@@ -168,13 +184,21 @@ impl Store {
         Ok(())
     }
 
-    /// For each token, when it was found dead (if it was).
-    pub async fn dead_tokens(&self, tokens: &[&str]) -> Result<Vec<Option<i64>>, StoreError> {
+    /// For each token, when `app`'s provider found it dead (if it did).
+    pub async fn dead_tokens(
+        &self,
+        app: &str,
+        tokens: &[&str],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        self.query(redis::cmd("HMGET").arg(self.key("deadTokens")).arg(tokens))
-            .await
+        self.query(
+            redis::cmd("HMGET")
+                .arg(self.dead_tokens_key(app))
+                .arg(tokens),
+        )
+        .await
     }
 
     /// Ids waiting in every due queue, and in `inflight`.

@@ -1113,3 +1113,34 @@ async fn the_first_stages_due_queue_moves_into_the_default_apps_normal_lane() {
         .unwrap();
     assert_eq!(claimed_ids(&claimed.records), [id]);
 }
+
+/// A token one app's provider called dead is dead for that app only.
+#[tokio::test]
+async fn dead_tokens_are_kept_per_app() {
+    let redis = RedisServer::start();
+    let store = open(&redis);
+    store.remember_dead_token("ios", "t1", 1_000).await.unwrap();
+    store
+        .remember_dead_token("default", "t2", 2_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.dead_tokens("ios", &["t1", "t2"]).await.unwrap(),
+        [Some(1_000), None]
+    );
+    assert_eq!(
+        store.dead_tokens("default", &["t1", "t2"]).await.unwrap(),
+        [None, Some(2_000)]
+    );
+    let mut con = redis.connection();
+    let legacy: Option<i64> = redis::cmd("HGET")
+        .arg("pg:deadTokens")
+        .arg("t2")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        legacy,
+        Some(2_000),
+        "the default app keeps the first stage's hash"
+    );
+}
