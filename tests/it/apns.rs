@@ -111,6 +111,26 @@ async fn one_port_sends_ios_tokens_to_apple_with_the_right_headers_and_android_t
         "50,000원이 입금되었습니다"
     );
     assert_eq!(n.payload["uniqueKey"], "ios-1", "data as custom keys");
+
+    // The console shows the APNs app like an FCM one.
+    let admin = app.app().admin_addr;
+    let (status, apps) = tokio::task::spawn_blocking(move || {
+        http(admin, "GET", "/api/v1/apps", Some(READ_ONLY_KEY))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{apps}");
+    let ios_app = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "ios")
+        .expect("the APNs app is listed")
+        .clone();
+    assert_eq!(ios_app["provider"], "apns", "{ios_app}");
+    assert_eq!(ios_app["state"], "ok", "{ios_app}");
+    assert_eq!(ios_app["project"], apns.topic(), "{ios_app}");
+    assert!(ios_app["token_expires_at"].as_i64().is_some(), "{ios_app}");
     app.shutdown().await;
 }
 
