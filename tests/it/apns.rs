@@ -31,28 +31,6 @@ fn ios_token(n: usize) -> String {
     format!("{n:064x}")
 }
 
-async fn record(app: &TestApp, key: &str) -> Option<Value> {
-    let page = app
-        .app()
-        .store
-        .log_page(&pushgate::store::log::LogQuery {
-            field: Some("uniqueKey".into()),
-            value: key.into(),
-            per_page: 1,
-            ..Default::default()
-        })
-        .await
-        .ok()?;
-    page.rows.first().map(|r| r.to_json())
-}
-
-async fn wait_status(app: &TestApp, key: &str, status: &str, within: Duration) -> Value {
-    eventually(within, &format!("{key} is {status}"), || async {
-        record(app, key).await.filter(|r| r["status"] == status)
-    })
-    .await
-}
-
 /// pushgate with port `p` routed by [`BY_PLATFORM`]: FCM as `default`, APNs as `ios`.
 async fn start(
     redis: &RedisServer,

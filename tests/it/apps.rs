@@ -23,28 +23,6 @@ fn push(key: &str, token: &str, service: &str) -> Value {
            "D_servicename": service})
 }
 
-async fn status_of(app: &TestApp, key: &str) -> Option<Value> {
-    let page = app
-        .app()
-        .store
-        .log_page(&pushgate::store::log::LogQuery {
-            field: Some("uniqueKey".into()),
-            value: key.into(),
-            per_page: 1,
-            ..Default::default()
-        })
-        .await
-        .ok()?;
-    page.rows.first().map(|r| r.to_json())
-}
-
-async fn wait_status(app: &TestApp, key: &str, status: &str, within: Duration) -> Value {
-    eventually(within, &format!("{key} is {status}"), || async {
-        status_of(app, key).await.filter(|r| r["status"] == status)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn two_apps_send_each_push_to_its_own_project_by_port_and_by_script() {
     let redis = RedisServer::start();
@@ -79,7 +57,7 @@ async fn two_apps_send_each_push_to_its_own_project_by_port_and_by_script() {
     let (bank_keys, card_keys) = (bank.stats().by_key, card.stats().by_key);
     assert_eq!(bank_keys.keys().collect::<Vec<_>>(), ["m-bank"]);
     assert_eq!(card_keys.keys().collect::<Vec<_>>(), ["c-port", "m-card"]);
-    let rec = status_of(&app, "m-card").await.unwrap();
+    let rec = record_by_key(&app, "m-card").await.unwrap();
     assert_eq!(rec["decision"]["push"]["app"], "card", "{rec}");
     let by_app = app
         .app()
@@ -300,7 +278,7 @@ async fn a_device_quota_answer_delays_only_that_device() {
     }
     let mut held = 0;
     for n in 0..6 {
-        let rec = status_of(&app, &format!("hot-{n}")).await.unwrap();
+        let rec = record_by_key(&app, &format!("hot-{n}")).await.unwrap();
         if rec["status"] == "retrying" {
             held += 1;
             let due = rec["due_at"].as_i64().unwrap();
@@ -405,7 +383,7 @@ async fn a_project_quota_answer_slows_its_app_and_not_the_others() {
     .await;
     wait_status(&app, "card-1", "sent", Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let waiting = status_of(&app, "bank-2").await.unwrap();
+    let waiting = record_by_key(&app, "bank-2").await.unwrap();
     assert_eq!(waiting["status"], "queued", "{waiting}");
     assert_eq!(bank.stats().accepted, 0);
     app.shutdown().await;
@@ -458,7 +436,7 @@ async fn removing_an_app_finishes_its_in_flight_sends_and_keeps_its_queue() {
     );
     let mut sent = 0;
     for n in 0..12 {
-        let rec = status_of(&app, &format!("c-{n}")).await.unwrap();
+        let rec = record_by_key(&app, &format!("c-{n}")).await.unwrap();
         match rec["status"].as_str().unwrap() {
             "sent" => sent += 1,
             other => assert_eq!(other, "queued", "{rec}"),

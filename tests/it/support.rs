@@ -934,3 +934,29 @@ pub fn record(con: &mut redis::Connection, id: u64) -> Option<Value> {
         .unwrap();
     text.map(|t| pushgate::store::record::decode(&t).unwrap().to_json())
 }
+
+/// The record stored under `key` (as the API shows it), found through the log.
+pub async fn record_by_key(app: &TestApp, key: &str) -> Option<Value> {
+    let page = app
+        .app()
+        .store
+        .log_page(&pushgate::store::log::LogQuery {
+            field: Some("uniqueKey".into()),
+            value: key.into(),
+            per_page: 1,
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    page.rows.first().map(|r| r.to_json())
+}
+
+/// The record stored under `key` once its status is `status` (panics after `within`).
+pub async fn wait_status(app: &TestApp, key: &str, status: &str, within: Duration) -> Value {
+    eventually(within, &format!("{key} is {status}"), || async {
+        record_by_key(app, key)
+            .await
+            .filter(|r| r["status"] == status)
+    })
+    .await
+}
