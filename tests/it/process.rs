@@ -217,3 +217,55 @@ async fn sigterm_with_frames_in_flight_acks_only_what_is_stored_and_exits_zero()
         acks.len()
     );
 }
+
+/// SIGHUP to the real binary adds an app (its sender starts and its token is fetched) and
+/// removes it again, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_and_removes_an_app() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_scripts(dir.path(), &[("send.rhai", SEND_ALL)]);
+    let bank = emulator(&["--project", "bank-prj"]).await;
+    let card = emulator(&["--project", "card-prj"]).await;
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ports = port_block("p", "send.rhai", "");
+    let base = config_text(&redis.url(), &admin.to_string(), &ports);
+    let only_bank = format!("{base}\n{}", fcm_table(&bank, dir.path(), ""));
+    let with_card = format!("{only_bank}{}", app_table(&card, dir.path(), "card", ""));
+    let path = dir.path().join("pushgate.toml");
+    std::fs::write(&path, &only_bank).unwrap();
+    let process = Process::serve(&path, admin);
+    let apps_ready = |wanted: &'static [&'static str]| async move {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, ready) =
+                tokio::task::block_in_place(|| http(admin, "GET", "/readyz", None));
+            let mut names: Vec<String> = ready["apps"]
+                .as_object()
+                .map(|a| a.keys().cloned().collect())
+                .unwrap_or_default();
+            names.sort();
+            if status == 200 && names == wanted {
+                return ready;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "apps never became {wanted:?}: {ready}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    apps_ready(&["default"]).await;
+    std::fs::write(&path, &with_card).unwrap();
+    process.signal("HUP");
+    let ready = apps_ready(&["card", "default"]).await;
+    assert_eq!(ready["apps"]["card"]["token"], "ok", "{ready}");
+    assert_eq!(
+        card.stats().tokens_issued,
+        1,
+        "the new app fetched its own token"
+    );
+    std::fs::write(&path, &only_bank).unwrap();
+    process.signal("HUP");
+    apps_ready(&["default"]).await;
+}
