@@ -173,7 +173,7 @@ pub struct ApiKey {
     /// Lower-case hex SHA-256 of the key.
     pub sha256: String,
     /// `read` (ports, pushes masked), `control` (start/stop/restart, legal hold),
-    /// `ingest` (POST pushes), `personal` (pushes unmasked).
+    /// `ingest` (POST pushes), `personal` (pushes unmasked), `receipt` (POST receipts).
     #[serde(default = "default_scopes")]
     pub scopes: Vec<Scope>,
     /// (ingest) The route script for pushes posted with this key.
@@ -224,6 +224,8 @@ pub enum Scope {
     Ingest,
     /// Pushes unmasked, and search by masked fields (and `read`).
     Personal,
+    /// `POST /api/v1/receipts`: the app's delivery receipts, relayed by its server.
+    Receipt,
 }
 
 /// What is wrong with the `[[user]]` entries: names unique, short and printable,

@@ -7,7 +7,7 @@
 //!
 //! One file per section, each with its type, its defaults and its validation:
 //! `redis.rs`, `node.rs`, `admin.rs` (`[admin]`, `[console]`, users and API keys),
-//! `store.rs`, `script.rs`, `fcm.rs`, `port.rs`; `diff.rs` is the reload diff.
+//! `store.rs`, `script.rs`, `fcm.rs`, `port.rs`, `receipts.rs`; `diff.rs` is the reload diff.
 //!
 //! Defaults are written once. A section whose keys are all optional derives them
 //! from its one `impl Default` (`#[serde(default)]` on the struct). A section with
@@ -19,6 +19,7 @@ mod app;
 mod diff;
 mod node;
 mod port;
+mod receipts;
 mod redis;
 mod script;
 mod store;
@@ -28,6 +29,7 @@ pub use app::{AppConfig, Bucket, Provider};
 pub use diff::PortChanges;
 pub use node::NodeConfig;
 pub use port::{FramingKind, Mode, Payload, PortConfig};
+pub use receipts::{MAX_RECEIPT_TIMEOUT_SECS, ReceiptsConfig};
 pub use redis::{AppendFsync, RedisConfig};
 pub use script::ScriptConfig;
 pub use store::StoreConfig;
@@ -69,6 +71,8 @@ pub struct Config {
     pub node: NodeConfig,
     pub store: StoreConfig,
     pub script: ScriptConfig,
+    /// Delivery receipts: how long a sent push waits for one; none = nothing waits.
+    pub receipts: Option<ReceiptsConfig>,
     /// The app `default` (FCM); with no app at all records stay `queued`.
     pub fcm: Option<AppConfig>,
     /// More apps: each its own provider project, credentials, rate and queues.
@@ -96,6 +100,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             store: StoreConfig::default(),
             script: ScriptConfig::default(),
+            receipts: None,
             fcm: None,
             apps: Vec::new(),
             api_keys: Vec::new(),
@@ -267,6 +272,9 @@ impl Config {
         }
         self.store.problems(&mut out);
         self.script.problems(&mut out);
+        if let Some(receipts) = &self.receipts {
+            receipts.problems(&mut out);
+        }
         admin::api_key_problems(&self.api_keys, &mut out);
         admin::user_problems(&self.users, &mut out);
         self.admin.problems(&mut out);

@@ -6,14 +6,17 @@
 //! - [`decision`]: what a route script decided, and the push it sends.
 //! - [`record`]: the record kept of one push, and its attempts.
 //! - [`queue`]: the app and lane a push waits in.
+//! - [`receipt`]: what the app reported of a push after it was sent.
 
 pub mod decision;
 pub mod fields;
 pub mod queue;
+pub mod receipt;
 pub mod record;
 pub mod status;
 
 pub use decision::{Decision, Push, Target};
 pub use queue::{DEFAULT_APP, Lane, Queue};
+pub use receipt::{Receipt, ReceiptEvent};
 pub use record::{Attempt, Record};
 pub use status::Status;

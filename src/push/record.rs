@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::fields::RESERVED_FIELDS;
-use super::{Decision, Push, Status, Target};
+use super::{Decision, Push, Receipt, Status, Target};
 
 /// Attempts a record's history keeps (the oldest are dropped).
 pub const HISTORY_KEPT: usize = 20;
@@ -57,6 +57,10 @@ pub struct Record {
     /// When an operator last queued it again (resend, route again): it ages from then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requeued_at: Option<i64>,
+    /// What the app reported after the send (`POST /api/v1/receipts`); none until it
+    /// reports anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
     /// The message's own fields: `uniqueKey`, the standard ones, and any other its
     /// sender added, as they arrived.
     #[serde(flatten)]

@@ -35,6 +35,8 @@ pub struct LogQuery {
     pub app: Option<String>,
     /// Only pushes in this lane.
     pub lane: Option<String>,
+    /// Only pushes with (or without) a delivery receipt.
+    pub receipt: Option<ReceiptFilter>,
     /// Received between these (unix ms, inclusive).
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
@@ -44,28 +46,90 @@ pub struct LogQuery {
     pub per_page: u64,
 }
 
+/// The log filter on delivery receipts. "Sent, no receipt" is `status = sent` with
+/// [`ReceiptFilter::None`]: the `sent` bitmap AND NOT `bit:receipt:delivered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptFilter {
+    /// Neither a `delivered` nor an `opened` receipt came.
+    None,
+    /// The app reported it reached the device (a `delivered` or an `opened` receipt).
+    Delivered,
+    /// The app reported it opened.
+    Opened,
+}
+
+impl ReceiptFilter {
+    /// `none`, `delivered`, `opened` (the API's and the console's word).
+    pub fn parse(text: &str) -> Option<ReceiptFilter> {
+        match text {
+            "none" => Some(ReceiptFilter::None),
+            "delivered" => Some(ReceiptFilter::Delivered),
+            "opened" => Some(ReceiptFilter::Opened),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptFilter::None => "none",
+            ReceiptFilter::Delivered => "delivered",
+            ReceiptFilter::Opened => "opened",
+        }
+    }
+}
+
+/// The bitmaps an id must be set in, and those it must not be set in.
+#[derive(Debug, Default)]
+struct BitFilters {
+    set: Vec<String>,
+    unset: Vec<String>,
+}
+
+impl BitFilters {
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.unset.is_empty()
+    }
+}
+
 impl LogQuery {
     /// The bitmap filters asked for besides the searched field, as (field, value):
-    /// status, app, lane.
+    /// status, app, lane, and a receipt that came.
     fn filters(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let receipt = match self.receipt {
+            Some(ReceiptFilter::Delivered) => Some("delivered"),
+            Some(ReceiptFilter::Opened) => Some("opened"),
+            Some(ReceiptFilter::None) | None => None,
+        };
         [
-            ("status", &self.status),
-            ("app", &self.app),
-            ("lane", &self.lane),
+            ("status", self.status.as_deref()),
+            ("app", self.app.as_deref()),
+            ("lane", self.lane.as_deref()),
+            ("receipt", receipt),
         ]
         .into_iter()
-        .filter_map(|(field, value)| Some((field, value.as_deref()?)))
+        .filter_map(|(field, value)| Some((field, value?)))
+    }
+
+    /// The bitmaps (field, value) a record must not be in: a receipt that never came.
+    fn negated(&self) -> impl Iterator<Item = (&'static str, &'static str)> {
+        (self.receipt == Some(ReceiptFilter::None))
+            .then_some(("receipt", "delivered"))
+            .into_iter()
     }
 
     /// Whether `record` passes the filters: what their bitmaps say of it, read from the
     /// record itself (for scans that read records anyway).
     fn admits(&self, record: &Record) -> bool {
         let queue = record.push().map(|p| p.queue());
-        self.filters().all(|(field, value)| match field {
+        let receipt = record.receipt.unwrap_or_default();
+        let has = |field: &str, value: &str| match field {
             "status" => record.status.as_str() == value,
             "app" => queue.as_ref().is_some_and(|q| q.app == value),
-            _ => queue.as_ref().is_some_and(|q| q.lane.as_str() == value),
-        })
+            "lane" => queue.as_ref().is_some_and(|q| q.lane.as_str() == value),
+            _ if value == "opened" => receipt.opened_at.is_some(),
+            _ => receipt.reached_device(),
+        };
+        self.filters().all(|(f, v)| has(f, v)) && !self.negated().any(|(f, v)| has(f, v))
     }
 }
 
@@ -139,10 +203,16 @@ impl Store {
         }
         let value = q.value.trim();
         let field = q.field.as_deref().filter(|_| !value.is_empty());
-        let filters: Vec<String> = q
-            .filters()
-            .map(|(f, v)| self.key(&format!("bit:{f}:{v}")))
-            .collect();
+        let filters = BitFilters {
+            set: q
+                .filters()
+                .map(|(f, v)| self.key(&format!("bit:{f}:{v}")))
+                .collect(),
+            unset: q
+                .negated()
+                .map(|(f, v)| self.key(&format!("bit:{f}:{v}")))
+                .collect(),
+        };
         let (ids, total) = match field.map(|f| (f, index_of(f))) {
             None if filters.is_empty() => {
                 // The plain listing starts where retention stopped; records kept by
@@ -160,10 +230,19 @@ impl Store {
                     Total::Exact(total),
                 )
             }
-            None => self.bit_page(&filters, lo, hi, q, offset, per_page).await?,
+            None => {
+                // Only a NOT filter: every listed id is its base, as in the plain listing.
+                let lo = if filters.set.is_empty() {
+                    lo.max(floor)
+                } else {
+                    lo
+                };
+                self.bit_page(&filters.set, &filters.unset, lo, hi, q, offset, per_page)
+                    .await?
+            }
             Some((f, Some(Index::Bitmap))) => {
                 let mut keys = vec![self.key(&format!("bit:{f}:{value}"))];
-                keys.extend(filters.iter().cloned());
+                keys.extend(filters.set.iter().cloned());
                 let not_admitted = super::bitmaps::is_message_bitmap_field(f)
                     && !self.has_bitmap(f, value).await?;
                 let found = if not_admitted {
@@ -179,7 +258,10 @@ impl Store {
                 };
                 match found {
                     Some(found) => found,
-                    None => self.bit_page(&keys, lo, hi, q, offset, per_page).await?,
+                    None => {
+                        self.bit_page(&keys, &filters.unset, lo, hi, q, offset, per_page)
+                            .await?
+                    }
                 }
             }
             Some((f, Some(Index::Zset))) => {
@@ -220,10 +302,15 @@ impl Store {
         Ok(bit == 1)
     }
 
-    /// Whether `id` is set in every one of the bitmaps `keys` (true for none).
-    async fn bits_at(&self, keys: &[String], id: u64) -> Result<bool, StoreError> {
-        for key in keys {
+    /// Whether `id` is set in every bitmap of `filters.set` and in none of `filters.unset`.
+    async fn bits_at(&self, filters: &BitFilters, id: u64) -> Result<bool, StoreError> {
+        for key in &filters.set {
             if !self.bit_at(key, id).await? {
+                return Ok(false);
+            }
+        }
+        for key in &filters.unset {
+            if self.bit_at(key, id).await? {
                 return Ok(false);
             }
         }
@@ -246,9 +333,13 @@ impl Store {
         Ok(Window { lo, hi, floor })
     }
 
+    /// A page of the ids set in every bitmap of `keys` and in none of `unset` (with no
+    /// `keys`, every id in the window not set in `unset`).
+    #[allow(clippy::too_many_arguments)]
     async fn bit_page(
         &self,
         keys: &[String],
+        unset: &[String],
         lo: u64,
         hi: u64,
         q: &LogQuery,
@@ -263,18 +354,20 @@ impl Store {
             .arg(u8::from(!q.oldest_first))
             .arg(offset)
             .arg(count)
-            .arg(keys);
+            .arg(unset.len())
+            .arg(keys)
+            .arg(unset);
         let out: Vec<u64> = self.invoke(&invocation).await?;
         let total = out.first().copied().unwrap_or(0);
         Ok((out.into_iter().skip(1).collect(), Total::Exact(total)))
     }
 
-    /// A page of the zset index `zkey`'s ids that are set in every bitmap of `filters`.
+    /// A page of the zset index `zkey`'s ids that pass the bitmap `filters`.
     #[allow(clippy::too_many_arguments)]
     async fn zset_page(
         &self,
         zkey: &str,
-        filters: &[String],
+        filters: &BitFilters,
         lo: u64,
         hi: u64,
         q: &LogQuery,
@@ -326,7 +419,9 @@ impl Store {
             .arg(offset)
             .arg(count)
             .arg(ZSET_FILTER_BUDGET)
-            .arg(filters);
+            .arg(filters.unset.len())
+            .arg(&filters.set)
+            .arg(&filters.unset);
         let out: Vec<u64> = self.invoke(&invocation).await?;
         let (found, scanned, exhausted) = (out[0], out[1], out[2] == 1);
         let total = if exhausted {

@@ -15,6 +15,7 @@
 //! - `log.rs`: the push log as the console reads and searches it; resend; flush.
 //! - `bitmaps.rs`: which message field values earn a bitmap index.
 //! - `retention.rs`: removing old records with their index entries; legal hold.
+//! - `receipts.rs`: delivery receipts (the `receipts` hash every record read overlays).
 //! - `stats.rs`: per-port counters. `audit.rs`: the audit stream.
 //! - `console.rs`: console sessions and the sign-in throttle.
 //! - `cluster.rs`: port leases, node heartbeats, operators' port switches, topology.
@@ -36,6 +37,9 @@
 //!   bitmaps it cleared bits in, to delete those left empty.
 //! - `due`: zset of ids to send, scored by unix ms; `inflight`: zset of claimed ids,
 //!   scored by their lease's end (unix ms).
+//! - `receipts`: hash `{id}:delivered` / `{id}:opened` → unix ms, the first receipt
+//!   of each event; `bit:receipt:delivered` (either receipt came) and
+//!   `bit:receipt:opened` index them for the log.
 //! - `stats:{port}:{unix minute}` / `stats:{port}:total`: counters for the console.
 //! - `events`: pub/sub channel announcing stored ids.
 //!
@@ -51,6 +55,7 @@ mod error;
 mod link;
 pub mod log;
 pub mod managed;
+pub mod receipts;
 pub mod record;
 pub mod retention;
 mod scripts;
@@ -248,11 +253,21 @@ impl Store {
             .iter()
             .map(|id| self.key(&format!("rec:{id}")))
             .collect();
-        let texts: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(keys)).await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET")
+            .arg(keys)
+            .add_command(self.receipts_cmd(ids));
+        let (texts, times): (Vec<Option<String>>, Vec<Option<i64>>) =
+            self.query_pipe(&pipe).await?;
         texts
             .into_iter()
-            .flatten()
-            .map(|t| record::decode(&t))
+            .zip(receipts::receipts_from(&times))
+            .filter_map(|(text, receipt)| Some((text?, receipt)))
+            .map(|(text, receipt)| {
+                let mut record = record::decode(&text)?;
+                receipts::overlay(&mut record, receipt);
+                Ok(record)
+            })
             .collect()
     }
 
@@ -324,11 +339,15 @@ impl Store {
 
     /// The record's stored text (what compare-and-set compares) and its parsed value.
     pub async fn record_text(&self, id: u64) -> Result<Option<(String, Record)>, StoreError> {
-        let text: Option<String> = self
-            .query(redis::cmd("GET").arg(self.key(&format!("rec:{id}"))))
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(self.key(&format!("rec:{id}")))
+            .add_command(self.receipts_cmd(&[id]));
+        let (text, times): (Option<String>, Vec<Option<i64>>) = self.query_pipe(&pipe).await?;
+        let receipt = receipts::receipts_from(&times).pop().flatten();
         text.map(|t| {
-            let value = record::decode(&t)?;
+            let mut value = record::decode(&t)?;
+            receipts::overlay(&mut value, receipt);
             Ok((t, value))
         })
         .transpose()

@@ -316,6 +316,9 @@ impl Serialize for Compact<'_> {
         if let Some(at) = r.requeued_at {
             map.serialize_entry("requeued_at", &at)?;
         }
+        if let Some(receipt) = r.receipt.filter(|r| !r.is_empty()) {
+            map.serialize_entry("receipt", &receipt)?;
+        }
         map.end()
     }
 }
@@ -385,6 +388,23 @@ mod tests {
             (json!(1), json!("Y"))
         );
         assert_eq!(decode(&encode(&record)).unwrap(), record);
+    }
+
+    #[test]
+    fn a_record_keeps_its_receipt_through_the_compact_form() {
+        let mut record = typed(full());
+        record.receipt = Some(crate::push::Receipt {
+            delivered_at: Some(1_718_000_000_000),
+            opened_at: None,
+        });
+        let stored: Value = serde_json::from_str(&encode(&record)).unwrap();
+        assert_eq!(
+            stored["receipt"],
+            json!({"delivered_at": 1_718_000_000_000_i64})
+        );
+        assert_eq!(decode(&encode(&record)).unwrap(), record);
+        record.receipt = None;
+        assert!(!encode(&record).contains("receipt"), "no receipt, no key");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Every Lua script the store runs, registered here and nowhere else, each built once.
 //!
 //! The scripts live in `lua/`, one file each, opening with what the script does and its
-//! ARGV layout (`-- ARGV[1] prefix`, …). Two shared pieces are written once and put in
+//! ARGV layout (`-- ARGV[1] prefix`, …). Three shared pieces are written once and put in
 //! front of the scripts that need them: `bucket.lua` (the `ix:` bucket rule),
 //! `queue.lua` (a record's due queue) and `counters.lua` (the per-batch port counters and
 //! the `events` announcement).
@@ -55,6 +55,8 @@ pub(super) struct Scripts {
     pub login_attempt: Script,
     /// `legacy_queue.lua`: the first stage's `due` into the default app's normal queue.
     pub legacy_queue: Script,
+    /// `receipts.lua`: a batch of delivery receipts (first time per event, bits, counts).
+    pub receipts: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -74,6 +76,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     renew_port: Script::new(lua!("renew_port")),
     login_attempt: Script::new(lua!("login_attempt")),
     legacy_queue: Script::new(lua!("legacy_queue")),
+    receipts: Script::new(lua!("counters", "receipts")),
 });
 
 /// The store's scripts (built on first use).

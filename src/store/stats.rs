@@ -1,5 +1,6 @@
 //! The per-port counters the ingest and outcome scripts keep (`stats:{port}:{minute}`,
-//! `stats:{port}:total`), as the console reads them.
+//! `stats:{port}:total`), and the receipts script's `delivered` / `opened`, as the
+//! console reads them.
 
 use super::{Store, StoreError};
 
@@ -24,6 +25,8 @@ impl Store {
                     sent: total("sent"),
                     failed: total("failed"),
                     dropped: total("dropped") + total("script_error"),
+                    delivered: total("delivered"),
+                    opened: total("opened"),
                 }
             })
             .collect())
@@ -63,4 +66,16 @@ pub struct PortCounts {
     pub sent: u64,
     pub failed: u64,
     pub dropped: u64,
+    /// Pushes the app reported as reached the device (a `delivered` or `opened` receipt).
+    pub delivered: u64,
+    /// Pushes the app reported as opened.
+    pub opened: u64,
+}
+
+impl PortCounts {
+    /// Receipts per sent push, in percent (none before anything was sent). Receipts of
+    /// pushes sent before the counters began can make it pass 100; it is capped there.
+    pub fn receipt_rate(&self) -> Option<f64> {
+        (self.sent > 0).then(|| (self.delivered as f64 * 100.0 / self.sent as f64).min(100.0))
+    }
 }

@@ -1,6 +1,7 @@
 //! The push log: the search form and its pages, the CSV export of a search, and
 //! flushing the whole log (stopped ports only). A search is one field's value plus the
-//! filters status, app and lane, each a bitmap ANDed with the rest.
+//! filters status, app, lane and receipt, each a bitmap ANDed with the rest ("no
+//! receipt" ANDs the inverse of `bit:receipt:delivered`).
 
 use std::net::SocketAddr;
 
@@ -16,7 +17,7 @@ use crate::config::Role;
 use crate::push::fields::{LOG_COLUMNS, SUBSTRING_FIELDS};
 use crate::push::queue::is_app_name;
 use crate::push::{Lane, Status};
-use crate::store::log::{LogQuery, Total, searchable_fields};
+use crate::store::log::{LogQuery, ReceiptFilter, Total, searchable_fields};
 use crate::supervisor::PortState;
 
 const PER_PAGE: u64 = 100;
@@ -51,6 +52,8 @@ struct LogPageView {
     statuses: Vec<Choice>,
     apps: Vec<Choice>,
     lanes: Vec<Choice>,
+    /// `none`, `delivered`, `opened`: "sent, no receipt" is status sent + `none`.
+    receipts: Vec<Choice>,
     q: String,
     from: String,
     to: String,
@@ -101,6 +104,7 @@ fn log_query(
         status: Status::resting(status).map(|s| s.as_str().to_owned()),
         app: (!app.is_empty()).then(|| app.to_owned()),
         lane: Lane::parse(input.get("lane")).map(|l| l.as_str().to_owned()),
+        receipt: ReceiptFilter::parse(input.get("receipt")),
         from_ms: parse_time("from")?,
         to_ms: parse_time("to")?,
         oldest_first: input.get("order") == "oldest",
@@ -109,10 +113,12 @@ fn log_query(
     };
     let base: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(
-            ["field", "q", "status", "app", "lane", "from", "to", "order"]
-                .iter()
-                .map(|k| (*k, input.get(k)))
-                .filter(|(_, v)| !v.is_empty()),
+            [
+                "field", "q", "status", "app", "lane", "receipt", "from", "to", "order",
+            ]
+            .iter()
+            .map(|k| (*k, input.get(k)))
+            .filter(|(_, v)| !v.is_empty()),
         )
         .finish();
     Ok((query, base))
@@ -157,6 +163,13 @@ pub(super) async fn page(state: &AdminState, session: &Session, input: &Input) -
             .map(|l| Choice {
                 value: l.as_str().to_owned(),
                 selected: input.get("lane") == l.as_str(),
+            })
+            .collect(),
+        receipts: ["none", "delivered", "opened"]
+            .iter()
+            .map(|r| Choice {
+                value: (*r).to_owned(),
+                selected: input.get("receipt") == *r,
             })
             .collect(),
         q: input.get("q").to_owned(),

@@ -1,24 +1,42 @@
--- One page of the ids set in a bitmap (or in the AND of several) within [lo, hi],
--- newest or oldest first. The bitmaps are ANDed into the tmp key when there is more
--- than one; the walk skips whole blocks by BITCOUNT, so a page reads only the blocks
--- it returns ids from.
+-- One page of the ids set in a bitmap (or in the AND of several, less any set in the
+-- NOT bitmaps) within [lo, hi], newest or oldest first. The bitmaps are ANDed into the
+-- tmp key when there is more than one; a NOT bitmap is copied, padded with zeros up to
+-- hi (a missing byte must read as "not set", so as 1 once inverted) and inverted first:
+-- O(hi/8) bytes, like the AND. The walk skips whole blocks by BITCOUNT, so a page reads
+-- only the blocks it returns ids from.
 -- ARGV[1] tmp key       scratch key for the AND (deleted before returning)
 -- ARGV[2] lo            lowest id
 -- ARGV[3] hi            highest id
 -- ARGV[4] newest first  1 = walk down from hi, 0 = up from lo
 -- ARGV[5] offset        matching ids to skip
 -- ARGV[6] count         most ids to return
--- ARGV[7] bitmap key    then further bitmap keys to AND with it
+-- ARGV[7] not count     how many of the bitmap keys that follow, counted from the
+--                       last, an id must NOT be set in
+-- ARGV[8] bitmap key    then further bitmap keys to AND with it, then the NOT ones
 -- Returns {total, id, id, ...}: total matching ids in [lo, hi], then the page.
 local tmp, lo, hi = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local rev, offset, count = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6])
-local key = ARGV[7]
-if #ARGV > 7 then
-  local keys = {}
-  for i = 7, #ARGV do keys[#keys + 1] = ARGV[i] end
+local nots = tonumber(ARGV[7])
+local keys, scratch = {}, {}
+for i = 8, #ARGV - nots do keys[#keys + 1] = ARGV[i] end
+for i = #ARGV - nots + 1, #ARGV do
+  local inverted = tmp .. ':not:' .. i
+  redis.call('BITOP', 'OR', inverted, ARGV[i])
+  local last_byte = math.floor(hi / 8)
+  if redis.call('STRLEN', inverted) <= last_byte then
+    redis.call('SETRANGE', inverted, last_byte, '\0')
+  end
+  redis.call('BITOP', 'NOT', inverted, inverted)
+  redis.call('PEXPIRE', inverted, 10000)
+  keys[#keys + 1] = inverted
+  scratch[#scratch + 1] = inverted
+end
+local key = keys[1]
+if #keys > 1 then
   redis.call('BITOP', 'AND', tmp, unpack(keys))
   redis.call('PEXPIRE', tmp, 10000)
   key = tmp
+  scratch[#scratch + 1] = tmp
 end
 local total = redis.call('BITCOUNT', key, lo, hi, 'BIT')
 local out = {total}
@@ -62,5 +80,5 @@ if offset < total then
     if rev then bs = bs - BLOCK else bs = bs + BLOCK end
   end
 end
-if key == tmp then redis.call('DEL', tmp) end
+if #scratch > 0 then redis.call('DEL', unpack(scratch)) end
 return out

@@ -1,6 +1,6 @@
 -- One retention step: walk ids from `retention:next` up to at most batch ids (and not
 -- past the last id to prune), removing each record and every index entry pointing at
--- it (zset and `ix:` entries, bits, keyIndex, due, inflight) unless it has
+-- it (zset and `ix:` entries, bits, keyIndex, due, inflight, its receipts) unless it has
 -- `legal_hold: true`. Bitmaps it cleared bits in are added to `retention:touched`, for
 -- emptied_bitmaps.lua to delete those left empty. Needs bucket.lua and queue.lua before
 -- it.
@@ -72,6 +72,9 @@ for id = next_id, stop do
       end
       redis.call('ZREM', queue_of(p, rec), id)
       redis.call('ZREM', p .. 'inflight', id)
+      redis.call('HDEL', p .. 'receipts', id .. ':delivered', id .. ':opened')
+      unset('receipt', 'delivered', id)
+      unset('receipt', 'opened', id)
       redis.call('DEL', p .. 'rec:' .. id)
       removed = removed + 1
     end

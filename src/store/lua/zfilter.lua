@@ -1,6 +1,7 @@
 -- One page of a zset index's ids within [lo, hi] that are set in every filter bitmap
--- (status, app, lane): walks the zset in chunks of 1,000, at most budget ids, so a
--- filter over a huge index stops (and says so) instead of stalling Redis.
+-- (status, app, lane, receipt) and in none of the NOT bitmaps: walks the zset in
+-- chunks of 1,000, at most budget ids, so a filter over a huge index stops (and says
+-- so) instead of stalling Redis.
 -- ARGV[1] zset key      the index (`idx:{field}:{value}`, score = id)
 -- ARGV[2] lo            lowest id
 -- ARGV[3] hi            highest id
@@ -8,15 +9,23 @@
 -- ARGV[5] offset        matching ids to skip
 -- ARGV[6] count         most ids to return
 -- ARGV[7] budget        most zset ids to walk
--- ARGV[8] bitmap key    then further bitmap keys an id must be set in too
+-- ARGV[8] not count     how many of the bitmap keys that follow, counted from the
+--                       last, an id must NOT be set in
+-- ARGV[9] bitmap key    then further bitmap keys an id must be set in too, then the
+--                       NOT ones
 -- Returns {found, scanned, exhausted (0/1), id, id, ...}.
 local zkey, lo, hi = ARGV[1], ARGV[2], ARGV[3]
 local rev, offset, count, budget = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local bkeys = {}
-for i = 8, #ARGV do bkeys[#bkeys + 1] = ARGV[i] end
+local nots = tonumber(ARGV[8])
+local bkeys, nkeys = {}, {}
+for i = 9, #ARGV - nots do bkeys[#bkeys + 1] = ARGV[i] end
+for i = #ARGV - nots + 1, #ARGV do nkeys[#nkeys + 1] = ARGV[i] end
 local function admitted(id)
   for _, bkey in ipairs(bkeys) do
     if redis.call('GETBIT', bkey, id) == 0 then return false end
+  end
+  for _, nkey in ipairs(nkeys) do
+    if redis.call('GETBIT', nkey, id) == 1 then return false end
   end
   return true
 end
