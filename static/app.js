@@ -36,7 +36,7 @@
       (data.ports || []).forEach(function (p) {
         var card = document.querySelector('.card[data-port="' + CSS.escape(p.name) + '"]');
         if (!card) return;
-        ["received", "sent", "failed", "dropped", "connections", "refused"].forEach(function (f) { setText(card, f, p[f]); });
+        ["received", "sent", "failed", "dropped", "receipt_rate", "connections", "refused"].forEach(function (f) { setText(card, f, p[f]); });
         var upstream = card.querySelector('[data-field="connected"]');
         if (upstream && p.connected !== undefined) {
           upstream.textContent = p.connected ? "connect · connected to " + p.connected : "connect · not connected";

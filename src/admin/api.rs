@@ -7,6 +7,8 @@
 //! - `POST /api/v1/pushes` one message or an array of up to 1,000 (ingest, key only)
 //! - `GET /api/v1/pushes/{id}`, `GET /api/v1/pushes?field=value&status=…&page=…` (read)
 //! - `POST|DELETE /api/v1/pushes/{id}/hold` legal hold on or off (control)
+//! - `POST /api/v1/receipts` up to 1,000 delivery receipts (receipt, key only; see
+//!   `admin::receipts`)
 
 use std::net::SocketAddr;
 
@@ -18,6 +20,7 @@ use serde_json::{Value, json};
 use super::actions::{control_port, set_hold};
 use super::auth::{self, Session};
 use super::delivery;
+use super::receipts::{self, MAX_RECEIPTS, MAX_RECEIPTS_BODY};
 use super::view::{self, Sight};
 use super::{AdminState, Reply, json as reply_json, json_error, read_body};
 use crate::clock::now_ms;
@@ -25,7 +28,8 @@ use crate::config::{Role, Scope};
 use crate::ingest;
 use crate::push::Lane;
 use crate::push::queue::is_app_name;
-use crate::store::log::{LogQuery, searchable_fields};
+use crate::store::log::{LogQuery, ReceiptFilter, searchable_fields};
+use crate::store::receipts::ReceiptIn;
 use crate::supervisor::SupervisorError;
 
 /// Largest body `POST /api/v1/pushes` takes.
@@ -44,9 +48,11 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
         (&Method::POST, ["api", "v1", "pushes"]) => Scope::Ingest,
         (&Method::GET, ["api", "v1", "pushes"] | ["api", "v1", "pushes", _]) => Scope::Read,
         (&Method::POST | &Method::DELETE, ["api", "v1", "pushes", _, "hold"]) => Scope::Control,
+        (&Method::POST, ["api", "v1", "receipts"]) => Scope::Receipt,
         (
             _,
-            ["api", "v1", "ports" | "pushes", ..] | ["api", "v1", "cluster" | "apps" | "queues"],
+            ["api", "v1", "ports" | "pushes", ..]
+            | ["api", "v1", "cluster" | "apps" | "queues" | "receipts"],
         ) => {
             return json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -70,6 +76,9 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
             .collect();
     if needed == Scope::Ingest {
         return ingest(state, req, &caller).await;
+    }
+    if needed == Scope::Receipt {
+        return receipts(state, req).await;
     }
     if let Err(reply) = read_body(state, req.into_body(), 64 * 1024).await {
         return reply;
@@ -274,8 +283,77 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
     )
 }
 
+/// `POST /api/v1/receipts`: a batch of receipts, each answered on its own.
+async fn receipts(state: &AdminState, req: Request<Incoming>) -> Reply {
+    let body = match read_body(state, req.into_body(), MAX_RECEIPTS_BODY).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
+    };
+    let items = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Array(items)) if items.is_empty() => {
+            return json_error(StatusCode::BAD_REQUEST, "the array holds no receipt");
+        }
+        Ok(Value::Array(items)) if items.len() > MAX_RECEIPTS => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{} receipts in one request; at most {MAX_RECEIPTS}",
+                    items.len()
+                ),
+            );
+        }
+        Ok(Value::Array(items)) => items,
+        Ok(_) => {
+            return json_error(StatusCode::BAD_REQUEST, "body must be an array of receipts");
+        }
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("body is not valid JSON: {e}"),
+            );
+        }
+    };
+    let now = now_ms();
+    let checked: Vec<receipts::Checked> = items.iter().map(|i| receipts::check(i, now)).collect();
+    let good: Vec<ReceiptIn> = checked
+        .iter()
+        .filter_map(|c| c.as_ref().ok())
+        .cloned()
+        .collect();
+    let recorded = match state.store.record_receipts(&good, now).await {
+        Ok(r) => r,
+        Err(e) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("receipts not recorded, send again: {e}"),
+            );
+        }
+    };
+    let mut recorded = good.iter().zip(recorded);
+    let results: Vec<Value> = checked
+        .iter()
+        .map(|c| match c {
+            Ok(_) => recorded
+                .next()
+                .map_or(Value::Null, |(r, done)| receipts::answer(r, done)),
+            Err((key, why)) => receipts::refusal(key, why),
+        })
+        .collect();
+    let count = |pred: fn(&Value) -> bool| results.iter().filter(|r| pred(r)).count();
+    reply_json(
+        StatusCode::OK,
+        &json!({
+            "recorded": count(|r| r["ok"] == true && r.get("repeated").is_none()),
+            "repeated": count(|r| r["repeated"] == true),
+            "refused": count(|r| r["ok"] != true),
+            "results": results,
+        }),
+    )
+}
+
 /// `GET /api/v1/pushes?field=value`: the first searchable field given, plus the filters
-/// `status`, `app` and `lane`, `order=oldest`, `page`, `per_page` (≤ 1000).
+/// `status`, `app`, `lane` and `receipt` (`none`, `delivered`, `opened`: "sent, no receipt"
+/// is `status=sent&receipt=none`), `order=oldest`, `page`, `per_page` (≤ 1000).
 async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) -> Reply {
     let fields = searchable_fields();
     let mut q = LogQuery {
@@ -301,6 +379,15 @@ async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) ->
                     ),
                 );
             }
+            "receipt" => match ReceiptFilter::parse(v) {
+                Some(r) => q.receipt = Some(r),
+                None => {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        format!("{v:?} is not a receipt filter (none, delivered, opened)"),
+                    );
+                }
+            },
             "order" => q.oldest_first = v == "oldest",
             "page" => q.page = v.parse().unwrap_or(1).clamp(1, 1_000_000_000),
             "per_page" => q.per_page = v.parse().unwrap_or(100),
@@ -312,7 +399,7 @@ async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) ->
                 return json_error(
                     StatusCode::BAD_REQUEST,
                     format!(
-                        "{other:?} is not a search parameter (fields: {}; status, app, lane, order, page, per_page)",
+                        "{other:?} is not a search parameter (fields: {}; status, app, lane, receipt, order, page, per_page)",
                         fields.join(", ")
                     ),
                 );

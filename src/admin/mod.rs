@@ -10,6 +10,7 @@ mod console;
 mod delivery;
 mod limits;
 mod probes;
+mod receipts;
 pub mod tls;
 pub mod view;
 

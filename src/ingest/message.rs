@@ -7,7 +7,7 @@ use super::fixed;
 use crate::config::{Payload, PortConfig};
 use crate::push::fields::RESERVED_FIELDS;
 
-const MAX_UNIQUE_KEY_BYTES: usize = 256;
+pub const MAX_UNIQUE_KEY_BYTES: usize = 256;
 
 /// A frame's decoded message, or why it was refused (with its key when known).
 #[derive(Debug, Clone, PartialEq)]

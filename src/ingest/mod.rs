@@ -25,7 +25,9 @@ mod message;
 mod pipeline;
 
 pub use ack::Ack;
-pub use message::{Message, Refusal, check_message, json_kind, parse_message};
+pub use message::{
+    MAX_UNIQUE_KEY_BYTES, Message, Refusal, check_message, json_kind, parse_message,
+};
 pub use pipeline::{Answered, route_message, store_parsed};
 
 use std::net::SocketAddr;

@@ -14,6 +14,7 @@ mod operations;
 mod process;
 mod proxy;
 mod proxy_support;
+mod receipts;
 mod redis_outage;
 mod routes;
 mod security;

@@ -28,6 +28,8 @@ struct PortCard {
     running: bool,
     connections: usize,
     counts: crate::store::PortCounts,
+    /// Receipts per push sent ([`receipt_rate`]).
+    receipt_rate: String,
     last_frame: String,
     last_error: String,
     script_error: String,
@@ -265,6 +267,7 @@ pub(super) async fn page(state: &AdminState, session: &Session) -> Reply {
             connected: view.connected.clone().unwrap_or_default(),
             refused: view.refused,
             connections: view.connections,
+            receipt_rate: receipt_rate(&counts),
             counts,
             last_frame: view
                 .last_frame_ms
@@ -370,6 +373,14 @@ async fn node_rows(state: &AdminState, now: i64) -> Vec<NodeRow> {
         .collect();
     rows.sort_by_key(|r| (!r.this, !r.alive, r.id.clone()));
     rows
+}
+
+/// A port's receipt rate as its card shows it: pushes the app reported delivered or
+/// opened per push sent, `—` before anything was sent.
+pub(super) fn receipt_rate(counts: &crate::store::PortCounts) -> String {
+    counts
+        .receipt_rate()
+        .map_or_else(|| "—".into(), |rate| format!("{rate:.1}%"))
 }
 
 /// SVG polyline points (120×28 box) for per-minute counts, and the peak.

@@ -60,8 +60,9 @@ pub(super) fn stream(state: &AdminState, session: &Session) -> Reply {
                 .into_iter()
                 .enumerate()
                 .map(|(i, view)| {
-                    let mut port = serde_json::to_value(counts.get(i).copied().unwrap_or_default())
-                        .unwrap_or_default();
+                    let count = counts.get(i).copied().unwrap_or_default();
+                    let mut port = serde_json::to_value(count).unwrap_or_default();
+                    port["receipt_rate"] = super::dashboard::receipt_rate(&count).into();
                     port["name"] = view.name.into();
                     port["state"] = view.state.as_str().into();
                     port["connections"] = view.connections.into();

@@ -47,6 +47,9 @@ struct PushPage {
     can_reroute: bool,
     can_hold: bool,
     held: bool,
+    /// When the app reported it delivered / opened (local time); empty = not reported.
+    delivered: String,
+    opened: String,
     notice: String,
 }
 
@@ -86,7 +89,7 @@ pub(super) async fn page(
         .as_object()
         .map(|m| {
             m.keys()
-                .filter(|k| !matches!(k.as_str(), "history" | "decision"))
+                .filter(|k| !matches!(k.as_str(), "history" | "decision" | "receipt"))
                 .map(|k| {
                     let mut value = cell(&json, k);
                     if matches!(k.as_str(), "received_at" | "due_at")
@@ -117,6 +120,11 @@ pub(super) async fn page(
         .collect();
     let operator = session.may(Role::Operator);
     let (app, lane) = app_and_lane(&record);
+    let receipt = record.receipt.unwrap_or_default();
+    let when = |at: Option<i64>| {
+        at.map(|ms| format_local(ms, zone, "%Y-%m-%d %H:%M:%S%.3f"))
+            .unwrap_or_default()
+    };
     render(&PushPage {
         chrome: Some(Chrome::new(session, "log")),
         id,
@@ -129,6 +137,8 @@ pub(super) async fn page(
         can_hold: operator,
         can_reroute: operator && matches!(record.status, Status::ScriptError | Status::Dropped),
         held: record.legal_hold,
+        delivered: when(receipt.delivered_at),
+        opened: when(receipt.opened_at),
         status: record.status.as_str().to_owned(),
         app,
         lane,
