@@ -6,7 +6,7 @@
 //! messages that name the key and the problem.
 //!
 //! One file per section, each with its type, its defaults and its validation:
-//! `redis.rs`, `node.rs`, `admin.rs` (`[admin]`, `[console]`, users and API keys),
+//! `redis.rs`, `node.rs`, `admin.rs` (`[admin]`, `[console]`, users and API keys), `ads.rs`,
 //! `store.rs`, `script.rs`, `fcm.rs`, `port.rs`; `diff.rs` is the reload diff.
 //!
 //! Defaults are written once. A section whose keys are all optional derives them
@@ -15,6 +15,7 @@
 //! each of its optional keys names its `default_*` fn.
 
 mod admin;
+mod ads;
 mod app;
 mod diff;
 mod node;
@@ -24,6 +25,7 @@ mod script;
 mod store;
 
 pub use admin::{AdminConfig, ApiKey, ConsoleConfig, MAX_USER_NAME, Role, Scope, User};
+pub use ads::{AdsConfig, MAX_AD_LINE};
 pub use app::{AppConfig, Bucket, Provider};
 pub use diff::PortChanges;
 pub use node::NodeConfig;
@@ -82,6 +84,12 @@ pub struct Config {
     pub users: Vec<User>,
     #[serde(rename = "port")]
     pub ports: Vec<PortConfig>,
+    /// What the ad gate adds to ads and when night consent is needed; none = no ads.
+    pub ads: Option<AdsConfig>,
+    /// The clock the ad gate and the senders read: the system clock, unless a test
+    /// started pushgate with a shifted one (never from the file).
+    #[serde(skip)]
+    pub clock: crate::clock::Clock,
     /// Directory the file was read from; relative paths (scripts, redis dir) resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -102,6 +110,8 @@ impl Default for Config {
             console: ConsoleConfig::default(),
             users: Vec::new(),
             ports: Vec::new(),
+            ads: None,
+            clock: crate::clock::Clock::system(),
             base_dir: PathBuf::new(),
         }
     }
@@ -263,6 +273,27 @@ impl Config {
                     key.app.as_deref(),
                     &mut out,
                 );
+            }
+        }
+        if let Some(ads) = &self.ads {
+            ads.problems(&mut out);
+        } else {
+            let ad = Some(crate::push::Kind::Ad);
+            let named = self
+                .ports
+                .iter()
+                .filter(|p| p.kind == ad)
+                .map(|p| format!("port {:?}", p.name))
+                .chain(
+                    self.api_keys
+                        .iter()
+                        .filter(|k| k.kind == ad)
+                        .map(|k| format!("api_key {:?}", k.name)),
+                );
+            for at in named {
+                out.push(format!(
+                    "{at}: kind = \"ad\" needs an [ads] section (sender, opt_out)"
+                ));
             }
         }
         self.store.problems(&mut out);

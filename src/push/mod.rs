@@ -5,15 +5,18 @@
 //! - [`status`]: where a record stands.
 //! - [`decision`]: what a route script decided, and the push it sends.
 //! - [`record`]: the record kept of one push, and its attempts.
+//! - [`consent`]: a customer's ad consents, as the ad gate reads them.
 //! - [`queue`]: the app and lane a push waits in.
 
+pub mod consent;
 pub mod decision;
 pub mod fields;
 pub mod queue;
 pub mod record;
 pub mod status;
 
-pub use decision::{Decision, Push, Target};
+pub use consent::{Consent, Grant};
+pub use decision::{Decision, Kind, Push, Target};
 pub use queue::{DEFAULT_APP, Lane, Queue};
 pub use record::{Attempt, Record};
 pub use status::Status;
