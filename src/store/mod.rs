@@ -17,6 +17,7 @@
 //! - `retention.rs`: removing old records with their index entries; legal hold.
 //! - `stats.rs`: per-port counters. `audit.rs`: the audit stream.
 //! - `console.rs`: console sessions and the sign-in throttle.
+//! - `consent.rs`: the customers' ad consents and the index by consent date.
 //! - `cluster.rs`: port leases, node heartbeats, operators' port switches, topology.
 //! - `managed.rs`: the `redis-server` pushgate starts itself (`[redis] managed`).
 //!
@@ -38,6 +39,8 @@
 //!   scored by their lease's end (unix ms).
 //! - `stats:{port}:{unix minute}` / `stats:{port}:total`: counters for the console.
 //! - `events`: pub/sub channel announcing stored ids.
+//! - `consent`: hash csno → `ad|night` consents; `consent:ad`: zset of csno with ad
+//!   consent given, scored by when (unix ms). A flush keeps both.
 //!
 //! Nothing here reads a whole list or scans keys: each operation is O(log N + page).
 
@@ -45,6 +48,7 @@ mod audit;
 pub mod bitmaps;
 pub mod cluster;
 mod commit;
+pub mod consent;
 pub mod console;
 pub mod delivery;
 mod error;

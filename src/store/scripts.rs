@@ -55,6 +55,8 @@ pub(super) struct Scripts {
     pub login_attempt: Script,
     /// `legacy_queue.lua`: the first stage's `due` into the default app's normal queue.
     pub legacy_queue: Script,
+    /// `consent_set.lua`: customers' ad consents and the index by consent date.
+    pub consent_set: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -74,6 +76,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     renew_port: Script::new(lua!("renew_port")),
     login_attempt: Script::new(lua!("login_attempt")),
     legacy_queue: Script::new(lua!("legacy_queue")),
+    consent_set: Script::new(lua!("consent_set")),
 });
 
 /// The store's scripts (built on first use).
