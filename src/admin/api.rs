@@ -7,6 +7,8 @@
 //! - `POST /api/v1/pushes` one message or an array of up to 1,000 (ingest, key only)
 //! - `GET /api/v1/pushes/{id}`, `GET /api/v1/pushes?field=value&status=…&page=…` (read)
 //! - `POST|DELETE /api/v1/pushes/{id}/hold` legal hold on or off (control)
+//! - `GET|PUT /api/v1/consents/{csno}`, `POST /api/v1/consents`: ad consents (consent;
+//!   see `consents.rs`)
 
 use std::net::SocketAddr;
 
@@ -44,9 +46,12 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
         (&Method::POST, ["api", "v1", "pushes"]) => Scope::Ingest,
         (&Method::GET, ["api", "v1", "pushes"] | ["api", "v1", "pushes", _]) => Scope::Read,
         (&Method::POST | &Method::DELETE, ["api", "v1", "pushes", _, "hold"]) => Scope::Control,
+        (&Method::GET | &Method::PUT, ["api", "v1", "consents", _])
+        | (&Method::POST, ["api", "v1", "consents"]) => Scope::Consent,
         (
             _,
-            ["api", "v1", "ports" | "pushes", ..] | ["api", "v1", "cluster" | "apps" | "queues"],
+            ["api", "v1", "ports" | "pushes" | "consents", ..]
+            | ["api", "v1", "cluster" | "apps" | "queues"],
         ) => {
             return json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -70,6 +75,20 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
             .collect();
     if needed == Scope::Ingest {
         return ingest(state, req, &caller).await;
+    }
+    if needed == Scope::Consent {
+        let body = match read_body(state, req.into_body(), super::consents::MAX_CONSENT_BODY).await
+        {
+            Ok(b) => b,
+            Err(reply) => return reply,
+        };
+        return match (&method, segments.as_slice()) {
+            (&Method::GET, [.., csno]) => super::consents::get(state, csno).await,
+            (&Method::PUT, [.., csno]) => {
+                super::consents::set(state, Some(csno), &body, &caller).await
+            }
+            _ => super::consents::set(state, None, &body, &caller).await,
+        };
     }
     if let Err(reply) = read_body(state, req.into_body(), 64 * 1024).await {
         return reply;
@@ -234,13 +253,17 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
             }),
         })
         .collect();
-    let source = format!("api-{}", key.name);
+    let origin = ingest::Origin {
+        source: format!("api-{}", key.name),
+        queue: key.queue(),
+        kind: key.kind,
+    };
     let answered = ingest::store_parsed(
         &state.committer,
         &state.engine,
         &route,
-        &source,
-        &key.queue(),
+        &state.ads,
+        &origin,
         None,
         parsed,
     )

@@ -235,6 +235,18 @@ impl Config {
             .unwrap_or_default()
     }
 
+    /// Whether a record from `worker` is an ad unless its script says (its port's or API
+    /// key's `kind`).
+    pub fn kind_of(&self, worker: &str) -> Option<crate::push::Kind> {
+        if let Some(port) = self.port(worker) {
+            return port.kind;
+        }
+        worker
+            .strip_prefix("api-")
+            .and_then(|key| self.api_keys.iter().find(|k| k.name == key))
+            .and_then(|k| k.kind)
+    }
+
     pub fn port(&self, name: &str) -> Option<&PortConfig> {
         self.ports.iter().find(|p| p.name == name)
     }

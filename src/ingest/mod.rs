@@ -26,7 +26,7 @@ mod pipeline;
 
 pub use ack::Ack;
 pub use message::{Message, Refusal, check_message, json_kind, parse_message};
-pub use pipeline::{Answered, route_message, store_parsed};
+pub use pipeline::{Answered, Origin, route_message, store_parsed};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize};
@@ -108,6 +108,8 @@ pub struct PortContext {
     pub live: Arc<PortLive>,
     /// Connect mode: the port's lease, which every write must still hold.
     pub fence: Option<PortFence>,
+    /// The ad gate its pushes pass (and the consents it reads).
+    pub ads: crate::ads::LiveGate,
 }
 
 /// A connect-mode port's lease as its writes carry it, and the token cancelled when

@@ -1,14 +1,4 @@
-//! The ad gate: what Korean law (정보통신망법 §50) asks of an advertising push, applied by
-//! pushgate itself rather than left to route scripts. A push whose `kind` is `ad`
-//!
-//! - is dropped without the customer's ad consent (never given, withdrawn, or given
-//!   more than [`CONSENT_YEARS`] years ago and not re-confirmed);
-//! - is held to the end of the night window when it would go out inside it without the
-//!   customer's night consent, and checked again when it comes due;
-//! - starts with [`AD_LABEL`] and ends with the sender's name and the opt-out line.
-//!
-//! Non-ad pushes pass untouched. The gate is pure: it is given the consent and the time,
-//! so routing (`ingest::pipeline`), the sender and the script editor's Try apply it alike.
+//! The gate itself: pure, given the consent and the time.
 
 use chrono::{Months, NaiveTime, TimeZone};
 use chrono_tz::Tz;

@@ -1,0 +1,95 @@
+//! The ad gate as a running pushgate holds it: the `[ads]` in force (swapped on
+//! reload), the consent registry it reads before a batch is routed, and the clock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use super::AdGate;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::push::consent::is_csno;
+use crate::push::{Consent, Decision};
+use crate::store::{Store, StoreError};
+
+/// Shared by every port, the HTTP API, the senders and the console; clones share one gate.
+#[derive(Clone)]
+pub struct LiveGate {
+    gate: Arc<RwLock<Option<AdGate>>>,
+    store: Store,
+    clock: Clock,
+}
+
+/// The consents of a batch's customers, by `csno`.
+pub type Consents = HashMap<String, Consent>;
+
+impl LiveGate {
+    /// The gate `config` asks for (none without `[ads]`), reading `store`, timed by the
+    /// config's clock.
+    pub fn new(config: &Config, store: Store) -> LiveGate {
+        LiveGate {
+            gate: Arc::new(RwLock::new(AdGate::from_config(config))),
+            store,
+            clock: config.clock.clone(),
+        }
+    }
+
+    /// Apply a reloaded `[ads]`.
+    pub fn reload(&self, config: &Config) {
+        if let Ok(mut gate) = self.gate.write() {
+            *gate = AdGate::from_config(config);
+        }
+    }
+
+    /// The gate in force; none without `[ads]`.
+    pub fn gate(&self) -> Option<AdGate> {
+        self.gate.read().ok().and_then(|g| g.clone())
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The consents of the customers `csnos` name, in one round trip; nothing is read
+    /// without `[ads]` (no push can then be an ad that goes out).
+    pub async fn consents<'a>(
+        &self,
+        csnos: impl Iterator<Item = &'a str>,
+    ) -> Result<Consents, StoreError> {
+        if self.gate().is_none() {
+            return Ok(Consents::new());
+        }
+        let mut wanted: Vec<&str> = csnos.filter(|c| is_csno(c)).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let found = self.store.consents(&wanted).await?;
+        Ok(wanted
+            .into_iter()
+            .zip(found)
+            .filter_map(|(csno, c)| Some((csno.to_owned(), c?)))
+            .collect())
+    }
+}
+
+/// A route's decision through the gate: untouched unless it sends an ad; an ad with no
+/// `[ads]` configured is the script's error, naming the missing section.
+pub fn gated(
+    gate: Option<&AdGate>,
+    decision: Decision,
+    consent: Option<&Consent>,
+    now_ms: i64,
+) -> Result<Decision, String> {
+    let is_ad =
+        matches!(&decision, Decision::Send { push } | Decision::Later { push, .. } if push.is_ad());
+    match gate {
+        _ if !is_ad => Ok(decision),
+        Some(gate) => Ok(gate.apply(decision, consent, now_ms)),
+        None => Err(
+            "the push is an ad (kind = \"ad\") but the config has no [ads] section (sender, opt_out)"
+                .into(),
+        ),
+    }
+}
