@@ -93,3 +93,39 @@ pub fn gated(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::{Kind, Push, Target};
+
+    fn push(kind: Option<Kind>) -> Push {
+        Push {
+            target: Target::Token("t".into()),
+            title: None,
+            body: None,
+            image: None,
+            data: Default::default(),
+            android: None,
+            apns: None,
+            ttl_secs: None,
+            app: None,
+            lane: None,
+            kind,
+            held: None,
+        }
+    }
+
+    #[test]
+    fn without_ads_an_ad_is_a_script_error_naming_the_section_and_info_passes() {
+        let ad = Decision::Send {
+            push: push(Some(Kind::Ad)),
+        };
+        let err = gated(None, ad, None, 0).unwrap_err();
+        assert!(err.contains("no [ads] section"), "{err}");
+        let info = Decision::Send {
+            push: push(Some(Kind::Info)),
+        };
+        assert_eq!(gated(None, info.clone(), None, 0), Ok(info));
+    }
+}

@@ -471,4 +471,18 @@ script = "scripts/transfer.rhai"
         assert!(err.contains("Mars/Base"), "{err}");
         assert!(err.contains("needs redis.dir"), "{err}");
     }
+
+    #[test]
+    fn a_port_of_ads_without_an_ads_section_is_an_error_naming_it() {
+        let ad_port = format!("{PORT}kind = \"ad\"\n");
+        let err = parse(&ad_port).unwrap_err().to_string();
+        assert!(
+            err.contains("port \"fep-transfer\": kind = \"ad\" needs an [ads] section"),
+            "{err}"
+        );
+        let with_ads = format!("[ads]\nsender = \"은행\"\nopt_out = \"080\"\n{ad_port}");
+        let config = parse(&with_ads).expect("valid with [ads]");
+        assert_eq!(config.kind_of("fep-transfer"), Some(crate::push::Kind::Ad));
+        assert_eq!(config.kind_of("api-nobody"), None);
+    }
 }

@@ -26,7 +26,7 @@ mod pipeline;
 
 pub use ack::Ack;
 pub use message::{Message, Refusal, check_message, json_kind, parse_message};
-pub use pipeline::{Answered, Origin, route_message, store_parsed};
+pub use pipeline::{Answered, Origin, decide, route_message, store_parsed};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize};

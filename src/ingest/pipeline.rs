@@ -10,8 +10,8 @@ use super::ack::Ack;
 use super::message::{Message, Refusal};
 use crate::ads::{AdGate, Consents, LiveGate, gated};
 use crate::metrics::{labels, metrics};
-use crate::push::{Decision, Kind, Queue, Status};
-use crate::script::{CompiledRoute, RouteEngine};
+use crate::push::{Consent, Decision, Kind, Queue, Status};
+use crate::script::{CompiledRoute, RouteEngine, RouteError};
 use crate::store::{Committer, Fence, NewRecord, Stored};
 
 /// Where a batch came from, and what its pushes take from there when their script
@@ -213,22 +213,7 @@ pub fn route_message(
         .fields
         .get("csno")
         .and_then(|c| consents.get(c.as_str()?));
-    let decided = engine
-        .route(route, &message.fields, now)
-        .and_then(|mut decision| {
-            if let Decision::Send { push } | Decision::Later { push, .. } = &mut decision {
-                push.default_to(&origin.queue);
-                if push.kind.is_none() {
-                    push.kind = origin.kind;
-                }
-            }
-            gated(gate, decision, consent, now).map_err(|message| crate::script::RouteError {
-                message,
-                line: 0,
-                column: 0,
-            })
-        });
-    match decided {
+    match decide(engine, route, origin, gate, consent, now, &message.fields) {
         Ok(decision) => {
             (record.status, record.due_ms) = match &decision {
                 Decision::Send { .. } => (Status::Queued, Some(now)),
@@ -244,4 +229,30 @@ pub fn route_message(
     }
     record.fields = message.fields;
     record
+}
+
+/// What becomes of one message: its script's decision at `now`, completed from `origin`
+/// (app, lane, kind), through the ad gate with the customer's `consent`. Routing and the
+/// script editor's Try both decide here.
+pub fn decide(
+    engine: &RouteEngine,
+    route: &CompiledRoute,
+    origin: &Origin,
+    gate: Option<&AdGate>,
+    consent: Option<&Consent>,
+    now: i64,
+    fields: &Map<String, serde_json::Value>,
+) -> Result<Decision, RouteError> {
+    let mut decision = engine.route(route, fields, now)?;
+    if let Decision::Send { push } | Decision::Later { push, .. } = &mut decision {
+        push.default_to(&origin.queue);
+        if push.kind.is_none() {
+            push.kind = origin.kind;
+        }
+    }
+    gated(gate, decision, consent, now).map_err(|message| RouteError {
+        message,
+        line: 0,
+        column: 0,
+    })
 }

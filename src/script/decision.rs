@@ -487,6 +487,21 @@ mod tests {
     }
 
     #[test]
+    fn a_script_may_mark_a_push_as_an_ad_and_nothing_else() {
+        let decided = run_body(
+            "  let d = send_token(\"t\", \"\", \"\");\n  d.kind = \"ad\";\n  d",
+            &sample(),
+            afternoon(),
+        )
+        .unwrap();
+        assert!(matches!(decided, Decision::Send { push } if push.is_ad()));
+        assert_eq!(
+            decision_error("  let d = send_token(\"t\", \"\", \"\");\n  d.kind = \"promo\";\n  d"),
+            "`kind` must be \"ad\" or \"info\", got \"promo\""
+        );
+    }
+
+    #[test]
     fn a_script_may_name_the_app_and_lane() {
         let decided = run_body(
             "  let d = send_token(\"t\", \"\", \"\");\n  d.app = \"card\";\n  d.lane = \"urgent\";\n  d",

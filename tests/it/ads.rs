@@ -469,3 +469,63 @@ async fn every_consent_change_is_audited_with_the_customer_masked() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_consents_page_lists_due_customers_and_only_operators_look_one_up() {
+    let redis = RedisServer::start();
+    let fcm = emulator(&[]).await;
+    let keys = tempfile::tempdir().unwrap();
+    let app = ad_app(&redis, &fcm, keys.path(), Clock::system()).await;
+    let admin = app.app().admin_addr;
+    let now = now_ms();
+    for (csno, at_ms) in [
+        ("1111111111", now - 800 * DAY_MS),
+        // Lapses in 10 days: due for re-confirmation already.
+        ("2222222222", now - 720 * DAY_MS),
+        ("3333333333", now - 10 * DAY_MS),
+    ] {
+        let (status, body) = call(
+            admin,
+            "PUT",
+            &format!("/api/v1/consents/{csno}"),
+            CONSENT_KEY,
+            Some(json!({"ad": {"given": true, "channel": "branch", "at_ms": at_ms}})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut operator = Web::new(admin);
+    operator.sign_in("operator").await;
+    let page = operator.get("/consents").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let due = &page.body[page.body.find("id=\"due\"").unwrap()..];
+    let first = due.find("1111111111").expect("the lapsed consent is due");
+    let second = due
+        .find("2222222222")
+        .expect("the nearly lapsed consent is due");
+    assert!(first < second, "oldest first");
+    assert!(!due.contains("3333333333"), "a recent consent is not due");
+    assert!(due.contains("lapsed "), "{due}");
+    let page = operator.get("/consents?csno=3333333333").await;
+    let found = &page.body[page.body.find("id=\"consent\"").expect("found")..];
+    assert!(
+        found.contains("given") && found.contains("via branch"),
+        "{found}"
+    );
+    // A viewer sees the list masked and may not look anyone up.
+    let mut viewer = Web::new(admin);
+    viewer.sign_in("viewer").await;
+    let page = viewer.get("/consents?csno=3333333333").await;
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains("1111111111") && page.body.contains("11******11"));
+    assert!(
+        !page.body.contains("id=\"consent\""),
+        "no look-up for viewers"
+    );
+    assert!(
+        page.body.contains("only operators and admins"),
+        "{}",
+        page.body
+    );
+    app.shutdown().await;
+}
