@@ -86,7 +86,17 @@ pub fn gated(
         matches!(&decision, Decision::Send { push } | Decision::Later { push, .. } if push.is_ad());
     match gate {
         _ if !is_ad => Ok(decision),
-        Some(gate) => Ok(gate.apply(decision, consent, now_ms)),
+        Some(gate) => {
+            let gated = gate.apply(decision, consent, now_ms);
+            // The labels lengthen the message: Apple's size rule is checked again on
+            // what will be sent, as the script's decision was.
+            if let Decision::Send { push } | Decision::Later { push, .. } = &gated
+                && push.target.token().is_some()
+            {
+                crate::apns::check(push).map_err(|e| format!("with the ad labels added: {e}"))?;
+            }
+            Ok(gated)
+        }
         None => Err(
             "the push is an ad (kind = \"ad\") but the config has no [ads] section (sender, opt_out)"
                 .into(),

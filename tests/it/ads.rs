@@ -529,3 +529,108 @@ async fn the_consents_page_lists_due_customers_and_only_operators_look_one_up() 
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_held_ad_whose_consent_is_withdrawn_overnight_is_dropped_when_it_comes_due() {
+    let redis = RedisServer::start();
+    let fcm = emulator(&[]).await;
+    let keys = tempfile::tempdir().unwrap();
+    let real = now_ms();
+    let today = chrono_tz::Asia::Seoul
+        .timestamp_millis_opt(real)
+        .single()
+        .unwrap()
+        .date_naive();
+    let at_22 = [today, today.succ_opt().unwrap()]
+        .into_iter()
+        .map(|d| seoul(d, 22, 0))
+        .find(|t| *t > real)
+        .unwrap();
+    let next_8 = at_22 + 10 * 3_600_000;
+    let clock = Clock::shifted(at_22 - real);
+    let app = ad_app(&redis, &fcm, keys.path(), clock.clone()).await;
+    let admin = app.app().admin_addr;
+    let consent = |given: bool| Some(json!({"ad": {"given": given, "channel": "app"}}));
+    let (status, body) = call(
+        admin,
+        "PUT",
+        "/api/v1/consents/C-NIGHT",
+        CONSENT_KEY,
+        consent(true),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let addr = app.port_addr("ads").await;
+    store_messages(addr, &[ad("night-2", "C-NIGHT")]).await;
+    wait_status(&app, "night-2", "scheduled", Duration::from_secs(10)).await;
+    // The customer withdraws at 23:00; at 08:00 the sender finds no consent.
+    clock.set_shift(at_22 + 3_600_000 - now_ms());
+    let (status, body) = call(
+        admin,
+        "PUT",
+        "/api/v1/consents/C-NIGHT",
+        CONSENT_KEY,
+        consent(false),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    clock.set_shift(next_8 + 1_000 - now_ms());
+    let rec = wait_status(&app, "night-2", "dropped", Duration::from_secs(20)).await;
+    let last = &rec["history"][0];
+    assert_eq!(last["outcome"], "AD_GATE", "{rec}");
+    assert!(
+        rec["result"]
+            .as_str()
+            .unwrap()
+            .contains("no ad consent for this customer"),
+        "{rec}"
+    );
+    assert!(fcm.stats().by_key.is_empty(), "never sent");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_script_editors_try_shows_the_gates_effect_on_the_sample() {
+    let redis = RedisServer::start();
+    let fcm = emulator(&[]).await;
+    let keys = tempfile::tempdir().unwrap();
+    let app = ad_app(&redis, &fcm, keys.path(), Clock::system()).await;
+    let admin = app.app().admin_addr;
+    let both = json!({"ad": {"given": true, "channel": "app"}, "night": {"given": true, "channel": "app"}});
+    let (status, body) = call(
+        admin,
+        "PUT",
+        "/api/v1/consents/C-TRY",
+        CONSENT_KEY,
+        Some(both),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut web = Web::new(admin);
+    web.sign_in("operator").await;
+    let try_on = |csno: &str| {
+        json!({"uniqueKey": "t", "csno": csno, "device_id": "tok", "msg_title": "특판", "msg_contents": "연 5%"})
+            .to_string()
+    };
+    let sample = try_on("C-TRY");
+    let page = web
+        .post(
+            "/scripts/ads",
+            &[("action", "try"), ("source", SEND_AD), ("sample", &sample)],
+        )
+        .await;
+    assert!(page.body.contains("(광고) 특판"), "labelled: {}", page.body);
+    let sample = try_on("C-NOBODY");
+    let page = web
+        .post(
+            "/scripts/ads",
+            &[("action", "try"), ("source", SEND_AD), ("sample", &sample)],
+        )
+        .await;
+    assert!(
+        page.body.contains("no ad consent for this customer"),
+        "dropped: {}",
+        page.body
+    );
+    app.shutdown().await;
+}
