@@ -397,6 +397,8 @@ async fn the_consent_api_bounds_its_batches_and_fields_and_needs_the_consent_sco
     let (status, body) = call(admin, "GET", "/api/v1/consents/C999", CONSENT_KEY, None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["ad"]["channel"], "app");
+    let (status, _) = call(admin, "GET", "/api/v1/consents/C999", "pgk_unknown", None).await;
+    assert_eq!(status, 401, "an unknown key");
     // Other scopes may not read or write consents.
     for key in [READ_ONLY_KEY, TEST_KEY] {
         let (status, body) = call(admin, "GET", "/api/v1/consents/C999", key, None).await;
