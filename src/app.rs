@@ -171,7 +171,8 @@ impl App {
             config.redis.commit_retry(),
             stored.clone(),
         );
-        let apps = Apps::start(&config, store.clone(), stored).await?;
+        let ads = crate::ads::LiveGate::new(&config, store.clone());
+        let apps = Apps::start(&config, store.clone(), stored, ads.clone()).await?;
         let engine = Arc::new(engine_for(&config));
         let listener = tokio::net::TcpListener::bind(config.admin.listen)
             .await
@@ -189,7 +190,12 @@ impl App {
             lease: Duration::from_millis(config.node.port_lease_ms),
         });
         tracing::info!(node = %node.id, instance = %node.instance, "this node");
-        let supervisor = Arc::new(Supervisor::new(engine.clone(), committer.clone(), node));
+        let supervisor = Arc::new(Supervisor::new(
+            engine.clone(),
+            committer.clone(),
+            node,
+            ads.clone(),
+        ));
         let api_routes = compile_api_routes(&engine, &config)?;
         supervisor.install(&config).await?;
         tracing::info!(%admin_addr, "admin API listening");
@@ -207,6 +213,7 @@ impl App {
             flushing: std::sync::atomic::AtomicBool::new(false),
             api_routes: RwLock::new(api_routes),
             limits: admin::Limits::new(&config),
+            ads,
             tls,
         });
         let retention = tokio::spawn(retention_loop(
@@ -254,9 +261,12 @@ impl App {
     /// Re-read the config file and scripts and apply the difference. A config that
     /// does not load changes nothing.
     pub async fn reload(&self) -> anyhow::Result<PortChanges> {
-        let new = Config::load(&self.config_path)?;
+        let mut new = Config::load(&self.config_path)?;
         let _one_reload_at_a_time = self.reloading.lock().await;
         let current = self.admin_state.config();
+        // The clock is not in the file: a test's shifted clock stays in force.
+        new.clock = current.clock.clone();
+        self.admin_state.ads.reload(&new);
         if new.redis != current.redis || new.admin != current.admin || new.store != current.store {
             tracing::warn!(
                 "reload: [redis], [admin] and [store] changes take effect at the next restart"

@@ -1,6 +1,7 @@
 //! pushgate: a push-notification appliance in one binary.
 //!
 //! Layout (one module per part of `DESIGN.md`; see `ARCHITECTURE.md` for invariants):
+//! - [`ads`]: the ad gate: consent, the night window and the labels an ad must carry.
 //! - [`clock`]: the wall clock, read in one place.
 //! - [`push`]: the domain: field names, statuses, decisions and pushes every part shares.
 //! - [`config`]: the TOML file, its validation, the diff between two configs on reload.
@@ -23,6 +24,7 @@
 #![recursion_limit = "256"]
 
 pub mod admin;
+pub mod ads;
 pub mod apns;
 pub mod app;
 pub mod clock;

@@ -133,6 +133,8 @@ pub struct Supervisor {
     engine: Arc<RouteEngine>,
     committer: Committer,
     node: Arc<Node>,
+    /// Handed to every port: the ad gate its pushes pass.
+    ads: crate::ads::LiveGate,
     slots: tokio::sync::Mutex<BTreeMap<String, Slot>>,
     /// The `portctl` value of each port this node has already acted on.
     switches_seen: Mutex<HashMap<String, String>>,
@@ -159,10 +161,16 @@ pub fn compile_script(
 }
 
 impl Supervisor {
-    pub fn new(engine: Arc<RouteEngine>, committer: Committer, node: Arc<Node>) -> Supervisor {
+    pub fn new(
+        engine: Arc<RouteEngine>,
+        committer: Committer,
+        node: Arc<Node>,
+        ads: crate::ads::LiveGate,
+    ) -> Supervisor {
         Supervisor {
             engine,
             committer,
+            ads,
             node,
             slots: tokio::sync::Mutex::new(BTreeMap::new()),
             switches_seen: Mutex::new(Default::default()),
@@ -319,6 +327,7 @@ impl Supervisor {
             route: slot.route.clone(),
             live: slot.live.clone(),
             fence: None,
+            ads: self.ads.clone(),
         };
         set_state(&slot.status, PortState::Starting, None);
         let task = tokio::spawn(keep_running(

@@ -9,6 +9,8 @@
 //! - `POST|DELETE /api/v1/pushes/{id}/hold` legal hold on or off (control)
 //! - `POST /api/v1/receipts` up to 1,000 delivery receipts (receipt, key only; see
 //!   `admin::receipts`)
+//! - `GET|PUT /api/v1/consents/{csno}`, `POST /api/v1/consents`: ad consents (consent;
+//!   see `consents.rs`)
 
 use std::net::SocketAddr;
 
@@ -49,9 +51,11 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
         (&Method::GET, ["api", "v1", "pushes"] | ["api", "v1", "pushes", _]) => Scope::Read,
         (&Method::POST | &Method::DELETE, ["api", "v1", "pushes", _, "hold"]) => Scope::Control,
         (&Method::POST, ["api", "v1", "receipts"]) => Scope::Receipt,
+        (&Method::GET | &Method::PUT, ["api", "v1", "consents", _])
+        | (&Method::POST, ["api", "v1", "consents"]) => Scope::Consent,
         (
             _,
-            ["api", "v1", "ports" | "pushes", ..]
+            ["api", "v1", "ports" | "pushes" | "consents", ..]
             | ["api", "v1", "cluster" | "apps" | "queues" | "receipts"],
         ) => {
             return json_error(
@@ -79,6 +83,20 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
     }
     if needed == Scope::Receipt {
         return receipts(state, req).await;
+    }
+    if needed == Scope::Consent {
+        let body = match read_body(state, req.into_body(), super::consents::MAX_CONSENT_BODY).await
+        {
+            Ok(b) => b,
+            Err(reply) => return reply,
+        };
+        return match (&method, segments.as_slice()) {
+            (&Method::GET, [.., csno]) => super::consents::get(state, csno).await,
+            (&Method::PUT, [.., csno]) => {
+                super::consents::set(state, Some(csno), &body, &caller).await
+            }
+            _ => super::consents::set(state, None, &body, &caller).await,
+        };
     }
     if let Err(reply) = read_body(state, req.into_body(), 64 * 1024).await {
         return reply;
@@ -243,13 +261,17 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
             }),
         })
         .collect();
-    let source = format!("api-{}", key.name);
+    let origin = ingest::Origin {
+        source: format!("api-{}", key.name),
+        queue: key.queue(),
+        kind: key.kind,
+    };
     let answered = ingest::store_parsed(
         &state.committer,
         &state.engine,
         &route,
-        &source,
-        &key.queue(),
+        &state.ads,
+        &origin,
         None,
         parsed,
     )

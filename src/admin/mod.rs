@@ -6,6 +6,7 @@
 mod actions;
 mod api;
 pub mod auth;
+mod consents;
 mod console;
 mod delivery;
 mod limits;
@@ -63,6 +64,9 @@ pub struct AdminState {
     pub api_routes: RwLock<std::collections::HashMap<String, crate::script::CompiledRoute>>,
     /// Bounds on what callers can hold: connections, password checks, live streams.
     pub limits: limits::Limits,
+    /// The ad gate (HTTP ingest, route again, the script editor's Try) and the consent
+    /// registry's clock.
+    pub ads: crate::ads::LiveGate,
     /// Serves the console over TLS when `[admin] tls_cert` is set.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }

@@ -119,6 +119,11 @@ pub fn may_search(field: &str, value: &str, sight: Sight) -> Result<(), String> 
     Ok(())
 }
 
+/// A customer number as a masked caller sees it (audit entries, the consent page).
+pub fn mask_csno(csno: &str) -> String {
+    masked_form("csno", &Value::String(csno.to_owned())).unwrap_or_default()
+}
+
 fn masked_form(field: &str, value: &Value) -> Option<String> {
     let text = value.as_str()?;
     match field {

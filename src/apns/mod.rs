@@ -359,6 +359,8 @@ mod tests {
             ttl_secs: Some(600),
             app: None,
             lane: None,
+            kind: None,
+            held: None,
         }
     }
 

@@ -602,6 +602,8 @@ mod tests {
             ttl_secs: None,
             app: None,
             lane: None,
+            kind: None,
+            held: None,
         }
     }
 

@@ -173,7 +173,8 @@ pub struct ApiKey {
     /// Lower-case hex SHA-256 of the key.
     pub sha256: String,
     /// `read` (ports, pushes masked), `control` (start/stop/restart, legal hold),
-    /// `ingest` (POST pushes), `personal` (pushes unmasked), `receipt` (POST receipts).
+    /// `ingest` (POST pushes), `personal` (pushes unmasked), `receipt` (POST receipts),
+    /// `consent` (ad consents).
     #[serde(default = "default_scopes")]
     pub scopes: Vec<Scope>,
     /// (ingest) The route script for pushes posted with this key.
@@ -188,6 +189,9 @@ pub struct ApiKey {
     /// (ingest) The lane its pushes wait in unless the script names one.
     #[serde(default)]
     pub lane: crate::push::Lane,
+    /// (ingest) Whether its pushes are ads unless the script says; none = info.
+    #[serde(default)]
+    pub kind: Option<crate::push::Kind>,
 }
 
 impl ApiKey {
@@ -226,6 +230,8 @@ pub enum Scope {
     Personal,
     /// `POST /api/v1/receipts`: the app's delivery receipts, relayed by its server.
     Receipt,
+    /// Customers' ad consents: read and record them (`/api/v1/consents`).
+    Consent,
 }
 
 /// What is wrong with the `[[user]]` entries: names unique, short and printable,

@@ -6,8 +6,8 @@
 //! messages that name the key and the problem.
 //!
 //! One file per section, each with its type, its defaults and its validation:
-//! `redis.rs`, `node.rs`, `admin.rs` (`[admin]`, `[console]`, users and API keys),
-//! `store.rs`, `script.rs`, `fcm.rs`, `port.rs`, `receipts.rs`; `diff.rs` is the reload diff.
+//! `redis.rs`, `node.rs`, `admin.rs` (`[admin]`, `[console]`, users and API keys), `ads.rs`,
+//! `store.rs`, `script.rs`, `app.rs`, `port.rs`, `receipts.rs`; `diff.rs` is the reload diff.
 //!
 //! Defaults are written once. A section whose keys are all optional derives them
 //! from its one `impl Default` (`#[serde(default)]` on the struct). A section with
@@ -15,6 +15,7 @@
 //! each of its optional keys names its `default_*` fn.
 
 mod admin;
+mod ads;
 mod app;
 mod diff;
 mod node;
@@ -25,6 +26,7 @@ mod script;
 mod store;
 
 pub use admin::{AdminConfig, ApiKey, ConsoleConfig, MAX_USER_NAME, Role, Scope, User};
+pub use ads::{AdsConfig, MAX_AD_LINE};
 pub use app::{AppConfig, Bucket, Provider};
 pub use diff::PortChanges;
 pub use node::NodeConfig;
@@ -86,6 +88,12 @@ pub struct Config {
     pub users: Vec<User>,
     #[serde(rename = "port")]
     pub ports: Vec<PortConfig>,
+    /// What the ad gate adds to ads and when night consent is needed; none = no ads.
+    pub ads: Option<AdsConfig>,
+    /// The clock the ad gate and the senders read: the system clock, unless a test
+    /// started pushgate with a shifted one (never from the file).
+    #[serde(skip)]
+    pub clock: crate::clock::Clock,
     /// Directory the file was read from; relative paths (scripts, redis dir) resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -107,6 +115,8 @@ impl Default for Config {
             console: ConsoleConfig::default(),
             users: Vec::new(),
             ports: Vec::new(),
+            ads: None,
+            clock: crate::clock::Clock::system(),
             base_dir: PathBuf::new(),
         }
     }
@@ -230,6 +240,18 @@ impl Config {
             .unwrap_or_default()
     }
 
+    /// Whether a record from `worker` is an ad unless its script says (its port's or API
+    /// key's `kind`).
+    pub fn kind_of(&self, worker: &str) -> Option<crate::push::Kind> {
+        if let Some(port) = self.port(worker) {
+            return port.kind;
+        }
+        worker
+            .strip_prefix("api-")
+            .and_then(|key| self.api_keys.iter().find(|k| k.name == key))
+            .and_then(|k| k.kind)
+    }
+
     pub fn port(&self, name: &str) -> Option<&PortConfig> {
         self.ports.iter().find(|p| p.name == name)
     }
@@ -268,6 +290,27 @@ impl Config {
                     key.app.as_deref(),
                     &mut out,
                 );
+            }
+        }
+        if let Some(ads) = &self.ads {
+            ads.problems(&mut out);
+        } else {
+            let ad = Some(crate::push::Kind::Ad);
+            let named = self
+                .ports
+                .iter()
+                .filter(|p| p.kind == ad)
+                .map(|p| format!("port {:?}", p.name))
+                .chain(
+                    self.api_keys
+                        .iter()
+                        .filter(|k| k.kind == ad)
+                        .map(|k| format!("api_key {:?}", k.name)),
+                );
+            for at in named {
+                out.push(format!(
+                    "{at}: kind = \"ad\" needs an [ads] section (sender, opt_out)"
+                ));
             }
         }
         self.store.problems(&mut out);
@@ -435,5 +478,19 @@ script = "scripts/transfer.rhai"
         .to_string();
         assert!(err.contains("Mars/Base"), "{err}");
         assert!(err.contains("needs redis.dir"), "{err}");
+    }
+
+    #[test]
+    fn a_port_of_ads_without_an_ads_section_is_an_error_naming_it() {
+        let ad_port = format!("{PORT}kind = \"ad\"\n");
+        let err = parse(&ad_port).unwrap_err().to_string();
+        assert!(
+            err.contains("port \"fep-transfer\": kind = \"ad\" needs an [ads] section"),
+            "{err}"
+        );
+        let with_ads = format!("[ads]\nsender = \"은행\"\nopt_out = \"080\"\n{ad_port}");
+        let config = parse(&with_ads).expect("valid with [ads]");
+        assert_eq!(config.kind_of("fep-transfer"), Some(crate::push::Kind::Ad));
+        assert_eq!(config.kind_of("api-nobody"), None);
     }
 }

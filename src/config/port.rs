@@ -95,6 +95,10 @@ pub struct PortConfig {
     /// The lane its pushes wait in, unless the script names one (`push.lane`).
     #[serde(default)]
     pub lane: crate::push::Lane,
+    /// Whether its pushes are ads unless the script says (`push.kind`); none = info.
+    /// An ad needs `[ads]` and passes the ad gate.
+    #[serde(default)]
+    pub kind: Option<crate::push::Kind>,
     #[serde(default = "default_true")]
     pub autostart: bool,
     /// Longest wait between reconnects in `connect` mode (seconds).

@@ -175,6 +175,8 @@ mod tests {
             ttl_secs: Some(60),
             app: None,
             lane: None,
+            kind: None,
+            held: None,
         };
         let expiry = Expiry::of(1_000_060_000, 1_000_000_000);
         assert_eq!(
@@ -205,6 +207,8 @@ mod tests {
             ttl_secs: None,
             app: None,
             lane: None,
+            kind: None,
+            held: None,
         };
         assert_eq!(
             serde_json::to_value(Message::for_push(&push)).unwrap(),
@@ -221,6 +225,8 @@ mod tests {
             ttl_secs: None,
             app: None,
             lane: None,
+            kind: None,
+            held: None,
         };
         assert_eq!(
             serde_json::to_value(Message::for_push(&bare)).unwrap(),
@@ -245,6 +251,8 @@ mod tests {
             ttl_secs: None,
             app: None,
             lane: None,
+            kind: None,
+            held: None,
         };
         let message = Message::for_push(&push);
         let body = SendRequest {

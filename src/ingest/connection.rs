@@ -413,12 +413,17 @@ async fn store_messages(ctx: &PortContext, parsed: Vec<Result<Message, Refusal>>
             })
             .collect();
     };
+    let origin = super::Origin {
+        source: ctx.config.name.clone(),
+        queue: ctx.config.queue(),
+        kind: ctx.config.kind,
+    };
     let answered = store_parsed(
         &ctx.committer,
         &ctx.engine,
         &route,
-        &ctx.config.name,
-        &ctx.config.queue(),
+        &ctx.ads,
+        &origin,
         ctx.fence.as_ref().map(|f| &f.fence),
         parsed,
     )

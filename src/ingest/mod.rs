@@ -28,7 +28,7 @@ pub use ack::Ack;
 pub use message::{
     MAX_UNIQUE_KEY_BYTES, Message, Refusal, check_message, json_kind, parse_message,
 };
-pub use pipeline::{Answered, route_message, store_parsed};
+pub use pipeline::{Answered, Origin, decide, route_message, store_parsed};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize};
@@ -110,6 +110,8 @@ pub struct PortContext {
     pub live: Arc<PortLive>,
     /// Connect mode: the port's lease, which every write must still hold.
     pub fence: Option<PortFence>,
+    /// The ad gate its pushes pass (and the consents it reads).
+    pub ads: crate::ads::LiveGate,
 }
 
 /// A connect-mode port's lease as its writes carry it, and the token cancelled when

@@ -8,11 +8,23 @@ use serde_json::Map;
 
 use super::ack::Ack;
 use super::message::{Message, Refusal};
-use crate::clock::now_ms;
+use crate::ads::{AdGate, Consents, LiveGate, gated};
 use crate::metrics::{labels, metrics};
-use crate::push::{Decision, Queue, Status};
-use crate::script::{CompiledRoute, RouteEngine};
+use crate::push::{Consent, Decision, Kind, Queue, Status};
+use crate::script::{CompiledRoute, RouteEngine, RouteError};
 use crate::store::{Committer, Fence, NewRecord, Stored};
+
+/// Where a batch came from, and what its pushes take from there when their script
+/// leaves it unsaid.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The port, or `api-<key>`.
+    pub source: String,
+    /// The app and lane.
+    pub queue: Queue,
+    /// Ad or informational; none = informational.
+    pub kind: Option<Kind>,
+}
 
 /// The answers to a batch of messages.
 pub struct Answered {
@@ -24,18 +36,21 @@ pub struct Answered {
     pub fenced: bool,
 }
 
-/// Route, store and answer checked messages for `source` (a port, or `api:<key>`):
-/// the one path every message takes into Redis. Records metrics on the way.
+/// Route, store and answer checked messages from `origin` (a port, or an API key):
+/// the one path every message takes into Redis. The batch's customers' ad consents are
+/// read first, in one round trip, so routing can apply the ad gate. Records metrics on
+/// the way.
 pub async fn store_parsed(
     committer: &Committer,
     engine: &Arc<RouteEngine>,
     route: &CompiledRoute,
-    source: &str,
-    queue: &Queue,
+    ads: &LiveGate,
+    origin: &Origin,
     fence: Option<&Fence>,
     parsed: Vec<Result<Message, Refusal>>,
 ) -> Answered {
     let m = metrics();
+    let source = origin.source.as_str();
     // The messages go to routing; each answer needs only its key (or its refusal).
     let mut messages = Vec::new();
     let parsed: Vec<Result<String, Refusal>> = parsed
@@ -48,21 +63,34 @@ pub async fn store_parsed(
             })
         })
         .collect();
-    let records = if messages.is_empty() {
-        Ok(Vec::new())
-    } else {
-        let engine = engine.clone();
-        let route = route.clone();
-        let port = source.to_owned();
-        let queue = queue.clone();
-        tokio::task::spawn_blocking(move || {
+    let consents = ads
+        .consents(
             messages
-                .into_iter()
-                .map(|m| route_message(&engine, &route, &port, &queue, m))
-                .collect::<Vec<_>>()
-        })
+                .iter()
+                .filter_map(|m| m.fields.get("csno")?.as_str()),
+        )
         .await
-        .map_err(|e| format!("routing task failed: {e}"))
+        .map_err(|e| format!("not stored, send again: reading the customers' ad consents: {e}"));
+    let records = match consents {
+        _ if messages.is_empty() => Ok(Vec::new()),
+        Err(e) => Err(e),
+        Ok(consents) => {
+            let engine = engine.clone();
+            let route = route.clone();
+            let origin = origin.clone();
+            let gate = ads.gate();
+            let now = ads.now_ms();
+            tokio::task::spawn_blocking(move || {
+                messages
+                    .into_iter()
+                    .map(|m| {
+                        route_message(&engine, &route, &origin, gate.as_ref(), &consents, now, m)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| format!("routing task failed: {e}"))
+        }
     };
     let stored = match records {
         Ok(records) if records.is_empty() => Ok(Vec::new()),
@@ -159,19 +187,21 @@ pub async fn store_parsed(
     }
 }
 
-/// Run the route script on one message and turn its decision into a record. What the
-/// script left unsaid of the app and lane comes from `queue`, its port's or API key's.
+/// Run the route script on one message at `now`, pass its decision through the ad gate
+/// (the customer's consent from `consents`), and turn it into a record. What the script
+/// left unsaid of the app, lane and kind comes from `origin`, its port or API key.
 pub fn route_message(
     engine: &RouteEngine,
     route: &CompiledRoute,
-    port: &str,
-    queue: &Queue,
+    origin: &Origin,
+    gate: Option<&AdGate>,
+    consents: &Consents,
+    now: i64,
     message: Message,
 ) -> NewRecord {
-    let now = now_ms();
     let mut record = NewRecord {
         unique_key: message.unique_key,
-        port: port.to_owned(),
+        port: origin.source.clone(),
         received_at_ms: now,
         fields: Map::new(),
         status: Status::Received,
@@ -179,11 +209,12 @@ pub fn route_message(
         decision: None,
         error: None,
     };
-    match engine.route(route, &message.fields, now) {
-        Ok(mut decision) => {
-            if let Decision::Send { push } | Decision::Later { push, .. } = &mut decision {
-                push.default_to(queue);
-            }
+    let consent = message
+        .fields
+        .get("csno")
+        .and_then(|c| consents.get(c.as_str()?));
+    match decide(engine, route, origin, gate, consent, now, &message.fields) {
+        Ok(decision) => {
             (record.status, record.due_ms) = match &decision {
                 Decision::Send { .. } => (Status::Queued, Some(now)),
                 Decision::Later { at_ms, .. } => (Status::Scheduled, Some(*at_ms)),
@@ -198,4 +229,30 @@ pub fn route_message(
     }
     record.fields = message.fields;
     record
+}
+
+/// What becomes of one message: its script's decision at `now`, completed from `origin`
+/// (app, lane, kind), through the ad gate with the customer's `consent`. Routing and the
+/// script editor's Try both decide here.
+pub fn decide(
+    engine: &RouteEngine,
+    route: &CompiledRoute,
+    origin: &Origin,
+    gate: Option<&AdGate>,
+    consent: Option<&Consent>,
+    now: i64,
+    fields: &Map<String, serde_json::Value>,
+) -> Result<Decision, RouteError> {
+    let mut decision = engine.route(route, fields, now)?;
+    if let Decision::Send { push } | Decision::Later { push, .. } = &mut decision {
+        push.default_to(&origin.queue);
+        if push.kind.is_none() {
+            push.kind = origin.kind;
+        }
+    }
+    gated(gate, decision, consent, now).map_err(|message| RouteError {
+        message,
+        line: 0,
+        column: 0,
+    })
 }

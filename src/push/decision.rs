@@ -46,6 +46,40 @@ pub struct Push {
     /// Its lane (the script's `lane`, else its port's or API key's); none = normal.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub lane: Option<Lane>,
+    /// Advertising or informational (the script's `kind`, else its port's or API key's);
+    /// none = informational. An ad passes the ad gate (consent, night window, labels).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kind: Option<Kind>,
+    /// Why the ad gate held it back (night without night consent), shown on its page.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub held: Option<String>,
+}
+
+/// Whether a push advertises: Korean law (정보통신망법 §50) asks an ad for the customer's
+/// consent, a separate consent at night, and "(광고)", the sender and an opt-out line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Transfer done, order filled, security alerts: no consent needed.
+    #[default]
+    Info,
+    /// Anything that invites a purchase.
+    Ad,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Info => "info",
+            Kind::Ad => "ad",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Kind> {
+        [Kind::Info, Kind::Ad]
+            .into_iter()
+            .find(|k| k.as_str() == text)
+    }
 }
 
 impl Target {
@@ -71,6 +105,11 @@ impl Push {
     pub fn default_to(&mut self, queue: &Queue) {
         self.app.get_or_insert_with(|| queue.app.clone());
         self.lane.get_or_insert(queue.lane);
+    }
+
+    /// Whether it advertises (its `kind` is `ad`).
+    pub fn is_ad(&self) -> bool {
+        self.kind == Some(Kind::Ad)
     }
 }
 

@@ -5,9 +5,11 @@
 //! - [`status`]: where a record stands.
 //! - [`decision`]: what a route script decided, and the push it sends.
 //! - [`record`]: the record kept of one push, and its attempts.
+//! - [`consent`]: a customer's ad consents, as the ad gate reads them.
 //! - [`queue`]: the app and lane a push waits in.
 //! - [`receipt`]: what the app reported of a push after it was sent.
 
+pub mod consent;
 pub mod decision;
 pub mod fields;
 pub mod queue;
@@ -15,7 +17,8 @@ pub mod receipt;
 pub mod record;
 pub mod status;
 
-pub use decision::{Decision, Push, Target};
+pub use consent::{Consent, Grant};
+pub use decision::{Decision, Kind, Push, Target};
 pub use queue::{DEFAULT_APP, Lane, Queue};
 pub use receipt::{Receipt, ReceiptEvent};
 pub use record::{Attempt, Record};

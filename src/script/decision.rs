@@ -8,10 +8,10 @@ use rhai::{Dynamic, Map};
 
 use super::time::parse_local_time;
 use crate::push::queue::{MAX_APP_NAME, is_app_name};
-use crate::push::{Decision, Lane, Push, Target};
+use crate::push::{Decision, Kind, Lane, Push, Target};
 
 /// Keys a decision map may have; anything else is a typo (`titel`) and is rejected.
-const DECISION_KEYS: [&str; 16] = [
+const DECISION_KEYS: [&str; 17] = [
     "action",
     "token",
     "topic",
@@ -28,6 +28,7 @@ const DECISION_KEYS: [&str; 16] = [
     "ttl",
     "app",
     "lane",
+    "kind",
 ];
 
 /// The longest `ttl` a push may have: FCM keeps a message at most four weeks.
@@ -146,6 +147,8 @@ fn read_push(map: &Map) -> Result<Push, String> {
         ttl_secs: read_ttl(map)?,
         app: read_app(map)?,
         lane: read_lane(map)?,
+        kind: read_kind(map)?,
+        held: None,
     };
     // A push to a device token may reach Apple through either provider: FCM forwards
     // the same `apns` object to Apple and limits messages to 4 KB too, so Apple's rules
@@ -313,6 +316,16 @@ fn read_lane(map: &Map) -> Result<Option<Lane>, String> {
         .ok_or_else(|| format!("`lane` must be \"urgent\", \"normal\" or \"bulk\", got {lane:?}"))
 }
 
+/// `kind`: "ad" or "info".
+fn read_kind(map: &Map) -> Result<Option<Kind>, String> {
+    let Some(kind) = optional_text(map, "kind")? else {
+        return Ok(None);
+    };
+    Kind::parse(&kind)
+        .map(Some)
+        .ok_or_else(|| format!("`kind` must be \"ad\" or \"info\", got {kind:?}"))
+}
+
 /// `ttl`: whole seconds, 1 to four weeks.
 fn read_ttl(map: &Map) -> Result<Option<u64>, String> {
     match map.get("ttl").map(Dynamic::flatten_clone) {
@@ -392,6 +405,8 @@ mod tests {
                     ttl_secs: None,
                     app: None,
                     lane: None,
+                    kind: None,
+                    held: None,
                 }
             })
         );
@@ -413,7 +428,7 @@ mod tests {
     fn unknown_keys_are_rejected() {
         assert_eq!(
             decision_error("  let d = send_token(\"t\", \"\", \"\");\n  d.titel = \"x\";\n  d"),
-            "unknown key `titel` in the decision (allowed: action, token, topic, condition, title, body, image, data, android, apns, at, now, reason, ttl, app, lane)"
+            "unknown key `titel` in the decision (allowed: action, token, topic, condition, title, body, image, data, android, apns, at, now, reason, ttl, app, lane, kind)"
         );
     }
 
@@ -469,6 +484,21 @@ mod tests {
             afternoon(),
         );
         assert!(topic.is_ok(), "{topic:?}");
+    }
+
+    #[test]
+    fn a_script_may_mark_a_push_as_an_ad_and_nothing_else() {
+        let decided = run_body(
+            "  let d = send_token(\"t\", \"\", \"\");\n  d.kind = \"ad\";\n  d",
+            &sample(),
+            afternoon(),
+        )
+        .unwrap();
+        assert!(matches!(decided, Decision::Send { push } if push.is_ad()));
+        assert_eq!(
+            decision_error("  let d = send_token(\"t\", \"\", \"\");\n  d.kind = \"promo\";\n  d"),
+            "`kind` must be \"ad\" or \"info\", got \"promo\""
+        );
     }
 
     #[test]

@@ -80,5 +80,7 @@ pub(super) fn token_push(token: &str) -> Push {
         ttl_secs: None,
         app: None,
         lane: None,
+        kind: None,
+        held: None,
     }
 }

@@ -67,6 +67,8 @@ pub struct Apps {
     changing: tokio::sync::Mutex<()>,
     dry_run_ports: RwLock<Vec<String>>,
     cancel: CancellationToken,
+    /// The ad gate every sender applies again to an ad when it comes due.
+    ads: crate::ads::LiveGate,
 }
 
 impl Apps {
@@ -75,6 +77,7 @@ impl Apps {
         config: &Config,
         store: Store,
         stored: Arc<Notify>,
+        ads: crate::ads::LiveGate,
     ) -> anyhow::Result<Arc<Apps>> {
         let outcomes = store.dedicated(
             config.redis.ack_replicas,
@@ -91,6 +94,7 @@ impl Apps {
             changing: tokio::sync::Mutex::new(()),
             dry_run_ports: RwLock::new(dry_run_ports(config)),
             cancel: CancellationToken::new(),
+            ads,
         });
         for app in config.apps() {
             let running = apps.launch(config, app)?;
@@ -119,6 +123,7 @@ impl Apps {
             Policy::from_config(app),
             self.zone,
             wake.clone(),
+            self.ads.clone(),
         );
         if let Ok(ports) = self.dry_run_ports.read() {
             sender.set_dry_run_ports(ports.iter().cloned());

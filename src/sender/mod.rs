@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::now_ms;
+use crate::ads::{Consents, LiveGate, Verdict};
 use crate::config::{AppConfig, Bucket};
 use crate::fcm::{self, Answer, Retry};
 use crate::metrics::{labels, metrics};
@@ -44,6 +44,8 @@ pub use health::{Health, HealthView};
 const CLAIM_BATCH: usize = 256;
 /// Most outcomes written in one round trip.
 const FINISH_BATCH: usize = 512;
+/// How long an ad waits when the consent registry could not be read (ms).
+const AD_CONSENT_RETRY_MS: i64 = 5_000;
 /// How often an idle sender looks for records that became due (reserved times).
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
@@ -119,6 +121,9 @@ pub struct Sender {
     health: Health,
     /// Devices over their own quota, held back.
     devices: devices::DeviceHolds,
+    /// The ad gate, applied again to an ad when it comes due (consent may have been
+    /// withdrawn, or the night window begun), and the clock the sender reads.
+    ads: LiveGate,
 }
 
 impl Sender {
@@ -131,6 +136,7 @@ impl Sender {
         policy: Policy,
         zone: chrono_tz::Tz,
         wake: Arc<Notify>,
+        ads: LiveGate,
     ) -> Arc<Sender> {
         let accepted = metrics()
             .sends
@@ -152,7 +158,13 @@ impl Sender {
             accepted,
             health: Health::default(),
             devices: devices::DeviceHolds::default(),
+            ads,
         })
+    }
+
+    /// Now, by the clock the ad gate reads (a test may have shifted it).
+    fn now_ms(&self) -> i64 {
+        self.ads.now_ms()
     }
 
     pub fn set_dry_run_ports(&self, ports: impl IntoIterator<Item = String>) {
@@ -194,7 +206,8 @@ impl Sender {
         {
             tracing::warn!(app = %self.policy.app, ?delay, "project quota exceeded: pausing the app's new sends");
             *paused = Some(until);
-            self.health.slowed(now_ms() + delay.as_millis() as i64);
+            self.health
+                .slowed(crate::clock::now_ms() + delay.as_millis() as i64);
         }
     }
 
@@ -243,7 +256,7 @@ impl Sender {
                     Err(_) => break,
                 }
             }
-            let now = now_ms();
+            let now = self.now_ms();
             let lease_until = now + self.policy.lease.as_millis() as i64;
             let claim = self
                 .store
@@ -280,12 +293,14 @@ impl Sender {
                 continue;
             }
             let dead = self.dead_tokens(&claimed).await;
+            let consents = self.ad_consents(&claimed).await;
             for (claim, permit) in claimed.into_iter().zip(permits) {
                 let this = self.clone();
                 let done = done.clone();
                 let dead_since = claim.record.token().and_then(|t| dead.get(t).copied());
+                let ad = self.ad_verdict(&claim, consents.as_ref());
                 sends.spawn(async move {
-                    let outcome = this.attempt(claim, dead_since).await;
+                    let outcome = this.attempt(claim, dead_since, ad).await;
                     let _ = done
                         .send(UnwrittenOutcome {
                             outcome,
@@ -318,8 +333,50 @@ impl Sender {
         }
     }
 
+    /// The ad consents of the claimed ads' customers, in one round trip; none when
+    /// the registry could not be read (the ads then wait, see [`Sender::ad_verdict`]).
+    async fn ad_consents(&self, claimed: &[Claimed]) -> Option<Consents> {
+        let csnos = claimed
+            .iter()
+            .filter(|c| c.record.push().is_some_and(Push::is_ad))
+            .map(|c| c.record.text("csno"));
+        match self.ads.consents(csnos).await {
+            Ok(found) => Some(found),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading ad consents; ads due now wait");
+                None
+            }
+        }
+    }
+
+    /// What the ad gate says of a claimed ad now (none for anything else): consent is
+    /// checked again, and so is the night window. Without `[ads]` an ad is not sent.
+    fn ad_verdict(&self, claim: &Claimed, consents: Option<&Consents>) -> Option<Verdict> {
+        if !claim.record.push().is_some_and(Push::is_ad) {
+            return None;
+        }
+        let now = self.now_ms();
+        let Some(gate) = self.ads.gate() else {
+            return Some(Verdict::Drop {
+                reason: "the push is an ad but the config has no [ads] section".into(),
+            });
+        };
+        Some(match consents {
+            Some(found) => gate.check(found.get(claim.record.text("csno")), now, now),
+            None => Verdict::Hold {
+                until_ms: now + AD_CONSENT_RETRY_MS,
+                reason: "the consent registry could not be read; trying again".into(),
+            },
+        })
+    }
+
     /// Send one claimed record (unless it cannot be) and decide what becomes of it.
-    async fn attempt(&self, claim: Claimed, dead_since: Option<i64>) -> Outcome {
+    async fn attempt(
+        &self,
+        claim: Claimed,
+        dead_since: Option<i64>,
+        ad: Option<Verdict>,
+    ) -> Outcome {
         let Claimed {
             id,
             lease,
@@ -334,6 +391,32 @@ impl Sender {
         let dry_run = self.is_dry_run(&port);
 
         let (status, retry_at, delivered, step) = match (push, dead_since) {
+            (Some(_), _) if let Some(Verdict::Drop { reason }) = &ad => (
+                Status::Dropped,
+                None,
+                false,
+                Step {
+                    counted: false,
+                    ..Step::local("AD_GATE", reason)
+                },
+            ),
+            // Held past its deadline, it would never go out: it ends expired, saying why.
+            (Some(_), _) if let Some(Verdict::Hold { until_ms, reason }) = &ad => {
+                let fits = *until_ms <= deadline_ms;
+                (
+                    if fits {
+                        Status::Scheduled
+                    } else {
+                        Status::Expired
+                    },
+                    fits.then_some(*until_ms),
+                    false,
+                    Step {
+                        counted: false,
+                        ..Step::local("AD_HELD", reason)
+                    },
+                )
+            }
             (None, _) => (
                 Status::Failed,
                 None,
@@ -358,7 +441,7 @@ impl Sender {
                 if let Some(until) = push
                     .target
                     .token()
-                    .and_then(|t| self.devices.held_until(t, now_ms()))
+                    .and_then(|t| self.devices.held_until(t, self.now_ms()))
                     && until <= deadline_ms =>
             {
                 (
@@ -377,7 +460,7 @@ impl Sender {
                     },
                 )
             }
-            (Some(_), None) if now_ms() >= deadline_ms => (
+            (Some(_), None) if self.now_ms() >= deadline_ms => (
                 Status::Expired,
                 None,
                 false,
@@ -400,7 +483,8 @@ impl Sender {
                 // VM stall) since claiming may find the lease nearly gone, and then
                 // must not send at all.
                 let margin = self.policy.lease.mul_f64(0.2).as_millis() as i64;
-                let deadline = Duration::from_millis((lease - margin - now_ms()).max(0) as u64);
+                let deadline =
+                    Duration::from_millis((lease - margin - self.now_ms()).max(0) as u64);
                 let answer = if deadline.is_zero() {
                     Answer::Refused {
                         class: fcm::ErrorClass::Transport,
@@ -444,7 +528,7 @@ impl Sender {
 
         // validate_only reaches FCM's checks but no phone.
         let delivered = delivered && !dry_run;
-        let now = now_ms();
+        let now = self.now_ms();
         record.status = status;
         // Quota answers and pushes never sent are not attempts: only the deadline ends those.
         record.attempts = attempts - u32::from(!step.counted);
@@ -521,7 +605,7 @@ impl Sender {
                     && let Target::Token(token) = &push.target
                 {
                     // Dead since Apple's 410 timestamp when it gives one; FCM gives none.
-                    let now = now_ms();
+                    let now = self.now_ms();
                     let since = crate::apns::answer::unregistered_at(&step.answer, now);
                     if let Err(e) = self
                         .store
@@ -539,14 +623,14 @@ impl Sender {
                     match (quota, push.target.token()) {
                         // The device's own limit: only its pushes wait.
                         (Some(fcm::QuotaScope::Device), Some(token)) => {
-                            let now = now_ms();
+                            let now = self.now_ms();
                             self.devices
                                 .hold(token, now + delay.as_millis() as i64, now)
                         }
                         _ => self.pause_for(delay),
                     }
                 }
-                let retry_at = now_ms() + delay.as_millis() as i64;
+                let retry_at = self.now_ms() + delay.as_millis() as i64;
                 let counted = attempts - u32::from(!step.counted);
                 if retry_at > deadline_ms {
                     (Status::Expired, None, false, step)

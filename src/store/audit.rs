@@ -19,6 +19,29 @@ impl Store {
         Ok(())
     }
 
+    /// Append several entries to the audit stream in one round trip.
+    pub async fn audit_many(&self, entries: &[Vec<(String, String)>]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(self.key("audit"))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(100_000)
+                .arg("*");
+            for (k, v) in entry {
+                cmd.arg(k).arg(v);
+            }
+            cmd.ignore();
+        }
+        let _: () = self.query_pipe(&pipe).await?;
+        Ok(())
+    }
+
     /// Audit entries newest first, from before `before` (a stream id) if given.
     pub async fn audit_entries(
         &self,

@@ -533,7 +533,7 @@ impl Store {
     }
 
     /// Delete every key under the prefix, in batches (never FLUSHDB), except the audit
-    /// log, console sessions and the id counter (ids are never reused, so a record
+    /// log, console sessions, the consent registry and the id counter (ids are never reused, so a record
     /// written meanwhile cannot collide with a key being deleted). Returns keys deleted.
     pub async fn flush(&self) -> Result<u64, StoreError> {
         let pattern = format!("{}*", self.prefix.replace('*', "\\*").replace('?', "\\?"));
@@ -551,8 +551,10 @@ impl Store {
                 )
                 .await?;
             // Kept: the audit trail, sessions, the id counter, and what the nodes share
-            // (operators' switches, port leases and their epochs, heartbeats).
+            // (operators' switches, port leases and their epochs, heartbeats), and the
+            // customers' ad consents (a legal record, not part of the push log).
             let keep = [
+                self.key("consent"),
                 self.key("audit"),
                 self.key("session:"),
                 self.key("seq"),

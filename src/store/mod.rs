@@ -18,6 +18,7 @@
 //! - `receipts.rs`: delivery receipts (the `receipts` hash every record read overlays).
 //! - `stats.rs`: per-port counters. `audit.rs`: the audit stream.
 //! - `console.rs`: console sessions and the sign-in throttle.
+//! - `consent.rs`: the customers' ad consents and the index by consent date.
 //! - `cluster.rs`: port leases, node heartbeats, operators' port switches, topology.
 //! - `managed.rs`: the `redis-server` pushgate starts itself (`[redis] managed`).
 //!
@@ -42,6 +43,8 @@
 //!   `bit:receipt:opened` index them for the log.
 //! - `stats:{port}:{unix minute}` / `stats:{port}:total`: counters for the console.
 //! - `events`: pub/sub channel announcing stored ids.
+//! - `consent`: hash csno → `ad|night` consents; `consent:ad`: zset of csno with ad
+//!   consent given, scored by when (unix ms). A flush keeps both.
 //!
 //! Nothing here reads a whole list or scans keys: each operation is O(log N + page).
 
@@ -49,6 +52,7 @@ mod audit;
 pub mod bitmaps;
 pub mod cluster;
 mod commit;
+pub mod consent;
 pub mod console;
 pub mod delivery;
 mod error;

@@ -88,6 +88,10 @@ struct StoredPush {
     #[serde(default)]
     lane: Option<crate::push::Lane>,
     #[serde(default)]
+    kind: Option<crate::push::Kind>,
+    #[serde(default)]
+    held: Option<String>,
+    #[serde(default)]
     same: Vec<String>,
 }
 
@@ -133,6 +137,8 @@ impl StoredPush {
             ttl_secs: self.ttl,
             app: self.app,
             lane: self.lane,
+            kind: self.kind,
+            held: self.held,
         }
     }
 }
@@ -249,6 +255,13 @@ impl Serialize for CompactPush<'_> {
         }
         if queue.lane != crate::push::Lane::Normal {
             map.serialize_entry("lane", &queue.lane)?;
+        }
+        // Informational is what an absent key reads as.
+        if p.is_ad() {
+            map.serialize_entry("kind", &crate::push::Kind::Ad)?;
+        }
+        if let Some(held) = &p.held {
+            map.serialize_entry("held", held)?;
         }
         let same: Vec<&str> = [
             (self.same_token, "token"),
@@ -418,5 +431,20 @@ mod tests {
             json!({"topic": "news"})
         );
         assert_eq!(decode(&encode(&record)).unwrap(), record);
+    }
+
+    #[test]
+    fn an_ads_kind_and_hold_reason_round_trip_and_info_is_left_out() {
+        let mut full = full();
+        full["decision"]["push"]["kind"] = json!("ad");
+        full["decision"]["push"]["held"] = json!("held: night");
+        let record = typed(full);
+        let stored: Value = serde_json::from_str(&encode(&record)).unwrap();
+        assert_eq!(stored["decision"]["push"]["kind"], "ad");
+        assert_eq!(decode(&encode(&record)).unwrap(), record);
+        let mut info = self::full();
+        info["decision"]["push"]["kind"] = json!("info");
+        let stored: Value = serde_json::from_str(&encode(&typed(info))).unwrap();
+        assert!(stored["decision"]["push"].get("kind").is_none());
     }
 }

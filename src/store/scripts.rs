@@ -57,6 +57,8 @@ pub(super) struct Scripts {
     pub legacy_queue: Script,
     /// `receipts.lua`: a batch of delivery receipts (first time per event, bits, counts).
     pub receipts: Script,
+    /// `consent_set.lua`: customers' ad consents and the index by consent date.
+    pub consent_set: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -77,6 +79,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     login_attempt: Script::new(lua!("login_attempt")),
     legacy_queue: Script::new(lua!("legacy_queue")),
     receipts: Script::new(lua!("counters", "receipts")),
+    consent_set: Script::new(lua!("consent_set")),
 });
 
 /// The store's scripts (built on first use).

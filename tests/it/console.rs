@@ -27,6 +27,7 @@ async fn every_page_answers_each_role_within_its_rights() {
         "/scripts",
         "/scripts/p",
         "/audit",
+        "/consents",
         "/log.csv",
     ];
     for role in ["viewer", "operator", "admin"] {
@@ -68,7 +69,13 @@ async fn nothing_is_served_without_a_session_except_open_paths() {
     let page = web.get("/").await;
     assert_eq!((page.status, page.location()), (303, "/login"));
     for path in [
-        "/log", "/push/1", "/scripts", "/audit", "/events", "/log.csv",
+        "/log",
+        "/push/1",
+        "/scripts",
+        "/audit",
+        "/consents",
+        "/events",
+        "/log.csv",
     ] {
         let page = web.request("GET", path, &[], &[]).await;
         assert_eq!(page.status, 401, "{path}");

@@ -1,5 +1,6 @@
 //! Integration tests: real redis-server processes, real sockets, the real binary.
 
+mod ads;
 mod api;
 mod apns;
 mod apps;

@@ -432,13 +432,33 @@ impl TestApp {
         scripts: &[(&str, &str)],
         edit: impl FnOnce(String) -> String,
     ) -> TestApp {
+        TestApp::clocked(
+            redis_url,
+            ports,
+            scripts,
+            edit,
+            pushgate::clock::Clock::system(),
+        )
+        .await
+    }
+
+    /// As [`TestApp::configured_at`], with the ad gate and the senders reading `clock`
+    /// (a shifted clock the test moves).
+    pub async fn clocked(
+        redis_url: &str,
+        ports: &str,
+        scripts: &[(&str, &str)],
+        edit: impl FnOnce(String) -> String,
+        clock: pushgate::clock::Clock,
+    ) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         write_scripts(dir.path(), scripts);
         let config_path = dir.path().join("pushgate.toml");
         let text = edit(config_text(redis_url, "127.0.0.1:0", ports))
             .replace("{dir}", &dir.path().display().to_string());
         std::fs::write(&config_path, text).unwrap();
-        let config = Config::load(&config_path).expect("test config is valid");
+        let mut config = Config::load(&config_path).expect("test config is valid");
+        config.clock = clock;
         let app = App::start(config, &config_path).await.expect("app starts");
         TestApp {
             dir,

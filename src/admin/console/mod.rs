@@ -12,8 +12,10 @@
 //! - `scripts`: the ports' route scripts; check, try, save, restore
 //! - `versions`: earlier versions of a script kept on disk, and a version's diff page
 //! - `audit`: the audit log
+//! - `consents`: customers' ad consents, and those due for re-confirmation
 
 mod audit;
+mod consents;
 mod dashboard;
 mod events;
 mod log;
@@ -208,6 +210,7 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
             versions::page(state, s, port, version).await
         }
         (&Method::GET, ["audit"]) => audit::page(state, s, &input).await,
+        (&Method::GET, ["consents"]) => consents::page(state, s, &input).await,
         _ => error_page(
             Some(s),
             StatusCode::NOT_FOUND,

@@ -222,9 +222,34 @@ pub(super) async fn reroute(
         fields: record.message_fields(),
     };
     let engine = state.engine.clone();
-    let queue = state.config().queue_of(&worker);
+    let config = state.config();
+    let origin = crate::ingest::Origin {
+        queue: config.queue_of(&worker),
+        kind: config.kind_of(&worker),
+        source: worker,
+    };
+    let consents = match state.ads.consents([record.text("csno")].into_iter()).await {
+        Ok(c) => c,
+        Err(e) => {
+            return error_page(
+                Some(session),
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("reading the customer's ad consent: {e}"),
+            );
+        }
+    };
+    let gate = state.ads.gate();
+    let now = state.ads.now_ms();
     let routed = match tokio::task::spawn_blocking(move || {
-        crate::ingest::route_message(&engine, &route, &worker, &queue, message)
+        crate::ingest::route_message(
+            &engine,
+            &route,
+            &origin,
+            gate.as_ref(),
+            &consents,
+            now,
+            message,
+        )
     })
     .await
     {

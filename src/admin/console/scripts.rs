@@ -11,7 +11,6 @@ use super::versions::{Version, list_versions, read_version, save_script};
 use super::{Chrome, Input, error_page, render};
 use crate::admin::auth::Session;
 use crate::admin::{AdminState, Reply};
-use crate::clock::now_ms;
 use crate::config::Role;
 
 struct ScriptRow {
@@ -128,9 +127,34 @@ pub(super) async fn page(
                 Ok(msg) => {
                     let engine = state.engine.clone();
                     let route = route.clone();
-                    let decided =
-                        tokio::task::spawn_blocking(move || engine.route(&route, &msg, now_ms()))
-                            .await;
+                    // The gate's effect is part of what Try shows: the sample customer's
+                    // consents, the port's kind, now by the gate's clock.
+                    let csno = msg.get("csno").and_then(Value::as_str).unwrap_or_default();
+                    let consents = state
+                        .ads
+                        .consents([csno].into_iter())
+                        .await
+                        .unwrap_or_default();
+                    let consent = consents.get(csno).cloned();
+                    let gate = state.ads.gate();
+                    let origin = crate::ingest::Origin {
+                        source: port_config.name.clone(),
+                        queue: port_config.queue(),
+                        kind: port_config.kind,
+                    };
+                    let now = state.ads.now_ms();
+                    let decided = tokio::task::spawn_blocking(move || {
+                        crate::ingest::decide(
+                            &engine,
+                            &route,
+                            &origin,
+                            gate.as_ref(),
+                            consent.as_ref(),
+                            now,
+                            &msg,
+                        )
+                    })
+                    .await;
                     match decided {
                         Ok(Ok(decision)) => {
                             serde_json::to_string_pretty(&decision).unwrap_or_default()
