@@ -18,8 +18,8 @@ test: deps-browser
 	$(CARGO) build --examples
 	$(CARGO) test --lib --bins --tests
 
-## Ingest, end to end, CPU and memory, the log at 1M records, urgent latency under a 1M bulk
-## drain at the rate cap; written to stdout (and target/bench/*.json).
+## Ingest, end to end, CPU and memory, the log at 1M records, APNs beside FCM, urgent latency
+## under a 1M bulk drain at the rate cap; written to stdout (and target/bench/*.json).
 bench: deps
 	$(CARGO) build --release --bin pushgate
 	$(CARGO) run --release --example bench

@@ -8,7 +8,9 @@
 //! 3. `budget`: Redis's CPU per push, the store driven directly.
 //! 4. `rss`: pushgate's memory and each process's CPU per push, as separate processes.
 //! 5. `log`: the console's log page at 10k, 100k and 1M records, and the old design.
-//! 6. `lanes`: urgent ack-to-accepted latency while 1,000,000 bulk pushes drain at the
+//! 6. `providers`: pushes per second to `sent` and each process's CPU per push with the
+//!    app on FCM and on APNs, each through its emulator, back to back (issue 14).
+//! 7. `lanes`: urgent ack-to-accepted latency while 1,000,000 bulk pushes drain at the
 //!    app's rate cap, and the cap measured at the emulator.
 //!
 //! Unless a part says otherwise, pushgate runs in-process with a managed redis-server
@@ -22,7 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pushgate::app::App;
-use pushgate::config::Config;
+use pushgate::config::{Config, Provider};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WINDOW: usize = 512;
@@ -50,6 +52,9 @@ fn main() -> anyhow::Result<()> {
         }
         if only.is_empty() || only == "log" {
             log_queries().await?;
+        }
+        if only.is_empty() || only == "providers" {
+            providers().await?;
         }
         if only.is_empty() || only == "lanes" {
             lanes().await?;
@@ -421,7 +426,7 @@ async fn ingest() -> anyhow::Result<()> {
     let (app, addr) = start(dir.path(), "").await?;
     for connections in [1, 8] {
         let (acked, elapsed, latencies) =
-            on_thread(move || load(addr, connections, Limit::Time(RUN)))?;
+            on_thread(move || load(addr, connections, Limit::Time(RUN), Provider::Fcm))?;
         let rate = acked as f64 / elapsed.as_secs_f64();
         println!(
             "ingest, {connections} connection(s): {acked} frames acked in {:.2} s = {rate:.0} frames/s",
@@ -526,60 +531,35 @@ async fn rss() -> anyhow::Result<()> {
     let Some(bin) = release_binary("pushgate RSS and CPU") else {
         return Ok(());
     };
-    let run = Separate::start(&bin, tempfile::tempdir()?, "", &[("bench", "")]).await?;
-    let port_addr = run.ports[0];
-    let mut con = run.redis.clone();
-    let (pid, redis_pid, emulator_pid) = (
-        run.pushgate_pid(),
-        run.redis_pid.clone(),
-        run.emulator_pid(),
-    );
-    let started = Instant::now();
+    let mut run = Separate::start(
+        &bin,
+        tempfile::tempdir()?,
+        Provider::Fcm,
+        "",
+        &[("bench", "")],
+    )
+    .await?;
+    let pid = run.pushgate_pid();
     let idle = proc_status_kib(&pid, "VmRSS:");
-    let cpu = |p: &str| cpu_seconds(p);
-    let before = [cpu(&pid), cpu(&redis_pid), cpu(&emulator_pid), cpu("self")];
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
-        .query_async(&mut con)
+        .query_async(&mut run.redis)
         .await?;
-    let load_started = Instant::now();
-    let per_connection = END_TO_END_PUSHES / 8;
-    let load = std::thread::spawn(move || load(port_addr, 8, Limit::Frames(per_connection)));
-    loop {
-        let sent: u64 = redis::cmd("BITCOUNT")
-            .arg("pushgate:bit:status:sent")
-            .query_async(&mut con)
-            .await?;
-        if sent >= END_TO_END_PUSHES {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(300),
-            "the run took over 5 minutes ({sent} sent)"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let wall = load_started.elapsed().as_secs_f64();
-    let after = [cpu(&pid), cpu(&redis_pid), cpu(&emulator_pid), cpu("self")];
-    let commands = command_stats(&mut con, END_TO_END_PUSHES).await?;
-    let _ = load.join();
+    let delivered = deliver(&mut run, Provider::Fcm).await?;
+    let commands = command_stats(&mut run.redis, END_TO_END_PUSHES).await?;
     let peak = proc_status_kib(&pid, "VmHWM:");
     drop(run);
-    let n = END_TO_END_PUSHES as f64;
-    let per_push: Vec<f64> = before
-        .iter()
-        .zip(after)
-        .map(|(b, a)| (a - b) * 1e6 / n)
-        .collect();
-    let total: f64 = per_push.iter().sum();
+    let per_push = delivered.cpu_us;
+    let total = delivered.total_cpu_us();
     println!(
         "pushgate process RSS: {} MiB idle, peak {} MiB while delivering {END_TO_END_PUSHES} pushes at full rate",
         idle / 1024,
         peak / 1024
     );
     println!(
-        "where the CPU goes, per push ({:.0} pushes/s to `sent` over {wall:.1} s): pushgate {:.1} µs, redis-server {:.1} µs, FCM emulator {:.1} µs, load generator {:.1} µs; total {total:.1} µs = at most {:.0} pushes/s on 2 cores",
-        n / wall,
+        "where the CPU goes, per push ({:.0} pushes/s to `sent` over {:.1} s): pushgate {:.1} µs, redis-server {:.1} µs, FCM emulator {:.1} µs, load generator {:.1} µs; total {total:.1} µs = at most {:.0} pushes/s on 2 cores",
+        delivered.per_second(),
+        delivered.wall,
         per_push[0],
         per_push[1],
         per_push[2],
@@ -600,14 +580,147 @@ async fn rss() -> anyhow::Result<()> {
         &serde_json::json!({
             "redis_commands_per_push": commands.iter().map(|c| serde_json::json!({"command": c.0, "calls": c.1, "usec": c.2})).collect::<Vec<_>>(),
             "idle_kib": idle, "peak_kib": peak, "pushes": END_TO_END_PUSHES,
-            "pushes_per_second": n / wall,
-            "cpu_us_per_push": {
-                "pushgate": per_push[0], "redis": per_push[1],
-                "emulator": per_push[2], "load_generator": per_push[3], "total": total,
-            },
+            "pushes_per_second": delivered.per_second(),
+            "cpu_us_per_push": delivered.cpu_json(),
             "ceiling_pushes_per_second_on_2_cores": 2e6 / total,
         }),
     )
+}
+
+/// How many times the `providers` part runs FCM then APNs.
+const PROVIDER_ROUNDS: usize = 2;
+
+/// APNs beside FCM (issue 14): the same 100,000 pushes over 8 connections, `WINDOW` frames
+/// in flight each, through the release pushgate to `sent`, once with the app `default`
+/// on FCM (the FCM emulator) and once on APNs (the APNs emulator, h2c, Apple's token
+/// rules), alternating, `PROVIDER_ROUNDS` times. Each run is a fresh pushgate, Redis and
+/// emulator, each a process of its own. Only the device tokens differ (150-character FCM
+/// tokens, 64-hex-digit APNs ones); the script is `transfer.rhai` for both.
+async fn providers() -> anyhow::Result<()> {
+    let Some(bin) = release_binary("providers") else {
+        return Ok(());
+    };
+    let http = reqwest::Client::new();
+    let mut runs = Vec::new();
+    for round in 1..=PROVIDER_ROUNDS {
+        for provider in [Provider::Fcm, Provider::Apns] {
+            let mut run =
+                Separate::start(&bin, tempfile::tempdir()?, provider, "", &[("bench", "")]).await?;
+            let delivered = deliver(&mut run, provider).await?;
+            let body = http
+                .get(format!("{}/stats", run.emulator_url))
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            let stats: serde_json::Value = serde_json::from_slice(&body)?;
+            drop(run);
+            let accepted = stats["accepted"].as_u64().unwrap_or(0);
+            anyhow::ensure!(
+                accepted == END_TO_END_PUSHES,
+                "{} emulator accepted {accepted} of {END_TO_END_PUSHES} (rejected: {})",
+                provider.as_str(),
+                stats["rejected"]
+            );
+            // Provider credentials minted in the run: FCM's OAuth tokens, APNs's JWTs.
+            let credentials = match provider {
+                Provider::Fcm => &stats["tokens_issued"],
+                Provider::Apns => &stats["tokens_seen"],
+            };
+            let cpu = delivered.cpu_us;
+            println!(
+                "providers, round {round}, {}: {END_TO_END_PUSHES} pushes `sent` in {:.2} s = {:.0} pushes/s; CPU per push: pushgate {:.1} µs, redis-server {:.1} µs, emulator {:.1} µs, load generator {:.1} µs; total {:.1} µs; provider tokens used {credentials}",
+                provider.as_str(),
+                delivered.wall,
+                delivered.per_second(),
+                cpu[0],
+                cpu[1],
+                cpu[2],
+                cpu[3],
+                delivered.total_cpu_us(),
+            );
+            runs.push(serde_json::json!({
+                "round": round, "provider": provider.as_str(), "pushes": END_TO_END_PUSHES,
+                "seconds_to_sent": delivered.wall, "pushes_per_second": delivered.per_second(),
+                "cpu_us_per_push": delivered.cpu_json(), "emulator_accepted": accepted,
+                "provider_tokens": credentials,
+            }));
+        }
+    }
+    write_json("providers", &serde_json::json!({ "runs": runs }))
+}
+
+/// One run of `END_TO_END_PUSHES` pushes to `sent` through [`Separate`] processes.
+struct Delivered {
+    /// Seconds from the first frame written until the last push was `sent`.
+    wall: f64,
+    /// CPU per push, µs: pushgate, redis-server, the emulator, this process (the load).
+    cpu_us: [f64; 4],
+}
+
+impl Delivered {
+    fn per_second(&self) -> f64 {
+        END_TO_END_PUSHES as f64 / self.wall
+    }
+
+    fn total_cpu_us(&self) -> f64 {
+        self.cpu_us.iter().sum()
+    }
+
+    fn cpu_json(&self) -> serde_json::Value {
+        let c = self.cpu_us;
+        serde_json::json!({
+            "pushgate": c[0], "redis": c[1], "emulator": c[2], "load_generator": c[3],
+            "total": self.total_cpu_us(),
+        })
+    }
+}
+
+/// Send `END_TO_END_PUSHES` pushes (device tokens of `provider`'s form) over 8 connections
+/// to `run`'s first port and wait until Redis counts all of them `sent`, reading each
+/// process's CPU time before and after.
+async fn deliver(run: &mut Separate, provider: Provider) -> anyhow::Result<Delivered> {
+    let port_addr = run.ports[0];
+    let pids = [
+        run.pushgate_pid(),
+        run.redis_pid.clone(),
+        run.emulator_pid(),
+        "self".to_owned(),
+    ];
+    let before = pids.clone().map(|p| cpu_seconds(&p));
+    let started = Instant::now();
+    let per_connection = END_TO_END_PUSHES / 8;
+    let load =
+        std::thread::spawn(move || load(port_addr, 8, Limit::Frames(per_connection), provider));
+    loop {
+        let sent: u64 = redis::cmd("BITCOUNT")
+            .arg("pushgate:bit:status:sent")
+            .query_async(&mut run.redis)
+            .await?;
+        if sent >= END_TO_END_PUSHES {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "the run took over 5 minutes ({sent} sent)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let after = pids.map(|p| cpu_seconds(&p));
+    let (acked, _, _) = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    anyhow::ensure!(
+        acked == END_TO_END_PUSHES,
+        "only {acked} of {END_TO_END_PUSHES} acked"
+    );
+    let n = END_TO_END_PUSHES as f64;
+    Ok(Delivered {
+        wall,
+        cpu_us: std::array::from_fn(|i| (after[i] - before[i]) * 1e6 / n),
+    })
 }
 
 /// Bulk pushes queued in the `lanes` part.
@@ -639,7 +752,7 @@ async fn lanes() -> anyhow::Result<()> {
         ("campaign", "lane = \"bulk\""),
         ("alerts", "lane = \"urgent\""),
     ];
-    let run = Separate::start(&bin, tempfile::tempdir()?, &fcm, &ports).await?;
+    let run = Separate::start(&bin, tempfile::tempdir()?, Provider::Fcm, &fcm, &ports).await?;
     let (campaign, alerts) = (run.ports[0], run.ports[1]);
     let mut con = run.redis.clone();
     let bulk_depth = |mut con: redis::aio::MultiplexedConnection| async move {
@@ -658,7 +771,8 @@ async fn lanes() -> anyhow::Result<()> {
 
     // The backlog, as fast as ingest takes it (8 connections, WINDOW frames in flight each).
     let ingest_from = unix_ms();
-    let load = std::thread::spawn(move || load(campaign, 8, Limit::Frames(LANES_BULK / 8)));
+    let load =
+        std::thread::spawn(move || load(campaign, 8, Limit::Frames(LANES_BULK / 8), Provider::Fcm));
     while !load.is_finished() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -941,9 +1055,10 @@ fn release_binary(part: &str) -> Option<std::path::PathBuf> {
     Some(bin)
 }
 
-/// pushgate (the release binary, `serve`) and the FCM emulator (`fcm-emulator
-/// --device-rate 0`), each a process of its own, with pushgate's managed Redis (AOF on) as
-/// its child and `transfer.rhai` on every port. Dropping it stops both (SIGTERM, then waits).
+/// pushgate (the release binary, `serve`) and an emulator (`fcm-emulator --device-rate 0`,
+/// or `apns-emulator` with Apple's token rules), each a process of its own, with pushgate's
+/// managed Redis (AOF on) as its child, the app `default` on that emulator and
+/// `transfer.rhai` on every port. Dropping it stops both (SIGTERM, then waits).
 struct Separate {
     /// The emulator, then pushgate.
     processes: Processes,
@@ -954,30 +1069,61 @@ struct Separate {
     /// pushgate's managed Redis, over its unix socket.
     redis: redis::aio::MultiplexedConnection,
     redis_pid: String,
-    /// The config, the service account and Redis's data; removed after both processes stop.
+    /// The config, the service account or `.p8`, and Redis's data; removed after both
+    /// processes stop.
     _dir: tempfile::TempDir,
 }
 
 impl Separate {
-    /// Start both in `dir` with `[fcm]` plus `fcm_extra` (TOML lines) and one `[[port]]`
-    /// per `(name, extra TOML lines)`, and wait until every port takes connections.
+    /// Start both in `dir`, the app `default` on `provider`'s emulator plus `app_extra` (TOML
+    /// lines), and one `[[port]]` per `(name, extra TOML lines)`; wait until the emulator
+    /// and every port take connections.
     async fn start(
         bin: &Path,
         dir: tempfile::TempDir,
-        fcm_extra: &str,
+        provider: Provider,
+        app_extra: &str,
         ports: &[(&str, &str)],
     ) -> anyhow::Result<Separate> {
         let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
         let (admin_addr, emulator_addr) = (free()?, free()?);
         let quiet = std::process::Stdio::null;
         let mut processes = Processes(Vec::new());
-        let emulator = std::process::Command::new(bin)
-            .args(["fcm-emulator", "--listen", &emulator_addr.to_string()])
-            // The loads cycle through a few thousand tokens, far above a device's 240 a
-            // minute: measure throughput and pace, not FCM's per-device quota.
-            .args(["--device-rate", "0"])
-            .arg("--write-service-account")
-            .arg(dir.path().join("sa.json"))
+        let mut emulator = std::process::Command::new(bin);
+        // The app `default`, and the file the emulator writes for it.
+        let (app, credentials) = match provider {
+            Provider::Fcm => {
+                // The loads cycle through a few thousand tokens, far above a device's 240 a
+                // minute: measure throughput and pace, not FCM's per-device quota.
+                emulator
+                    .args(["fcm-emulator", "--listen", &emulator_addr.to_string()])
+                    .args(["--device-rate", "0", "--write-service-account", "sa.json"]);
+                (
+                    format!(
+                        "[fcm]\nservice_account = \"sa.json\"\nendpoint = \"http://{emulator_addr}\"\n"
+                    ),
+                    "sa.json",
+                )
+            }
+            Provider::Apns => {
+                // Apple's token window (20 to 60 minutes) is the emulator's default; it has
+                // no per-device limit.
+                let (key_id, team_id, topic) = ("BENCHKEY01", "BENCHTEAM1", "kr.example.bench");
+                emulator
+                    .args(["apns-emulator", "--listen", &emulator_addr.to_string()])
+                    .args(["--write-key", "AuthKey.p8", "--key-id", key_id])
+                    .args(["--team-id", team_id, "--topic", topic]);
+                (
+                    format!(
+                        "[[app]]\nname = \"default\"\nprovider = \"apns\"\nendpoint = \"http://{emulator_addr}\"\n\
+                         key_file = \"AuthKey.p8\"\nkey_id = \"{key_id}\"\nteam_id = \"{team_id}\"\ntopic = \"{topic}\"\n"
+                    ),
+                    "AuthKey.p8",
+                )
+            }
+        };
+        let emulator = emulator
+            .current_dir(dir.path())
             .stdout(quiet())
             .stderr(quiet())
             .spawn()?;
@@ -987,8 +1133,7 @@ impl Separate {
             include_str!("../scripts/transfer.rhai"),
         )?;
         let mut config = format!(
-            "[redis]\nmanaged = true\ndir = \"redis\"\n[admin]\nlisten = \"{admin_addr}\"\n\
-             [fcm]\nservice_account = \"sa.json\"\nendpoint = \"http://{emulator_addr}\"\n{fcm_extra}\n"
+            "[redis]\nmanaged = true\ndir = \"redis\"\n[admin]\nlisten = \"{admin_addr}\"\n{app}{app_extra}\n"
         );
         let mut addrs = Vec::new();
         for (name, extra) in ports {
@@ -1001,10 +1146,13 @@ impl Separate {
         let config_path = dir.path().join("pushgate.toml");
         std::fs::write(&config_path, config)?;
         let started = Instant::now();
-        while !dir.path().join("sa.json").exists() {
+        while !dir.path().join(credentials).exists()
+            || tokio::net::TcpStream::connect(emulator_addr).await.is_err()
+        {
             anyhow::ensure!(
                 started.elapsed() < Duration::from_secs(30),
-                "the emulator did not start"
+                "the {} emulator did not start",
+                provider.as_str()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1028,7 +1176,14 @@ impl Separate {
             "redis+unix://{}",
             dir.path().join("redis/redis.sock").display()
         ))?;
-        let mut redis = client.get_multiplexed_async_connection().await?;
+        // redis-rs gives up on an answer after 500 ms by default; a Redis busy with an AOF
+        // rewrite under full load can take longer, which is no reason to end the run.
+        let patient = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_connection_timeout(Some(Duration::from_secs(10)));
+        let mut redis = client
+            .get_multiplexed_async_connection_with_config(&patient)
+            .await?;
         let info: String = redis::cmd("INFO")
             .arg("server")
             .query_async(&mut redis)
@@ -1169,7 +1324,8 @@ async fn end_to_end() -> anyhow::Result<()> {
     let store = app.store.clone();
     let started = Instant::now();
     let per_connection = END_TO_END_PUSHES / 8;
-    let load = std::thread::spawn(move || load(addr, 8, Limit::Frames(per_connection)));
+    let load =
+        std::thread::spawn(move || load(addr, 8, Limit::Frames(per_connection), Provider::Fcm));
     while store.count_bits("status", "sent").await? < END_TO_END_PUSHES {
         tokio::time::sleep(Duration::from_millis(20)).await;
         anyhow::ensure!(
@@ -1362,6 +1518,15 @@ fn on_thread<T: Send + 'static>(
         .map_err(|_| anyhow::anyhow!("load thread panicked"))?
 }
 
+/// Device `n`'s token as `provider` issues them: FCM's are 150 characters here (the length
+/// of real ones), Apple's 64 hex digits.
+fn device_token(provider: Provider, n: u64) -> String {
+    match provider {
+        Provider::Fcm => format!("fcm-token-{n:0>140}"),
+        Provider::Apns => format!("{n:064x}"),
+    }
+}
+
 /// How long each connection keeps sending.
 #[derive(Clone, Copy)]
 enum Limit {
@@ -1369,11 +1534,13 @@ enum Limit {
     Frames(u64),
 }
 
-/// Drive `connections` clients on a separate single-threaded runtime.
+/// Drive `connections` clients on a separate single-threaded runtime, their frames carrying
+/// device tokens of `provider`'s form.
 fn load(
     addr: SocketAddr,
     connections: usize,
     limit: Limit,
+    provider: Provider,
 ) -> anyhow::Result<(u64, Duration, Vec<Duration>)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1382,7 +1549,7 @@ fn load(
         let started = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..connections {
-            tasks.push(tokio::spawn(client(addr, c, started, limit)));
+            tasks.push(tokio::spawn(client(addr, c, started, limit, provider)));
         }
         let mut acked = 0;
         let mut latencies = Vec::new();
@@ -1402,6 +1569,7 @@ async fn client(
     id: usize,
     started: Instant,
     limit: Limit,
+    provider: Provider,
 ) -> anyhow::Result<(u64, Vec<Duration>)> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -1409,9 +1577,9 @@ async fn client(
     let run = std::process::id();
     let frame = |n: u64| {
         format!(
-            "{{\"uniqueKey\":\"b{run}-{id}-{n}\",\"csno\":\"{:010}\",\"device_id\":\"fcm-token-{:0>140}\",\"cust_telno\":\"010{:08}\",\"uuid_id\":\"u{n}\",\"msg_title\":\"이체 완료\",\"msg_contents\":\"{n}원이 입금되었습니다. 잔액을 확인하세요.\",\"D_servicename\":\"TRF\",\"push_grp_id\":\"\",\"sndn_rsev_hour\":\"\"}}\n",
+            "{{\"uniqueKey\":\"b{run}-{id}-{n}\",\"csno\":\"{:010}\",\"device_id\":\"{}\",\"cust_telno\":\"010{:08}\",\"uuid_id\":\"u{n}\",\"msg_title\":\"이체 완료\",\"msg_contents\":\"{n}원이 입금되었습니다. 잔액을 확인하세요.\",\"D_servicename\":\"TRF\",\"push_grp_id\":\"\",\"sndn_rsev_hour\":\"\"}}\n",
             n % 100_000,
-            n % 5000,
+            device_token(provider, n % 5000),
             n % 10_000_000
         )
     };
