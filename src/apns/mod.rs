@@ -359,6 +359,7 @@ mod tests {
             ttl_secs: Some(600),
             app: None,
             lane: None,
+            fallback: Vec::new(),
         }
     }
 

@@ -602,6 +602,7 @@ mod tests {
             ttl_secs: None,
             app: None,
             lane: None,
+            fallback: Vec::new(),
         }
     }
 

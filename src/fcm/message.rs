@@ -175,6 +175,7 @@ mod tests {
             ttl_secs: Some(60),
             app: None,
             lane: None,
+            fallback: Vec::new(),
         };
         let expiry = Expiry::of(1_000_060_000, 1_000_000_000);
         assert_eq!(
@@ -205,6 +206,7 @@ mod tests {
             ttl_secs: None,
             app: None,
             lane: None,
+            fallback: Vec::new(),
         };
         assert_eq!(
             serde_json::to_value(Message::for_push(&push)).unwrap(),
@@ -221,6 +223,7 @@ mod tests {
             ttl_secs: None,
             app: None,
             lane: None,
+            fallback: Vec::new(),
         };
         assert_eq!(
             serde_json::to_value(Message::for_push(&bare)).unwrap(),
@@ -245,6 +248,7 @@ mod tests {
             ttl_secs: None,
             app: None,
             lane: None,
+            fallback: Vec::new(),
         };
         let message = Message::for_push(&push);
         let body = SendRequest {

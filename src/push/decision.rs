@@ -46,6 +46,10 @@ pub struct Push {
     /// Its lane (the script's `lane`, else its port's or API key's); none = normal.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub lane: Option<Lane>,
+    /// Its fallback ladder (the script's `fallback`): the `[[fallback]]` rungs tried in
+    /// order when the push cannot reach the customer. Empty = no fallback.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub fallback: Vec<String>,
 }
 
 impl Target {
@@ -59,6 +63,12 @@ impl Target {
 }
 
 impl Push {
+    /// A push with no token to send to: allowed only with a fallback ladder, which the
+    /// sender starts at once (the push ends `dropped`, reason `NO_TOKEN`).
+    pub fn has_no_token(&self) -> bool {
+        matches!(&self.target, Target::Token(t) if t.trim().is_empty())
+    }
+
     /// The queue it waits in.
     pub fn queue(&self) -> Queue {
         Queue::new(

@@ -15,5 +15,5 @@ pub mod status;
 
 pub use decision::{Decision, Push, Target};
 pub use queue::{DEFAULT_APP, Lane, Queue};
-pub use record::{Attempt, Record};
+pub use record::{Attempt, Record, RungAttempt, RungOutcome};
 pub use status::Status;

@@ -88,6 +88,8 @@ struct StoredPush {
     #[serde(default)]
     lane: Option<crate::push::Lane>,
     #[serde(default)]
+    fallback: Vec<String>,
+    #[serde(default)]
     same: Vec<String>,
 }
 
@@ -133,6 +135,7 @@ impl StoredPush {
             ttl_secs: self.ttl,
             app: self.app,
             lane: self.lane,
+            fallback: self.fallback,
         }
     }
 }
@@ -250,6 +253,9 @@ impl Serialize for CompactPush<'_> {
         if queue.lane != crate::push::Lane::Normal {
             map.serialize_entry("lane", &queue.lane)?;
         }
+        if !p.fallback.is_empty() {
+            map.serialize_entry("fallback", &p.fallback)?;
+        }
         let same: Vec<&str> = [
             (self.same_token, "token"),
             (self.same_title, "title"),
@@ -312,6 +318,9 @@ impl Serialize for Compact<'_> {
         }
         if r.legal_hold {
             map.serialize_entry("legal_hold", &true)?;
+        }
+        if !r.fallback.is_empty() {
+            map.serialize_entry("fallback", &r.fallback)?;
         }
         if let Some(at) = r.requeued_at {
             map.serialize_entry("requeued_at", &at)?;
@@ -385,6 +394,24 @@ mod tests {
             (json!(1), json!("Y"))
         );
         assert_eq!(decode(&encode(&record)).unwrap(), record);
+    }
+
+    #[test]
+    fn a_fallback_ladder_and_its_rung_attempts_round_trip() {
+        let mut full = full();
+        full["decision"]["push"]["fallback"] = json!(["alimtalk", "sms"]);
+        full["fallback"] = json!([
+            {"rung": "alimtalk", "at": 5, "attempt": 1, "http": 400, "outcome": "failed",
+             "answer": "{\"code\":\"REJECTED\"}"},
+            {"rung": "sms", "at": 6, "attempt": 1, "http": 200, "outcome": "sent"}
+        ]);
+        let record = typed(full.clone());
+        assert_eq!(record.next_rung(None), Some("alimtalk"));
+        assert_eq!(record.next_rung(Some("alimtalk")), Some("sms"));
+        assert_eq!(record.next_rung(Some("sms")), None);
+        let stored = encode(&record);
+        assert_eq!(decode(&stored).unwrap(), record);
+        assert_eq!(decode(&stored).unwrap().to_json(), full);
     }
 
     #[test]
