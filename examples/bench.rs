@@ -1247,6 +1247,8 @@ fn sent_outcomes(
                 delivered: true,
                 port: "bench".into(),
                 at_ms: now,
+                fallback: None,
+                watch_receipt: false,
             }
         })
         .collect()

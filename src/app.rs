@@ -35,6 +35,8 @@ pub struct App {
     writer_task: tokio::task::JoinHandle<()>,
     node_task: tokio::task::JoinHandle<()>,
     apps: Arc<Apps>,
+    /// The fallback rungs' senders and the receipt-timeout scan.
+    fallback: crate::fallback::RungSenders,
     retention: tokio::task::JoinHandle<()>,
     managed: Option<ManagedRedis>,
 }
@@ -108,6 +110,7 @@ pub fn engine_for(config: &Config) -> RouteEngine {
     };
     let engine = RouteEngine::new(limits, config.zone());
     engine.set_apps(config.apps().map(|a| a.name.clone()));
+    engine.set_rungs(config.fallbacks.iter().map(|r| r.name.clone()));
     engine
 }
 
@@ -172,6 +175,15 @@ impl App {
             stored.clone(),
         );
         let apps = Apps::start(&config, store.clone(), stored).await?;
+        // Receipts (`[receipts] timeout_secs`) are not on this branch: the lead wires the
+        // timeout here and in `reload` (`RungSenders::set_receipt_timeout`).
+        let fallback = crate::fallback::RungSenders::start(
+            store.clone(),
+            &config.fallbacks,
+            &config.base_dir,
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
         let engine = Arc::new(engine_for(&config));
         let listener = tokio::net::TcpListener::bind(config.admin.listen)
             .await
@@ -236,6 +248,7 @@ impl App {
             writer_task,
             node_task,
             apps,
+            fallback,
             retention,
             managed,
         })
@@ -244,6 +257,11 @@ impl App {
     /// The running apps' senders.
     pub fn apps(&self) -> &Arc<Apps> {
         &self.apps
+    }
+
+    /// The fallback rungs' senders.
+    pub fn fallback(&self) -> &crate::fallback::RungSenders {
+        &self.fallback
     }
 
     /// The config as currently running.
@@ -269,6 +287,9 @@ impl App {
         self.admin_state
             .engine
             .set_apps(new.apps().map(|a| a.name.clone()));
+        if new.fallbacks != current.fallbacks {
+            tracing::warn!("reload: [[fallback]] changes take effect at the next restart");
+        }
         if new.script != current.script || new.zone != current.zone {
             tracing::warn!("reload: script limits and zone take effect at the next restart");
         }
@@ -306,6 +327,7 @@ impl App {
         self.writer_task.abort();
         self.retention.abort();
         self.apps.stop().await;
+        self.fallback.stop().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.admin_task).await;
         if let Some(managed) = self.managed {
             managed.shutdown().await;

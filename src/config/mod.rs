@@ -17,6 +17,7 @@
 mod admin;
 mod app;
 mod diff;
+mod fallback;
 mod node;
 mod port;
 mod redis;
@@ -26,6 +27,7 @@ mod store;
 pub use admin::{AdminConfig, ApiKey, ConsoleConfig, MAX_USER_NAME, Role, Scope, User};
 pub use app::{AppConfig, Bucket, Provider};
 pub use diff::PortChanges;
+pub use fallback::FallbackConfig;
 pub use node::NodeConfig;
 pub use port::{FramingKind, Mode, Payload, PortConfig};
 pub use redis::{AppendFsync, RedisConfig};
@@ -82,6 +84,10 @@ pub struct Config {
     pub users: Vec<User>,
     #[serde(rename = "port")]
     pub ports: Vec<PortConfig>,
+    /// The rungs a push's fallback ladder may name (Alimtalk, SMS through the firm's
+    /// messaging gateway).
+    #[serde(rename = "fallback")]
+    pub fallbacks: Vec<FallbackConfig>,
     /// Directory the file was read from; relative paths (scripts, redis dir) resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -102,6 +108,7 @@ impl Default for Config {
             console: ConsoleConfig::default(),
             users: Vec::new(),
             ports: Vec::new(),
+            fallbacks: Vec::new(),
             base_dir: PathBuf::new(),
         }
     }
@@ -264,6 +271,13 @@ impl Config {
                     &mut out,
                 );
             }
+        }
+        let mut rung_names = BTreeSet::new();
+        for rung in &self.fallbacks {
+            if !rung_names.insert(rung.name.as_str()) {
+                out.push(format!("fallback {:?}: name is used twice", rung.name));
+            }
+            rung.problems(&mut out);
         }
         self.store.problems(&mut out);
         self.script.problems(&mut out);

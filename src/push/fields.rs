@@ -33,6 +33,7 @@ pub const RESERVED_FIELDS: &[&str] = &[
     "dry_run",
     "legal_hold",
     "requeued_at",
+    "fallback",
 ];
 
 /// Fields indexed by a zset of ids per value (many distinct values).

@@ -12,6 +12,7 @@
 //!   group-commit writer ([`Committer`]).
 //! - `record.rs`: the compact form of a stored record (`rec:{id}`).
 //! - `delivery.rs`: claiming due records under a lease, writing outcomes, dead tokens.
+//! - `fallback.rs`: the fallback rungs' queues (claim, outcome, the receipt-timeout scan).
 //! - `log.rs`: the push log as the console reads and searches it; resend; flush.
 //! - `bitmaps.rs`: which message field values earn a bitmap index.
 //! - `retention.rs`: removing old records with their index entries; legal hold.
@@ -36,6 +37,10 @@
 //!   bitmaps it cleared bits in, to delete those left empty.
 //! - `due`: zset of ids to send, scored by unix ms; `inflight`: zset of claimed ids,
 //!   scored by their lease's end (unix ms).
+//! - `fq:{rung}`: zset of ids due on a fallback rung (unix ms); `fqinflight:{rung}`: its
+//!   claimed ids, scored by their lease's end; `fallback:watch`: ids sent with a fallback
+//!   ladder, scored by when, until their receipt timeout; `bit:fallback:{rung}:{outcome}`:
+//!   where each push stands on each rung.
 //! - `stats:{port}:{unix minute}` / `stats:{port}:total`: counters for the console.
 //! - `events`: pub/sub channel announcing stored ids.
 //!
@@ -48,6 +53,7 @@ mod commit;
 pub mod console;
 pub mod delivery;
 mod error;
+pub mod fallback;
 mod link;
 pub mod log;
 pub mod managed;

@@ -55,6 +55,13 @@ pub(super) struct Scripts {
     pub login_attempt: Script,
     /// `legacy_queue.lua`: the first stage's `due` into the default app's normal queue.
     pub legacy_queue: Script,
+    /// `fallback_claim.lua`: one fallback rung's due records to its `fqinflight` under a
+    /// lease; expired leases back to its queue.
+    pub fallback_claim: Script,
+    /// `fallback_outcome.lua`: rung outcomes, fenced by the lease; the next rung queued.
+    pub fallback_outcome: Script,
+    /// `fallback_watch.lua`: pushes sent without a receipt in time onto their first rung.
+    pub fallback_watch: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -74,6 +81,9 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     renew_port: Script::new(lua!("renew_port")),
     login_attempt: Script::new(lua!("login_attempt")),
     legacy_queue: Script::new(lua!("legacy_queue")),
+    fallback_claim: Script::new(lua!("fallback_claim")),
+    fallback_outcome: Script::new(lua!("fallback_outcome")),
+    fallback_watch: Script::new(lua!("fallback_watch")),
 });
 
 /// The store's scripts (built on first use).

@@ -338,6 +338,8 @@ fn sent(claim: &Claimed, at_ms: i64) -> Outcome {
         delivered: true,
         port: "p".into(),
         at_ms,
+        fallback: None,
+        watch_receipt: false,
     }
 }
 
