@@ -50,7 +50,8 @@ pub struct GatewayEmulatorArgs {
     /// A channel (alimtalk, sms) that refuses every message for good (400).
     #[arg(long = "fail-channel")]
     pub fail_channels: Vec<String>,
-    /// Delay before each answer.
+    /// Delay before each answer, after the message was taken: a client that dies while
+    /// waiting leaves a sent message behind, as with a real gateway.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
 }
@@ -227,9 +228,6 @@ fn refusal(status: StatusCode, code: &str, message: &str) -> (StatusCode, Value)
 
 impl super::server::Handler for State {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
-        }
         let path = req.uri().path().trim_start_matches('/').to_owned();
         if req.method() == Method::GET && path == "stats" {
             let stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
@@ -271,6 +269,9 @@ impl super::server::Handler for State {
             }
         };
         let (status, body) = self.message(channel, key.as_deref(), json_type, body);
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         answer(status, &body)
     }
 }
