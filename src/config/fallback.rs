@@ -186,6 +186,20 @@ rate = 50
     }
 
     #[test]
+    fn the_worked_configuration_in_operations_md_loads() {
+        let doc = include_str!("../../docs/operations.md");
+        let section = &doc[doc
+            .find("### Fallback to Alimtalk and SMS")
+            .expect("the section")..];
+        let start = section.find("```toml\n").expect("a toml block") + 8;
+        let block = &section[start..];
+        let block = &block[..block.find("```").expect("the block's end")];
+        let config = parse(block).expect("the documented configuration is valid");
+        let names: Vec<&str> = config.fallbacks.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["alimtalk", "sms"]);
+    }
+
+    #[test]
     fn bad_rungs_are_named_with_what_is_wrong() {
         let text = format!(
             "{RUNGS}\n[[fallback]]\nname = \"sms\"\nurl = \"ftp://x\"\nbody = {{ to = \"{{{{password}}}}\" }}\nmax_in_flight = 0\n"

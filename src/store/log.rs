@@ -35,6 +35,9 @@ pub struct LogQuery {
     pub app: Option<String>,
     /// Only pushes in this lane.
     pub lane: Option<String>,
+    /// Only pushes whose fallback rung stands so, as `{rung}:{outcome}` (`sms:sent`):
+    /// the bitmap `bit:fallback:{rung}:{outcome}`. Checked by [`parse_fallback_filter`].
+    pub fallback: Option<String>,
     /// Received between these (unix ms, inclusive).
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
@@ -44,14 +47,22 @@ pub struct LogQuery {
     pub per_page: u64,
 }
 
+/// A fallback filter `{rung}:{outcome}` (`alimtalk:failed`), if well formed.
+pub fn parse_fallback_filter(value: &str) -> Option<(&str, crate::push::RungOutcome)> {
+    let (rung, outcome) = value.split_once(':')?;
+    crate::push::queue::is_app_name(rung).then_some(())?;
+    Some((rung, crate::push::RungOutcome::parse(outcome)?))
+}
+
 impl LogQuery {
     /// The bitmap filters asked for besides the searched field, as (field, value):
-    /// status, app, lane.
+    /// status, app, lane, fallback.
     fn filters(&self) -> impl Iterator<Item = (&'static str, &str)> {
         [
             ("status", &self.status),
             ("app", &self.app),
             ("lane", &self.lane),
+            ("fallback", &self.fallback),
         ]
         .into_iter()
         .filter_map(|(field, value)| Some((field, value.as_deref()?)))
@@ -64,6 +75,11 @@ impl LogQuery {
         self.filters().all(|(field, value)| match field {
             "status" => record.status.as_str() == value,
             "app" => queue.as_ref().is_some_and(|q| q.app == value),
+            "fallback" => parse_fallback_filter(value).is_some_and(|(rung, outcome)| {
+                (record.fallback.iter().rev())
+                    .find(|a| a.rung == rung)
+                    .is_some_and(|a| a.outcome == outcome)
+            }),
             _ => queue.as_ref().is_some_and(|q| q.lane.as_str() == value),
         })
     }

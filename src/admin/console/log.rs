@@ -101,6 +101,8 @@ fn log_query(
         status: Status::resting(status).map(|s| s.as_str().to_owned()),
         app: (!app.is_empty()).then(|| app.to_owned()),
         lane: Lane::parse(input.get("lane")).map(|l| l.as_str().to_owned()),
+        fallback: crate::store::log::parse_fallback_filter(input.get("fallback"))
+            .map(|_| input.get("fallback").to_owned()),
         from_ms: parse_time("from")?,
         to_ms: parse_time("to")?,
         oldest_first: input.get("order") == "oldest",
@@ -109,10 +111,12 @@ fn log_query(
     };
     let base: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(
-            ["field", "q", "status", "app", "lane", "from", "to", "order"]
-                .iter()
-                .map(|k| (*k, input.get(k)))
-                .filter(|(_, v)| !v.is_empty()),
+            [
+                "field", "q", "status", "app", "lane", "fallback", "from", "to", "order",
+            ]
+            .iter()
+            .map(|k| (*k, input.get(k)))
+            .filter(|(_, v)| !v.is_empty()),
         )
         .finish();
     Ok((query, base))
