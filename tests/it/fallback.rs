@@ -160,7 +160,19 @@ async fn a_dead_token_falls_to_alimtalk_once_and_the_ladder_stops_there() {
         .getbit("pg:bit:fallback:alimtalk:sent", id as usize)
         .unwrap();
     assert_eq!(bit, 1);
+
+    // Retention removes the rung's bits with the record (prune.lua).
+    let store = app.app().store.clone();
     app.shutdown().await;
+    let pruned = store
+        .prune(pushgate::clock::now_ms() + 1000, 100)
+        .await
+        .unwrap();
+    assert_eq!(pruned.removed, 2);
+    let bit: u8 = con
+        .getbit("pg:bit:fallback:alimtalk:sent", id as usize)
+        .unwrap();
+    assert_eq!(bit, 0, "the rung's bit leaves with the record");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,4 +359,59 @@ async fn sigkill_mid_fallback_then_restart_sends_each_rung_once_and_repeats_at_m
         "fallback crash test: killed with {at_kill} of {total} sent; {repeated} asked again after the restart (duplicates {})",
         stats.duplicates
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_gateway_is_retried_to_the_rungs_deadline_then_the_next_rung_is_tried() {
+    let redis = RedisServer::start();
+    let fcm = emulator(&["--unregistered-prefix", "dead-"]).await;
+    let gw = gateway(&["--fail-500", "1"]).await;
+    let keys = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{}\n{}",
+        fcm_table(&fcm, keys.path(), ""),
+        rungs(&gw.base_url(), "max_age_secs = 1")
+    );
+    let app = TestApp::start_with(
+        &redis,
+        &port_block("p", "ladder.rhai", ""),
+        &[("ladder.rhai", LADDER)],
+        &extra,
+    )
+    .await;
+    let addr = app.port_addr("p").await;
+    send_messages(addr, &[to("ex-1", "dead-x")]).await;
+    let record = wait_rung(&app, "ex-1", "sms", "expired").await;
+    let ladder = rungs_of(&record);
+    let expired_at = |rung: &str| {
+        ladder
+            .iter()
+            .position(|(r, o)| r == rung && o == "expired")
+            .unwrap_or_else(|| panic!("{rung} expired: {ladder:?}"))
+    };
+    let (alimtalk_end, sms_end) = (expired_at("alimtalk"), expired_at("sms"));
+    assert!(alimtalk_end < sms_end, "{ladder:?}");
+    assert!(
+        ladder[..alimtalk_end]
+            .iter()
+            .all(|(r, o)| r == "alimtalk" && o == "retrying")
+            && alimtalk_end >= 2,
+        "Alimtalk retried before it expired: {ladder:?}"
+    );
+    assert_eq!(record["fallback"][0]["http"], 500);
+    let stats = gw.stats();
+    assert_eq!(stats.sends, 0);
+    // Every attempt that asked the gateway is on the record (the last may have found
+    // the deadline already passed, and asked nothing).
+    let asked = record["fallback"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["rung"] == "alimtalk" && a["http"] == 500)
+        .count();
+    assert_eq!(
+        stats.keys["ex-1:alimtalk"].requests as usize, asked,
+        "one request per attempt: {stats:?}"
+    );
+    app.shutdown().await;
 }
