@@ -270,6 +270,13 @@ impl RungSender {
         } else {
             self.send(&record, attempt, lease, deadline_ms).await
         };
+        crate::metrics::metrics()
+            .fallback_sends
+            .get_or_create(&crate::metrics::labels(&[
+                ("rung", &self.name),
+                ("outcome", outcome.as_str()),
+            ]))
+            .inc();
         record.remember_rung(RungAttempt {
             rung: self.name.clone(),
             at: now_ms(),
