@@ -23,7 +23,7 @@ use crate::clock::now_ms;
 use crate::config::FallbackConfig;
 use crate::push::{Record, RungAttempt, RungOutcome};
 use crate::store::Store;
-use crate::store::fallback::{RungClaim, RungResult};
+use crate::store::fallback::{RungClaim, RungResult, RungWrite};
 
 use super::template::Template;
 
@@ -232,6 +232,7 @@ impl RungSender {
             id,
             lease,
             mut record,
+            text: base,
         } = claim;
         let mine: Vec<&RungAttempt> = record
             .fallback
@@ -248,7 +249,9 @@ impl RungSender {
                 id,
                 lease,
                 rung: self.name.clone(),
+                base,
                 record,
+                added: None,
                 outcome,
                 retry_at_ms: None,
                 next_rung: None,
@@ -277,14 +280,15 @@ impl RungSender {
                 ("outcome", outcome.as_str()),
             ]))
             .inc();
-        record.remember_rung(RungAttempt {
+        let added = RungAttempt {
             rung: self.name.clone(),
             at: now_ms(),
             attempt,
             http,
             outcome,
             answer,
-        });
+        };
+        record.remember_rung(added.clone());
         let next_rung = if outcome.falls_through() {
             record.next_rung(Some(&self.name)).map(str::to_owned)
         } else {
@@ -294,7 +298,9 @@ impl RungSender {
             id,
             lease,
             rung: self.name.clone(),
+            base,
             record,
+            added: Some(added),
             outcome,
             retry_at_ms: retry_at,
             next_rung,
@@ -411,21 +417,39 @@ async fn finish_loop(
                 Err(_) => break,
             }
         }
-        let (written, _slots): (Vec<RungResult>, Vec<OwnedSemaphorePermit>) =
+        let (mut written, _slots): (Vec<RungResult>, Vec<OwnedSemaphorePermit>) =
             batch.into_iter().unzip();
         let mut wait = Duration::from_millis(100);
-        loop {
+        // A record changed since its attempt read it is read again and written again
+        // with the attempt added: a few rounds, then its lease is left to expire (the
+        // rung is claimed again and the gateway sees the same idempotency key).
+        let mut rounds = 0;
+        while !written.is_empty() {
             match store.finish_rungs(&written, now_ms()).await {
-                Ok(applied) => {
+                Ok(writes) => {
                     stalled.store(false, std::sync::atomic::Ordering::Release);
-                    let lost = applied.iter().filter(|a| !**a).count();
+                    let lost = writes
+                        .iter()
+                        .filter(|w| **w == RungWrite::LeaseLost)
+                        .count();
                     if lost > 0 {
                         tracing::warn!(
                             lost,
                             "fallback outcomes arrived after their lease expired; the records were re-claimed"
                         );
                     }
-                    break;
+                    let changed: Vec<RungResult> = written
+                        .into_iter()
+                        .zip(writes)
+                        .filter(|(_, w)| *w == RungWrite::Changed)
+                        .map(|(r, _)| r)
+                        .collect();
+                    rounds += 1;
+                    written = if rounds < 5 {
+                        reapply(&store, changed).await
+                    } else {
+                        Vec::new()
+                    };
                 }
                 Err(e) => {
                     stalled.store(true, std::sync::atomic::Ordering::Release);
@@ -436,6 +460,29 @@ async fn finish_loop(
             }
         }
     }
+}
+
+/// Rung outcomes whose records changed meanwhile, rebuilt on the records as they are now.
+async fn reapply(store: &Store, changed: Vec<RungResult>) -> Vec<RungResult> {
+    let mut again = Vec::with_capacity(changed.len());
+    for mut result in changed {
+        let (text, mut record) = match store.record_text(result.id).await {
+            Ok(Some(found)) => found,
+            // Gone (retention) or unreadable: its lease expires and the claim drops it.
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, id = result.id, "re-reading a changed record");
+                continue;
+            }
+        };
+        if let Some(added) = &result.added {
+            record.remember_rung(added.clone());
+        }
+        result.record = record;
+        result.base = text;
+        again.push(result);
+    }
+    again
 }
 
 /// The receipt-timeout scan: pushes sent with a ladder and no receipt within the timeout

@@ -6,7 +6,7 @@
 //! id to its rung's queue, so a node killed mid-send loses nothing and sends again at most
 //! what it had in flight.
 
-use crate::push::{Record, RungOutcome};
+use crate::push::{Record, RungAttempt, RungOutcome};
 
 use super::scripts::scripts;
 use super::{Store, StoreError};
@@ -23,6 +23,19 @@ pub struct RungClaim {
     /// The lease this claim holds (unix ms); the outcome must name it.
     pub lease: i64,
     pub record: Record,
+    /// The stored text it was read from: the outcome replaces only this text.
+    pub text: String,
+}
+
+/// What became of one rung outcome written by [`Store::finish_rungs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RungWrite {
+    Applied,
+    /// The lease had expired and another claim owns the record: nothing written.
+    LeaseLost,
+    /// The record changed since the attempt read it (a resend, a receipt): nothing
+    /// written, the lease still held; apply the attempt to the new record and write again.
+    Changed,
 }
 
 /// What one rung attempt changed.
@@ -31,8 +44,12 @@ pub struct RungResult {
     pub id: u64,
     pub lease: i64,
     pub rung: String,
+    /// The stored text the attempt started from.
+    pub base: String,
     /// The whole record as it must now be stored (with the attempt remembered).
     pub record: Record,
+    /// The attempt added to `record`, to add again to a record that changed meanwhile.
+    pub added: Option<RungAttempt>,
     pub outcome: RungOutcome,
     /// When to try this rung again (unix ms), for `retrying`.
     pub retry_at_ms: Option<i64>,
@@ -65,18 +82,19 @@ impl Store {
                     id,
                     lease: lease_until_ms,
                     record: super::record::decode(&text)?,
+                    text,
                 })
             })
             .collect()
     }
 
-    /// Write rung outcomes in one atomic round trip. Returns, per outcome, whether it was
-    /// applied (false = the lease had expired and another claim owns the record).
+    /// Write rung outcomes in one atomic round trip; each replaces its record only if
+    /// the lease still holds and the record is still its `base`.
     pub async fn finish_rungs(
         &self,
         results: &[RungResult],
         now_ms: i64,
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Vec<RungWrite>, StoreError> {
         if results.is_empty() {
             return Ok(Vec::new());
         }
@@ -87,13 +105,21 @@ impl Store {
                 .arg(r.id)
                 .arg(r.lease)
                 .arg(&r.rung)
+                .arg(&r.base)
                 .arg(super::record::encode(&r.record))
                 .arg(r.outcome.as_str())
                 .arg(r.retry_at_ms.map(|ms| ms.to_string()).unwrap_or_default())
                 .arg(r.next_rung.as_deref().unwrap_or_default());
         }
         let applied: Vec<i64> = self.invoke(&invocation).await?;
-        Ok(applied.into_iter().map(|a| a == 1).collect())
+        Ok(applied
+            .into_iter()
+            .map(|a| match a {
+                1 => RungWrite::Applied,
+                2 => RungWrite::Changed,
+                _ => RungWrite::LeaseLost,
+            })
+            .collect())
     }
 
     /// One step of the receipt-timeout scan: up to `max` pushes sent at or before
