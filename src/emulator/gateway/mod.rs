@@ -365,3 +365,70 @@ impl State {
         (status, answer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(fail_channels: Vec<Channel>) -> State {
+        State {
+            header: "Idempotency-Key".into(),
+            fail_500: 0.0,
+            fail_channels,
+            latency: Duration::ZERO,
+            kept: Mutex::new(HashMap::new()),
+            stats: Mutex::new(GatewayStats::default()),
+        }
+    }
+
+    const SMS: &str = r#"{"to":"01012345678","from":"15881234","text":"x"}"#;
+
+    #[test]
+    fn a_repeated_key_gets_the_first_answer_and_counts_as_a_duplicate_not_a_send() {
+        let gw = state(Vec::new());
+        let body = Bytes::from_static(SMS.as_bytes());
+        let first = gw.message(Channel::Sms, Some("K:sms"), true, body.clone());
+        let again = gw.message(Channel::Sms, Some("K:sms"), true, body);
+        assert_eq!(first.0, StatusCode::OK);
+        assert_eq!(again, first);
+        let other = gw.message(
+            Channel::Sms,
+            Some("K:sms"),
+            true,
+            Bytes::from_static(br#"{"to":"01012345678","from":"15881234","text":"y"}"#),
+        );
+        assert_eq!(other.0, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(other.1["code"], "IDEMPOTENCY_MISMATCH");
+        let stats = gw.stats.lock().unwrap().clone();
+        assert_eq!((stats.sends, stats.duplicates, stats.requests), (1, 1, 3));
+        let key = &stats.keys["K:sms"];
+        assert_eq!(
+            (key.requests, key.sends, key.duplicates, key.refused),
+            (3, 1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_failed_channel_refuses_for_good_and_a_message_without_a_key_is_refused() {
+        let gw = state(vec![Channel::Alimtalk]);
+        let body = Bytes::from_static(
+            br#"{"to":"01012345678","sender_key":"s","template_code":"T","text":"x"}"#,
+        );
+        let (status, answer) = gw.message(Channel::Alimtalk, Some("K:a"), true, body.clone());
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("CHANNEL_REFUSED"))
+        );
+        let (status, answer) = gw.message(Channel::Alimtalk, None, true, body.clone());
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(answer["code"], "MISSING_IDEMPOTENCY_KEY");
+        let (status, _) = gw.message(
+            Channel::Sms,
+            Some("K:s"),
+            false,
+            Bytes::from_static(SMS.as_bytes()),
+        );
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(gw.stats.lock().unwrap().sends, 0);
+    }
+}
