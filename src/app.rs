@@ -35,8 +35,9 @@ pub struct App {
     writer_task: tokio::task::JoinHandle<()>,
     node_task: tokio::task::JoinHandle<()>,
     apps: Arc<Apps>,
-    /// The fallback rungs' senders and the receipt-timeout scan.
-    fallback: crate::fallback::RungSenders,
+    /// The fallback rungs' senders and the receipt-timeout scan; replaced whole when a
+    /// reload changes `[[fallback]]`.
+    fallback: tokio::sync::Mutex<crate::fallback::RungSenders>,
     retention: tokio::task::JoinHandle<()>,
     managed: Option<ManagedRedis>,
 }
@@ -248,7 +249,7 @@ impl App {
             writer_task,
             node_task,
             apps,
-            fallback,
+            fallback: tokio::sync::Mutex::new(fallback),
             retention,
             managed,
         })
@@ -259,9 +260,15 @@ impl App {
         &self.apps
     }
 
-    /// The fallback rungs' senders.
-    pub fn fallback(&self) -> &crate::fallback::RungSenders {
-        &self.fallback
+    /// Receipts on (no receipt within `timeout` after `sent` starts a push's fallback
+    /// ladder) or off: `[receipts] timeout_secs`, at start and on every reload.
+    pub async fn set_receipt_timeout(&self, timeout: Option<Duration>) {
+        self.fallback.lock().await.set_receipt_timeout(timeout);
+    }
+
+    /// The fallback rungs running now, in config order.
+    pub async fn fallback_rungs(&self) -> Vec<String> {
+        self.fallback.lock().await.names()
     }
 
     /// The config as currently running.
@@ -288,7 +295,7 @@ impl App {
             .engine
             .set_apps(new.apps().map(|a| a.name.clone()));
         if new.fallbacks != current.fallbacks {
-            tracing::warn!("reload: [[fallback]] changes take effect at the next restart");
+            self.reload_fallback(&new).await;
         }
         if new.script != current.script || new.zone != current.zone {
             tracing::warn!("reload: script limits and zone take effect at the next restart");
@@ -318,6 +325,31 @@ impl App {
         Ok(changes)
     }
 
+    /// Start the new `[[fallback]]` rungs, then stop the old ones (their claims are
+    /// leased, so both running for a moment sends nothing twice); the engine then
+    /// accepts the new names. Rungs that do not start leave the old ones running.
+    async fn reload_fallback(&self, new: &Config) {
+        let mut running = self.fallback.lock().await;
+        match crate::fallback::RungSenders::start(
+            self.store.clone(),
+            &new.fallbacks,
+            &new.base_dir,
+            running.receipt_timeout(),
+        ) {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut *running, fresh);
+                old.stop().await;
+                self.admin_state
+                    .engine
+                    .set_rungs(new.fallbacks.iter().map(|r| r.name.clone()));
+                tracing::info!(rungs = ?running.names(), "reload: fallback rungs");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload: the new [[fallback]] rungs do not start; keeping the previous ones")
+            }
+        }
+    }
+
     /// Stop accepting, let every port finish and ack what it received, then stop.
     pub async fn shutdown(self) {
         self.admin_cancel.cancel();
@@ -327,7 +359,7 @@ impl App {
         self.writer_task.abort();
         self.retention.abort();
         self.apps.stop().await;
-        self.fallback.stop().await;
+        self.fallback.into_inner().stop().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.admin_task).await;
         if let Some(managed) = self.managed {
             managed.shutdown().await;

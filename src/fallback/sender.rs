@@ -86,6 +86,11 @@ impl RungSenders {
         }
     }
 
+    /// The receipt timeout in force.
+    pub fn receipt_timeout(&self) -> Option<Duration> {
+        self.receipt_timeout.lock().ok().and_then(|t| *t)
+    }
+
     /// The rungs' names, in config order.
     pub fn names(&self) -> Vec<String> {
         self.rungs.iter().map(|r| r.name.clone()).collect()

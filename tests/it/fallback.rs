@@ -224,8 +224,8 @@ async fn no_receipt_within_the_timeout_starts_the_ladder_and_a_receipt_in_time_p
     // The receipts part (`[receipts] timeout_secs`, `POST /api/v1/receipts`) is not on
     // this branch: the timeout is set directly and the receipt written into the record.
     app.app()
-        .fallback()
-        .set_receipt_timeout(Some(Duration::from_secs(2)));
+        .set_receipt_timeout(Some(Duration::from_secs(2)))
+        .await;
 
     send_messages(addr, &[to("rc-late", "tok-a"), to("rc-got", "tok-b")]).await;
     let got = wait_status(&app, "rc-got", "sent", Duration::from_secs(10)).await;
@@ -413,5 +413,44 @@ async fn a_failing_gateway_is_retried_to_the_rungs_deadline_then_the_next_rung_i
         stats.keys["ex-1:alimtalk"].requests as usize, asked,
         "one request per attempt: {stats:?}"
     );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rung_not_configured_is_a_script_error_until_a_reload_adds_it() {
+    let redis = RedisServer::start();
+    let fcm = emulator(&[]).await;
+    let gw = gateway(&[]).await;
+    let keys = tempfile::tempdir().unwrap();
+    let app = TestApp::start_with(
+        &redis,
+        &port_block("p", "ladder.rhai", ""),
+        &[("ladder.rhai", LADDER)],
+        &fcm_table(&fcm, keys.path(), ""),
+    )
+    .await;
+    let addr = app.port_addr("p").await;
+    send_messages(addr, &[to("rl-1", "")]).await;
+    let record = wait_status(&app, "rl-1", "script_error", Duration::from_secs(10)).await;
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a configured [[fallback]] (rungs: none is configured)"),
+        "{record}"
+    );
+
+    let text = std::fs::read_to_string(&app.config_path).unwrap();
+    std::fs::write(
+        &app.config_path,
+        format!("{text}\n{}", rungs(&gw.base_url(), "")),
+    )
+    .unwrap();
+    app.app().reload().await.expect("reload");
+    assert_eq!(app.app().fallback_rungs().await, ["alimtalk", "sms"]);
+    send_messages(addr, &[to("rl-2", "")]).await;
+    let record = wait_rung(&app, "rl-2", "alimtalk", "sent").await;
+    assert_eq!(record["status"], "dropped");
+    assert_eq!(gw.stats().keys["rl-2:alimtalk"].sends, 1);
     app.shutdown().await;
 }
