@@ -222,7 +222,8 @@ async fn no_receipt_within_the_timeout_starts_the_ladder_and_a_receipt_in_time_p
     let gw = gateway(&[]).await;
     let (app, addr, _keys) = start(&redis, &fcm, &gw).await;
     // The receipts part (`[receipts] timeout_secs`, `POST /api/v1/receipts`) is not on
-    // this branch: the timeout is set directly and the receipt written into the record.
+    // this branch: the timeout is set directly and the receipt written as receipts.lua
+    // writes it (the `receipts` hash and `bit:receipt:delivered`).
     app.app()
         .set_receipt_timeout(Some(Duration::from_secs(2)))
         .await;
@@ -230,11 +231,18 @@ async fn no_receipt_within_the_timeout_starts_the_ladder_and_a_receipt_in_time_p
     send_messages(addr, &[to("rc-late", "tok-a"), to("rc-got", "tok-b")]).await;
     let got = wait_status(&app, "rc-got", "sent", Duration::from_secs(10)).await;
     let id = got["id"].as_u64().unwrap();
+    // What receipts.lua writes for a `delivered` receipt: the hash entry and the bit.
     let mut con = redis.connection();
-    let text: String = con.get(format!("pg:rec:{id}")).unwrap();
-    let mut stored: Value = serde_json::from_str(&text).unwrap();
-    stored["receipt"] = json!({"delivered_at": pushgate::clock::now_ms()});
-    let _: () = con.set(format!("pg:rec:{id}"), stored.to_string()).unwrap();
+    let _: () = con
+        .hset(
+            "pg:receipts",
+            format!("{id}:delivered"),
+            pushgate::clock::now_ms(),
+        )
+        .unwrap();
+    let _: () = con
+        .setbit("pg:bit:receipt:delivered", id as usize, true)
+        .unwrap();
 
     let late = wait_rung(&app, "rc-late", "alimtalk", "sent").await;
     assert_eq!(late["status"], "sent");

@@ -1,7 +1,8 @@
 -- The receipt-timeout scan: pushes sent with a fallback ladder wait in `fallback:watch`
--- (scored by when they were sent). Those sent before `until` leave it; each whose record
--- still has no `receipt` is queued on its ladder's first rung (`fq:{rung}`). O(log N +
--- batch): only the oldest entries are read.
+-- (scored by when they were sent). Those sent before `until` leave it; each without a
+-- receipt is queued on its ladder's first rung (`fq:{rung}`). A receipt is the bit
+-- `bit:receipt:delivered` (set by receipts.lua for a delivered or an opened receipt) or
+-- a `receipt` on the stored record. O(log N + batch): only the oldest entries are read.
 -- ARGV[1] prefix
 -- ARGV[2] until        unix ms: entries sent at or before this have timed out
 -- ARGV[3] now          unix ms: when the first rung is due
@@ -17,6 +18,7 @@ for _, id in ipairs(redis.call('ZRANGE', watch, '-inf', until_ms, 'BYSCORE', 'LI
   if text then
     local ok, rec = pcall(cjson.decode, text)
     local receipt = ok and rec['receipt']
+    if redis.call('GETBIT', p .. 'bit:receipt:delivered', id) == 1 then receipt = true end
     local d = ok and rec['decision']
     local push = type(d) == 'table' and d['push']
     local ladder = type(push) == 'table' and push['fallback']
