@@ -480,7 +480,13 @@ impl Sender {
         record.result = step.answer;
         // A push that ends unreached goes to its ladder's first rung, in the same atomic
         // step as this outcome; one that was sent waits for its receipt (if receipts are on).
-        let unreached = matches!(status, Status::Failed | Status::Expired | Status::Dropped);
+        // Dropped only for want of a token: a push dropped for any other reason (an ad
+        // whose consent was withdrawn) must not reach the customer another way.
+        let unreached = match status {
+            Status::Failed | Status::Expired => true,
+            Status::Dropped => record.push().is_some_and(Push::has_no_token),
+            _ => false,
+        };
         let fallback = if unreached && !dry_run {
             record.next_rung(None).map(str::to_owned)
         } else {
