@@ -1403,6 +1403,8 @@ fn sent_outcomes(
                 delivered: true,
                 port: "bench".into(),
                 at_ms: now,
+                fallback: None,
+                watch_receipt: false,
             }
         })
         .collect()

@@ -35,6 +35,9 @@ pub struct App {
     writer_task: tokio::task::JoinHandle<()>,
     node_task: tokio::task::JoinHandle<()>,
     apps: Arc<Apps>,
+    /// The fallback rungs' senders and the receipt-timeout scan; replaced whole when a
+    /// reload changes `[[fallback]]`.
+    fallback: tokio::sync::Mutex<crate::fallback::RungSenders>,
     retention: tokio::task::JoinHandle<()>,
     managed: Option<ManagedRedis>,
 }
@@ -108,6 +111,7 @@ pub fn engine_for(config: &Config) -> RouteEngine {
     };
     let engine = RouteEngine::new(limits, config.zone());
     engine.set_apps(config.apps().map(|a| a.name.clone()));
+    engine.set_rungs(config.fallbacks.iter().map(|r| r.name.clone()));
     engine
 }
 
@@ -173,6 +177,16 @@ impl App {
         );
         let ads = crate::ads::LiveGate::new(&config, store.clone());
         let apps = Apps::start(&config, store.clone(), stored, ads.clone()).await?;
+        let fallback = crate::fallback::RungSenders::start(
+            store.clone(),
+            &config.fallbacks,
+            &config.base_dir,
+            config
+                .receipts
+                .as_ref()
+                .map(|r| Duration::from_secs(r.timeout_secs)),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
         let engine = Arc::new(engine_for(&config));
         let listener = tokio::net::TcpListener::bind(config.admin.listen)
             .await
@@ -243,6 +257,7 @@ impl App {
             writer_task,
             node_task,
             apps,
+            fallback: tokio::sync::Mutex::new(fallback),
             retention,
             managed,
         })
@@ -251,6 +266,17 @@ impl App {
     /// The running apps' senders.
     pub fn apps(&self) -> &Arc<Apps> {
         &self.apps
+    }
+
+    /// Receipts on (no receipt within `timeout` after `sent` starts a push's fallback
+    /// ladder) or off: `[receipts] timeout_secs`, at start and on every reload.
+    pub async fn set_receipt_timeout(&self, timeout: Option<Duration>) {
+        self.fallback.lock().await.set_receipt_timeout(timeout);
+    }
+
+    /// The fallback rungs running now, in config order.
+    pub async fn fallback_rungs(&self) -> Vec<String> {
+        self.fallback.lock().await.names()
     }
 
     /// The config as currently running.
@@ -279,6 +305,17 @@ impl App {
         self.admin_state
             .engine
             .set_apps(new.apps().map(|a| a.name.clone()));
+        if new.fallbacks != current.fallbacks {
+            self.reload_fallback(&new).await;
+        }
+        if new.receipts != current.receipts {
+            self.set_receipt_timeout(
+                new.receipts
+                    .as_ref()
+                    .map(|r| Duration::from_secs(r.timeout_secs)),
+            )
+            .await;
+        }
         if new.script != current.script || new.zone != current.zone {
             tracing::warn!("reload: script limits and zone take effect at the next restart");
         }
@@ -307,6 +344,31 @@ impl App {
         Ok(changes)
     }
 
+    /// Start the new `[[fallback]]` rungs, then stop the old ones (their claims are
+    /// leased, so both running for a moment sends nothing twice); the engine then
+    /// accepts the new names. Rungs that do not start leave the old ones running.
+    async fn reload_fallback(&self, new: &Config) {
+        let mut running = self.fallback.lock().await;
+        match crate::fallback::RungSenders::start(
+            self.store.clone(),
+            &new.fallbacks,
+            &new.base_dir,
+            running.receipt_timeout(),
+        ) {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut *running, fresh);
+                old.stop().await;
+                self.admin_state
+                    .engine
+                    .set_rungs(new.fallbacks.iter().map(|r| r.name.clone()));
+                tracing::info!(rungs = ?running.names(), "reload: fallback rungs");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload: the new [[fallback]] rungs do not start; keeping the previous ones")
+            }
+        }
+    }
+
     /// Stop accepting, let every port finish and ack what it received, then stop.
     pub async fn shutdown(self) {
         self.admin_cancel.cancel();
@@ -316,6 +378,7 @@ impl App {
         self.writer_task.abort();
         self.retention.abort();
         self.apps.stop().await;
+        self.fallback.into_inner().stop().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.admin_task).await;
         if let Some(managed) = self.managed {
             managed.shutdown().await;

@@ -13,6 +13,7 @@
 //! - [`sender`]: the in-flight pool, retry/schedule policy, durable queue claims.
 //! - [`emulator`]: the strict FCM stand-in (`pushgate fcm-emulator`) for tests and the demo,
 //!   and in [`emulator::apns`] the strict APNs one (`pushgate apns-emulator`).
+//! - [`fallback`]: the fallback ladder (Alimtalk, SMS): body templates, the per-rung sender.
 //! - [`metrics`]: every counter and histogram, and the `/metrics` text.
 //! - [`supervisor`]: port lifecycle (start, stop, restart with backoff, states) and reload.
 //! - [`admin`]: the hyper admin listener: the console (one file per page) and the JSON API.
@@ -30,6 +31,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod emulator;
+pub mod fallback;
 pub mod fcm;
 pub mod ingest;
 pub mod metrics;

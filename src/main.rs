@@ -63,6 +63,8 @@ enum Command {
     FcmEmulator(pushgate::emulator::EmulatorArgs),
     /// A strict stand-in for Apple's provider API (APNs with token auth), HTTP/2 only.
     ApnsEmulator(pushgate::emulator::apns::ApnsEmulatorArgs),
+    /// A strict local messaging gateway (Alimtalk, SMS) for the fallback ladder's tests.
+    GatewayEmulator(pushgate::emulator::gateway::GatewayEmulatorArgs),
 }
 
 fn main() -> ExitCode {
@@ -124,6 +126,9 @@ fn main() -> ExitCode {
         }
         Command::ApnsEmulator(args) => {
             run(async move { pushgate::emulator::apns::run(args, terminated()?).await })
+        }
+        Command::GatewayEmulator(args) => {
+            run(async move { pushgate::emulator::gateway::run(args, terminated()?).await })
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub decisions: Family<Labels, Counter>,
     /// FCM sends by outcome (`accepted`, `refused`) and error class.
     pub sends: Family<Labels, Counter>,
+    /// Fallback rung attempts, by rung and outcome (`sent`, `retrying`, `failed`, `expired`).
+    pub fallback_sends: Family<Labels, Counter>,
     /// Seconds from request to FCM's answer.
     pub send_seconds: Histogram,
     /// Sends that will be tried again.
@@ -84,6 +86,7 @@ impl Metrics {
             stored: Counter::default(),
             decisions: Family::default(),
             sends: Family::default(),
+            fallback_sends: Family::default(),
             send_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             retries: Counter::default(),
             due: Gauge::default(),
@@ -140,6 +143,11 @@ impl Metrics {
             "fcm_sends",
             "FCM sends by outcome and error class",
             m.sends.clone(),
+        );
+        registry.register(
+            "fallback_sends",
+            "Fallback rung attempts (Alimtalk, SMS) by rung and outcome",
+            m.fallback_sends.clone(),
         );
         registry.register(
             "fcm_send_seconds",

@@ -374,8 +374,9 @@ async fn receipts(state: &AdminState, req: Request<Incoming>) -> Reply {
 }
 
 /// `GET /api/v1/pushes?field=value`: the first searchable field given, plus the filters
-/// `status`, `app`, `lane` and `receipt` (`none`, `delivered`, `opened`: "sent, no receipt"
-/// is `status=sent&receipt=none`), `order=oldest`, `page`, `per_page` (≤ 1000).
+/// `status`, `app`, `lane`, `receipt` (`none`, `delivered`, `opened`: "sent, no receipt"
+/// is `status=sent&receipt=none`) and `fallback` (`{rung}:{outcome}`), `order=oldest`,
+/// `page`, `per_page` (≤ 1000).
 async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) -> Reply {
     let fields = searchable_fields();
     let mut q = LogQuery {
@@ -388,6 +389,17 @@ async fn search(state: &AdminState, query: &[(String, String)], sight: Sight) ->
             "status" => q.status = Some(v.clone()),
             "app" if is_app_name(v) => q.app = Some(v.clone()),
             "lane" if Lane::parse(v).is_some() => q.lane = Some(v.clone()),
+            "fallback" if crate::store::log::parse_fallback_filter(v).is_some() => {
+                q.fallback = Some(v.clone())
+            }
+            "fallback" => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{v:?} is not a fallback filter ({{rung}}:sent|retrying|failed|expired)"
+                    ),
+                );
+            }
             "app" | "lane" => {
                 return json_error(
                     StatusCode::BAD_REQUEST,

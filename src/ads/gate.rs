@@ -246,6 +246,7 @@ mod tests {
             lane: None,
             kind: Some(Kind::Ad),
             held: None,
+            fallback: Vec::new(),
         }
     }
 

@@ -123,6 +123,7 @@ mod tests {
             lane: None,
             kind,
             held: None,
+            fallback: Vec::new(),
         }
     }
 

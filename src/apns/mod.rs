@@ -361,6 +361,7 @@ mod tests {
             lane: None,
             kind: None,
             held: None,
+            fallback: Vec::new(),
         }
     }
 

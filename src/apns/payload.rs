@@ -604,6 +604,7 @@ mod tests {
             lane: None,
             kind: None,
             held: None,
+            fallback: Vec::new(),
         }
     }
 

@@ -18,6 +18,7 @@ mod admin;
 mod ads;
 mod app;
 mod diff;
+mod fallback;
 mod node;
 mod port;
 mod receipts;
@@ -29,6 +30,7 @@ pub use admin::{AdminConfig, ApiKey, ConsoleConfig, MAX_USER_NAME, Role, Scope, 
 pub use ads::{AdsConfig, MAX_AD_LINE};
 pub use app::{AppConfig, Bucket, Provider};
 pub use diff::PortChanges;
+pub use fallback::FallbackConfig;
 pub use node::NodeConfig;
 pub use port::{FramingKind, Mode, Payload, PortConfig};
 pub use receipts::{MAX_RECEIPT_TIMEOUT_SECS, ReceiptsConfig};
@@ -94,6 +96,10 @@ pub struct Config {
     /// started pushgate with a shifted one (never from the file).
     #[serde(skip)]
     pub clock: crate::clock::Clock,
+    /// The rungs a push's fallback ladder may name (Alimtalk, SMS through the firm's
+    /// messaging gateway).
+    #[serde(rename = "fallback")]
+    pub fallbacks: Vec<FallbackConfig>,
     /// Directory the file was read from; relative paths (scripts, redis dir) resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -117,6 +123,7 @@ impl Default for Config {
             ports: Vec::new(),
             ads: None,
             clock: crate::clock::Clock::system(),
+            fallbacks: Vec::new(),
             base_dir: PathBuf::new(),
         }
     }
@@ -312,6 +319,13 @@ impl Config {
                     "{at}: kind = \"ad\" needs an [ads] section (sender, opt_out)"
                 ));
             }
+        }
+        let mut rung_names = BTreeSet::new();
+        for rung in &self.fallbacks {
+            if !rung_names.insert(rung.name.as_str()) {
+                out.push(format!("fallback {:?}: name is used twice", rung.name));
+            }
+            rung.problems(&mut out);
         }
         self.store.problems(&mut out);
         self.script.problems(&mut out);

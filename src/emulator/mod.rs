@@ -19,11 +19,12 @@
 //! is the OAuth token endpoint and the bearer check, `send` validates `messages:send`,
 //! `faults` injects failures, `quota` is the per-device quota, `rejection` is FCM's error
 //! table and envelope, `stats` the counters behind `GET /stats`, `tls` the self-signed
-//! certificate, `server` the accept loop both emulators run. [`apns`] is the APNs emulator,
-//! built the same way.
+//! certificate, `server` the accept loop every emulator runs. [`apns`] is the APNs emulator,
+//! built the same way; [`gateway`] the messaging gateway (Alimtalk, SMS) behind fallback.
 
 pub mod apns;
 mod faults;
+pub mod gateway;
 mod quota;
 mod rejection;
 mod send;

@@ -177,6 +177,7 @@ mod tests {
             lane: None,
             kind: None,
             held: None,
+            fallback: Vec::new(),
         };
         let expiry = Expiry::of(1_000_060_000, 1_000_000_000);
         assert_eq!(
@@ -209,6 +210,7 @@ mod tests {
             lane: None,
             kind: None,
             held: None,
+            fallback: Vec::new(),
         };
         assert_eq!(
             serde_json::to_value(Message::for_push(&push)).unwrap(),
@@ -227,6 +229,7 @@ mod tests {
             lane: None,
             kind: None,
             held: None,
+            fallback: Vec::new(),
         };
         assert_eq!(
             serde_json::to_value(Message::for_push(&bare)).unwrap(),
@@ -253,6 +256,7 @@ mod tests {
             lane: None,
             kind: None,
             held: None,
+            fallback: Vec::new(),
         };
         let message = Message::for_push(&push);
         let body = SendRequest {

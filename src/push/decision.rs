@@ -53,6 +53,10 @@ pub struct Push {
     /// Why the ad gate held it back (night without night consent), shown on its page.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub held: Option<String>,
+    /// Its fallback ladder (the script's `fallback`): the `[[fallback]]` rungs tried in
+    /// order when the push cannot reach the customer. Empty = no fallback.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub fallback: Vec<String>,
 }
 
 /// Whether a push advertises: Korean law (정보통신망법 §50) asks an ad for the customer's
@@ -93,6 +97,12 @@ impl Target {
 }
 
 impl Push {
+    /// A push with no token to send to: allowed only with a fallback ladder, which the
+    /// sender starts at once (the push ends `dropped`, reason `NO_TOKEN`).
+    pub fn has_no_token(&self) -> bool {
+        matches!(&self.target, Target::Token(t) if t.trim().is_empty())
+    }
+
     /// The queue it waits in.
     pub fn queue(&self) -> Queue {
         Queue::new(

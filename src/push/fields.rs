@@ -34,6 +34,7 @@ pub const RESERVED_FIELDS: &[&str] = &[
     "legal_hold",
     "requeued_at",
     "receipt",
+    "fallback",
 ];
 
 /// Fields indexed by a zset of ids per value (many distinct values).

@@ -21,5 +21,5 @@ pub use consent::{Consent, Grant};
 pub use decision::{Decision, Kind, Push, Target};
 pub use queue::{DEFAULT_APP, Lane, Queue};
 pub use receipt::{Receipt, ReceiptEvent};
-pub use record::{Attempt, Record};
+pub use record::{Attempt, Record, RungAttempt, RungOutcome};
 pub use status::Status;

@@ -61,6 +61,9 @@ pub struct Record {
     /// reports anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Receipt>,
+    /// Its fallback ladder as climbed so far: one entry per rung attempt, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<RungAttempt>,
     /// The message's own fields: `uniqueKey`, the standard ones, and any other its
     /// sender added, as they arrived.
     #[serde(flatten)]
@@ -80,6 +83,69 @@ pub struct Attempt {
     /// The provider's answer for a failure (a success's is in `result`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+}
+
+/// One attempt on one rung of a push's fallback ladder (`[[fallback]]`), as the record
+/// and the push page show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RungAttempt {
+    /// The rung's name (`alimtalk`, `sms`).
+    pub rung: String,
+    /// Unix ms.
+    pub at: i64,
+    /// 1 for the rung's first attempt.
+    pub attempt: u32,
+    /// The gateway's HTTP status; 0 when it was not asked (deadline passed, no address).
+    pub http: u16,
+    /// Where the rung stands after this attempt.
+    pub outcome: RungOutcome,
+    /// The gateway's answer (JSON text), or why it was not asked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub answer: String,
+}
+
+/// Where one rung of a fallback ladder stands; `failed` and `expired` pass the push to
+/// the next rung. Indexed by bitmap (`bit:fallback:{rung}:{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RungOutcome {
+    /// The gateway accepted the message: the ladder ends here.
+    Sent,
+    /// A transient failure: tried again with backoff until the rung's deadline.
+    Retrying,
+    /// The gateway refused it for good.
+    Failed,
+    /// The rung's deadline (`max_age_secs`) passed before the gateway accepted it.
+    Expired,
+}
+
+impl RungOutcome {
+    /// Every outcome, in the order the log's fallback filter offers them.
+    pub const ALL: [RungOutcome; 4] = [
+        RungOutcome::Sent,
+        RungOutcome::Retrying,
+        RungOutcome::Failed,
+        RungOutcome::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RungOutcome::Sent => "sent",
+            RungOutcome::Retrying => "retrying",
+            RungOutcome::Failed => "failed",
+            RungOutcome::Expired => "expired",
+        }
+    }
+
+    /// The outcome with this name.
+    pub fn parse(name: &str) -> Option<RungOutcome> {
+        RungOutcome::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+
+    /// Whether the ladder goes on to its next rung.
+    pub fn falls_through(self) -> bool {
+        matches!(self, RungOutcome::Failed | RungOutcome::Expired)
+    }
 }
 
 fn not_sent() -> String {
@@ -173,6 +239,23 @@ impl Record {
     /// The whole record as JSON (what the API and the console's views start from).
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// The rung of its ladder after `rung` (the first rung when `rung` is `None`), if any.
+    pub fn next_rung(&self, rung: Option<&str>) -> Option<&str> {
+        let ladder = &self.push()?.fallback;
+        let at = match rung {
+            None => 0,
+            Some(rung) => ladder.iter().position(|r| r == rung)? + 1,
+        };
+        ladder.get(at).map(String::as_str)
+    }
+
+    /// Add a rung attempt, keeping only the last [`HISTORY_KEPT`].
+    pub fn remember_rung(&mut self, attempt: RungAttempt) {
+        self.fallback.push(attempt);
+        let excess = self.fallback.len().saturating_sub(HISTORY_KEPT);
+        self.fallback.drain(..excess);
     }
 
     /// Add an attempt, keeping only the last [`HISTORY_KEPT`].

@@ -11,7 +11,7 @@ use crate::push::queue::{MAX_APP_NAME, is_app_name};
 use crate::push::{Decision, Kind, Lane, Push, Target};
 
 /// Keys a decision map may have; anything else is a typo (`titel`) and is rejected.
-const DECISION_KEYS: [&str; 17] = [
+const DECISION_KEYS: [&str; 18] = [
     "action",
     "token",
     "topic",
@@ -29,6 +29,7 @@ const DECISION_KEYS: [&str; 17] = [
     "app",
     "lane",
     "kind",
+    "fallback",
 ];
 
 /// The longest `ttl` a push may have: FCM keeps a message at most four weeks.
@@ -136,8 +137,9 @@ pub(super) fn read_decision(returned: Dynamic, zone: Tz) -> Result<(Decision, bo
 }
 
 fn read_push(map: &Map) -> Result<Push, String> {
+    let fallback = read_fallback(map)?;
     let push = Push {
-        target: read_target(map)?,
+        target: read_target(map, !fallback.is_empty())?,
         title: optional_text(map, "title")?,
         body: optional_text(map, "body")?,
         image: optional_text(map, "image")?,
@@ -149,6 +151,7 @@ fn read_push(map: &Map) -> Result<Push, String> {
         lane: read_lane(map)?,
         kind: read_kind(map)?,
         held: None,
+        fallback,
     };
     // A push to a device token may reach Apple through either provider: FCM forwards
     // the same `apns` object to Apple and limits messages to 4 KB too, so Apple's rules
@@ -160,7 +163,9 @@ fn read_push(map: &Map) -> Result<Push, String> {
     Ok(push)
 }
 
-fn read_target(map: &Map) -> Result<Target, String> {
+/// `no_token_ok`: the push has a fallback ladder, so a blank `token` means "this customer
+/// has no token: go straight to the ladder".
+fn read_target(map: &Map, no_token_ok: bool) -> Result<Target, String> {
     let given: Vec<&str> = ["token", "topic", "condition"]
         .into_iter()
         .filter(|key| map.get(*key).is_some_and(|v| !v.is_unit()))
@@ -185,7 +190,10 @@ fn read_target(map: &Map) -> Result<Target, String> {
         .transpose()?
         .unwrap_or_default();
     match key {
-        "token" => check_token(&value).map(Target::Token),
+        "token" if no_token_ok && value.trim().is_empty() => Ok(Target::Token(String::new())),
+        "token" => check_token(&value)
+            .map_err(|e| format!("{e} (a push with no token needs a `fallback` ladder)"))
+            .map(Target::Token),
         "topic" => check_topic(&value).map(Target::Topic),
         _ => check_condition(&value).map(Target::Condition),
     }
@@ -306,6 +314,37 @@ fn read_app(map: &Map) -> Result<Option<String>, String> {
     Ok(Some(app))
 }
 
+/// `fallback`: an array of rung names (whether each is configured is the engine's check),
+/// each at most once.
+fn read_fallback(map: &Map) -> Result<Vec<String>, String> {
+    let Some(value) = map.get("fallback").map(Dynamic::flatten_clone) else {
+        return Ok(Vec::new());
+    };
+    if value.is_unit() {
+        return Ok(Vec::new());
+    }
+    let type_name = value.type_name();
+    let Some(items) = value.try_cast::<rhai::Array>() else {
+        return Err(format!(
+            "`fallback` must be an array of rung names, got {type_name}"
+        ));
+    };
+    let mut rungs: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let name = string_value(&item, "fallback")?;
+        if !is_app_name(&name) {
+            return Err(format!(
+                "`fallback` names must be 1 to {MAX_APP_NAME} of a-z, 0-9, _ and -, got {name:?}"
+            ));
+        }
+        if rungs.contains(&name) {
+            return Err(format!("`fallback` names {name:?} twice"));
+        }
+        rungs.push(name);
+    }
+    Ok(rungs)
+}
+
 /// `lane`: "urgent", "normal" or "bulk".
 fn read_lane(map: &Map) -> Result<Option<Lane>, String> {
     let Some(lane) = optional_text(map, "lane")? else {
@@ -407,6 +446,7 @@ mod tests {
                     lane: None,
                     kind: None,
                     held: None,
+                    fallback: Vec::new(),
                 }
             })
         );
@@ -428,7 +468,7 @@ mod tests {
     fn unknown_keys_are_rejected() {
         assert_eq!(
             decision_error("  let d = send_token(\"t\", \"\", \"\");\n  d.titel = \"x\";\n  d"),
-            "unknown key `titel` in the decision (allowed: action, token, topic, condition, title, body, image, data, android, apns, at, now, reason, ttl, app, lane, kind)"
+            "unknown key `titel` in the decision (allowed: action, token, topic, condition, title, body, image, data, android, apns, at, now, reason, ttl, app, lane, kind, fallback)"
         );
     }
 
@@ -550,6 +590,37 @@ mod tests {
     }
 
     #[test]
+    fn a_blank_token_is_allowed_only_with_a_fallback_ladder() {
+        assert_eq!(
+            decision_error("  send_token(\"\", \"t\", \"b\")"),
+            "token is blank (a push with no token needs a `fallback` ladder)"
+        );
+        let decision = run_body(
+            "  let d = send_token(\"\", \"t\", \"b\");\n  d.fallback = [\"alimtalk\", \"sms\"];\n  d",
+            &sample(),
+            0,
+        )
+        .unwrap();
+        let Decision::Send { push } = decision else {
+            panic!("{decision:?}")
+        };
+        assert!(push.has_no_token());
+        assert_eq!(push.fallback, ["alimtalk", "sms"]);
+        assert_eq!(
+            decision_error(
+                "  let d = send_token(\"t\", \"\", \"\");\n  d.fallback = \"sms\";\n  d"
+            ),
+            "`fallback` must be an array of rung names, got string"
+        );
+        assert_eq!(
+            decision_error(
+                "  let d = send_token(\"t\", \"\", \"\");\n  d.fallback = [\"sms\", \"sms\"];\n  d"
+            ),
+            "`fallback` names \"sms\" twice"
+        );
+    }
+
+    #[test]
     fn exactly_one_target_is_required() {
         assert_eq!(
             decision_error("  #{ action: \"send\", title: \"t\" }"),
@@ -565,7 +636,7 @@ mod tests {
     fn targets_are_checked_in_map_literals() {
         assert_eq!(
             decision_error("  #{ action: \"send\", token: \"\" }"),
-            "token is blank"
+            "token is blank (a push with no token needs a `fallback` ladder)"
         );
         assert_eq!(
             decision_error("  #{ action: \"send\", topic: \"a/b\" }"),

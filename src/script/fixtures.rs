@@ -14,8 +14,11 @@ pub(super) const NOTICE: &str = include_str!("../../scripts/notice.rhai");
 
 pub(super) type Msg = serde_json::Map<String, serde_json::Value>;
 
+/// An engine whose configured fallback rungs are `alimtalk` and `sms`.
 pub(super) fn engine() -> RouteEngine {
-    RouteEngine::new(Limits::default(), Seoul)
+    let engine = RouteEngine::new(Limits::default(), Seoul);
+    engine.set_rungs(["alimtalk".to_owned(), "sms".to_owned()]);
+    engine
 }
 
 /// Unix ms of a Korean local time, for fixed `now_ms` values.
@@ -82,5 +85,6 @@ pub(super) fn token_push(token: &str) -> Push {
         lane: None,
         kind: None,
         held: None,
+        fallback: Vec::new(),
     }
 }

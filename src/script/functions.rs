@@ -24,6 +24,11 @@ pub(super) fn register_decision_helpers(engine: &mut Engine, zone: Tz) {
     engine.register_fn(
         "send_token",
         |token: &str, title: &str, body: &str| -> HelperResult<Map> {
+            // A blank token is "this customer has no token": the decision is refused
+            // unless the script then sets a `fallback` ladder (read_decision's check).
+            if token.trim().is_empty() {
+                return Ok(send_decision("token", String::new(), title, body));
+            }
             let token = check_token(token).map_err(|e| format!("send_token: {e}"))?;
             Ok(send_decision("token", token, title, body))
         },
@@ -226,10 +231,6 @@ mod tests {
 
     #[test]
     fn send_helpers_reject_bad_targets_where_they_are_called() {
-        assert_eq!(
-            eval_error("  send_token(\" \", \"t\", \"b\")").to_string(),
-            "2:3: send_token: token is blank"
-        );
         assert_eq!(
             eval_error("  send_topic(\"공지 전체\", \"t\", \"b\")").to_string(),
             "2:3: send_topic: topic \"공지 전체\" is not a valid FCM topic name (letters, digits and - _ . ~ % only)"

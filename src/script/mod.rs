@@ -88,6 +88,8 @@ pub struct RouteEngine {
     /// The configured apps a decision's `app` may name; empty = any (no app is
     /// configured, so nothing is sent yet).
     apps: std::sync::RwLock<Arc<Vec<String>>>,
+    /// The configured `[[fallback]]` rungs a decision's `fallback` may name.
+    rungs: std::sync::RwLock<Arc<Vec<String>>>,
 }
 
 /// A script that compiled and defines `route(msg)`. Cheap to clone: ports share the AST.
@@ -137,6 +139,7 @@ impl RouteEngine {
             limits,
             zone,
             apps: std::sync::RwLock::new(Arc::new(Vec::new())),
+            rungs: std::sync::RwLock::new(Arc::new(Vec::new())),
         }
     }
 
@@ -145,6 +148,39 @@ impl RouteEngine {
         if let Ok(mut slot) = self.apps.write() {
             *slot = Arc::new(apps.into_iter().collect());
         }
+    }
+
+    /// The `[[fallback]]` rungs a decision's `fallback` may name (set at start and by
+    /// every reload).
+    pub fn set_rungs(&self, rungs: impl IntoIterator<Item = String>) {
+        if let Ok(mut slot) = self.rungs.write() {
+            *slot = Arc::new(rungs.into_iter().collect());
+        }
+    }
+
+    /// Every rung a decision's `fallback` names must be configured: a typo fails as a
+    /// script error, not as a customer who never gets the SMS.
+    fn check_rungs(&self, decision: &Decision) -> Result<(), RouteError> {
+        let push = match decision {
+            Decision::Send { push } | Decision::Later { push, .. } => push,
+            Decision::Drop { .. } => return Ok(()),
+        };
+        let rungs = self.rungs.read().map(|r| r.clone()).unwrap_or_default();
+        let Some(unknown) = push.fallback.iter().find(|name| !rungs.contains(name)) else {
+            return Ok(());
+        };
+        let known = if rungs.is_empty() {
+            "none is configured".to_owned()
+        } else {
+            rungs.join(", ")
+        };
+        Err(RouteError {
+            message: format!(
+                "`fallback` names {unknown:?}, which is not a configured [[fallback]] (rungs: {known})"
+            ),
+            line: 0,
+            column: 0,
+        })
     }
 
     /// A decision's `app` must be configured: a typo fails as a script error, not as
@@ -265,6 +301,7 @@ impl RouteEngine {
             })?;
 
         self.check_app(&decision)?;
+        self.check_rungs(&decision)?;
         Ok(match decision {
             Decision::Send { push } if !send_now => match reserved_time(msg, self.zone) {
                 Some(at_ms) if at_ms > now_ms => Decision::Later { at_ms, push },
@@ -324,6 +361,20 @@ mod tests {
     }
 
     // --- compiling -------------------------------------------------------------------------
+
+    #[test]
+    fn a_fallback_rung_that_is_not_configured_is_a_script_error_listing_the_rungs() {
+        let err = run_body(
+            "  let d = send_token(\"t\", \"\", \"\");\n  d.fallback = [\"alimtalk\", \"kakao\"];\n  d",
+            &sample(),
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.message,
+            "`fallback` names \"kakao\", which is not a configured [[fallback]] (rungs: alimtalk, sms)"
+        );
+    }
 
     #[test]
     fn engine_is_shareable_between_port_threads() {

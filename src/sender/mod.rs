@@ -423,6 +423,18 @@ impl Sender {
                 false,
                 Step::local("NO_PUSH", "the record has no send decision"),
             ),
+            (Some(push), _) if push.has_no_token() => (
+                Status::Dropped,
+                None,
+                false,
+                Step::local(
+                    "NO_TOKEN",
+                    &format!(
+                        "the route gave no token; its fallback ladder ({}) is tried instead",
+                        push.fallback.join(" → ")
+                    ),
+                ),
+            ),
             (Some(_), Some(since)) => (
                 Status::Failed,
                 None,
@@ -550,6 +562,21 @@ impl Sender {
             answer: (!delivered).then(|| step.answer.clone()),
         });
         record.result = step.answer;
+        // A push that ends unreached goes to its ladder's first rung, in the same atomic
+        // step as this outcome; one that was sent waits for its receipt (if receipts are on).
+        // Dropped only for want of a token: a push dropped for any other reason (an ad
+        // whose consent was withdrawn) must not reach the customer another way.
+        let unreached = match status {
+            Status::Failed | Status::Expired => true,
+            Status::Dropped => record.push().is_some_and(Push::has_no_token),
+            _ => false,
+        };
+        let fallback = if unreached && !dry_run {
+            record.next_rung(None).map(str::to_owned)
+        } else {
+            None
+        };
+        let watch_receipt = status == Status::Sent && !dry_run && record.next_rung(None).is_some();
         Outcome {
             id,
             lease,
@@ -560,6 +587,8 @@ impl Sender {
             delivered,
             port,
             at_ms: now,
+            fallback,
+            watch_receipt,
         }
     }
 

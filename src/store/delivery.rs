@@ -63,6 +63,11 @@ pub struct Outcome {
     pub delivered: bool,
     pub port: String,
     pub at_ms: i64,
+    /// The fallback rung to queue it on in the same step (its ladder's first), when it
+    /// ends unreached.
+    pub fallback: Option<String>,
+    /// Sent with a fallback ladder: wait for its receipt (`fallback:watch`) from `at_ms`.
+    pub watch_receipt: bool,
 }
 
 impl Store {
@@ -141,7 +146,18 @@ impl Store {
                 .arg(o.record.queue().due_key())
                 .arg(u8::from(o.delivered))
                 .arg(format!("stats:{}:{minute}", o.port))
-                .arg(format!("stats:{}:total", o.port));
+                .arg(format!("stats:{}:total", o.port))
+                .arg(
+                    o.fallback
+                        .as_deref()
+                        .map(super::fallback::queue_key)
+                        .unwrap_or_default(),
+                )
+                .arg(if o.watch_receipt {
+                    o.at_ms.to_string()
+                } else {
+                    String::new()
+                });
         }
         let applied: Vec<i64> = if self.ack_replicas == 0 {
             self.invoke(&invocation).await?

@@ -37,6 +37,9 @@ pub struct LogQuery {
     pub lane: Option<String>,
     /// Only pushes with (or without) a delivery receipt.
     pub receipt: Option<ReceiptFilter>,
+    /// Only pushes whose fallback rung stands so, as `{rung}:{outcome}` (`sms:sent`):
+    /// the bitmap `bit:fallback:{rung}:{outcome}`. Checked by [`parse_fallback_filter`].
+    pub fallback: Option<String>,
     /// Received between these (unix ms, inclusive).
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
@@ -91,9 +94,16 @@ impl BitFilters {
     }
 }
 
+/// A fallback filter `{rung}:{outcome}` (`alimtalk:failed`), if well formed.
+pub fn parse_fallback_filter(value: &str) -> Option<(&str, crate::push::RungOutcome)> {
+    let (rung, outcome) = value.split_once(':')?;
+    crate::push::queue::is_app_name(rung).then_some(())?;
+    Some((rung, crate::push::RungOutcome::parse(outcome)?))
+}
+
 impl LogQuery {
     /// The bitmap filters asked for besides the searched field, as (field, value):
-    /// status, app, lane, and a receipt that came.
+    /// status, app, lane, fallback, and a receipt that came.
     fn filters(&self) -> impl Iterator<Item = (&'static str, &str)> {
         let receipt = match self.receipt {
             Some(ReceiptFilter::Delivered) => Some("delivered"),
@@ -105,6 +115,7 @@ impl LogQuery {
             ("app", self.app.as_deref()),
             ("lane", self.lane.as_deref()),
             ("receipt", receipt),
+            ("fallback", self.fallback.as_deref()),
         ]
         .into_iter()
         .filter_map(|(field, value)| Some((field, value?)))
@@ -126,6 +137,11 @@ impl LogQuery {
             "status" => record.status.as_str() == value,
             "app" => queue.as_ref().is_some_and(|q| q.app == value),
             "lane" => queue.as_ref().is_some_and(|q| q.lane.as_str() == value),
+            "fallback" => parse_fallback_filter(value).is_some_and(|(rung, outcome)| {
+                (record.fallback.iter().rev())
+                    .find(|a| a.rung == rung)
+                    .is_some_and(|a| a.outcome == outcome)
+            }),
             _ if value == "opened" => receipt.opened_at.is_some(),
             _ => receipt.reached_device(),
         };

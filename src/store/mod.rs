@@ -12,6 +12,7 @@
 //!   group-commit writer ([`Committer`]).
 //! - `record.rs`: the compact form of a stored record (`rec:{id}`).
 //! - `delivery.rs`: claiming due records under a lease, writing outcomes, dead tokens.
+//! - `fallback.rs`: the fallback rungs' queues (claim, outcome, the receipt-timeout scan).
 //! - `log.rs`: the push log as the console reads and searches it; resend; flush.
 //! - `bitmaps.rs`: which message field values earn a bitmap index.
 //! - `retention.rs`: removing old records with their index entries; legal hold.
@@ -41,6 +42,10 @@
 //! - `receipts`: hash `{id}:delivered` / `{id}:opened` → unix ms, the first receipt
 //!   of each event; `bit:receipt:delivered` (either receipt came) and
 //!   `bit:receipt:opened` index them for the log.
+//! - `fq:{rung}`: zset of ids due on a fallback rung (unix ms); `fqinflight:{rung}`: its
+//!   claimed ids, scored by their lease's end; `fallback:watch`: ids sent with a fallback
+//!   ladder, scored by when, until their receipt timeout; `bit:fallback:{rung}:{outcome}`:
+//!   where each push stands on each rung.
 //! - `stats:{port}:{unix minute}` / `stats:{port}:total`: counters for the console.
 //! - `events`: pub/sub channel announcing stored ids.
 //! - `consent`: hash csno → `ad|night` consents; `consent:ad`: zset of csno with ad
@@ -56,6 +61,7 @@ pub mod consent;
 pub mod console;
 pub mod delivery;
 mod error;
+pub mod fallback;
 mod link;
 pub mod log;
 pub mod managed;

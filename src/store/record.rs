@@ -91,6 +91,7 @@ struct StoredPush {
     kind: Option<crate::push::Kind>,
     #[serde(default)]
     held: Option<String>,
+    fallback: Vec<String>,
     #[serde(default)]
     same: Vec<String>,
 }
@@ -139,6 +140,7 @@ impl StoredPush {
             lane: self.lane,
             kind: self.kind,
             held: self.held,
+            fallback: self.fallback,
         }
     }
 }
@@ -263,6 +265,9 @@ impl Serialize for CompactPush<'_> {
         if let Some(held) = &p.held {
             map.serialize_entry("held", held)?;
         }
+        if !p.fallback.is_empty() {
+            map.serialize_entry("fallback", &p.fallback)?;
+        }
         let same: Vec<&str> = [
             (self.same_token, "token"),
             (self.same_title, "title"),
@@ -325,6 +330,9 @@ impl Serialize for Compact<'_> {
         }
         if r.legal_hold {
             map.serialize_entry("legal_hold", &true)?;
+        }
+        if !r.fallback.is_empty() {
+            map.serialize_entry("fallback", &r.fallback)?;
         }
         if let Some(at) = r.requeued_at {
             map.serialize_entry("requeued_at", &at)?;
@@ -418,6 +426,24 @@ mod tests {
         assert_eq!(decode(&encode(&record)).unwrap(), record);
         record.receipt = None;
         assert!(!encode(&record).contains("receipt"), "no receipt, no key");
+    }
+
+    #[test]
+    fn a_fallback_ladder_and_its_rung_attempts_round_trip() {
+        let mut full = full();
+        full["decision"]["push"]["fallback"] = json!(["alimtalk", "sms"]);
+        full["fallback"] = json!([
+            {"rung": "alimtalk", "at": 5, "attempt": 1, "http": 400, "outcome": "failed",
+             "answer": "{\"code\":\"REJECTED\"}"},
+            {"rung": "sms", "at": 6, "attempt": 1, "http": 200, "outcome": "sent"}
+        ]);
+        let record = typed(full.clone());
+        assert_eq!(record.next_rung(None), Some("alimtalk"));
+        assert_eq!(record.next_rung(Some("alimtalk")), Some("sms"));
+        assert_eq!(record.next_rung(Some("sms")), None);
+        let stored = encode(&record);
+        assert_eq!(decode(&stored).unwrap(), record);
+        assert_eq!(decode(&stored).unwrap().to_json(), full);
     }
 
     #[test]

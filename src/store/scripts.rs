@@ -59,6 +59,13 @@ pub(super) struct Scripts {
     pub receipts: Script,
     /// `consent_set.lua`: customers' ad consents and the index by consent date.
     pub consent_set: Script,
+    /// `fallback_claim.lua`: one fallback rung's due records to its `fqinflight` under a
+    /// lease; expired leases back to its queue.
+    pub fallback_claim: Script,
+    /// `fallback_outcome.lua`: rung outcomes, fenced by the lease; the next rung queued.
+    pub fallback_outcome: Script,
+    /// `fallback_watch.lua`: pushes sent without a receipt in time onto their first rung.
+    pub fallback_watch: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -80,6 +87,9 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     legacy_queue: Script::new(lua!("legacy_queue")),
     receipts: Script::new(lua!("counters", "receipts")),
     consent_set: Script::new(lua!("consent_set")),
+    fallback_claim: Script::new(lua!("fallback_claim")),
+    fallback_outcome: Script::new(lua!("fallback_outcome")),
+    fallback_watch: Script::new(lua!("fallback_watch")),
 });
 
 /// The store's scripts (built on first use).

@@ -8,6 +8,7 @@ mod browser;
 mod browser_support;
 mod console;
 mod delivery;
+mod fallback;
 mod ha;
 mod ingest;
 mod lifecycle;

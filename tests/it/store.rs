@@ -338,6 +338,8 @@ fn sent(claim: &Claimed, at_ms: i64) -> Outcome {
         delivered: true,
         port: "p".into(),
         at_ms,
+        fallback: None,
+        watch_receipt: false,
     }
 }
 
@@ -1143,4 +1145,92 @@ async fn dead_tokens_are_kept_per_app() {
         Some(2_000),
         "the default app keeps the first stage's hash"
     );
+}
+
+/// `fallback_claim.lua` and `fallback_outcome.lua`
+#[tokio::test]
+async fn a_rung_outcome_is_fenced_by_its_lease_and_never_overwrites_a_record_changed_meanwhile() {
+    use pushgate::push::{RungAttempt, RungOutcome};
+    use pushgate::store::fallback::{RungResult, RungWrite};
+    use redis::Commands as _;
+
+    let redis = RedisServer::start();
+    let store = open(&redis);
+    let now = now_ms();
+    let id = ingest_one(&store, record("F1", 1, Status::Dropped, now)).await;
+    let mut con = redis.connection();
+    let _: () = con.zadd("pg:fq:alimtalk", id, now).unwrap();
+    let claimed = store
+        .claim_rung("alimtalk", now, now + 30_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let claim = claimed.into_iter().next().unwrap();
+    assert_eq!(store.rung_depth("alimtalk").await.unwrap(), (0, 1));
+
+    // Meanwhile the record changes (a receipt, an operator's resend).
+    let key = format!("pg:rec:{id}");
+    let text: String = con.get(&key).unwrap();
+    let mut changed: serde_json::Value = serde_json::from_str(&text).unwrap();
+    changed["receipt"] = json!({"delivered_at": now});
+    let _: () = con.set(&key, changed.to_string()).unwrap();
+
+    let added = RungAttempt {
+        rung: "alimtalk".into(),
+        at: now,
+        attempt: 1,
+        http: 200,
+        outcome: RungOutcome::Sent,
+        answer: String::new(),
+    };
+    let mut result = RungResult {
+        id,
+        lease: claim.lease,
+        rung: "alimtalk".into(),
+        base: claim.text.clone(),
+        record: claim.record.clone(),
+        added: Some(added.clone()),
+        outcome: RungOutcome::Sent,
+        retry_at_ms: None,
+        next_rung: Some("sms".into()),
+    };
+    result.record.remember_rung(added.clone());
+    let stale_lease = RungResult {
+        lease: claim.lease - 1,
+        ..result.clone()
+    };
+    assert_eq!(
+        store.finish_rungs(&[stale_lease], now).await.unwrap(),
+        [RungWrite::LeaseLost]
+    );
+    assert_eq!(
+        store.finish_rungs(&[result.clone()], now).await.unwrap(),
+        [RungWrite::Changed]
+    );
+    let kept: String = con.get(&key).unwrap();
+    assert_eq!(
+        kept,
+        changed.to_string(),
+        "the changed record is not overwritten"
+    );
+
+    // Applied to the record as it is now, it is written, with the next rung queued.
+    let (text, mut now_record) = store.record_text(id).await.unwrap().unwrap();
+    now_record.remember_rung(added);
+    result.base = text;
+    result.record = now_record;
+    assert_eq!(
+        store.finish_rungs(&[result], now).await.unwrap(),
+        [RungWrite::Applied]
+    );
+    let stored: serde_json::Value =
+        serde_json::from_str(&con.get::<_, String>(&key).unwrap()).unwrap();
+    assert_eq!(stored["receipt"], json!({"delivered_at": now}));
+    assert_eq!(stored["fallback"][0]["outcome"], "sent");
+    assert_eq!(store.rung_depth("alimtalk").await.unwrap(), (0, 0));
+    assert_eq!(store.rung_depth("sms").await.unwrap(), (1, 0));
+    let bit: u8 = con
+        .getbit("pg:bit:fallback:alimtalk:sent", id as usize)
+        .unwrap();
+    assert_eq!(bit, 1);
 }

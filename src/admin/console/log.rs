@@ -105,6 +105,8 @@ fn log_query(
         app: (!app.is_empty()).then(|| app.to_owned()),
         lane: Lane::parse(input.get("lane")).map(|l| l.as_str().to_owned()),
         receipt: ReceiptFilter::parse(input.get("receipt")),
+        fallback: crate::store::log::parse_fallback_filter(input.get("fallback"))
+            .map(|_| input.get("fallback").to_owned()),
         from_ms: parse_time("from")?,
         to_ms: parse_time("to")?,
         oldest_first: input.get("order") == "oldest",
@@ -114,7 +116,7 @@ fn log_query(
     let base: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(
             [
-                "field", "q", "status", "app", "lane", "receipt", "from", "to", "order",
+                "field", "q", "status", "app", "lane", "receipt", "fallback", "from", "to", "order",
             ]
             .iter()
             .map(|k| (*k, input.get(k)))

@@ -31,6 +31,16 @@ struct AttemptRow {
     answer: String,
 }
 
+/// One attempt on a fallback rung, from the record's `fallback`.
+struct RungRow {
+    rung: String,
+    at: String,
+    attempt: String,
+    http: String,
+    outcome: &'static str,
+    answer: String,
+}
+
 #[derive(Template)]
 #[template(path = "push.html")]
 struct PushPage {
@@ -43,6 +53,8 @@ struct PushPage {
     fields: Vec<FieldRow>,
     decision: String,
     attempts: Vec<AttemptRow>,
+    /// Its fallback ladder as climbed (Alimtalk, SMS), oldest first.
+    rungs: Vec<RungRow>,
     can_resend: bool,
     can_reroute: bool,
     can_hold: bool,
@@ -89,7 +101,7 @@ pub(super) async fn page(
         .as_object()
         .map(|m| {
             m.keys()
-                .filter(|k| !matches!(k.as_str(), "history" | "decision" | "receipt"))
+                .filter(|k| !matches!(k.as_str(), "history" | "decision" | "receipt" | "fallback"))
                 .map(|k| {
                     let mut value = cell(&json, k);
                     if matches!(k.as_str(), "received_at" | "due_at")
@@ -116,6 +128,18 @@ pub(super) async fn page(
             http: a.http.to_string(),
             outcome: a.outcome.clone(),
             answer: a.answer.clone().unwrap_or_default(),
+        })
+        .collect();
+    let rungs = record
+        .fallback
+        .iter()
+        .map(|a| RungRow {
+            rung: a.rung.clone(),
+            at: format_local(a.at, zone, "%Y-%m-%d %H:%M:%S%.3f"),
+            attempt: a.attempt.to_string(),
+            http: a.http.to_string(),
+            outcome: a.outcome.as_str(),
+            answer: a.answer.clone(),
         })
         .collect();
     let operator = session.may(Role::Operator);
@@ -145,6 +169,7 @@ pub(super) async fn page(
         fields,
         decision: serde_json::to_string_pretty(&json["decision"]).unwrap_or_default(),
         attempts,
+        rungs,
         notice: notice.unwrap_or("").to_owned(),
     })
 }

@@ -1,12 +1,13 @@
 -- Write the outcomes of send attempts, each only while its claim's lease still holds
 -- the record (its `inflight` score is still the lease): a sender whose lease expired
 -- and whose record was claimed again writes nothing (fencing). Moves the status and
--- fcm_send_yn bits, queues a retry, counts per port and minute. Needs counters.lua
--- before it.
+-- fcm_send_yn bits, queues a retry, counts per port and minute, and, for a push that
+-- ends unreached with a fallback ladder, queues it on the first rung in the same step (so
+-- a crash cannot lose the fallback). Needs counters.lua before it.
 -- ARGV[1] prefix
 -- ARGV[2] n            outcomes in the batch
 -- ARGV[3] stats ttl    seconds a per-minute counter lives
--- Then n outcomes, ten each:
+-- Then n outcomes, twelve each:
 --   id
 --   lease              the lease the record was claimed under (unix ms)
 --   record             the whole record's JSON as it must now be stored
@@ -16,6 +17,9 @@
 --   delivered          1 if FCM accepted it (fcm_send_yn N -> Y), else 0
 --   minute key         `stats:{port}:{unix minute}`
 --   total key          `stats:{port}:total`
+--   fallback queue     `fq:{rung}` to queue it on now (its ladder's first rung), "" = none
+--   watch at           unix ms it was sent, to wait for its receipt in `fallback:watch`,
+--                      "" = not watched
 -- Returns 1 (applied) or 0 (lease lost) per outcome, in input order.
 local p, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
@@ -25,7 +29,8 @@ for r = 1, n do
   local id, lease, rec = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local old, new, retry_at, queue = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local delivered, minute_key, total_key = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
-  i = i + 10
+  local fallback_queue, watch_at = ARGV[i + 10], ARGV[i + 11]
+  i = i + 12
   local held = redis.call('ZSCORE', p .. 'inflight', id)
   if held and tonumber(held) == tonumber(lease) then
     redis.call('SET', p .. 'rec:' .. id, rec)
@@ -40,6 +45,14 @@ for r = 1, n do
     end
     if retry_at ~= '' then
       redis.call('ZADD', p .. queue, retry_at, id)
+    end
+    if fallback_queue ~= '' then
+      local t = redis.call('TIME')
+      local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      redis.call('ZADD', p .. fallback_queue, 'NX', string.format('%d', ms), id)
+    end
+    if watch_at ~= '' then
+      redis.call('ZADD', p .. 'fallback:watch', watch_at, id)
     end
     count(minute_key, total_key, new)
     changed[#changed + 1] = id

@@ -1,6 +1,7 @@
 -- One retention step: walk ids from `retention:next` up to at most batch ids (and not
 -- past the last id to prune), removing each record and every index entry pointing at
--- it (zset and `ix:` entries, bits, keyIndex, due, inflight, its receipts) unless it has
+-- it (zset and `ix:` entries, bits, keyIndex, due, inflight, its receipts, its fallback
+-- rungs' queues, bits and receipt watch) unless it has
 -- `legal_hold: true`. Bitmaps it cleared bits in are added to `retention:touched`, for
 -- emptied_bitmaps.lua to delete those left empty. Needs bucket.lua and queue.lua before
 -- it.
@@ -75,6 +76,20 @@ for id = next_id, stop do
       redis.call('HDEL', p .. 'receipts', id .. ':delivered', id .. ':opened')
       unset('receipt', 'delivered', id)
       unset('receipt', 'opened', id)
+      -- Its fallback ladder: each rung's queue, in-flight set and outcome bits.
+      local ladder = type(push) == 'table' and push['fallback']
+      if type(ladder) == 'table' then
+        for _, rung in ipairs(ladder) do
+          if type(rung) == 'string' then
+            redis.call('ZREM', p .. 'fq:' .. rung, id)
+            redis.call('ZREM', p .. 'fqinflight:' .. rung, id)
+            for _, o in ipairs({'sent', 'retrying', 'failed', 'expired'}) do
+              unset('fallback', rung .. ':' .. o, id)
+            end
+          end
+        end
+        redis.call('ZREM', p .. 'fallback:watch', id)
+      end
       redis.call('DEL', p .. 'rec:' .. id)
       removed = removed + 1
     end

@@ -1,0 +1,153 @@
+//! The fallback rungs' durable queues: a push waits on a rung in `fq:{rung}` (scored by
+//! unix ms), is claimed into `fqinflight:{rung}` under a lease, and only the claim that
+//! still holds the lease writes its outcome (fencing), as pushes do in `delivery.rs`. The
+//! next rung is queued in the same atomic step as the outcome; the first rung in the same
+//! step as the push's own final outcome (`outcome.lua`). A lease that expires returns the
+//! id to its rung's queue, so a node killed mid-send loses nothing and sends again at most
+//! what it had in flight.
+
+use crate::push::{Record, RungAttempt, RungOutcome};
+
+use super::scripts::scripts;
+use super::{Store, StoreError};
+
+/// The queue of `rung`, under the prefix.
+pub fn queue_key(rung: &str) -> String {
+    format!("fq:{rung}")
+}
+
+/// A record taken from a rung's queue.
+#[derive(Debug, Clone)]
+pub struct RungClaim {
+    pub id: u64,
+    /// The lease this claim holds (unix ms); the outcome must name it.
+    pub lease: i64,
+    pub record: Record,
+    /// The stored text it was read from: the outcome replaces only this text.
+    pub text: String,
+}
+
+/// What became of one rung outcome written by [`Store::finish_rungs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RungWrite {
+    Applied,
+    /// The lease had expired and another claim owns the record: nothing written.
+    LeaseLost,
+    /// The record changed since the attempt read it (a resend, a receipt): nothing
+    /// written, the lease still held; apply the attempt to the new record and write again.
+    Changed,
+}
+
+/// What one rung attempt changed.
+#[derive(Debug, Clone)]
+pub struct RungResult {
+    pub id: u64,
+    pub lease: i64,
+    pub rung: String,
+    /// The stored text the attempt started from.
+    pub base: String,
+    /// The whole record as it must now be stored (with the attempt remembered).
+    pub record: Record,
+    /// The attempt added to `record`, to add again to a record that changed meanwhile.
+    pub added: Option<RungAttempt>,
+    pub outcome: RungOutcome,
+    /// When to try this rung again (unix ms), for `retrying`.
+    pub retry_at_ms: Option<i64>,
+    /// The rung to queue it on now (a `failed` or `expired` rung's successor).
+    pub next_rung: Option<String>,
+}
+
+impl Store {
+    /// Return `rung`'s expired leases to its queue, then move up to `max` ids due by
+    /// `now_ms` to its `fqinflight` with a lease until `lease_until_ms`: one atomic step.
+    pub async fn claim_rung(
+        &self,
+        rung: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        max: usize,
+    ) -> Result<Vec<RungClaim>, StoreError> {
+        let mut invocation = scripts().fallback_claim.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(rung)
+            .arg(now_ms)
+            .arg(lease_until_ms)
+            .arg(max);
+        let pairs: Vec<(u64, String)> = self.invoke(&invocation).await?;
+        pairs
+            .into_iter()
+            .map(|(id, text)| {
+                Ok(RungClaim {
+                    id,
+                    lease: lease_until_ms,
+                    record: super::record::decode(&text)?,
+                    text,
+                })
+            })
+            .collect()
+    }
+
+    /// Write rung outcomes in one atomic round trip; each replaces its record only if
+    /// the lease still holds and the record is still its `base`.
+    pub async fn finish_rungs(
+        &self,
+        results: &[RungResult],
+        now_ms: i64,
+    ) -> Result<Vec<RungWrite>, StoreError> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = scripts().fallback_outcome.prepare_invoke();
+        invocation.arg(&self.prefix).arg(results.len()).arg(now_ms);
+        for r in results {
+            invocation
+                .arg(r.id)
+                .arg(r.lease)
+                .arg(&r.rung)
+                .arg(&r.base)
+                .arg(super::record::encode(&r.record))
+                .arg(r.outcome.as_str())
+                .arg(r.retry_at_ms.map(|ms| ms.to_string()).unwrap_or_default())
+                .arg(r.next_rung.as_deref().unwrap_or_default());
+        }
+        let applied: Vec<i64> = self.invoke(&invocation).await?;
+        Ok(applied
+            .into_iter()
+            .map(|a| match a {
+                1 => RungWrite::Applied,
+                2 => RungWrite::Changed,
+                _ => RungWrite::LeaseLost,
+            })
+            .collect())
+    }
+
+    /// One step of the receipt-timeout scan: up to `max` pushes sent at or before
+    /// `until_ms` leave `fallback:watch`; with `trigger`, those still without a receipt
+    /// are queued on their first rung (due `now_ms`). Returns how many were queued.
+    pub async fn scan_receipt_timeouts(
+        &self,
+        until_ms: i64,
+        now_ms: i64,
+        max: usize,
+        trigger: bool,
+    ) -> Result<u64, StoreError> {
+        let mut invocation = scripts().fallback_watch.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(until_ms)
+            .arg(now_ms)
+            .arg(max)
+            .arg(u8::from(trigger));
+        self.invoke(&invocation).await
+    }
+
+    /// Ids waiting on `rung` (due now or later) and claimed from it.
+    pub async fn rung_depth(&self, rung: &str) -> Result<(u64, u64), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZCARD").arg(self.key(&queue_key(rung)));
+        pipe.cmd("ZCARD")
+            .arg(self.key(&format!("fqinflight:{rung}")));
+        self.query_pipe(&pipe).await
+    }
+}
