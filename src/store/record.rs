@@ -91,6 +91,7 @@ struct StoredPush {
     kind: Option<crate::push::Kind>,
     #[serde(default)]
     held: Option<String>,
+    #[serde(default)]
     fallback: Vec<String>,
     #[serde(default)]
     same: Vec<String>,
