@@ -262,6 +262,7 @@ mod tests {
             "result": "{\"error\":\"phone +82 10-1234-5678 rejected\"}",
             "decision": {"push": {"data": {"to": "+821012345678", "acct": "110-234-567890"}}},
             "history": [{"answer": "sent to 821012345678", "attempt": 1}],
+            "fallback": [{"rung": "sms", "attempt": 1, "answer": "{\"to\":\"01012345678\"}"}],
             "received_at": 1764000000000i64,
             "sndn_rsev_hour": "20261126093000",
             "branch": "acct 3333012345678"
@@ -292,6 +293,9 @@ mod tests {
         assert_eq!(seen["decision"]["push"]["data"]["to"], "010-****-5678");
         assert_eq!(seen["history"][0]["answer"], "sent to 010-****-5678");
         assert_eq!(seen["history"][0]["attempt"], 1);
+        // A messaging gateway's answer echoing the number is masked like FCM's.
+        assert_eq!(seen["fallback"][0]["answer"], "{\"to\":\"010-****-5678\"}");
+        assert_eq!(seen["fallback"][0]["rung"], "sms");
         assert_eq!(seen["msg_contents"], "문의 010-****-5678, 잔액 10,000원");
     }
 
