@@ -249,10 +249,62 @@ pub fn decide(
         if push.kind.is_none() {
             push.kind = origin.kind;
         }
+        // Alimtalk is informational only, and an SMS ad needs the same consents: an ad
+        // never climbs a fallback ladder.
+        if push.is_ad() && !push.fallback.is_empty() {
+            return Err(RouteError {
+                message: "an ad (`kind` = \"ad\") may not have a `fallback` ladder: Alimtalk \
+                          carries informational messages only, and an SMS ad needs the same \
+                          consents"
+                    .into(),
+                line: 0,
+                column: 0,
+            });
+        }
     }
     gated(gate, decision, consent, now).map_err(|message| RouteError {
         message,
         line: 0,
         column: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::Limits;
+
+    #[test]
+    fn an_ad_never_climbs_a_fallback_ladder() {
+        let engine = RouteEngine::new(Limits::default(), chrono_tz::Asia::Seoul);
+        engine.set_rungs(["sms".to_owned()]);
+        let route = engine
+            .compile(
+                "ladder.rhai",
+                "fn route(msg) { let p = send_token(\"t\", \"\", \"\"); p.fallback = [\"sms\"]; p }",
+            )
+            .unwrap();
+        let origin = |kind| Origin {
+            source: "p".into(),
+            queue: Queue::default(),
+            kind,
+        };
+        let fields = Map::new();
+        let info = decide(&engine, &route, &origin(None), None, None, 0, &fields);
+        assert!(info.is_ok(), "{info:?}");
+        let ad = decide(
+            &engine,
+            &route,
+            &origin(Some(Kind::Ad)),
+            None,
+            None,
+            0,
+            &fields,
+        )
+        .unwrap_err();
+        assert!(
+            ad.message.contains("may not have a `fallback` ladder"),
+            "{ad}"
+        );
+    }
 }
