@@ -160,6 +160,26 @@ async fn a_dead_token_falls_to_alimtalk_once_and_the_ladder_stops_there() {
         .getbit("pg:bit:fallback:alimtalk:sent", id as usize)
         .unwrap();
     assert_eq!(bit, 1);
+    // The console's log offers every rung's outcomes and filters by them.
+    let mut web = Web::new(app.app().admin_addr);
+    web.sign_in("viewer").await;
+    let page = web.get("/log?fallback=alimtalk%3Asent").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("<option value=\"sms:failed\"")
+            && page
+                .body
+                .contains("<option value=\"alimtalk:sent\" selected"),
+        "the fallback select: {}",
+        page.body
+    );
+    let first = record_by_key(&app, "dead-1").await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let row = |id: u64| format!("href=\"/push/{id}\"");
+    assert!(page.body.contains(&row(first)) && page.body.contains(&row(id)));
+    let none = web.get("/log?fallback=sms%3Asent").await;
+    assert!(!none.body.contains(&row(first)), "no push reached SMS");
 
     // Retention removes the rung's bits with the record (prune.lua).
     let store = app.app().store.clone();

@@ -54,6 +54,8 @@ struct LogPageView {
     lanes: Vec<Choice>,
     /// `none`, `delivered`, `opened`: "sent, no receipt" is status sent + `none`.
     receipts: Vec<Choice>,
+    /// `{rung}:{outcome}` for every configured fallback rung.
+    fallbacks: Vec<Choice>,
     q: String,
     from: String,
     to: String,
@@ -172,6 +174,19 @@ pub(super) async fn page(state: &AdminState, session: &Session, input: &Input) -
             .map(|r| Choice {
                 value: (*r).to_owned(),
                 selected: input.get("receipt") == *r,
+            })
+            .collect(),
+        fallbacks: config
+            .fallbacks
+            .iter()
+            .flat_map(|rung| {
+                crate::push::RungOutcome::ALL
+                    .iter()
+                    .map(move |o| format!("{}:{}", rung.name, o.as_str()))
+            })
+            .map(|value| Choice {
+                selected: input.get("fallback") == value,
+                value,
             })
             .collect(),
         q: input.get("q").to_owned(),
