@@ -19,7 +19,8 @@ test: deps-browser
 	$(CARGO) test --lib --bins --tests
 
 ## Ingest, end to end, CPU and memory, the log at 1M records, APNs beside FCM, urgent latency
-## under a 1M bulk drain at the rate cap; written to stdout (and target/bench/*.json).
+## under a 1M bulk drain at the rate cap, ingest with the ad gate and receipts; written to stdout
+## (and target/bench/*.json).
 bench: deps
 	$(CARGO) build --release --bin pushgate
 	$(CARGO) run --release --example bench

@@ -12,6 +12,8 @@
 //!    app on FCM and on APNs, each through its emulator, back to back (issue 14).
 //! 7. `lanes`: urgent ack-to-accepted latency while 1,000,000 bulk pushes drain at the
 //!    app's rate cap, and the cap measured at the emulator.
+//! 8. `gate`: ingest frames/s with the port's pushes info, ads (the ad gate reading
+//!    consents per batch), and ads with receipts posted alongside (issue 15).
 //!
 //! Unless a part says otherwise, pushgate runs in-process with a managed redis-server
 //! (AOF on, `appendfsync everysec`, unix socket in a temp dir) and the shipped
@@ -40,6 +42,9 @@ fn main() -> anyhow::Result<()> {
         let only = std::env::args().nth(1).unwrap_or_default();
         if only.is_empty() || only == "ingest" {
             ingest().await?;
+        }
+        if only.is_empty() || only == "gate" {
+            gate().await?;
         }
         if only.is_empty() || only == "end-to-end" {
             end_to_end().await?;
@@ -442,6 +447,250 @@ async fn ingest() -> anyhow::Result<()> {
     }
     app.shutdown().await;
     Ok(())
+}
+
+/// Frames per run of the `gate` part (one connection).
+const GATE_FRAMES: u64 = 100_000;
+/// Runs of each variant in the `gate` part, alternating A, B, C.
+const GATE_ROUNDS: usize = 3;
+/// Records stored before each `gate` run for receipts to name; two events each, so C's
+/// receipts name a key and an event not yet recorded for the first 200,000.
+const GATE_RECEIPT_KEYS: u64 = 100_000;
+/// C's receipts: one batch of this many every [`RECEIPT_EVERY`].
+const RECEIPT_BATCH: u64 = 1_000;
+const RECEIPT_EVERY: Duration = Duration::from_millis(100);
+/// The bearer key C's receipts are posted with (scope `receipt`).
+const GATE_RECEIPT_KEY: &str = "pgk_bench-receipts";
+
+/// What a `gate` run adds to today's ingest path.
+#[derive(Clone, Copy, PartialEq)]
+enum GateVariant {
+    /// A: the port's pushes are info and there is no `[ads]` (no consent read).
+    Info,
+    /// B: the port's pushes are ads; every csno has ad and night consent.
+    Ad,
+    /// C: B, with receipts posted concurrently for stored keys.
+    AdReceipts,
+}
+
+impl GateVariant {
+    fn label(self) -> &'static str {
+        match self {
+            GateVariant::Info => "A info",
+            GateVariant::Ad => "B ad",
+            GateVariant::AdReceipts => "C ad + receipts",
+        }
+    }
+}
+
+/// Issue 15: does the ad gate (consents read per ingest batch) or receipts posted during
+/// ingest slow ingest? Frames/s of one connection sending [`GATE_FRAMES`] frames, each
+/// variant on a fresh pushgate with the same Redis contents (consents for every csno,
+/// [`GATE_RECEIPT_KEYS`] stored records); A without `[ads]` and its port's kind info, B
+/// and C with `[ads]` and kind ad, C with receipts posted alongside; [`GATE_ROUNDS`]
+/// rounds of A, B, C back to back.
+async fn gate() -> anyhow::Result<()> {
+    let variants = [GateVariant::Info, GateVariant::Ad, GateVariant::AdReceipts];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut receipts_posted = 0u64;
+    for round in 0..GATE_ROUNDS {
+        for (v, &variant) in variants.iter().enumerate() {
+            let (rate, posted) = gate_run(variant).await?;
+            receipts_posted += posted;
+            println!(
+                "gate, round {}, {:<16} {rate:>8.0} frames/s{}",
+                round + 1,
+                variant.label(),
+                if posted > 0 {
+                    format!(" ({posted} receipts posted during ingest)")
+                } else {
+                    String::new()
+                }
+            );
+            rates[v].push(rate);
+        }
+    }
+    let median = |r: &[f64]| {
+        let mut s = r.to_vec();
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    };
+    let a = median(&rates[0]);
+    let mut figures = serde_json::json!({"frames_per_run": GATE_FRAMES, "rounds": GATE_ROUNDS});
+    for (v, variant) in variants.iter().enumerate() {
+        let m = median(&rates[v]);
+        let lo = rates[v].iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = rates[v].iter().copied().fold(0.0, f64::max);
+        println!(
+            "gate, {:<16} median {m:>8.0} frames/s (range {lo:.0}–{hi:.0}), {:.3} of A",
+            variant.label(),
+            m / a
+        );
+        figures[variant.label()] = serde_json::json!({
+            "runs": rates[v], "median": m, "min": lo, "max": hi, "ratio_to_a": m / a,
+        });
+    }
+    figures["receipts_posted"] = receipts_posted.into();
+    write_json("gate", &figures)
+}
+
+/// One `gate` run on a fresh pushgate: frames/s, and how many receipts were posted.
+async fn gate_run(variant: GateVariant) -> anyhow::Result<(f64, u64)> {
+    use pushgate::push::{Consent, Grant, Status};
+    let dir = tempfile::tempdir()?;
+    // A is today's path: no `[ads]`, so no consent is read (pushgate reads them for every
+    // batch once `[ads]` is set, whatever the port's kind).
+    let (kind, ads) = if variant == GateVariant::Info {
+        ("info", "")
+    } else {
+        (
+            "ad",
+            "[ads]\nsender = \"푸시은행\"\nopt_out = \"무료수신거부 080-000-0000\"\n\n",
+        )
+    };
+    let extra = format!(
+        "kind = \"{kind}\"\n\n{ads}\
+         [[api_key]]\nname = \"bank-server\"\nsha256 = \"{}\"\nscopes = [\"receipt\"]\n",
+        pushgate::admin::hash_api_key(GATE_RECEIPT_KEY)
+    );
+    let (app, addr) = start(dir.path(), &extra).await?;
+    let store = app.store.clone();
+    // Every csno the load sends (`n % 100_000`, ten digits) agreed to ads, also at night.
+    let now = pushgate::clock::now_ms();
+    let grant = || {
+        Some(Grant {
+            given: true,
+            at_ms: now,
+            channel: "app".into(),
+        })
+    };
+    for chunk in (0..100_000u64).collect::<Vec<_>>().chunks(1000) {
+        let changes: Vec<(String, Consent)> = chunk
+            .iter()
+            .map(|n| {
+                (
+                    format!("{n:010}"),
+                    Consent {
+                        ad: grant(),
+                        night: grant(),
+                    },
+                )
+            })
+            .collect();
+        store.set_consents(&changes).await?;
+    }
+    // Records sent earlier, for receipts to name.
+    for chunk in (0..GATE_RECEIPT_KEYS).collect::<Vec<_>>().chunks(1000) {
+        let batch: Vec<pushgate::store::NewRecord> = chunk
+            .iter()
+            .map(|i| pushgate::store::NewRecord {
+                unique_key: format!("R{i}"),
+                port: "bench".into(),
+                received_at_ms: now,
+                fields: serde_json::json!({"uniqueKey": format!("R{i}"), "csno": format!("{:010}", i % 100_000),
+                    "device_id": device_token(Provider::Fcm, i % 5000), "msg_title": "이체 완료", "msg_contents": format!("{i}원이 입금되었습니다")})
+                    .as_object().cloned().unwrap_or_default(),
+                status: Status::Sent,
+                due_ms: None,
+                decision: None,
+                error: None,
+            })
+            .collect();
+        store.ingest(&batch).await?;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poster = if variant == GateVariant::AdReceipts {
+        let (admin, stop) = (app.admin_addr, stop.clone());
+        Some(std::thread::spawn(move || post_receipts(admin, stop)))
+    } else {
+        None
+    };
+    let loaded = on_thread(move || load(addr, 1, Limit::Frames(GATE_FRAMES), Provider::Fcm));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let posted = match poster {
+        Some(p) => p
+            .join()
+            .map_err(|_| anyhow::anyhow!("receipt thread panicked"))??,
+        None => 0,
+    };
+    let (acked, elapsed, _) = loaded?;
+    anyhow::ensure!(
+        acked == GATE_FRAMES,
+        "{acked} of {GATE_FRAMES} frames acked"
+    );
+    // The frames went the path the variant names: queued, and an ad labelled as one.
+    let last = format!("b{}-0-{}", std::process::id(), GATE_FRAMES - 1);
+    let id = store
+        .id_for_key(&last)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("{last} not stored"))?;
+    let record = store
+        .record(id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("record {id} missing"))?;
+    anyhow::ensure!(
+        record.status == Status::Queued,
+        "{last}: {:?}, not queued ({:?})",
+        record.status,
+        record.error
+    );
+    let labelled = serde_json::to_string(&record.decision)?.contains(pushgate::ads::AD_LABEL);
+    anyhow::ensure!(
+        labelled == (variant != GateVariant::Info),
+        "{last}: ad label {labelled} on a {kind} port"
+    );
+    app.shutdown().await;
+    Ok((acked as f64 / elapsed.as_secs_f64(), posted))
+}
+
+/// C's receipts, on a thread of their own: a batch of [`RECEIPT_BATCH`] every
+/// [`RECEIPT_EVERY`] until `stop`, each naming a stored key (see [`GATE_RECEIPT_KEYS`]);
+/// every item must be answered ok. Returns how many were posted.
+fn post_receipts(
+    admin: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let http = reqwest::Client::new();
+        let url = format!("http://{admin}/api/v1/receipts");
+        let mut posted = 0u64;
+        let mut tick = tokio::time::interval(RECEIPT_EVERY);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
+            let at = pushgate::clock::now_ms();
+            let batch: Vec<serde_json::Value> = (posted..posted + RECEIPT_BATCH)
+                .map(|n| {
+                    // Past 2 × GATE_RECEIPT_KEYS the receipts repeat (answered ok, `repeated`).
+                    let n = n % (2 * GATE_RECEIPT_KEYS);
+                    let event = if n < GATE_RECEIPT_KEYS { "delivered" } else { "opened" };
+                    serde_json::json!({"uniqueKey": format!("R{}", n % GATE_RECEIPT_KEYS), "event": event, "at": at})
+                })
+                .collect();
+            let response = http
+                .post(&url)
+                .bearer_auth(GATE_RECEIPT_KEY)
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&batch)?)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "receipts: HTTP {}",
+                response.status()
+            );
+            let text = response.text().await?;
+            anyhow::ensure!(
+                !text.contains("\"ok\":false"),
+                "a receipt was refused: {}",
+                &text[..text.len().min(300)]
+            );
+            posted += RECEIPT_BATCH;
+        }
+        Ok(posted)
+    })
 }
 
 /// Where the time goes: Redis's share. Ingest (the group-commit Lua script) and delivery
