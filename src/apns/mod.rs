@@ -161,9 +161,7 @@ impl ApnsClient {
         };
         let apns_id = header("apns-id");
         let unique_id = header("apns-unique-id");
-        let retry_after = header("retry-after")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::fcm::retry_after(response.headers());
         let text = match response.text().await {
             Ok(text) => text,
             Err(e) => return not_sent(ErrorClass::Transport, without_url(&e)),

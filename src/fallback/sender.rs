@@ -356,12 +356,7 @@ impl RungSender {
                 )),
                 Ok(Ok(response)) => {
                     let status = response.status().as_u16();
-                    let retry_after = response
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                    let retry_after = crate::fcm::retry_after(response.headers());
                     let text = response.text().await.unwrap_or_default();
                     Ok((status, retry_after, text))
                 }
@@ -392,14 +387,9 @@ impl RungSender {
         }
     }
 
-    /// `base · 2^(attempt-1)` capped, then 50–100% of it (as the push sender does).
+    /// The push sender's backoff rule, with this rung's base and cap.
     fn retry_delay(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(20);
-        let full = self
-            .retry_base
-            .saturating_mul(1 << exponent)
-            .min(self.retry_max);
-        full.mul_f64(rand::random_range(0.5..=1.0))
+        crate::sender::backoff(self.retry_base, self.retry_max, attempt)
     }
 }
 

@@ -206,12 +206,7 @@ impl FcmClient {
             Err(e) => return transport(without_url(&e)),
         };
         let http = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(response.headers());
         let body = match response.text().await {
             Ok(b) => b,
             Err(e) => return transport(without_url(&e)),
@@ -229,6 +224,16 @@ impl FcmClient {
             retry_after,
         }
     }
+}
+
+/// A provider's (or gateway's) `Retry-After` in seconds, the one form FCM, Apple and the
+/// messaging gateways send.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 fn transport(message: String) -> Answer {

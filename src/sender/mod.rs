@@ -93,12 +93,16 @@ impl Policy {
             Retry::Quota => self.quota_retry,
             _ => self.retry_base,
         };
-        let exponent = attempts.saturating_sub(1).min(20);
-        let full = base
-            .saturating_mul(1 << exponent)
-            .min(self.retry_max.max(base));
-        full.mul_f64(rand::random_range(0.5..=1.0))
+        backoff(base, self.retry_max.max(base), attempts)
     }
+}
+
+/// The delay before attempt `attempts + 1`: `base · 2^(attempts-1)` capped at `max`, then
+/// 50–100 % of it, so a fleet does not retry in step. Pushes and fallback rungs share it.
+pub fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(20);
+    let full = base.saturating_mul(1 << exponent).min(max);
+    full.mul_f64(rand::random_range(0.5..=1.0))
 }
 
 pub struct Sender {
