@@ -37,9 +37,9 @@ pub struct Answered {
 }
 
 /// Route, store and answer checked messages from `origin` (a port, or an API key):
-/// the one path every message takes into Redis. The batch's customers' ad consents are
-/// read first, in one round trip, so routing can apply the ad gate. Records metrics on
-/// the way.
+/// the one path every message takes into Redis. Messages are routed first; then the
+/// consents of the customers the batch's ads go to are read in one round trip (none for a
+/// batch without ads) and the ad gate applied. Records metrics on the way.
 pub async fn store_parsed(
     committer: &Committer,
     engine: &Arc<RouteEngine>,
@@ -63,33 +63,51 @@ pub async fn store_parsed(
             })
         })
         .collect();
-    let consents = ads
-        .consents(
+    let records = if messages.is_empty() {
+        Ok(Vec::new())
+    } else {
+        let engine = engine.clone();
+        let script = route.clone();
+        let from = origin.clone();
+        let now = ads.now_ms();
+        // Routing first: only the batch's ads need their customers' consents.
+        let routed = tokio::task::spawn_blocking(move || {
             messages
-                .iter()
-                .filter_map(|m| m.fields.get("csno")?.as_str()),
-        )
+                .into_iter()
+                .map(|m| {
+                    let decided = route_ungated(&engine, &script, &from, now, &m.fields);
+                    (m, decided)
+                })
+                .collect::<Vec<_>>()
+        })
         .await
-        .map_err(|e| format!("not stored, send again: reading the customers' ad consents: {e}"));
-    let records = match consents {
-        _ if messages.is_empty() => Ok(Vec::new()),
-        Err(e) => Err(e),
-        Ok(consents) => {
-            let engine = engine.clone();
-            let route = route.clone();
-            let origin = origin.clone();
-            let gate = ads.gate();
-            let now = ads.now_ms();
-            tokio::task::spawn_blocking(move || {
-                messages
-                    .into_iter()
-                    .map(|m| {
-                        route_message(&engine, &route, &origin, gate.as_ref(), &consents, now, m)
+        .map_err(|e| format!("routing task failed: {e}"));
+        match routed {
+            Err(e) => Err(e),
+            Ok(routed) => {
+                let ad_customers = routed.iter().filter_map(|(m, decided)| {
+                    let is_ad = matches!(decided, Ok(Decision::Send { push } | Decision::Later { push, .. }) if push.is_ad());
+                    is_ad.then(|| m.fields.get("csno")?.as_str()).flatten()
+                });
+                ads.consents(ad_customers)
+                    .await
+                    .map_err(|e| {
+                        format!("not stored, send again: reading the customers' ad consents: {e}")
                     })
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .map_err(|e| format!("routing task failed: {e}"))
+                    .map(|consents| {
+                        let gate = ads.gate();
+                        routed
+                            .into_iter()
+                            .map(|(m, decided)| {
+                                let consent =
+                                    m.fields.get("csno").and_then(|c| consents.get(c.as_str()?));
+                                let decided = decided
+                                    .and_then(|d| gate_decision(gate.as_ref(), d, consent, now));
+                                new_record(route, origin, now, m, decided)
+                            })
+                            .collect()
+                    })
+            }
         }
     };
     let stored = match records {
@@ -199,21 +217,33 @@ pub fn route_message(
     now: i64,
     message: Message,
 ) -> NewRecord {
+    let consent = message
+        .fields
+        .get("csno")
+        .and_then(|c| consents.get(c.as_str()?));
+    let decided = decide(engine, route, origin, gate, consent, now, &message.fields);
+    new_record(route, origin, now, message, decided)
+}
+
+/// A message and what its route decided, as the record to store.
+fn new_record(
+    route: &CompiledRoute,
+    origin: &Origin,
+    now: i64,
+    message: Message,
+    decided: Result<Decision, RouteError>,
+) -> NewRecord {
     let mut record = NewRecord {
         unique_key: message.unique_key,
         port: origin.source.clone(),
         received_at_ms: now,
-        fields: Map::new(),
+        fields: message.fields,
         status: Status::Received,
         due_ms: None,
         decision: None,
         error: None,
     };
-    let consent = message
-        .fields
-        .get("csno")
-        .and_then(|c| consents.get(c.as_str()?));
-    match decide(engine, route, origin, gate, consent, now, &message.fields) {
+    match decided {
         Ok(decision) => {
             (record.status, record.due_ms) = match &decision {
                 Decision::Send { .. } => (Status::Queued, Some(now)),
@@ -227,7 +257,6 @@ pub fn route_message(
             record.error = Some(format!("{}:{e}", route.path));
         }
     }
-    record.fields = message.fields;
     record
 }
 
@@ -243,6 +272,19 @@ pub fn decide(
     now: i64,
     fields: &Map<String, serde_json::Value>,
 ) -> Result<Decision, RouteError> {
+    let decision = route_ungated(engine, route, origin, now, fields)?;
+    gate_decision(gate, decision, consent, now)
+}
+
+/// The script's decision at `now`, completed from `origin` (app, lane, kind), before the
+/// ad gate: whether it is an ad is known only now.
+fn route_ungated(
+    engine: &RouteEngine,
+    route: &CompiledRoute,
+    origin: &Origin,
+    now: i64,
+    fields: &Map<String, serde_json::Value>,
+) -> Result<Decision, RouteError> {
     let mut decision = engine.route(route, fields, now)?;
     if let Decision::Send { push } | Decision::Later { push, .. } = &mut decision {
         push.default_to(&origin.queue);
@@ -252,21 +294,32 @@ pub fn decide(
         // Alimtalk is informational only, and an SMS ad needs the same consents: an ad
         // never climbs a fallback ladder.
         if push.is_ad() && !push.fallback.is_empty() {
-            return Err(RouteError {
-                message: "an ad (`kind` = \"ad\") may not have a `fallback` ladder: Alimtalk \
-                          carries informational messages only, and an SMS ad needs the same \
-                          consents"
+            return Err(route_error(
+                "an ad (`kind` = \"ad\") may not have a `fallback` ladder: Alimtalk carries \
+                 informational messages only, and an SMS ad needs the same consents"
                     .into(),
-                line: 0,
-                column: 0,
-            });
+            ));
         }
     }
-    gated(gate, decision, consent, now).map_err(|message| RouteError {
+    Ok(decision)
+}
+
+/// A routed decision through the ad gate with the customer's `consent`.
+fn gate_decision(
+    gate: Option<&AdGate>,
+    decision: Decision,
+    consent: Option<&Consent>,
+    now: i64,
+) -> Result<Decision, RouteError> {
+    gated(gate, decision, consent, now).map_err(route_error)
+}
+
+fn route_error(message: String) -> RouteError {
+    RouteError {
         message,
         line: 0,
         column: 0,
-    })
+    }
 }
 
 #[cfg(test)]

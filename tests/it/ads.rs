@@ -636,3 +636,42 @@ async fn the_script_editors_try_shows_the_gates_effect_on_the_sample() {
     );
     app.shutdown().await;
 }
+
+/// A batch without ads reads no consents, even with `[ads]` set: routing comes first, and
+/// only the customers of the batch's ads are looked up.
+#[tokio::test]
+async fn a_batch_without_ads_reads_no_consents() {
+    let redis = RedisServer::start();
+    // No app: nothing else reads with HMGET (the sender's dead-token look-up).
+    let script = "fn route(msg) {\n    let push = send_token(msg.device_id, msg.msg_title, msg.msg_contents);\n    if msg.D_servicename == \"AD\" { push.kind = \"ad\"; }\n    push\n}\n";
+    let app = TestApp::start_with(
+        &redis,
+        &port_block("info", "maybe_ad.rhai", ""),
+        &[("maybe_ad.rhai", script)],
+        &ads_config(),
+    )
+    .await;
+    let addr = app.port_addr("info").await;
+    let hmgets = || {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut redis.connection())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_hmget:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = hmgets();
+    let info: Vec<Value> = (0..20)
+        .map(|n| ad(&format!("i-{n}"), "1234567890"))
+        .collect();
+    store_messages(addr, &info).await;
+    assert_eq!(hmgets(), before, "no consent read for informational pushes");
+    // An ad the script marks on the same port does read them.
+    let mut one_ad = ad("a-1", "1234567890");
+    one_ad["D_servicename"] = json!("AD");
+    store_messages(addr, &[one_ad]).await;
+    assert_eq!(hmgets(), before + 1, "one round trip for the batch's ad");
+    app.shutdown().await;
+}
