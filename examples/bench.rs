@@ -452,13 +452,15 @@ async fn ingest() -> anyhow::Result<()> {
 /// Frames per run of the `gate` part (one connection).
 const GATE_FRAMES: u64 = 100_000;
 /// Runs of each variant in the `gate` part, alternating A, B, C.
-const GATE_ROUNDS: usize = 3;
+const GATE_ROUNDS: usize = 5;
 /// Records stored before each `gate` run for receipts to name; two events each, so C's
 /// receipts name a key and an event not yet recorded for the first 200,000.
 const GATE_RECEIPT_KEYS: u64 = 100_000;
-/// C's receipts: one batch of this many every [`RECEIPT_EVERY`].
+/// C's receipts: at most this many in one request, one request every [`RECEIPT_EVERY`].
 const RECEIPT_BATCH: u64 = 1_000;
-const RECEIPT_EVERY: Duration = Duration::from_millis(100);
+const RECEIPT_EVERY: Duration = Duration::from_millis(20);
+/// Frames acked by every load client so far (C's receipts keep pace with it).
+static ACKED_FRAMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// The bearer key C's receipts are posted with (scope `receipt`).
 const GATE_RECEIPT_KEY: &str = "pgk_bench-receipts";
 
@@ -491,16 +493,32 @@ impl GateVariant {
 /// rounds of A, B, C back to back.
 async fn gate() -> anyhow::Result<()> {
     let variants = [GateVariant::Info, GateVariant::Ad, GateVariant::AdReceipts];
+    // `bench gate B` runs only B (for a profiler); the ratios then are not printed.
+    let only: Option<GateVariant> = match std::env::args().nth(2).as_deref() {
+        Some("A") => Some(GateVariant::Info),
+        Some("B") => Some(GateVariant::Ad),
+        Some("C") => Some(GateVariant::AdReceipts),
+        _ => None,
+    };
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut cpus: Vec<Vec<GateCpu>> = vec![Vec::new(); variants.len()];
     let mut receipts_posted = 0u64;
     for round in 0..GATE_ROUNDS {
         for (v, &variant) in variants.iter().enumerate() {
-            let (rate, posted) = gate_run(variant).await?;
+            if only.is_some_and(|o| o != variant) {
+                continue;
+            }
+            let (rate, posted, cpu) = gate_run(variant).await?;
             receipts_posted += posted;
             println!(
-                "gate, round {}, {:<16} {rate:>8.0} frames/s{}",
+                "gate, round {}, {:<16} {rate:>8.0} frames/s, CPU per frame: pushgate {:.1} µs, Redis {:.1} µs (+ AOF rewrite {:.1} µs), load {:.1} + {:.1} µs{}",
                 round + 1,
                 variant.label(),
+                cpu.pushgate_us,
+                cpu.redis_us,
+                cpu.rewrite_us,
+                cpu.load_us,
+                cpu.poster_us,
                 if posted > 0 {
                     format!(" ({posted} receipts posted during ingest)")
                 } else {
@@ -508,7 +526,11 @@ async fn gate() -> anyhow::Result<()> {
                 }
             );
             rates[v].push(rate);
+            cpus[v].push(cpu);
         }
+    }
+    if only.is_some() {
+        return Ok(());
     }
     let median = |r: &[f64]| {
         let mut s = r.to_vec();
@@ -521,21 +543,61 @@ async fn gate() -> anyhow::Result<()> {
         let m = median(&rates[v]);
         let lo = rates[v].iter().copied().fold(f64::INFINITY, f64::min);
         let hi = rates[v].iter().copied().fold(0.0, f64::max);
+        let pushgate: Vec<f64> = cpus[v].iter().map(|c| c.pushgate_us).collect();
+        let redis: Vec<f64> = cpus[v].iter().map(|c| c.redis_us).collect();
+        let (pm, rm) = (median(&pushgate), median(&redis));
+        let (pa, ra) = (
+            median(&cpus[0].iter().map(|c| c.pushgate_us).collect::<Vec<_>>()),
+            median(&cpus[0].iter().map(|c| c.redis_us).collect::<Vec<_>>()),
+        );
         println!(
-            "gate, {:<16} median {m:>8.0} frames/s (range {lo:.0}–{hi:.0}), {:.3} of A",
+            "gate, {:<16} median {m:>8.0} frames/s (range {lo:.0}–{hi:.0}), {:.3} of A; CPU per frame: pushgate {pm:.1} µs, Redis {rm:.1} µs, together {:.3} of A's",
             variant.label(),
-            m / a
+            m / a,
+            (pm + rm) / (pa + ra)
         );
         figures[variant.label()] = serde_json::json!({
             "runs": rates[v], "median": m, "min": lo, "max": hi, "ratio_to_a": m / a,
+            "pushgate_cpu_us": pushgate, "redis_cpu_us": redis,
+            "redis_rewrite_cpu_us": cpus[v].iter().map(|c| c.rewrite_us).collect::<Vec<_>>(),
+            "cpu_ratio_to_a": (pm + rm) / (pa + ra),
         });
     }
     figures["receipts_posted"] = receipts_posted.into();
     write_json("gate", &figures)
 }
 
-/// One `gate` run on a fresh pushgate: frames/s, and how many receipts were posted.
-async fn gate_run(variant: GateVariant) -> anyhow::Result<(f64, u64)> {
+/// CPU time per frame acked in a `gate` run: pushgate's (this process less the load
+/// generator's and the receipt poster's threads) and its Redis's: the server's own (the
+/// core that caps ingest) and its AOF rewrites' (forked children, on another core).
+#[derive(Clone, Copy)]
+struct GateCpu {
+    pushgate_us: f64,
+    redis_us: f64,
+    rewrite_us: f64,
+    /// The benchmark's own: the frames' load generator, and C's receipt poster.
+    load_us: f64,
+    poster_us: f64,
+}
+
+/// Redis's CPU seconds from `INFO cpu`: its own (user + sys) and its reaped children's
+/// (AOF rewrites).
+async fn redis_cpu(store: &pushgate::store::Store) -> anyhow::Result<(f64, f64)> {
+    let info = store.info(&["cpu"]).await?;
+    let sum = |keys: [&str; 2]| -> f64 {
+        keys.iter()
+            .filter_map(|k| info.get(*k)?.parse::<f64>().ok())
+            .sum()
+    };
+    Ok((
+        sum(["used_cpu_sys", "used_cpu_user"]),
+        sum(["used_cpu_sys_children", "used_cpu_user_children"]),
+    ))
+}
+
+/// One `gate` run on a fresh pushgate: frames/s, how many receipts were posted, and CPU
+/// per frame.
+async fn gate_run(variant: GateVariant) -> anyhow::Result<(f64, u64, GateCpu)> {
     use pushgate::push::{Consent, Grant, Status};
     let dir = tempfile::tempdir()?;
     // A is today's path: no `[ads]`, so no consent is read (pushgate reads them for every
@@ -598,22 +660,53 @@ async fn gate_run(variant: GateVariant) -> anyhow::Result<(f64, u64)> {
             .collect();
         store.ingest(&batch).await?;
     }
+    let mut stats_con = redis::Client::open(store_url(&store))?
+        .get_multiplexed_async_connection()
+        .await?;
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut stats_con)
+        .await?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (cpu0, redis0) = (own_cpu_seconds("self"), redis_cpu(&store).await?);
     let poster = if variant == GateVariant::AdReceipts {
         let (admin, stop) = (app.admin_addr, stop.clone());
-        Some(std::thread::spawn(move || post_receipts(admin, stop)))
+        Some(std::thread::spawn(move || {
+            post_receipts(admin, stop).map(|n| (n, own_cpu_seconds("thread-self")))
+        }))
     } else {
         None
     };
-    let loaded = on_thread(move || load(addr, 1, Limit::Frames(GATE_FRAMES), Provider::Fcm));
+    let loaded = on_thread(move || {
+        load(addr, 1, Limit::Frames(GATE_FRAMES), Provider::Fcm)
+            .map(|l| (l, own_cpu_seconds("thread-self")))
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let posted = match poster {
+    let (posted, poster_cpu) = match poster {
         Some(p) => p
             .join()
             .map_err(|_| anyhow::anyhow!("receipt thread panicked"))??,
-        None => 0,
+        None => (0, 0.0),
     };
-    let (acked, elapsed, _) = loaded?;
+    let ((acked, elapsed, _), load_cpu) = loaded?;
+    let (cpu1, redis1) = (own_cpu_seconds("self"), redis_cpu(&store).await?);
+    if std::env::var_os("GATE_COMMANDS").is_some() {
+        for (name, calls, usec) in command_stats(&mut stats_con, GATE_FRAMES)
+            .await?
+            .iter()
+            .take(10)
+        {
+            println!("  {name:<12} {calls:>8.3} calls, {usec:>6.1} µs per frame");
+        }
+    }
+    let per_frame = |s: f64| s / GATE_FRAMES as f64 * 1e6;
+    let cpu = GateCpu {
+        pushgate_us: per_frame(cpu1 - cpu0 - load_cpu - poster_cpu),
+        redis_us: per_frame(redis1.0 - redis0.0),
+        rewrite_us: per_frame(redis1.1 - redis0.1),
+        load_us: per_frame(load_cpu),
+        poster_us: per_frame(poster_cpu),
+    };
     anyhow::ensure!(
         acked == GATE_FRAMES,
         "{acked} of {GATE_FRAMES} frames acked"
@@ -640,35 +733,44 @@ async fn gate_run(variant: GateVariant) -> anyhow::Result<(f64, u64)> {
         "{last}: ad label {labelled} on a {kind} port"
     );
     app.shutdown().await;
-    Ok((acked as f64 / elapsed.as_secs_f64(), posted))
+    Ok((acked as f64 / elapsed.as_secs_f64(), posted, cpu))
 }
 
-/// C's receipts, on a thread of their own: a batch of [`RECEIPT_BATCH`] every
-/// [`RECEIPT_EVERY`] until `stop`, each naming a stored key (see [`GATE_RECEIPT_KEYS`]);
-/// every item must be answered ok. Returns how many were posted.
+/// C's receipts, on a thread of their own: one `delivered` receipt per frame acked so
+/// far ([`ACKED_FRAMES`]), posted in batches of what is owed (up to [`RECEIPT_BATCH`])
+/// every [`RECEIPT_EVERY`] until `stop`, each naming a stored key not yet receipted (see
+/// [`GATE_RECEIPT_KEYS`]); every item must be answered ok. Returns how many were posted.
 fn post_receipts(
     admin: SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> anyhow::Result<u64> {
+    use std::sync::atomic::Ordering::Relaxed;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let http = reqwest::Client::new();
         let url = format!("http://{admin}/api/v1/receipts");
+        let acked_before = ACKED_FRAMES.load(Relaxed);
         let mut posted = 0u64;
         let mut tick = tokio::time::interval(RECEIPT_EVERY);
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        while !stop.load(Relaxed) {
             tick.tick().await;
+            let owed = (ACKED_FRAMES.load(Relaxed) - acked_before).saturating_sub(posted);
+            let batch = owed.min(RECEIPT_BATCH);
+            if batch == 0 {
+                continue;
+            }
             let at = pushgate::clock::now_ms();
-            let batch: Vec<serde_json::Value> = (posted..posted + RECEIPT_BATCH)
+            let batch: Vec<serde_json::Value> = (posted..posted + batch)
                 .map(|n| {
-                    // Past 2 × GATE_RECEIPT_KEYS the receipts repeat (answered ok, `repeated`).
+                    // Past GATE_RECEIPT_KEYS the receipts open what was delivered.
                     let n = n % (2 * GATE_RECEIPT_KEYS);
                     let event = if n < GATE_RECEIPT_KEYS { "delivered" } else { "opened" };
                     serde_json::json!({"uniqueKey": format!("R{}", n % GATE_RECEIPT_KEYS), "event": event, "at": at})
                 })
                 .collect();
+            let n = batch.len() as u64;
             let response = http
                 .post(&url)
                 .bearer_auth(GATE_RECEIPT_KEY)
@@ -683,18 +785,19 @@ fn post_receipts(
             );
             let text = response.text().await?;
             anyhow::ensure!(
-                !text.contains("\"ok\":false"),
-                "a receipt was refused: {}",
+                !text.contains("\"ok\":false") && !text.contains("\"repeated\":true"),
+                "a receipt was refused or repeated: {}",
                 &text[..text.len().min(300)]
             );
-            posted += RECEIPT_BATCH;
+            posted += n;
         }
         Ok(posted)
     })
 }
 
 /// Where the time goes: Redis's share. Ingest (the group-commit Lua script) and delivery
-/// (claim + outcome write) driven straight through the store, 50,000 records each,
+/// (claim + outcome write) driven straight through the store, 50,000 records each, and
+/// a delivered receipt for each (`receipts.lua`, 200 to a request),
 /// with Redis's own CPU time per record from `INFO cpu`.
 async fn redis_budget() -> anyhow::Result<()> {
     use pushgate::push::Status;
@@ -732,6 +835,28 @@ async fn redis_budget() -> anyhow::Result<()> {
         store.ingest(&batch).await?;
     }
     let ingest_wall = started.elapsed().as_secs_f64() / n as f64 * 1e6;
+    // One delivered receipt per record, 200 to a request as the receipts API would
+    // take them (issue 15's receipts against ingest's cost).
+    let receipt_cpu0 = cpu(store.info(&["cpu"]).await?);
+    let sources = ["bench".to_owned()];
+    for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
+        let receipts: Vec<pushgate::store::receipts::ReceiptIn> = chunk
+            .iter()
+            .map(|i| pushgate::store::receipts::ReceiptIn {
+                unique_key: format!("B{i}"),
+                event: pushgate::push::ReceiptEvent::Delivered,
+                at_ms: now,
+            })
+            .collect();
+        let recorded = store.record_receipts(&receipts, &sources, now).await?;
+        anyhow::ensure!(
+            recorded
+                .iter()
+                .all(|r| *r == pushgate::store::receipts::Recorded::New),
+            "a receipt was not recorded as new"
+        );
+    }
+    let receipt_cpu = (cpu(store.info(&["cpu"]).await?) - receipt_cpu0) / n as f64 * 1e6;
     let cpu1 = cpu(store.info(&["cpu"]).await?);
     let started = Instant::now();
     let mut done = 0u64;
@@ -758,7 +883,7 @@ async fn redis_budget() -> anyhow::Result<()> {
         (cpu2 - cpu1) / n as f64 * 1e6,
     );
     println!(
-        "Redis budget per push: ingest {ingest_cpu:.1} µs of Redis CPU ({ingest_wall:.1} µs wall), claim + outcome {deliver_cpu:.1} µs ({deliver_wall:.1} µs wall); one Redis core caps the whole path near {:.0} pushes/s",
+        "Redis budget per push: ingest {ingest_cpu:.1} µs of Redis CPU ({ingest_wall:.1} µs wall), claim + outcome {deliver_cpu:.1} µs ({deliver_wall:.1} µs wall); one Redis core caps the whole path near {:.0} pushes/s; a delivered receipt {receipt_cpu:.1} µs",
         1e6 / (ingest_cpu + deliver_cpu)
     );
     app.shutdown().await;
@@ -767,6 +892,7 @@ async fn redis_budget() -> anyhow::Result<()> {
         &serde_json::json!({
             "records": n, "ingest_redis_cpu_us": ingest_cpu, "ingest_wall_us": ingest_wall,
             "deliver_redis_cpu_us": deliver_cpu, "deliver_wall_us": deliver_wall,
+            "receipt_redis_cpu_us": receipt_cpu,
             "ceiling_pushes_per_second": 1e6 / (ingest_cpu + deliver_cpu),
         }),
     )
@@ -1507,6 +1633,17 @@ async fn command_stats(
 /// CPU seconds (user + system, plus reaped children such as Redis's AOF rewrites) a
 /// process has used, from `/proc/{pid}/stat` (`self` for this one).
 fn cpu_seconds(pid: &str) -> f64 {
+    proc_cpu_seconds(pid, 4)
+}
+
+/// CPU seconds (user + system) this process's own threads have used, leaving out its
+/// reaped children (an earlier run's managed Redis); `thread-self` for the calling thread.
+fn own_cpu_seconds(which: &str) -> f64 {
+    proc_cpu_seconds(which, 2)
+}
+
+/// The first `fields` CPU times of `/proc/{pid}/stat` (utime, stime, cutime, cstime).
+fn proc_cpu_seconds(pid: &str, fields: usize) -> f64 {
     let ticks_per_second = 100.0; // USER_HZ on Linux
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -1516,7 +1653,7 @@ fn cpu_seconds(pid: &str) -> f64 {
             let fields: Vec<u64> = rest
                 .split_whitespace()
                 .skip(11)
-                .take(4)
+                .take(fields)
                 .filter_map(|f| f.parse().ok())
                 .collect();
             Some(fields.iter().sum::<u64>() as f64 / ticks_per_second)
@@ -1867,6 +2004,7 @@ async fn client(
             anyhow::bail!("port closed the connection after {acked} acks");
         }
         let acks = buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        ACKED_FRAMES.fetch_add(acks, std::sync::atomic::Ordering::Relaxed);
         if buf[..n].windows(11).any(|w| w == b"\"ok\":false,") {
             anyhow::bail!("error ack: {}", String::from_utf8_lossy(&buf[..n]));
         }

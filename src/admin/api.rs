@@ -262,7 +262,7 @@ async fn ingest(state: &AdminState, req: Request<Incoming>, caller: &str) -> Rep
         })
         .collect();
     let origin = ingest::Origin {
-        source: format!("api-{}", key.name),
+        source: key.source(),
         queue: key.queue(),
         kind: key.kind,
     };
@@ -342,7 +342,8 @@ async fn receipts(state: &AdminState, req: Request<Incoming>) -> Reply {
         .filter_map(|c| c.as_ref().ok())
         .cloned()
         .collect();
-    let recorded = match state.store.record_receipts(&good, now).await {
+    let sources = state.config().sources();
+    let recorded = match state.store.record_receipts(&good, &sources, now).await {
         Ok(r) => r,
         Err(e) => {
             return json_error(

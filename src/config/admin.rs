@@ -195,6 +195,11 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
+    /// The source its pushes are recorded from (a record's `worker`): `api-<name>`.
+    pub fn source(&self) -> String {
+        format!("api-{}", self.name)
+    }
+
     /// The queue its pushes wait in unless their script names another app or lane.
     pub fn queue(&self) -> crate::push::Queue {
         crate::push::Queue::new(

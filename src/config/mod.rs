@@ -240,11 +240,26 @@ impl Config {
         if let Some(port) = self.port(worker) {
             return port.queue();
         }
+        self.api_key_of(worker)
+            .map(ApiKey::queue)
+            .unwrap_or_default()
+    }
+
+    /// The API key whose source (`api-<name>`) `worker` is.
+    fn api_key_of(&self, worker: &str) -> Option<&ApiKey> {
         worker
             .strip_prefix("api-")
             .and_then(|key| self.api_keys.iter().find(|k| k.name == key))
-            .map(ApiKey::queue)
-            .unwrap_or_default()
+    }
+
+    /// Every source a record may come from here: the ports, then the API keys'
+    /// `api-<name>`.
+    pub fn sources(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| p.name.clone())
+            .chain(self.api_keys.iter().map(ApiKey::source))
+            .collect()
     }
 
     /// Whether a record from `worker` is an ad unless its script says (its port's or API
@@ -253,10 +268,7 @@ impl Config {
         if let Some(port) = self.port(worker) {
             return port.kind;
         }
-        worker
-            .strip_prefix("api-")
-            .and_then(|key| self.api_keys.iter().find(|k| k.name == key))
-            .and_then(|k| k.kind)
+        self.api_key_of(worker).and_then(|k| k.kind)
     }
 
     pub fn port(&self, name: &str) -> Option<&PortConfig> {

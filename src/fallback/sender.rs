@@ -487,23 +487,35 @@ async fn watch_receipts(
     timeout: Arc<Mutex<Option<Duration>>>,
     cancel: CancellationToken,
 ) {
+    let mut behind = false;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(WATCH_POLL) => {}
-            _ = cancel.cancelled() => return,
+        // A step that took a whole batch may have left more behind: go on at once, so
+        // the scan keeps up with any send rate (each step is one bounded Lua call).
+        if !behind {
+            tokio::select! {
+                _ = tokio::time::sleep(WATCH_POLL) => {}
+                _ = cancel.cancelled() => return,
+            }
+        } else if cancel.is_cancelled() {
+            return;
         }
         let timeout = timeout.lock().ok().and_then(|t| *t);
         let now = now_ms();
         let until = now - timeout.map_or(0, |t| t.as_millis() as i64);
-        match store
+        behind = match store
             .scan_receipt_timeouts(until, now, WATCH_BATCH, timeout.is_some())
             .await
         {
-            Ok(0) => {}
-            Ok(queued) => {
-                tracing::info!(queued, "no receipt in time: fallback ladders started")
+            Ok((looked, queued)) => {
+                if queued > 0 {
+                    tracing::info!(queued, "no receipt in time: fallback ladders started");
+                }
+                looked >= WATCH_BATCH as u64
             }
-            Err(e) => tracing::warn!(error = %e, "scanning for receipt timeouts"),
-        }
+            Err(e) => {
+                tracing::warn!(error = %e, "scanning for receipt timeouts");
+                false
+            }
+        };
     }
 }

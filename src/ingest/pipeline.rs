@@ -37,9 +37,10 @@ pub struct Answered {
 }
 
 /// Route, store and answer checked messages from `origin` (a port, or an API key):
-/// the one path every message takes into Redis. Messages are routed first; then the
-/// consents of the customers the batch's ads go to are read in one round trip (none for a
-/// batch without ads) and the ad gate applied. Records metrics on the way.
+/// the one path every message takes into Redis. The consents of the customers the
+/// batch's ads go to are read in one round trip (none for a batch without ads): while
+/// the batch is routed when `origin`'s pushes are ads, after routing otherwise; then
+/// the ad gate is applied. Records metrics on the way.
 pub async fn store_parsed(
     committer: &Committer,
     engine: &Arc<RouteEngine>,
@@ -70,8 +71,17 @@ pub async fn store_parsed(
         let script = route.clone();
         let from = origin.clone();
         let now = ads.now_ms();
-        // Routing first: only the batch's ads need their customers' consents.
-        let routed = tokio::task::spawn_blocking(move || {
+        // A port or key whose pushes are ads reads its customers' consents while the
+        // batch is routed (a script rarely makes one of them informational); any other
+        // routes first and reads only for the ads its script made.
+        let prefetch: Option<Vec<String>> = (origin.kind == Some(Kind::Ad) && ads.gate().is_some())
+            .then(|| {
+                messages
+                    .iter()
+                    .filter_map(|m| Some(m.fields.get("csno")?.as_str()?.to_owned()))
+                    .collect()
+            });
+        let routing = tokio::task::spawn_blocking(move || {
             messages
                 .into_iter()
                 .map(|m| {
@@ -79,18 +89,28 @@ pub async fn store_parsed(
                     (m, decided)
                 })
                 .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| format!("routing task failed: {e}"));
-        match routed {
+        });
+        let prefetched = async {
+            match &prefetch {
+                Some(csnos) => Some(ads.consents(csnos.iter().map(String::as_str)).await),
+                None => None,
+            }
+        };
+        let (routed, prefetched) = tokio::join!(routing, prefetched);
+        match routed.map_err(|e| format!("routing task failed: {e}")) {
             Err(e) => Err(e),
             Ok(routed) => {
-                let ad_customers = routed.iter().filter_map(|(m, decided)| {
-                    let is_ad = matches!(decided, Ok(Decision::Send { push } | Decision::Later { push, .. }) if push.is_ad());
-                    is_ad.then(|| m.fields.get("csno")?.as_str()).flatten()
-                });
-                ads.consents(ad_customers)
-                    .await
+                let consents = match prefetched {
+                    Some(read) => read,
+                    None => {
+                        let ad_customers = routed.iter().filter_map(|(m, decided)| {
+                            let is_ad = matches!(decided, Ok(Decision::Send { push } | Decision::Later { push, .. }) if push.is_ad());
+                            is_ad.then(|| m.fields.get("csno")?.as_str()).flatten()
+                        });
+                        ads.consents(ad_customers).await
+                    }
+                };
+                consents
                     .map_err(|e| {
                         format!("not stored, send again: reading the customers' ad consents: {e}")
                     })

@@ -124,14 +124,15 @@ impl Store {
 
     /// One step of the receipt-timeout scan: up to `max` pushes sent at or before
     /// `until_ms` leave `fallback:watch`; with `trigger`, those still without a receipt
-    /// are queued on their first rung (due `now_ms`). Returns how many were queued.
+    /// are queued on their first rung (due `now_ms`). Returns how many left the watch
+    /// list (`max` means more may be waiting) and how many were queued.
     pub async fn scan_receipt_timeouts(
         &self,
         until_ms: i64,
         now_ms: i64,
         max: usize,
         trigger: bool,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
         let mut invocation = scripts().fallback_watch.prepare_invoke();
         invocation
             .arg(&self.prefix)

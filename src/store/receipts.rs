@@ -32,10 +32,13 @@ pub enum Recorded {
 
 impl Store {
     /// Record a batch of receipts in one round trip (each O(1)), counting them on the
-    /// port each push arrived on in the minute `now_ms` falls in.
+    /// port each push arrived on in the minute `now_ms` falls in. `sources` are the ports
+    /// and API key sources (`api-<name>`) a push may have come from: each is a bit test,
+    /// and a push from none of them costs reading its record (see `receipts.lua`).
     pub async fn record_receipts(
         &self,
         receipts: &[ReceiptIn],
+        sources: &[String],
         now_ms: i64,
     ) -> Result<Vec<Recorded>, StoreError> {
         if receipts.is_empty() {
@@ -46,7 +49,9 @@ impl Store {
             .arg(&self.prefix)
             .arg(self.stats_ttl_secs)
             .arg(now_ms.div_euclid(60_000))
-            .arg(receipts.len());
+            .arg(receipts.len())
+            .arg(sources.len())
+            .arg(sources);
         for r in receipts {
             invocation
                 .arg(&r.unique_key)

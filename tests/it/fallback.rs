@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pushgate::emulator::gateway::{GatewayEmulator, GatewayEmulatorArgs};
-use pushgate::store::Store;
+use pushgate::push::{ReceiptEvent, Status};
+use pushgate::store::receipts::{ReceiptIn, Recorded};
+use pushgate::store::{NewRecord, Store};
 use redis::Commands as _;
 use serde_json::{Value, json};
 
@@ -241,28 +243,30 @@ async fn no_receipt_within_the_timeout_starts_the_ladder_and_a_receipt_in_time_p
     let fcm = emulator(&[]).await;
     let gw = gateway(&[]).await;
     let (app, addr, _keys) = start(&redis, &fcm, &gw).await;
-    // The receipts part (`[receipts] timeout_secs`, `POST /api/v1/receipts`) is not on
-    // this branch: the timeout is set directly and the receipt written as receipts.lua
-    // writes it (the `receipts` hash and `bit:receipt:delivered`).
+    // The timeout as `[receipts] timeout_secs` sets it.
     app.app()
         .set_receipt_timeout(Some(Duration::from_secs(2)))
         .await;
 
     send_messages(addr, &[to("rc-late", "tok-a"), to("rc-got", "tok-b")]).await;
     let got = wait_status(&app, "rc-got", "sent", Duration::from_secs(10)).await;
-    let id = got["id"].as_u64().unwrap();
-    // What receipts.lua writes for a `delivered` receipt: the hash entry and the bit.
-    let mut con = redis.connection();
-    let _: () = con
-        .hset(
-            "pg:receipts",
-            format!("{id}:delivered"),
+    assert!(got["id"].as_u64().is_some());
+    // Its receipt, as `POST /api/v1/receipts` records it.
+    let recorded = app
+        .app()
+        .store
+        .record_receipts(
+            &[ReceiptIn {
+                unique_key: "rc-got".into(),
+                event: ReceiptEvent::Delivered,
+                at_ms: pushgate::clock::now_ms(),
+            }],
+            &["p".to_owned()],
             pushgate::clock::now_ms(),
         )
+        .await
         .unwrap();
-    let _: () = con
-        .setbit("pg:bit:receipt:delivered", id as usize, true)
-        .unwrap();
+    assert_eq!(recorded, [Recorded::New]);
 
     let late = wait_rung(&app, "rc-late", "alimtalk", "sent").await;
     assert_eq!(late["status"], "sent");
@@ -481,4 +485,98 @@ async fn a_rung_not_configured_is_a_script_error_until_a_reload_adds_it() {
     assert_eq!(record["status"], "dropped");
     assert_eq!(gw.stats().keys["rl-2:alimtalk"].sends, 1);
     app.shutdown().await;
+}
+
+/// The receipt-timeout scan in steps of `max`: each step says how many left the watch list
+/// (so the sender goes on at once after a full step), only pushes without a receipt climb
+/// their ladder, and entries not yet timed out stay.
+#[tokio::test]
+async fn the_receipt_timeout_scan_goes_in_bounded_steps_and_skips_pushes_with_a_receipt() {
+    let redis = RedisServer::start();
+    let store = Store::open(&redis.url(), "pg:", Duration::from_secs(5), 3600).unwrap();
+    let now = pushgate::clock::now_ms();
+    let records: Vec<NewRecord> = (0..2500)
+        .map(|n| NewRecord {
+            unique_key: format!("w{n}"),
+            port: "fb".into(),
+            received_at_ms: now,
+            fields: json!({"uniqueKey": format!("w{n}"), "device_id": "tok"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            status: Status::Sent,
+            due_ms: None,
+            decision: serde_json::from_value(json!({"action": "send", "push": {
+                "target": {"token": "tok"}, "fallback": ["alimtalk", "sms"]}}))
+            .ok(),
+            error: None,
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for chunk in records.chunks(500) {
+        for stored in store.ingest(chunk).await.unwrap() {
+            match stored {
+                pushgate::store::Stored::New { id } => ids.push(id),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let mut con = redis.connection();
+    // Sent long ago (timed out), except the last 100, sent just now.
+    for (n, id) in ids.iter().enumerate() {
+        let at = if n >= 2400 { now } else { now - 60_000 };
+        let _: () = con.zadd("pg:fallback:watch", *id, at).unwrap();
+    }
+    // Every tenth timed-out push got its receipt (through the store, as the API does).
+    let receipts: Vec<ReceiptIn> = (0..2400)
+        .step_by(10)
+        .map(|n| ReceiptIn {
+            unique_key: format!("w{n}"),
+            event: if n % 20 == 0 {
+                ReceiptEvent::Delivered
+            } else {
+                ReceiptEvent::Opened
+            },
+            at_ms: now,
+        })
+        .collect();
+    store
+        .record_receipts(&receipts, &["fb".to_owned()], now)
+        .await
+        .unwrap();
+
+    let until = now - 30_000;
+    let mut steps = Vec::new();
+    loop {
+        let (looked, queued) = store
+            .scan_receipt_timeouts(until, now, 1000, true)
+            .await
+            .unwrap();
+        steps.push((looked, queued));
+        if looked < 1000 {
+            break;
+        }
+    }
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    assert_eq!(
+        steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [1000, 1000, 400]
+    );
+    assert_eq!(steps.iter().map(|s| s.1).sum::<u64>(), 2400 - 240);
+    let queued: u64 = con.zcard("pg:fq:alimtalk").unwrap();
+    assert_eq!(queued, 2160);
+    let receipted: Vec<u64> = (0..2400).step_by(10).map(|n| ids[n]).collect();
+    for id in receipted {
+        let score: Option<f64> = con.zscore("pg:fq:alimtalk", id).unwrap();
+        assert!(score.is_none(), "{id} had a receipt and was queued");
+    }
+    let left: u64 = con.zcard("pg:fallback:watch").unwrap();
+    assert_eq!(left, 100, "the pushes sent just now are still watched");
+    assert_eq!(
+        store
+            .scan_receipt_timeouts(until, now, 1000, true)
+            .await
+            .unwrap(),
+        (0, 0)
+    );
 }

@@ -55,16 +55,24 @@ fn receipt(key: &str, event: ReceiptEvent, at_ms: i64) -> ReceiptIn {
 async fn a_batch_marks_records_first_time_wins_and_counts_per_port() {
     let redis = RedisServer::start();
     let store = Store::open(&redis.url(), "pg:", Duration::from_secs(2), 3600).unwrap();
+    let on = |port: &str, mut r: NewRecord| {
+        r.port = port.into();
+        r
+    };
     let ids = ingest(
         &store,
         &[
             record("k1", 1, Status::Sent),
             record("k2", 2, Status::Sent),
             record("k3", 3, Status::Queued),
+            on("q", record("k4", 4, Status::Sent)),
+            // From a port no longer configured: found by reading its record.
+            on("gone", record("k5", 5, Status::Sent)),
         ],
     )
     .await;
     let t = now_ms();
+    let sources = ["q".to_owned(), "p".to_owned(), "api-bank".to_owned()];
     let answers = store
         .record_receipts(
             &[
@@ -72,9 +80,12 @@ async fn a_batch_marks_records_first_time_wins_and_counts_per_port() {
                 receipt("k2", ReceiptEvent::Opened, t + 1),
                 receipt("k1", ReceiptEvent::Delivered, t + 9),
                 receipt("nope", ReceiptEvent::Delivered, t),
+                receipt("k4", ReceiptEvent::Delivered, t),
+                receipt("k5", ReceiptEvent::Opened, t),
                 // Not sent yet: recorded anyway (the app may report before the outcome).
                 receipt("k3", ReceiptEvent::Delivered, t + 2),
             ],
+            &sources,
             t,
         )
         .await
@@ -86,13 +97,19 @@ async fn a_batch_marks_records_first_time_wins_and_counts_per_port() {
             Recorded::New,
             Recorded::Repeated,
             Recorded::UnknownKey,
+            Recorded::New,
+            Recorded::New,
             Recorded::New
         ]
     );
     // k2 was opened first; its later delivered receipt keeps its time but is not a
     // second delivered count.
     let later = store
-        .record_receipts(&[receipt("k2", ReceiptEvent::Delivered, t + 5)], t)
+        .record_receipts(
+            &[receipt("k2", ReceiptEvent::Delivered, t + 5)],
+            &sources,
+            t,
+        )
         .await
         .unwrap();
     assert_eq!(later, [Recorded::New]);
@@ -115,10 +132,28 @@ async fn a_batch_marks_records_first_time_wins_and_counts_per_port() {
     let batch = store.receipts_of(&[ids[0], 9999]).await.unwrap();
     assert!(batch[0].is_some() && batch[1].is_none(), "{batch:?}");
 
-    let counts = store.port_counts(&["p".into()]).await.unwrap()[0];
-    assert_eq!((counts.delivered, counts.opened), (3, 1), "{counts:?}");
-    assert_eq!(counts.sent, 2);
-    assert_eq!(counts.receipt_rate(), Some(100.0), "capped at 100");
+    let counts = store
+        .port_counts(&["p".into(), "q".into(), "gone".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        (counts[0].delivered, counts[0].opened),
+        (3, 1),
+        "{counts:?}"
+    );
+    assert_eq!(counts[0].sent, 2);
+    assert_eq!(counts[0].receipt_rate(), Some(100.0), "capped at 100");
+    // Each receipt counted on its own push's port, whichever way the port was found.
+    assert_eq!(
+        (counts[1].delivered, counts[1].opened),
+        (1, 0),
+        "{counts:?}"
+    );
+    assert_eq!(
+        (counts[2].delivered, counts[2].opened),
+        (1, 1),
+        "{counts:?}"
+    );
 }
 
 #[tokio::test]
@@ -151,7 +186,10 @@ async fn the_log_finds_exactly_the_sent_pushes_without_a_receipt_page_by_page() 
             receipt(&format!("r{n}"), event, t)
         })
         .collect();
-    store.record_receipts(&events, t).await.unwrap();
+    store
+        .record_receipts(&events, &["p".to_owned()], t)
+        .await
+        .unwrap();
     let expected: BTreeSet<u64> = (0..60)
         .filter(|n| n % 3 != 0 && !with_receipt.contains(n))
         .map(|n| ids[n])
@@ -250,6 +288,7 @@ async fn retention_removes_a_records_receipt_and_its_bits() {
                 receipt("old", ReceiptEvent::Opened, t),
                 receipt("new", ReceiptEvent::Opened, t),
             ],
+            &[],
             t,
         )
         .await

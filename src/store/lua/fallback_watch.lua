@@ -2,23 +2,26 @@
 -- (scored by when they were sent). Those sent before `until` leave it; each without a
 -- receipt is queued on its ladder's first rung (`fq:{rung}`). A receipt is the bit
 -- `bit:receipt:delivered` (set by receipts.lua for a delivered or an opened receipt) or
--- a `receipt` on the stored record. O(log N + batch): only the oldest entries are read.
+-- a `receipt` on the stored record. O(log N + batch): only the oldest entries are read,
+-- and a push's record only when it has no receipt bit.
 -- ARGV[1] prefix
 -- ARGV[2] until        unix ms: entries sent at or before this have timed out
 -- ARGV[3] now          unix ms: when the first rung is due
 -- ARGV[4] max          most entries looked at in this step
 -- ARGV[5] trigger      1 = queue the ladder for those without a receipt, 0 = only trim
--- Returns the number of pushes queued on their first rung.
+-- Returns {entries that left the watch list, pushes queued on their first rung}: a step
+-- that took `max` entries may have left more behind.
 local p, until_ms, now, max, trigger = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local watch = p .. 'fallback:watch'
 local queued = 0
-for _, id in ipairs(redis.call('ZRANGE', watch, '-inf', until_ms, 'BYSCORE', 'LIMIT', 0, max)) do
-  redis.call('ZREM', watch, id)
-  local text = trigger == '1' and redis.call('GET', p .. 'rec:' .. id)
+local due = redis.call('ZRANGE', watch, '-inf', until_ms, 'BYSCORE', 'LIMIT', 0, max)
+if #due > 0 then redis.call('ZREM', watch, unpack(due)) end
+for _, id in ipairs(due) do
+  local text = trigger == '1' and redis.call('GETBIT', p .. 'bit:receipt:delivered', id) == 0
+    and redis.call('GET', p .. 'rec:' .. id)
   if text then
     local ok, rec = pcall(cjson.decode, text)
     local receipt = ok and rec['receipt']
-    if redis.call('GETBIT', p .. 'bit:receipt:delivered', id) == 1 then receipt = true end
     local d = ok and rec['decision']
     local push = type(d) == 'table' and d['push']
     local ladder = type(push) == 'table' and push['fallback']
@@ -29,4 +32,4 @@ for _, id in ipairs(redis.call('ZRANGE', watch, '-inf', until_ms, 'BYSCORE', 'LI
     end
   end
 end
-return queued
+return {#due, queued}

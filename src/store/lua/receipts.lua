@@ -6,35 +6,56 @@
 -- record's port counts `delivered` when that bit first turns on and `opened` when the
 -- opened time is first set. The record itself (`rec:{id}`) is not rewritten: the sender
 -- writes it whole, so a receipt kept there could be lost; readers overlay the hash.
--- Reading a record with cjson is safe here: nothing is written back from it. Needs
--- counters.lua before it.
+-- The port is found by its bitmap `bit:worker:{port}` (a GETBIT each): the port the
+-- batch's previous receipt came from first, then the sources the caller names (the
+-- configured ports and API keys); only a push from none of them (a port since removed)
+-- costs reading and decoding its record, and nothing is written back from that.
+-- Needs counters.lua before it.
 -- ARGV[1] prefix
 -- ARGV[2] stats ttl    seconds a per-minute counter lives
 -- ARGV[3] minute       the unix minute now (the minute counter receipts count in)
 -- ARGV[4] n            receipts in the batch
--- Then n receipts, three each: uniqueKey, event (`delivered` | `opened`), at (unix ms).
+-- ARGV[5] ns           sources to look a push's port up in
+-- Then ns sources, then n receipts, three each: uniqueKey, event (`delivered` |
+-- `opened`), at (unix ms).
 -- Returns per receipt, in input order: 1 recorded, 2 that event was already recorded
 -- (ignored), 0 no record has that uniqueKey.
-local p, ttl, minute, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local p, ttl, minute = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local n, ns = tonumber(ARGV[4]), tonumber(ARGV[5])
 local out, changed = {}, {}
-local i = 5
+local key_index, receipts, worker_bits = p .. 'keyIndex', p .. 'receipts', p .. 'bit:worker:'
+local delivered_bits, opened_bits = p .. 'bit:receipt:delivered', p .. 'bit:receipt:opened'
+local last
+-- The port push `id` arrived on; nil when its record is gone.
+local function port_of(id)
+  if last and redis.call('GETBIT', worker_bits .. last, id) == 1 then return last end
+  for s = 6, 5 + ns do
+    if ARGV[s] ~= last and redis.call('GETBIT', worker_bits .. ARGV[s], id) == 1 then
+      return ARGV[s]
+    end
+  end
+  local text = redis.call('GET', p .. 'rec:' .. id)
+  if not text then return nil end
+  local ok, rec = pcall(cjson.decode, text)
+  return ok and type(rec['worker']) == 'string' and rec['worker'] or ''
+end
+local i = 6 + ns
 for r = 1, n do
   local key, event, at = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   i = i + 3
-  local id = redis.call('HGET', p .. 'keyIndex', key)
-  local text = id and redis.call('GET', p .. 'rec:' .. id)
-  if not text then
+  local id = redis.call('HGET', key_index, key)
+  local worker = id and port_of(id)
+  if not worker then
     out[#out + 1] = 0
-  elseif redis.call('HSETNX', p .. 'receipts', id .. ':' .. event, at) == 0 then
+  elseif redis.call('HSETNX', receipts, id .. ':' .. event, at) == 0 then
     out[#out + 1] = 2
   else
-    local ok, rec = pcall(cjson.decode, text)
-    local worker = ok and type(rec['worker']) == 'string' and rec['worker'] or nil
-    local was = redis.call('SETBIT', p .. 'bit:receipt:delivered', id, 1)
+    local was = redis.call('SETBIT', delivered_bits, id, 1)
     if event == 'opened' then
-      redis.call('SETBIT', p .. 'bit:receipt:opened', id, 1)
+      redis.call('SETBIT', opened_bits, id, 1)
     end
-    if worker then
+    if worker ~= '' then
+      last = worker
       local minute_key, total_key = 'stats:' .. worker .. ':' .. minute, 'stats:' .. worker .. ':total'
       if was == 0 then count(minute_key, total_key, 'delivered') end
       if event == 'opened' then count(minute_key, total_key, 'opened') end
