@@ -90,10 +90,24 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
             Ok(b) => b,
             Err(reply) => return reply,
         };
-        return match (&method, segments.as_slice()) {
-            (&Method::GET, [.., csno]) => super::consents::get(state, csno).await,
-            (&Method::PUT, [.., csno]) => {
-                super::consents::set(state, Some(csno), &body, &caller).await
+        // The customer number as sent, percent-escapes decoded (a client may escape any
+        // character of a path segment).
+        let path_csno = match segments.as_slice() {
+            [_, _, _, csno] => match percent_encoding::percent_decode_str(csno).decode_utf8() {
+                Ok(csno) => Some(csno.into_owned()),
+                Err(_) => {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        "the customer number in the path is not UTF-8 once decoded",
+                    );
+                }
+            },
+            _ => None,
+        };
+        return match (&method, path_csno) {
+            (&Method::GET, Some(csno)) => super::consents::get(state, &csno, &caller, peer).await,
+            (&Method::PUT, Some(csno)) => {
+                super::consents::set(state, Some(&csno), &body, &caller).await
             }
             _ => super::consents::set(state, None, &body, &caller).await,
         };

@@ -11,6 +11,8 @@
 //!
 //! Every change is written to the audit log: who, the customer number masked, what changed.
 
+use std::net::SocketAddr;
+
 use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -86,11 +88,13 @@ impl ChangeIn {
     }
 }
 
-/// `GET /api/v1/consents/{csno}`.
-pub(super) async fn get(state: &AdminState, csno: &str) -> Reply {
+/// `GET /api/v1/consents/{csno}`. The look-up is audited (who, the customer masked,
+/// from where): a customer's consents are personal data.
+pub(super) async fn get(state: &AdminState, csno: &str, who: &str, peer: SocketAddr) -> Reply {
     if !is_csno(csno) {
         return json_error(StatusCode::BAD_REQUEST, format!("{csno:?} is not a csno"));
     }
+    audit_lookup(state, who, csno, peer).await;
     match state.store.consents(&[csno]).await {
         Ok(found) => match found.into_iter().next().flatten() {
             Some(consent) => reply_json(StatusCode::OK, &shown(state, csno, &consent)),
@@ -210,6 +214,13 @@ fn shown(state: &AdminState, csno: &str, consent: &Consent) -> Value {
         "ad_lapses_at_ms": lapses,
         "ad_lapsed": lapses.is_some_and(|at| state.ads.now_ms() >= at),
     })
+}
+
+/// One audit entry for looking customer `csno`'s consents up (the console's look-up and
+/// `GET /api/v1/consents/{csno}`): who, the customer masked, from where.
+pub(super) async fn audit_lookup(state: &AdminState, who: &str, csno: &str, peer: SocketAddr) {
+    let target = format!("customer {}", super::view::mask_csno(csno));
+    super::actions::audit(state, who, "consent-lookup", &target, peer).await;
 }
 
 /// One audit entry per customer changed: who, the customer masked, before → after.

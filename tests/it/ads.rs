@@ -437,7 +437,47 @@ async fn every_consent_change_is_audited_with_the_customer_masked() {
         .await;
         assert_eq!(status, 200, "{reply}");
     }
+    // Look-ups are audited too: by the API (any character of the path may come escaped)
+    // and by the console.
+    let (status, reply) = call(
+        admin,
+        "GET",
+        "/api/v1/consents/12345%367890",
+        CONSENT_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["csno"], "1234567890", "{reply}");
+    let (status, _) = call(admin, "GET", "/api/v1/consents/%FF%FE", CONSENT_KEY, None).await;
+    assert_eq!(status, 400, "not UTF-8 once decoded");
+    let mut operator = Web::new(admin);
+    operator.sign_in("operator").await;
+    assert_eq!(operator.get("/consents?csno=1234567890").await.status, 200);
     let entries = app.app().store.audit_entries(None, 10).await.unwrap();
+    let lookups: Vec<&Vec<(String, String)>> = entries
+        .iter()
+        .map(|(_, fields)| fields)
+        .filter(|f| {
+            f.iter()
+                .any(|(k, v)| k == "action" && v == "consent-lookup")
+        })
+        .collect();
+    assert_eq!(lookups.len(), 2, "{entries:?}");
+    let who = |entry: &Vec<(String, String)>| {
+        entry
+            .iter()
+            .find(|(k, _)| k == "who")
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(who(lookups[0]).as_deref(), Some("operator"), "newest first");
+    assert_eq!(who(lookups[1]).as_deref(), Some("api:consents"));
+    assert!(
+        lookups.iter().all(|e| e
+            .iter()
+            .any(|(k, v)| k == "target" && v == "customer 12******90")),
+        "{lookups:?}"
+    );
     let consent: Vec<&Vec<(String, String)>> = entries
         .iter()
         .map(|(_, fields)| fields)

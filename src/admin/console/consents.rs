@@ -42,7 +42,12 @@ struct ConsentsPage {
 }
 
 /// `GET /consents?csno=…&offset=…`.
-pub(super) async fn page(state: &AdminState, session: &Session, input: &Input) -> Reply {
+pub(super) async fn page(
+    state: &AdminState,
+    session: &Session,
+    input: &Input,
+    peer: std::net::SocketAddr,
+) -> Reply {
     let zone = state.config().zone();
     let now = state.ads.now_ms();
     let may_search = session.may(Role::Operator);
@@ -77,6 +82,7 @@ pub(super) async fn page(state: &AdminState, session: &Session, input: &Input) -
         } else if !is_csno(&csno) {
             message = format!("{csno:?} is not a customer number.");
         } else {
+            crate::admin::consents::audit_lookup(state, &session.user, &csno, peer).await;
             match state.store.consents(&[csno.as_str()]).await {
                 Ok(c) => match c.into_iter().next().flatten() {
                     Some(c) => found = Some(row(&csno, &c, true)),

@@ -210,7 +210,7 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>, peer: Soc
             versions::page(state, s, port, version).await
         }
         (&Method::GET, ["audit"]) => audit::page(state, s, &input).await,
-        (&Method::GET, ["consents"]) => consents::page(state, s, &input).await,
+        (&Method::GET, ["consents"]) => consents::page(state, s, &input, peer).await,
         _ => error_page(
             Some(s),
             StatusCode::NOT_FOUND,
