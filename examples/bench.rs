@@ -1782,6 +1782,7 @@ fn sent_outcomes(
             pushgate::store::delivery::Outcome {
                 id: c.id,
                 lease: c.lease,
+                base: c.text,
                 record,
                 old_status: pushgate::push::Status::Queued,
                 new_status: pushgate::push::Status::Sent,

@@ -258,6 +258,22 @@ impl Record {
         self.fallback.drain(..excess);
     }
 
+    /// `current` (the record as stored now) with this send attempt's part applied: what
+    /// the sender owns (status, attempts, the send flag and time, the answer, dry run,
+    /// when it is due, the attempt history) from `self`, everything else — a legal hold,
+    /// the fallback ladder's attempts, the receipt — as stored.
+    pub fn attempt_over(&self, mut current: Record) -> Record {
+        current.status = self.status;
+        current.attempts = self.attempts;
+        current.fcm_send_yn = self.fcm_send_yn.clone();
+        current.fcm_send_time = self.fcm_send_time.clone();
+        current.result = self.result.clone();
+        current.dry_run = self.dry_run;
+        current.due_at = self.due_at;
+        current.history = self.history.clone();
+        current
+    }
+
     /// Add an attempt, keeping only the last [`HISTORY_KEPT`].
     pub fn remember(&mut self, attempt: Attempt) {
         self.history.push(attempt);

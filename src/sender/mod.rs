@@ -385,6 +385,7 @@ impl Sender {
             id,
             lease,
             mut record,
+            text: base,
         } = claim;
         let old_status = record.status;
         let port = record.worker.clone();
@@ -584,6 +585,7 @@ impl Sender {
         Outcome {
             id,
             lease,
+            base,
             record,
             old_status,
             new_status: status,

@@ -46,6 +46,8 @@ pub struct Claimed {
     /// The lease this claim holds (unix ms); the outcome must name it.
     pub lease: i64,
     pub record: Record,
+    /// The record as stored when it was claimed: its outcome replaces only this text.
+    pub text: String,
 }
 
 /// What one send attempt changed on a record.
@@ -53,6 +55,10 @@ pub struct Claimed {
 pub struct Outcome {
     pub id: u64,
     pub lease: i64,
+    /// The stored record the attempt started from ([`Claimed::text`]). Written over only
+    /// that: a record changed meanwhile (a legal hold, a fallback rung's outcome) gets the
+    /// attempt applied to what it is now ([`Record::attempt_over`]).
+    pub base: String,
     /// The whole record as it must now be stored.
     pub record: Record,
     pub old_status: Status,
@@ -69,6 +75,10 @@ pub struct Outcome {
     /// Sent with a fallback ladder: wait for its receipt (`fallback:watch`) from `at_ms`.
     pub watch_receipt: bool,
 }
+
+/// Rounds of applying an outcome to a record that changed since it was claimed, before
+/// the write is reported as failed (and tried again by the sender).
+const MAX_OUTCOME_MERGES: usize = 5;
 
 impl Store {
     /// Return expired leases to their queues, then move up to `max` of `app`'s ids due
@@ -115,6 +125,7 @@ impl Store {
                 id,
                 lease: lease_until_ms,
                 record,
+                text,
             });
         }
         Ok(Claim {
@@ -124,9 +135,69 @@ impl Store {
     }
 
     /// Write outcomes in one atomic round trip. Returns, per outcome, whether it was
-    /// applied (false = the lease had expired and another claim owns the record).
+    /// applied (false = the lease had expired and another claim owns the record). An
+    /// outcome whose record changed since it was claimed (a legal hold placed, a fallback
+    /// rung's outcome written meanwhile) is applied to the record as it is now and
+    /// written again, in a further round trip, so neither change is lost.
     pub async fn finish(&self, outcomes: &[Outcome]) -> Result<Vec<bool>, StoreError> {
-        if outcomes.is_empty() {
+        let mut applied = vec![false; outcomes.len()];
+        let mut changed: Vec<usize> = Vec::new();
+        for (i, answer) in self
+            .finish_once(outcomes.iter())
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            match answer {
+                1 => applied[i] = true,
+                2 => changed.push(i),
+                _ => {}
+            }
+        }
+        for _ in 0..MAX_OUTCOME_MERGES {
+            if changed.is_empty() {
+                return Ok(applied);
+            }
+            let mut get = redis::cmd("MGET");
+            for &i in &changed {
+                get.arg(self.key(&format!("rec:{}", outcomes[i].id)));
+            }
+            let texts: Vec<Option<String>> = self.query(&get).await?;
+            let mut merged = Vec::with_capacity(changed.len());
+            for (&i, text) in changed.iter().zip(texts) {
+                // Gone (retention, a flush): nothing to write it over.
+                let Some(text) = text else { continue };
+                let mut outcome = outcomes[i].clone();
+                outcome.record = outcome.record.attempt_over(super::record::decode(&text)?);
+                outcome.base = text;
+                merged.push((i, outcome));
+            }
+            let answers = self.finish_once(merged.iter().map(|(_, o)| o)).await?;
+            changed.clear();
+            for ((i, _), answer) in merged.iter().zip(answers) {
+                match answer {
+                    1 => applied[*i] = true,
+                    2 => changed.push(*i),
+                    _ => {}
+                }
+            }
+        }
+        if changed.is_empty() {
+            return Ok(applied);
+        }
+        Err(StoreError::Protocol(format!(
+            "{} records kept changing while their outcomes were written; writing again",
+            changed.len()
+        )))
+    }
+
+    /// One round trip of `outcome.lua`: per outcome 1 applied, 0 lease lost, 2 the record
+    /// changed since its `base`.
+    async fn finish_once<'o>(
+        &self,
+        outcomes: impl ExactSizeIterator<Item = &'o Outcome>,
+    ) -> Result<Vec<i64>, StoreError> {
+        if outcomes.len() == 0 {
             return Ok(Vec::new());
         }
         let mut invocation = scripts().outcome.prepare_invoke();
@@ -139,6 +210,7 @@ impl Store {
             invocation
                 .arg(o.id)
                 .arg(o.lease)
+                .arg(&o.base)
                 .arg(super::record::encode(&o.record))
                 .arg(o.old_status.as_str())
                 .arg(o.new_status.as_str())
@@ -159,16 +231,15 @@ impl Store {
                     String::new()
                 });
         }
-        let applied: Vec<i64> = if self.ack_replicas == 0 {
-            self.invoke(&invocation).await?
+        if self.ack_replicas == 0 {
+            self.invoke(&invocation).await
         } else {
             // With `ack_replicas`, an outcome counts only once replicas have it, so a
             // failover cannot forget that a push was sent (and send it again).
             let mut con = self.con().await?;
             self.invoke_replicated(&scripts().outcome, &invocation, &mut con)
-                .await?
-        };
-        Ok(applied.into_iter().map(|a| a == 1).collect())
+                .await
+        }
     }
 
     /// The hash of `app`'s dead tokens: a token is dead for the app whose provider said so

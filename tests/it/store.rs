@@ -331,6 +331,7 @@ fn sent(claim: &Claimed, at_ms: i64) -> Outcome {
     Outcome {
         id: claim.id,
         lease: claim.lease,
+        base: claim.text.clone(),
         record,
         old_status: Status::Queued,
         new_status: Status::Sent,
@@ -391,6 +392,63 @@ async fn an_outcome_under_a_lease_that_is_no_longer_the_records_score_is_refused
 
     let twice = store.finish(&[sent(&second[0], now)]).await.unwrap();
     assert_eq!(twice, [false], "no longer in flight: written once");
+}
+
+/// `outcome.lua`: a change made to a record while it was in flight (a legal hold placed,
+/// a fallback rung's attempt written by its own sender) survives the send's outcome,
+/// which is applied over it; the send's part wins where it owns the field.
+#[tokio::test]
+async fn an_outcome_keeps_what_changed_on_the_record_while_it_was_in_flight() {
+    let redis = RedisServer::start();
+    let store = open(&redis);
+    let now = now_ms();
+    let id = ingest_one(&store, record("H1", 1, Status::Queued, now)).await;
+    let other = ingest_one(&store, record("H2", 2, Status::Queued, now)).await;
+    let claimed = store
+        .claim("default", now, now + 30_000, 2, None)
+        .await
+        .unwrap()
+        .records;
+    assert_eq!(claimed.len(), 2);
+    // While both are in flight: a legal hold on one, and a rung attempt written on it
+    // with the same compare-and-set the fallback sender uses (`swap.lua`).
+    store.set_hold(id, true).await.unwrap();
+    let (text, mut changed) = store.record_text(id).await.unwrap().unwrap();
+    changed.remember_rung(pushgate::push::RungAttempt {
+        rung: "sms".into(),
+        at: now,
+        attempt: 1,
+        http: 200,
+        outcome: pushgate::push::RungOutcome::Sent,
+        answer: String::new(),
+    });
+    let mut con = redis.connection();
+    let swapped: i64 = redis::cmd("EVAL")
+        .arg("if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end redis.call('SET', KEYS[1], ARGV[2]) return 1")
+        .arg(1)
+        .arg(format!("pg:rec:{id}"))
+        .arg(&text)
+        .arg(pushgate::store::record::encode(&changed))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(swapped, 1);
+
+    let outcomes: Vec<Outcome> = claimed.iter().map(|c| sent(c, now)).collect();
+    assert_eq!(store.finish(&outcomes).await.unwrap(), [true, true]);
+    let held = store.record(id).await.unwrap().unwrap();
+    assert_eq!(held.status, Status::Sent, "the send's outcome is written");
+    assert_eq!(held.attempts, 1);
+    assert_eq!(held.fcm_send_yn, "Y");
+    assert!(held.legal_hold, "the hold placed in flight is kept");
+    assert_eq!(held.fallback.len(), 1, "the rung's attempt is kept");
+    assert!(store.has_bit("status", "sent", id).await.unwrap());
+    assert_eq!(
+        store.record(other).await.unwrap().unwrap().status,
+        Status::Sent,
+        "an unchanged record in the same batch is written at once"
+    );
+    assert_eq!(totals(&store, "p").await["sent"], 2, "each counted once");
+    assert_eq!(store.queue_depths().await.unwrap(), (0, 0));
 }
 
 /// `outcome.lua`: a retry goes back to `due`.

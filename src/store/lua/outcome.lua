@@ -1,15 +1,19 @@
 -- Write the outcomes of send attempts, each only while its claim's lease still holds
 -- the record (its `inflight` score is still the lease): a sender whose lease expired
--- and whose record was claimed again writes nothing (fencing). Moves the status and
+-- and whose record was claimed again writes nothing (fencing). The record is replaced
+-- only if it is still the text the attempt was claimed with: a legal hold placed, or a
+-- fallback rung's outcome written, while the push was in flight is not overwritten; the
+-- caller applies its attempt to the new text and writes again. Moves the status and
 -- fcm_send_yn bits, queues a retry, counts per port and minute, and, for a push that
 -- ends unreached with a fallback ladder, queues it on the first rung in the same step (so
 -- a crash cannot lose the fallback). Needs counters.lua before it.
 -- ARGV[1] prefix
 -- ARGV[2] n            outcomes in the batch
 -- ARGV[3] stats ttl    seconds a per-minute counter lives
--- Then n outcomes, twelve each:
+-- Then n outcomes, thirteen each:
 --   id
 --   lease              the lease the record was claimed under (unix ms)
+--   base               the stored record the attempt was claimed with
 --   record             the whole record's JSON as it must now be stored
 --   old status, new status
 --   retry at           unix ms to try again, "" = none
@@ -20,19 +24,24 @@
 --   fallback queue     `fq:{rung}` to queue it on now (its ladder's first rung), "" = none
 --   watch at           unix ms it was sent, to wait for its receipt in `fallback:watch`,
 --                      "" = not watched
--- Returns 1 (applied) or 0 (lease lost) per outcome, in input order.
+-- Returns 1 (applied), 0 (lease lost) or 2 (the record changed since `base`: nothing
+-- written, the lease still held) per outcome, in input order.
 local p, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local changed = {}
 local i = 4
 for r = 1, n do
-  local id, lease, rec = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local old, new, retry_at, queue = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
-  local delivered, minute_key, total_key = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
-  local fallback_queue, watch_at = ARGV[i + 10], ARGV[i + 11]
-  i = i + 12
+  local id, lease, base, rec = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local old, new, retry_at, queue = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local delivered, minute_key, total_key = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10]
+  local fallback_queue, watch_at = ARGV[i + 11], ARGV[i + 12]
+  i = i + 13
   local held = redis.call('ZSCORE', p .. 'inflight', id)
-  if held and tonumber(held) == tonumber(lease) then
+  if not (held and tonumber(held) == tonumber(lease)) then
+    out[#out + 1] = 0
+  elseif redis.call('GET', p .. 'rec:' .. id) ~= base then
+    out[#out + 1] = 2
+  else
     redis.call('SET', p .. 'rec:' .. id, rec)
     redis.call('ZREM', p .. 'inflight', id)
     if old ~= new then
@@ -57,8 +66,6 @@ for r = 1, n do
     count(minute_key, total_key, new)
     changed[#changed + 1] = id
     out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
   end
 end
 flush(p, ttl, 'outcome', changed)
