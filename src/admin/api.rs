@@ -325,11 +325,13 @@ async fn receipts(state: &AdminState, req: Request<Incoming>) -> Reply {
         Ok(b) => b,
         Err(reply) => return reply,
     };
-    let items = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Array(items)) if items.is_empty() => {
+    // Each item is kept as its text and checked on its own: one bad item is that
+    // item's error, and a well-formed one is read without building a JSON tree.
+    let items = match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&body) {
+        Ok(items) if items.is_empty() => {
             return json_error(StatusCode::BAD_REQUEST, "the array holds no receipt");
         }
-        Ok(Value::Array(items)) if items.len() > MAX_RECEIPTS => {
+        Ok(items) if items.len() > MAX_RECEIPTS => {
             return json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -338,19 +340,20 @@ async fn receipts(state: &AdminState, req: Request<Incoming>) -> Reply {
                 ),
             );
         }
-        Ok(Value::Array(items)) => items,
-        Ok(_) => {
-            return json_error(StatusCode::BAD_REQUEST, "body must be an array of receipts");
-        }
+        Ok(items) => items,
         Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("body is not valid JSON: {e}"),
-            );
+            return match serde_json::from_slice::<Value>(&body) {
+                Ok(_) => json_error(StatusCode::BAD_REQUEST, "body must be an array of receipts"),
+                Err(_) => json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("body is not valid JSON: {e}"),
+                ),
+            };
         }
     };
     let now = now_ms();
-    let checked: Vec<receipts::Checked> = items.iter().map(|i| receipts::check(i, now)).collect();
+    let checked: Vec<receipts::Checked> =
+        items.iter().map(|i| receipts::check_raw(i, now)).collect();
     let good: Vec<ReceiptIn> = checked
         .iter()
         .filter_map(|c| c.as_ref().ok())
@@ -367,25 +370,14 @@ async fn receipts(state: &AdminState, req: Request<Incoming>) -> Reply {
         }
     };
     let mut recorded = good.iter().zip(recorded);
-    let results: Vec<Value> = checked
+    let results: Vec<receipts::Answer> = checked
         .iter()
-        .map(|c| match c {
-            Ok(_) => recorded
-                .next()
-                .map_or(Value::Null, |(r, done)| receipts::answer(r, done)),
-            Err((key, why)) => receipts::refusal(key, why),
+        .filter_map(|c| match c {
+            Ok(_) => recorded.next().map(|(r, done)| receipts::answer(r, done)),
+            Err((key, why)) => Some(receipts::refusal(key, why)),
         })
         .collect();
-    let count = |pred: fn(&Value) -> bool| results.iter().filter(|r| pred(r)).count();
-    reply_json(
-        StatusCode::OK,
-        &json!({
-            "recorded": count(|r| r["ok"] == true && r.get("repeated").is_none()),
-            "repeated": count(|r| r["repeated"] == true),
-            "refused": count(|r| r["ok"] != true),
-            "results": results,
-        }),
-    )
+    reply_json(StatusCode::OK, &receipts::BatchAnswer::new(results))
 }
 
 /// `GET /api/v1/pushes?field=value`: the first searchable field given, plus the filters

@@ -354,7 +354,11 @@ async fn the_receipts_api_takes_a_batch_under_its_own_scope_within_bounds() {
     let store = app.app().store.clone();
     let ids = ingest(
         &store,
-        &[record("a1", 1, Status::Sent), record("a2", 2, Status::Sent)],
+        &[
+            record("a1", 1, Status::Sent),
+            record("a2", 2, Status::Sent),
+            record("a3", 3, Status::Sent),
+        ],
     )
     .await;
     let t = now_ms();
@@ -419,6 +423,37 @@ async fn the_receipts_api_takes_a_batch_under_its_own_scope_within_bounds() {
     assert_eq!(status, 413);
     let (status, _) = post(&app, RECEIPT_KEY, b"{\"uniqueKey\": \"a2\"}".to_vec()).await;
     assert_eq!(status, 400);
+    let (status, answer) = post(&app, RECEIPT_KEY, b"[{\"uniqueKey\": ".to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(answer.to_string().contains("not valid JSON"), "{answer}");
+    let (status, _) = post(&app, RECEIPT_KEY, b"[]".to_vec()).await;
+    assert_eq!(status, 400, "an empty batch");
+    // Items that are not receipts are each refused on their own, in order.
+    let mixed = json!([5, {"uniqueKey": "a3", "event": "opened", "at": t}, {"uniqueKey": "a3", "event": "gone", "at": t}]);
+    let (status, answer) = post(&app, RECEIPT_KEY, serde_json::to_vec(&mixed).unwrap()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (&answer["recorded"], &answer["refused"]),
+        (&json!(1), &json!(2)),
+        "{answer}"
+    );
+    let oks: Vec<&Value> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["ok"])
+        .collect();
+    assert_eq!(
+        oks,
+        [&json!(false), &json!(true), &json!(false)],
+        "{answer}"
+    );
+    assert!(
+        answer["results"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("JSON object")
+    );
     let (status, _) = get(&app, "/api/v1/receipts", RECEIPT_KEY).await;
     assert_eq!(status, 405);
 
@@ -442,7 +477,7 @@ async fn the_receipts_api_takes_a_batch_under_its_own_scope_within_bounds() {
     // The dashboard shows the port's receipt rate; the push page the receipt.
     let mut web = Web::new(app.app().admin_addr);
     let dashboard = web.sign_in("viewer").await;
-    assert!(dashboard.body.contains("50.0%"), "1 receipt per 2 sent");
+    assert!(dashboard.body.contains("66.7%"), "2 receipts per 3 sent");
     let page = web.get(&format!("/push/{}", ids[0])).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("id=\"receipt-delivered\""));
