@@ -28,8 +28,8 @@ pub struct FallbackConfig {
     /// after a crash is the same message to the gateway.
     #[serde(default = "default_idempotency_header")]
     pub idempotency_header: String,
-    /// Most sends a second from this node (a per-node limit, not shared through Redis);
-    /// none = no cap of pushgate's own.
+    /// Most sends a second to the rung's gateway, for every node together (the claim's
+    /// token bucket in Redis); none = no cap of pushgate's own.
     #[serde(default)]
     pub rate: Option<u32>,
     /// Most sends in flight at once; after a crash at most this many are sent again.

@@ -1,6 +1,6 @@
 //! One fallback rung's delivery loop: claims the pushes waiting on the rung under a lease,
-//! keeps up to `max_in_flight` gateway requests going (paced by the rung's per-node
-//! `rate`), and writes each outcome, which queues the push on its next rung when this one
+//! keeps up to `max_in_flight` gateway requests going (paced by the rung's `rate`, a token
+//! bucket in Redis that every node draws on), and writes each outcome, which queues the push on its next rung when this one
 //! failed or expired. Also the receipt-timeout scan that starts a sent push's ladder when
 //! no receipt arrived in time.
 //!
@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -118,8 +117,8 @@ pub struct RungSender {
     lease: Duration,
     retry_base: Duration,
     retry_max: Duration,
-    /// The per-node pace: the earliest time the next request may start.
-    pace: Option<(Duration, tokio::sync::Mutex<Instant>)>,
+    /// Most sends a second, for every node together (the claim's token bucket).
+    rate: Option<u32>,
 }
 
 impl RungSender {
@@ -151,12 +150,7 @@ impl RungSender {
             lease: Duration::from_secs(config.lease_secs),
             retry_base: Duration::from_millis(config.retry_base_ms),
             retry_max: Duration::from_millis(config.retry_max_ms),
-            pace: config.rate.map(|rate| {
-                (
-                    Duration::from_secs(1) / rate.max(1),
-                    tokio::sync::Mutex::new(Instant::now()),
-                )
-            }),
+            rate: config.rate,
         })
     }
 
@@ -193,7 +187,7 @@ impl RungSender {
             let lease_until = now + self.lease.as_millis() as i64;
             let claimed = match self
                 .store
-                .claim_rung(&self.name, now, lease_until, permits.len())
+                .claim_rung(&self.name, now, lease_until, permits.len(), self.rate)
                 .await
             {
                 Ok(claimed) => claimed,
@@ -207,15 +201,16 @@ impl RungSender {
                     continue;
                 }
             };
-            if claimed.is_empty() {
+            if claimed.records.is_empty() {
                 drop(permits);
+                // The rung's bucket says when a token is due; otherwise nothing is due.
                 tokio::select! {
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = tokio::time::sleep(claimed.paced.unwrap_or(IDLE_POLL)) => {}
                     _ = cancel.cancelled() => break,
                 }
                 continue;
             }
-            for (claim, permit) in claimed.into_iter().zip(permits) {
+            for (claim, permit) in claimed.records.into_iter().zip(permits) {
                 let this = self.clone();
                 let done = done.clone();
                 sends.spawn(async move {
@@ -322,13 +317,6 @@ impl RungSender {
         lease: i64,
         deadline_ms: i64,
     ) -> (RungOutcome, Option<i64>, u16, String) {
-        if let Some((gap, next)) = &self.pace {
-            let mut next = next.lock().await;
-            let start = (*next).max(Instant::now());
-            *next = start + *gap;
-            drop(next);
-            tokio::time::sleep_until(start).await;
-        }
         // The request must end well inside the lease, or another claim could send it too.
         let margin = self.lease.mul_f64(0.2).as_millis() as i64;
         let budget = Duration::from_millis((lease - margin - now_ms()).max(0) as u64);

@@ -76,6 +76,20 @@ pub struct Outcome {
     pub watch_receipt: bool,
 }
 
+/// A paced claim script's answer, `{wait ms, id, record, id, record, …}`: the wait and
+/// the claimed (id, record) pairs.
+pub(super) fn paced_claim(value: redis::Value) -> Result<(u64, Vec<(u64, String)>), StoreError> {
+    let mut items = match value {
+        redis::Value::Array(items) => items.into_iter(),
+        other => {
+            return Err(StoreError::Protocol(format!("claim returned {other:?}")));
+        }
+    };
+    let wait: u64 = from_value(items.next().unwrap_or(redis::Value::Int(0)))?;
+    let rest: Vec<redis::Value> = items.collect();
+    Ok((wait, from_value(redis::Value::Array(rest))?))
+}
+
 /// Rounds of applying an outcome to a record that changed since it was claimed, before
 /// the write is reported as failed (and tried again by the sender).
 const MAX_OUTCOME_MERGES: usize = 5;
@@ -106,18 +120,7 @@ impl Store {
             .arg(reserve)
             .arg(NORMAL_SHARE)
             .arg(SHARE_ROUND);
-        let (wait_ms, pairs): (u64, Vec<(u64, String)>) = {
-            let value: redis::Value = self.invoke(&invocation).await?;
-            let mut items = match value {
-                redis::Value::Array(items) => items.into_iter(),
-                other => {
-                    return Err(StoreError::Protocol(format!("claim returned {other:?}")));
-                }
-            };
-            let wait: u64 = from_value(items.next().unwrap_or(redis::Value::Int(0)))?;
-            let rest: Vec<redis::Value> = items.collect();
-            (wait, from_value(redis::Value::Array(rest))?)
-        };
+        let (wait_ms, pairs) = paced_claim(self.invoke(&invocation).await?)?;
         let mut records = Vec::with_capacity(pairs.len());
         for (id, text) in pairs {
             let record = super::record::decode(&text)?;

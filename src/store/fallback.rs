@@ -6,6 +6,8 @@
 //! id to its rung's queue, so a node killed mid-send loses nothing and sends again at most
 //! what it had in flight.
 
+use std::time::Duration;
+
 use crate::push::{Record, RungAttempt, RungOutcome};
 
 use super::scripts::scripts;
@@ -25,6 +27,21 @@ pub struct RungClaim {
     pub record: Record,
     /// The stored text it was read from: the outcome replaces only this text.
     pub text: String,
+}
+
+/// What a rung's claim took.
+#[derive(Debug)]
+pub struct RungClaims {
+    pub records: Vec<RungClaim>,
+    /// Set when the rung's token bucket held back records that are due: claim again
+    /// after this.
+    pub paced: Option<Duration>,
+}
+
+/// A rung's bucket capacity for `rate` sends a second: a tenth of a second's worth, at
+/// least one.
+pub fn rung_burst(rate: u32) -> u32 {
+    rate.div_ceil(10).max(1)
 }
 
 /// What became of one rung outcome written by [`Store::finish_rungs`].
@@ -59,23 +76,27 @@ pub struct RungResult {
 
 impl Store {
     /// Return `rung`'s expired leases to its queue, then move up to `max` ids due by
-    /// `now_ms` to its `fqinflight` with a lease until `lease_until_ms`: one atomic step.
+    /// `now_ms` to its `fqinflight` with a lease until `lease_until_ms`, as many as the
+    /// rung's token bucket (`rate` a second, shared by every node) holds: one atomic step.
     pub async fn claim_rung(
         &self,
         rung: &str,
         now_ms: i64,
         lease_until_ms: i64,
         max: usize,
-    ) -> Result<Vec<RungClaim>, StoreError> {
+        rate: Option<u32>,
+    ) -> Result<RungClaims, StoreError> {
         let mut invocation = scripts().fallback_claim.prepare_invoke();
         invocation
             .arg(&self.prefix)
             .arg(rung)
             .arg(now_ms)
             .arg(lease_until_ms)
-            .arg(max);
-        let pairs: Vec<(u64, String)> = self.invoke(&invocation).await?;
-        pairs
+            .arg(max)
+            .arg(rate.unwrap_or(0))
+            .arg(rate.map_or(0, rung_burst));
+        let (wait_ms, pairs) = super::delivery::paced_claim(self.invoke(&invocation).await?)?;
+        let records = pairs
             .into_iter()
             .map(|(id, text)| {
                 Ok(RungClaim {
@@ -85,7 +106,11 @@ impl Store {
                     text,
                 })
             })
-            .collect()
+            .collect::<Result<_, StoreError>>()?;
+        Ok(RungClaims {
+            records,
+            paced: (wait_ms > 0).then(|| Duration::from_millis(wait_ms)),
+        })
     }
 
     /// Write rung outcomes in one atomic round trip; each replaces its record only if

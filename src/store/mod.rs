@@ -45,7 +45,8 @@
 //! - `fq:{rung}`: zset of ids due on a fallback rung (unix ms); `fqinflight:{rung}`: its
 //!   claimed ids, scored by their lease's end; `fallback:watch`: ids sent with a fallback
 //!   ladder, scored by when, until their receipt timeout; `bit:fallback:{rung}:{outcome}`:
-//!   where each push stands on each rung.
+//!   where each push stands on each rung; `fpace:{rung}`: the rung's token bucket.
+//! - `pace:{app}`: an app's token bucket (tokens, when, and the normal/bulk turn).
 //! - `stats:{port}:{unix minute}` / `stats:{port}:total`: counters for the console.
 //! - `events`: pub/sub channel announcing stored ids.
 //! - `consent`: hash csno → `ad|night` consents; `consent:ad`: zset of csno with ad

@@ -1,10 +1,11 @@
 //! Every Lua script the store runs, registered here and nowhere else, each built once.
 //!
 //! The scripts live in `lua/`, one file each, opening with what the script does and its
-//! ARGV layout (`-- ARGV[1] prefix`, …). Three shared pieces are written once and put in
+//! ARGV layout (`-- ARGV[1] prefix`, …). Four shared pieces are written once and put in
 //! front of the scripts that need them: `bucket.lua` (the `ix:` bucket rule),
-//! `queue.lua` (a record's due queue) and `counters.lua` (the per-batch port counters and
-//! the `events` announcement).
+//! `queue.lua` (a record's due queue), `pace.lua` (the token bucket the claim scripts
+//! draw on) and `counters.lua` (the per-batch port counters and the `events`
+//! announcement).
 //!
 //! A [`redis::Script`] hashes its source once; Redis is asked by SHA-1 (`EVALSHA`) and
 //! sent the source only when it does not have it yet.
@@ -60,7 +61,7 @@ pub(super) struct Scripts {
     /// `consent_set.lua`: customers' ad consents and the index by consent date.
     pub consent_set: Script,
     /// `fallback_claim.lua`: one fallback rung's due records to its `fqinflight` under a
-    /// lease; expired leases back to its queue.
+    /// lease, paced by its token bucket; expired leases back to its queue.
     pub fallback_claim: Script,
     /// `fallback_outcome.lua`: rung outcomes, fenced by the lease; the next rung queued.
     pub fallback_outcome: Script,
@@ -71,7 +72,7 @@ pub(super) struct Scripts {
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     ingest: Script::new(lua!("bucket", "counters", "ingest")),
     single: Script::new(lua!("bucket", "single")),
-    claim: Script::new(lua!("queue", "claim")),
+    claim: Script::new(lua!("queue", "pace", "claim")),
     outcome: Script::new(lua!("counters", "outcome")),
     window: Script::new(lua!("window")),
     bitscan: Script::new(lua!("bitscan")),
@@ -87,7 +88,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     legacy_queue: Script::new(lua!("legacy_queue")),
     receipts: Script::new(lua!("counters", "receipts")),
     consent_set: Script::new(lua!("consent_set")),
-    fallback_claim: Script::new(lua!("fallback_claim")),
+    fallback_claim: Script::new(lua!("pace", "fallback_claim")),
     fallback_outcome: Script::new(lua!("fallback_outcome")),
     fallback_watch: Script::new(lua!("fallback_watch")),
 });

@@ -1205,6 +1205,77 @@ async fn dead_tokens_are_kept_per_app() {
     );
 }
 
+/// `fallback_claim.lua`'s bucket: a rung's `rate` is one bucket in Redis, so two nodes
+/// claiming together take no more than one would, and a claim held back says how long
+/// until the next token.
+#[tokio::test]
+async fn a_rungs_rate_is_one_bucket_for_every_node_and_says_when_to_claim_again() {
+    use redis::Commands as _;
+
+    let redis = RedisServer::start();
+    // Two stores: two nodes' connections to one Redis.
+    let (a, b) = (open(&redis), open(&redis));
+    let now = now_ms();
+    let mut con = redis.connection();
+    for n in 0..40 {
+        let id = ingest_one(&a, record(&format!("P{n}"), n, Status::Failed, now)).await;
+        let _: () = con.zadd("pg:fq:sms", id, now).unwrap();
+    }
+    // rate 20 a second: a burst of 2, then a token every 50 ms.
+    let rate = Some(20);
+    assert_eq!(pushgate::store::fallback::rung_burst(20), 2);
+    let first = a
+        .claim_rung("sms", now, now + 30_000, 10, rate)
+        .await
+        .unwrap();
+    let second = b
+        .claim_rung("sms", now, now + 30_000, 10, rate)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.records.len() + second.records.len(),
+        2,
+        "both nodes together took one burst"
+    );
+    let wait = second
+        .paced
+        .expect("the empty bucket says when to come back");
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_millis(50),
+        "{wait:?}"
+    );
+    // Claiming for about a second at each node's pace: together about rate × time.
+    let started = std::time::Instant::now();
+    let mut taken = 2;
+    while started.elapsed() < Duration::from_millis(1_000) {
+        for store in [&a, &b] {
+            let got = store
+                .claim_rung("sms", now, now + 30_000, 10, rate)
+                .await
+                .unwrap();
+            taken += got.records.len();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let bound = 2.0 + 20.0 * elapsed;
+    assert!(
+        (taken as f64) <= bound + 1.0,
+        "{taken} claimed in {elapsed:.2} s: over burst + rate × time = {bound:.1}"
+    );
+    assert!(
+        taken >= 15,
+        "{taken} claimed in {elapsed:.2} s: the rate is reached"
+    );
+    // No bucket without a rate: everything due at once.
+    let rest = a
+        .claim_rung("sms", now, now + 30_000, 100, None)
+        .await
+        .unwrap();
+    assert_eq!(rest.records.len(), 40 - taken);
+    assert_eq!(rest.paced, None);
+}
+
 /// `fallback_claim.lua` and `fallback_outcome.lua`
 #[tokio::test]
 async fn a_rung_outcome_is_fenced_by_its_lease_and_never_overwrites_a_record_changed_meanwhile() {
@@ -1219,11 +1290,12 @@ async fn a_rung_outcome_is_fenced_by_its_lease_and_never_overwrites_a_record_cha
     let mut con = redis.connection();
     let _: () = con.zadd("pg:fq:alimtalk", id, now).unwrap();
     let claimed = store
-        .claim_rung("alimtalk", now, now + 30_000, 10)
+        .claim_rung("alimtalk", now, now + 30_000, 10, None)
         .await
         .unwrap();
-    assert_eq!(claimed.len(), 1);
-    let claim = claimed.into_iter().next().unwrap();
+    assert_eq!(claimed.records.len(), 1);
+    assert_eq!(claimed.paced, None);
+    let claim = claimed.records.into_iter().next().unwrap();
     assert_eq!(store.rung_depth("alimtalk").await.unwrap(), (0, 1));
 
     // Meanwhile the record changes (a receipt, an operator's resend).

@@ -4,10 +4,8 @@
 -- left above the urgent reserve, normal taking `share` of every `round` slots while both
 -- have ids due (the turn is kept in `pace:{app}`, so single-slot claims keep the ratio);
 -- a lane with nothing due leaves its slots to the other. A due id whose record is gone
--- (retention) is dropped from its queue. Needs queue.lua before it.
--- The bucket refills at `rate` a second up to `burst`, on Redis's clock (TIME), so every
--- node claiming for the app draws on one bucket: over any T seconds at most
--- burst + rate * T ids are claimed.
+-- (retention) is dropped from its queue. Needs queue.lua and pace.lua (the bucket, shared
+-- by every node claiming for the app) before it.
 -- ARGV[1] prefix
 -- ARGV[2] app
 -- ARGV[3] now          unix ms (this node's clock; due scores are unix ms)
@@ -55,14 +53,7 @@ local function waiting(lane)
 end
 local pace = p .. 'pace:' .. app
 local tokens, clock = max, 0
-if rate > 0 then
-  local t = redis.call('TIME')
-  clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local held = redis.call('HMGET', pace, 'tokens', 'at')
-  tokens = tonumber(held[1]) or burst
-  local at = tonumber(held[2]) or clock
-  if clock > at then tokens = math.min(burst, tokens + (clock - at) * rate / 1000) end
-end
+if rate > 0 then tokens, clock = bucket_read(pace, rate, burst) end
 local urgent = take('urgent', math.min(max, math.floor(tokens)))
 local budget = max - urgent
 if rate > 0 then budget = math.min(budget, math.floor(tokens - urgent - reserve)) end
@@ -85,9 +76,7 @@ if normal + bulk > 0 then
 end
 if rate > 0 then
   tokens = tokens - urgent - normal - bulk
-  redis.call('HSET', pace, 'tokens', string.format('%.4f', tokens), 'at', clock)
-  -- An idle bucket refills within burst / rate seconds; keep it a little longer.
-  redis.call('PEXPIRE', pace, math.ceil(burst * 1000 / rate) + 60000)
+  bucket_write(pace, tokens, clock, rate, burst)
   local short = nil
   if urgent < max and math.floor(tokens) < 1 and waiting('urgent') then
     short = 1 - tokens
