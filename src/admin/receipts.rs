@@ -44,9 +44,14 @@ struct Wire<'a> {
 
 /// Check one item of a batch as sent (see [`check`]).
 pub fn check_raw(item: &RawValue, now_ms: i64) -> Checked {
-    match serde_json::from_str::<Wire>(item.get()) {
-        Ok(w) => check_fields(&w.unique_key, Some(&w.event), Some(w.at), None, now_ms),
-        Err(_) => match serde_json::from_str::<Value>(item.get()) {
+    // Only an object takes the fast path: serde fills a struct from an array too.
+    let object = item.get().starts_with('{');
+    match serde_json::from_str::<Wire>(item.get())
+        .ok()
+        .filter(|_| object)
+    {
+        Some(w) => check_fields(&w.unique_key, Some(&w.event), Some(w.at), None, now_ms),
+        None => match serde_json::from_str::<Value>(item.get()) {
             Ok(value) => check(&value, now_ms),
             Err(e) => Err((String::new(), format!("not a JSON value: {e}"))),
         },
@@ -215,6 +220,7 @@ mod tests {
     fn each_bound_refuses_the_item_by_name() {
         let cases = [
             (json!(5), "JSON object"),
+            (json!(["K", "opened", NOW]), "JSON object"),
             (json!({"event": "opened", "at": NOW}), "uniqueKey"),
             (
                 json!({"uniqueKey": "K", "event": "read", "at": NOW}),

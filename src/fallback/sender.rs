@@ -1,8 +1,8 @@
 //! One fallback rung's delivery loop: claims the pushes waiting on the rung under a lease,
-//! keeps up to `max_in_flight` gateway requests going (paced by the rung's `rate`, a token
-//! bucket in Redis that every node draws on), and writes each outcome, which queues the push on its next rung when this one
-//! failed or expired. Also the receipt-timeout scan that starts a sent push's ladder when
-//! no receipt arrived in time.
+//! keeps up to `max_in_flight` gateway requests going (paced by the rung's `rate`, a
+//! token bucket in Redis that every node draws on), and writes each outcome, which queues
+//! the push on its next rung when this one failed or expired. Also the receipt-timeout
+//! scan that starts a sent push's ladder when no receipt arrived in time.
 //!
 //! Exactly once per rung: a push leaves the rung's `fqinflight` only with its outcome
 //! (fenced by the lease), and the gateway sees the same idempotency key
@@ -217,6 +217,13 @@ impl RungSender {
                     let result = this.attempt(claim).await;
                     let _ = done.send((result, permit)).await;
                 });
+            }
+            // The bucket held some back: no token before this.
+            if let Some(wait) = claimed.paced {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => break,
+                }
             }
         }
         sends.close();

@@ -101,8 +101,10 @@ pub async fn store_parsed(
             Err(e) => Err(e),
             Ok(routed) => {
                 let consents = match prefetched {
-                    Some(read) => read,
-                    None => {
+                    Some(Ok(read)) => Ok(read),
+                    // The read ahead failed (or there was none): read for the ads the
+                    // batch actually holds, so a batch without ads is still stored.
+                    _ => {
                         let ad_customers = routed.iter().filter_map(|(m, decided)| {
                             let is_ad = matches!(decided, Ok(Decision::Send { push } | Decision::Later { push, .. }) if push.is_ad());
                             is_ad.then(|| m.fields.get("csno")?.as_str()).flatten()

@@ -171,7 +171,17 @@ impl Store {
                 // Gone (retention, a flush): nothing to write it over.
                 let Some(text) = text else { continue };
                 let mut outcome = outcomes[i].clone();
-                outcome.record = outcome.record.attempt_over(super::record::decode(&text)?);
+                match super::record::decode(&text) {
+                    Ok(current) => outcome.record = outcome.record.attempt_over(current),
+                    // Not a record this node can read (written by a newer version): the
+                    // outcome is written over it whole, as before there was a check, rather
+                    // than leave the push to be claimed and sent again.
+                    Err(e) => tracing::warn!(
+                        id = outcome.id,
+                        error = %e,
+                        "the record changed in flight into a form this node cannot read; writing the outcome over it"
+                    ),
+                }
                 outcome.base = text;
                 merged.push((i, outcome));
             }

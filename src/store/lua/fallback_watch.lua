@@ -21,6 +21,7 @@ for _, id in ipairs(due) do
     and redis.call('GET', p .. 'rec:' .. id)
   if text then
     local ok, rec = pcall(cjson.decode, text)
+    ok = ok and type(rec) == 'table'
     local receipt = ok and rec['receipt']
     local d = ok and rec['decision']
     local push = type(d) == 'table' and d['push']

@@ -26,7 +26,9 @@ local out, changed = {}, {}
 local key_index, receipts, worker_bits = p .. 'keyIndex', p .. 'receipts', p .. 'bit:worker:'
 local delivered_bits, opened_bits = p .. 'bit:receipt:delivered', p .. 'bit:receipt:opened'
 local last
--- The port push `id` arrived on; nil when its record is gone.
+-- The port push `id` arrived on; nil when no port's bit is set and its record is gone.
+-- (A flush deletes keys in batches: a receipt arriving meanwhile may find a bit whose
+-- record is already gone, and is recorded; the flush removes it with the rest.)
 local function port_of(id)
   if last and redis.call('GETBIT', worker_bits .. last, id) == 1 then return last end
   for s = 6, 5 + ns do
