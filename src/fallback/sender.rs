@@ -169,20 +169,10 @@ impl RungSender {
                     _ = cancel.cancelled() => break,
                 }
             }
-            let first = tokio::select! {
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = cancel.cancelled() => break,
+            let Some(permits) = crate::sender::take_slots(&slots, CLAIM_BATCH, &cancel).await
+            else {
+                break;
             };
-            let mut permits = vec![first];
-            while permits.len() < CLAIM_BATCH {
-                match slots.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
-            }
             let now = now_ms();
             let lease_until = now + self.lease.as_millis() as i64;
             let claimed = match self
@@ -407,39 +397,23 @@ async fn finish_loop(
                 Err(_) => break,
             }
         }
-        let (mut written, _slots): (Vec<RungResult>, Vec<OwnedSemaphorePermit>) =
+        let (written, _slots): (Vec<RungResult>, Vec<OwnedSemaphorePermit>) =
             batch.into_iter().unzip();
         let mut wait = Duration::from_millis(100);
-        // A record changed since its attempt read it is read again and written again
-        // with the attempt added: a few rounds, then its lease is left to expire (the
-        // rung is claimed again and the gateway sees the same idempotency key).
-        let mut rounds = 0;
-        while !written.is_empty() {
+        loop {
             match store.finish_rungs(&written, now_ms()).await {
                 Ok(writes) => {
                     stalled.store(false, std::sync::atomic::Ordering::Release);
-                    let lost = writes
-                        .iter()
-                        .filter(|w| **w == RungWrite::LeaseLost)
-                        .count();
-                    if lost > 0 {
+                    let count = |what| writes.iter().filter(|w| **w == what).count();
+                    let (lost, changing) = (count(RungWrite::LeaseLost), count(RungWrite::Changed));
+                    if lost + changing > 0 {
                         tracing::warn!(
                             lost,
-                            "fallback outcomes arrived after their lease expired; the records were re-claimed"
+                            changing,
+                            "fallback outcomes not written (lease expired, or the record kept changing); those rungs are claimed again"
                         );
                     }
-                    let changed: Vec<RungResult> = written
-                        .into_iter()
-                        .zip(writes)
-                        .filter(|(_, w)| *w == RungWrite::Changed)
-                        .map(|(r, _)| r)
-                        .collect();
-                    rounds += 1;
-                    written = if rounds < 5 {
-                        reapply(&store, changed).await
-                    } else {
-                        Vec::new()
-                    };
+                    break;
                 }
                 Err(e) => {
                     stalled.store(true, std::sync::atomic::Ordering::Release);
@@ -450,29 +424,6 @@ async fn finish_loop(
             }
         }
     }
-}
-
-/// Rung outcomes whose records changed meanwhile, rebuilt on the records as they are now.
-async fn reapply(store: &Store, changed: Vec<RungResult>) -> Vec<RungResult> {
-    let mut again = Vec::with_capacity(changed.len());
-    for mut result in changed {
-        let (text, mut record) = match store.record_text(result.id).await {
-            Ok(Some(found)) => found,
-            // Gone (retention) or unreadable: its lease expires and the claim drops it.
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, id = result.id, "re-reading a changed record");
-                continue;
-            }
-        };
-        if let Some(added) = &result.added {
-            record.remember_rung(added.clone());
-        }
-        result.record = record;
-        result.base = text;
-        again.push(result);
-    }
-    again
 }
 
 /// The receipt-timeout scan: pushes sent with a ladder and no receipt within the timeout

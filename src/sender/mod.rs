@@ -246,20 +246,10 @@ impl Sender {
                     _ = cancel.cancelled() => break,
                 }
             }
-            let first = tokio::select! {
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = cancel.cancelled() => break,
+            let Some(permits) = crate::sender::take_slots(&slots, CLAIM_BATCH, &cancel).await
+            else {
+                break;
             };
-            let mut permits = vec![first];
-            while permits.len() < CLAIM_BATCH {
-                match slots.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
-            }
             let now = self.now_ms();
             let lease_until = now + self.policy.lease.as_millis() as i64;
             let claim = self
@@ -701,6 +691,27 @@ impl Step {
             answer: json!({"error": message}).to_string(),
         }
     }
+}
+
+/// Wait for one free in-flight slot, then take up to `max` without waiting: the slots a
+/// claim may fill. None once `cancel` fires or the slots are closed.
+pub(crate) async fn take_slots(
+    slots: &Arc<Semaphore>,
+    max: usize,
+    cancel: &CancellationToken,
+) -> Option<Vec<OwnedSemaphorePermit>> {
+    let first = tokio::select! {
+        permit = slots.clone().acquire_owned() => permit.ok()?,
+        _ = cancel.cancelled() => return None,
+    };
+    let mut permits = vec![first];
+    while permits.len() < max {
+        match slots.clone().try_acquire_owned() {
+            Ok(p) => permits.push(p),
+            Err(_) => break,
+        }
+    }
+    Some(permits)
 }
 
 /// An outcome on its way to Redis, with the in-flight slot it still holds: the slot

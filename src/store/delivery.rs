@@ -14,6 +14,7 @@ use crate::config::Bucket;
 use crate::push::queue::{NORMAL_SHARE, SHARE_ROUND};
 use crate::push::{Lane, Queue, Record};
 
+use super::rebase::{APPLIED, CHANGED, RecordWrite};
 use super::scripts::scripts;
 use super::{Store, StoreError};
 use crate::push::Status;
@@ -90,9 +91,22 @@ pub(super) fn paced_claim(value: redis::Value) -> Result<(u64, Vec<(u64, String)
     Ok((wait, from_value(redis::Value::Array(rest))?))
 }
 
-/// Rounds of applying an outcome to a record that changed since it was claimed, before
-/// the write is reported as failed (and tried again by the sender).
-const MAX_OUTCOME_MERGES: usize = 5;
+impl RecordWrite for Outcome {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn rebase(&mut self, current: Option<Record>, text: String) {
+        if let Some(current) = current {
+            self.record = self.record.attempt_over(current);
+        }
+        self.base = text;
+    }
+
+    async fn write(store: &Store, writes: &[&Self]) -> Result<Vec<i64>, StoreError> {
+        store.finish_once(writes).await
+    }
+}
 
 impl Store {
     /// Return expired leases to their queues, then move up to `max` of `app`'s ids due
@@ -141,76 +155,23 @@ impl Store {
     /// applied (false = the lease had expired and another claim owns the record). An
     /// outcome whose record changed since it was claimed (a legal hold placed, a fallback
     /// rung's outcome written meanwhile) is applied to the record as it is now and
-    /// written again, in a further round trip, so neither change is lost.
+    /// written again ([`Store::write_rebasing`]), so neither change is lost.
     pub async fn finish(&self, outcomes: &[Outcome]) -> Result<Vec<bool>, StoreError> {
-        let mut applied = vec![false; outcomes.len()];
-        let mut changed: Vec<usize> = Vec::new();
-        for (i, answer) in self
-            .finish_once(outcomes.iter())
-            .await?
-            .into_iter()
-            .enumerate()
-        {
-            match answer {
-                1 => applied[i] = true,
-                2 => changed.push(i),
-                _ => {}
-            }
+        let answers = self.write_rebasing(outcomes).await?;
+        let changing = answers.iter().filter(|a| **a == CHANGED).count();
+        if changing > 0 {
+            // Still leased: the sender writes them again.
+            return Err(StoreError::Protocol(format!(
+                "{changing} records kept changing while their outcomes were written; writing again"
+            )));
         }
-        for _ in 0..MAX_OUTCOME_MERGES {
-            if changed.is_empty() {
-                return Ok(applied);
-            }
-            let mut get = redis::cmd("MGET");
-            for &i in &changed {
-                get.arg(self.key(&format!("rec:{}", outcomes[i].id)));
-            }
-            let texts: Vec<Option<String>> = self.query(&get).await?;
-            let mut merged = Vec::with_capacity(changed.len());
-            for (&i, text) in changed.iter().zip(texts) {
-                // Gone (retention, a flush): nothing to write it over.
-                let Some(text) = text else { continue };
-                let mut outcome = outcomes[i].clone();
-                match super::record::decode(&text) {
-                    Ok(current) => outcome.record = outcome.record.attempt_over(current),
-                    // Not a record this node can read (written by a newer version): the
-                    // outcome is written over it whole, as before there was a check, rather
-                    // than leave the push to be claimed and sent again.
-                    Err(e) => tracing::warn!(
-                        id = outcome.id,
-                        error = %e,
-                        "the record changed in flight into a form this node cannot read; writing the outcome over it"
-                    ),
-                }
-                outcome.base = text;
-                merged.push((i, outcome));
-            }
-            let answers = self.finish_once(merged.iter().map(|(_, o)| o)).await?;
-            changed.clear();
-            for ((i, _), answer) in merged.iter().zip(answers) {
-                match answer {
-                    1 => applied[*i] = true,
-                    2 => changed.push(*i),
-                    _ => {}
-                }
-            }
-        }
-        if changed.is_empty() {
-            return Ok(applied);
-        }
-        Err(StoreError::Protocol(format!(
-            "{} records kept changing while their outcomes were written; writing again",
-            changed.len()
-        )))
+        Ok(answers.into_iter().map(|a| a == APPLIED).collect())
     }
 
     /// One round trip of `outcome.lua`: per outcome 1 applied, 0 lease lost, 2 the record
     /// changed since its `base`.
-    async fn finish_once<'o>(
-        &self,
-        outcomes: impl ExactSizeIterator<Item = &'o Outcome>,
-    ) -> Result<Vec<i64>, StoreError> {
-        if outcomes.len() == 0 {
+    async fn finish_once(&self, outcomes: &[&Outcome]) -> Result<Vec<i64>, StoreError> {
+        if outcomes.is_empty() {
             return Ok(Vec::new());
         }
         let mut invocation = scripts().outcome.prepare_invoke();

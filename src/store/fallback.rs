@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::push::{Record, RungAttempt, RungOutcome};
 
+use super::rebase::{APPLIED, CHANGED, RecordWrite};
 use super::scripts::scripts;
 use super::{Store, StoreError};
 
@@ -27,6 +28,46 @@ pub struct RungClaim {
     pub record: Record,
     /// The stored text it was read from: the outcome replaces only this text.
     pub text: String,
+}
+
+/// A rung outcome with the time its next rung is due.
+#[derive(Clone)]
+struct Stamped(RungResult, i64);
+
+impl RecordWrite for Stamped {
+    fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    fn rebase(&mut self, current: Option<Record>, text: String) {
+        if let Some(mut current) = current {
+            if let Some(added) = &self.0.added {
+                current.remember_rung(added.clone());
+            }
+            self.0.record = current;
+        }
+        self.0.base = text;
+    }
+
+    async fn write(store: &Store, writes: &[&Self]) -> Result<Vec<i64>, StoreError> {
+        let Some(first) = writes.first() else {
+            return Ok(Vec::new());
+        };
+        let mut invocation = scripts().fallback_outcome.prepare_invoke();
+        invocation.arg(&store.prefix).arg(writes.len()).arg(first.1);
+        for Stamped(r, _) in writes {
+            invocation
+                .arg(r.id)
+                .arg(r.lease)
+                .arg(&r.rung)
+                .arg(&r.base)
+                .arg(super::record::encode(&r.record))
+                .arg(r.outcome.as_str())
+                .arg(r.retry_at_ms.map(|ms| ms.to_string()).unwrap_or_default())
+                .arg(r.next_rung.as_deref().unwrap_or_default());
+        }
+        store.invoke(&invocation).await
+    }
 }
 
 /// What a rung's claim took.
@@ -50,8 +91,9 @@ pub enum RungWrite {
     Applied,
     /// The lease had expired and another claim owns the record: nothing written.
     LeaseLost,
-    /// The record changed since the attempt read it (a resend, a receipt): nothing
-    /// written, the lease still held; apply the attempt to the new record and write again.
+    /// The record kept changing while the attempt was written again on it: nothing
+    /// written, the lease left to expire (the rung is claimed again, and the gateway
+    /// sees the same idempotency key).
     Changed,
 }
 
@@ -114,34 +156,22 @@ impl Store {
     }
 
     /// Write rung outcomes in one atomic round trip; each replaces its record only if
-    /// the lease still holds and the record is still its `base`.
+    /// the lease still holds and the record is still its `base`. A record changed
+    /// meanwhile (an operator's resend, the push's own outcome) gets the attempt added to
+    /// it as it is now and is written again ([`Store::write_rebasing`]).
     pub async fn finish_rungs(
         &self,
         results: &[RungResult],
         now_ms: i64,
     ) -> Result<Vec<RungWrite>, StoreError> {
-        if results.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut invocation = scripts().fallback_outcome.prepare_invoke();
-        invocation.arg(&self.prefix).arg(results.len()).arg(now_ms);
-        for r in results {
-            invocation
-                .arg(r.id)
-                .arg(r.lease)
-                .arg(&r.rung)
-                .arg(&r.base)
-                .arg(super::record::encode(&r.record))
-                .arg(r.outcome.as_str())
-                .arg(r.retry_at_ms.map(|ms| ms.to_string()).unwrap_or_default())
-                .arg(r.next_rung.as_deref().unwrap_or_default());
-        }
-        let applied: Vec<i64> = self.invoke(&invocation).await?;
-        Ok(applied
+        let stamped: Vec<Stamped> = results.iter().map(|r| Stamped(r.clone(), now_ms)).collect();
+        Ok(self
+            .write_rebasing(&stamped)
+            .await?
             .into_iter()
             .map(|a| match a {
-                1 => RungWrite::Applied,
-                2 => RungWrite::Changed,
+                APPLIED => RungWrite::Applied,
+                CHANGED => RungWrite::Changed,
                 _ => RungWrite::LeaseLost,
             })
             .collect())

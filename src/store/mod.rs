@@ -66,6 +66,7 @@ pub mod fallback;
 mod link;
 pub mod log;
 pub mod managed;
+mod rebase;
 pub mod receipts;
 pub mod record;
 pub mod retention;
