@@ -234,19 +234,10 @@ mod tests {
 
     fn ad() -> Push {
         Push {
-            target: Target::Token("t".into()),
             title: Some("특판 예금".into()),
             body: Some("연 5%".into()),
-            image: None,
-            data: Default::default(),
-            android: None,
-            apns: None,
-            ttl_secs: None,
-            app: None,
-            lane: None,
             kind: Some(Kind::Ad),
-            held: None,
-            fallback: Vec::new(),
+            ..Push::new(Target::Token("t".into()))
         }
     }
 

@@ -111,19 +111,8 @@ mod tests {
 
     fn push(kind: Option<Kind>) -> Push {
         Push {
-            target: Target::Token("t".into()),
-            title: None,
-            body: None,
-            image: None,
-            data: Default::default(),
-            android: None,
-            apns: None,
-            ttl_secs: None,
-            app: None,
-            lane: None,
             kind,
-            held: None,
-            fallback: Vec::new(),
+            ..Push::new(Target::Token("t".into()))
         }
     }
 

@@ -347,19 +347,11 @@ mod tests {
 
     fn push() -> Push {
         Push {
-            target: Target::Token(DEVICE.into()),
             title: Some("로그인 알림".into()),
             body: Some("새 기기에서 로그인했습니다".into()),
-            image: None,
             data: [("uniqueKey".to_owned(), "K1".to_owned())].into(),
-            android: None,
-            apns: None,
             ttl_secs: Some(600),
-            app: None,
-            lane: None,
-            kind: None,
-            held: None,
-            fallback: Vec::new(),
+            ..Push::new(Target::Token(DEVICE.into()))
         }
     }
 

@@ -592,19 +592,11 @@ mod tests {
 
     fn push(apns: Option<Value>) -> Push {
         Push {
-            target: Target::Token(TOKEN.into()),
             title: Some("이체 완료".into()),
             body: Some("50,000원이 입금되었습니다".into()),
-            image: None,
             data: [("uniqueKey".to_owned(), "K1".to_owned())].into(),
-            android: None,
             apns,
-            ttl_secs: None,
-            app: None,
-            lane: None,
-            kind: None,
-            held: None,
-            fallback: Vec::new(),
+            ..Push::new(Target::Token(TOKEN.into()))
         }
     }
 

@@ -165,19 +165,8 @@ mod tests {
     #[test]
     fn a_ttl_becomes_android_ttl_and_the_apns_expiration_unless_the_script_set_them() {
         let mut push = Push {
-            target: Target::Token("tok".into()),
-            title: None,
-            body: None,
-            image: None,
-            data: Default::default(),
-            android: None,
-            apns: None,
             ttl_secs: Some(60),
-            app: None,
-            lane: None,
-            kind: None,
-            held: None,
-            fallback: Vec::new(),
+            ..Push::new(Target::Token("tok".into()))
         };
         let expiry = Expiry::of(1_000_060_000, 1_000_000_000);
         assert_eq!(
@@ -198,39 +187,16 @@ mod tests {
     #[test]
     fn a_push_becomes_an_fcm_message_with_exactly_one_target() {
         let push = Push {
-            target: Target::Topic("news".into()),
             title: Some("제목".into()),
-            body: None,
-            image: None,
             data: [("uniqueKey".to_owned(), "K1".to_owned())].into(),
             android: Some(json!({"priority": "high"})),
-            apns: None,
-            ttl_secs: None,
-            app: None,
-            lane: None,
-            kind: None,
-            held: None,
-            fallback: Vec::new(),
+            ..Push::new(Target::Topic("news".into()))
         };
         assert_eq!(
             serde_json::to_value(Message::for_push(&push)).unwrap(),
             json!({"topic": "news", "notification": {"title": "제목"}, "data": {"uniqueKey": "K1"}, "android": {"priority": "high"}})
         );
-        let bare = Push {
-            target: Target::Token("tok".into()),
-            title: None,
-            body: None,
-            image: None,
-            data: Default::default(),
-            android: None,
-            apns: None,
-            ttl_secs: None,
-            app: None,
-            lane: None,
-            kind: None,
-            held: None,
-            fallback: Vec::new(),
-        };
+        let bare = Push::new(Target::Token("tok".into()));
         assert_eq!(
             serde_json::to_value(Message::for_push(&bare)).unwrap(),
             json!({"token": "tok"})
@@ -240,7 +206,6 @@ mod tests {
     #[test]
     fn the_send_body_has_the_same_bytes_as_the_json_value_it_replaced() {
         let push = Push {
-            target: Target::Condition("'a' in topics".into()),
             title: Some("t".into()),
             body: Some("b".into()),
             image: Some("https://example.com/i.png".into()),
@@ -251,12 +216,7 @@ mod tests {
             .into(),
             android: Some(json!({"priority": "high", "ttl": "60s"})),
             apns: Some(json!({"headers": {"apns-priority": "10"}})),
-            ttl_secs: None,
-            app: None,
-            lane: None,
-            kind: None,
-            held: None,
-            fallback: Vec::new(),
+            ..Push::new(Target::Condition("'a' in topics".into()))
         };
         let message = Message::for_push(&push);
         let body = SendRequest {

@@ -97,6 +97,25 @@ impl Target {
 }
 
 impl Push {
+    /// A push to `target` with nothing else said (no title, body, data, …).
+    pub fn new(target: Target) -> Push {
+        Push {
+            target,
+            title: None,
+            body: None,
+            image: None,
+            data: BTreeMap::new(),
+            android: None,
+            apns: None,
+            ttl_secs: None,
+            app: None,
+            lane: None,
+            kind: None,
+            held: None,
+            fallback: Vec::new(),
+        }
+    }
+
     /// A push with no token to send to: allowed only with a fallback ladder, which the
     /// sender starts at once (the push ends `dropped`, reason `NO_TOKEN`).
     pub fn has_no_token(&self) -> bool {

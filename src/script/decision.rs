@@ -434,19 +434,12 @@ mod tests {
             decision,
             Ok(Decision::Send {
                 push: Push {
-                    target: Target::Topic("news".to_string()),
                     title: Some("t".to_string()),
-                    body: None,
                     image: Some("https://x/y.png".to_string()),
                     data,
                     android: Some(json!({"priority": "normal", "ttl": "3600s"})),
                     apns: Some(json!({"headers": {"apns-priority": "5"}})),
-                    ttl_secs: None,
-                    app: None,
-                    lane: None,
-                    kind: None,
-                    held: None,
-                    fallback: Vec::new(),
+                    ..Push::new(Target::Topic("news".to_string()))
                 }
             })
         );

@@ -1,8 +1,6 @@
 //! What the script tests share: the shipped scripts, a sample message, fixed Seoul times and
 //! one-line ways to run a script body and read what it decided.
 
-use std::collections::BTreeMap;
-
 use chrono_tz::Asia::Seoul;
 use serde_json::json;
 
@@ -72,19 +70,5 @@ pub(super) fn eval_error(body: &str) -> RouteError {
 }
 
 pub(super) fn token_push(token: &str) -> Push {
-    Push {
-        target: Target::Token(token.to_string()),
-        title: None,
-        body: None,
-        image: None,
-        data: BTreeMap::new(),
-        android: None,
-        apns: None,
-        ttl_secs: None,
-        app: None,
-        lane: None,
-        kind: None,
-        held: None,
-        fallback: Vec::new(),
-    }
+    Push::new(Target::Token(token.to_string()))
 }
