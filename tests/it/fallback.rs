@@ -123,6 +123,22 @@ fn rungs_of(record: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// No push waits on or is in flight on either rung: whatever the gateway has seen is all
+/// it will see (a rung's outcome and its next rung are written in one step, after the
+/// gateway answered).
+fn assert_ladders_idle(redis: &RedisServer) {
+    let mut con = redis.connection();
+    for key in [
+        "fq:alimtalk",
+        "fqinflight:alimtalk",
+        "fq:sms",
+        "fqinflight:sms",
+    ] {
+        let n: u64 = con.zcard(format!("pg:{key}")).unwrap();
+        assert_eq!(n, 0, "{key} holds {n}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_token_falls_to_alimtalk_once_and_the_ladder_stops_there() {
     let redis = RedisServer::start();
@@ -147,8 +163,8 @@ async fn a_dead_token_falls_to_alimtalk_once_and_the_ladder_stops_there() {
     assert_eq!(second["history"][0]["outcome"], "UNREGISTERED");
     assert_eq!(second["history"][0]["http"], 0, "not sent to FCM again");
 
-    // Give a wrongly queued SMS every chance to show up before counting.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing left on any rung: a wrongly queued SMS would be waiting or in flight.
+    assert_ladders_idle(&redis);
     let stats = gw.stats();
     assert_eq!(stats.keys["dead-1:alimtalk"].sends, 1);
     assert_eq!(stats.keys["dead-2:alimtalk"].sends, 1);
@@ -223,7 +239,7 @@ async fn no_token_goes_to_alimtalk_and_an_alimtalk_refusal_falls_to_sms_each_run
             .contains("CHANNEL_REFUSED"),
         "{record}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_ladders_idle(&redis);
     let stats = gw.stats();
     let alimtalk = &stats.keys["nt-1:alimtalk"];
     assert_eq!((alimtalk.requests, alimtalk.sends), (1, 0), "{stats:?}");
@@ -288,7 +304,7 @@ async fn no_receipt_within_the_timeout_starts_the_ladder_and_a_receipt_in_time_p
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_ladders_idle(&redis);
     let stats = gw.stats();
     assert!(!stats.keys.contains_key("rc-got:alimtalk"), "{stats:?}");
     assert_eq!(stats.sends, 1);
@@ -514,12 +530,7 @@ async fn the_receipt_timeout_scan_goes_in_bounded_steps_and_skips_pushes_with_a_
         .collect();
     let mut ids = Vec::new();
     for chunk in records.chunks(500) {
-        for stored in store.ingest(chunk).await.unwrap() {
-            match stored {
-                pushgate::store::Stored::New { id } => ids.push(id),
-                other => panic!("{other:?}"),
-            }
-        }
+        ids.extend(ingest(&store, chunk).await);
     }
     let mut con = redis.connection();
     // Sent long ago (timed out), except the last 100, sent just now.

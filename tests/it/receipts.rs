@@ -10,7 +10,7 @@ use pushgate::clock::now_ms;
 use pushgate::push::{ReceiptEvent, Status};
 use pushgate::store::log::{LogQuery, ReceiptFilter, Total};
 use pushgate::store::receipts::{ReceiptIn, Recorded};
-use pushgate::store::{NewRecord, Store, Stored};
+use pushgate::store::{NewRecord, Store};
 
 use crate::support::*;
 
@@ -28,19 +28,6 @@ fn record(key: &str, n: usize, status: Status) -> NewRecord {
         decision: None,
         error: None,
     }
-}
-
-async fn ingest(store: &Store, records: &[NewRecord]) -> Vec<u64> {
-    store
-        .ingest(records)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| match s {
-            Stored::New { id } => id,
-            other => panic!("expected a new record, got {other:?}"),
-        })
-        .collect()
 }
 
 fn receipt(key: &str, event: ReceiptEvent, at_ms: i64) -> ReceiptIn {

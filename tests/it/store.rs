@@ -55,20 +55,6 @@ fn with(mut record: NewRecord, field: &str, value: &str) -> NewRecord {
     record
 }
 
-/// The ids of new records, in order (panics on a duplicate or a fenced one).
-async fn ingest(store: &Store, records: &[NewRecord]) -> Vec<u64> {
-    store
-        .ingest(records)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|stored| match stored {
-            Stored::New { id } => id,
-            other => panic!("expected a new record, got {other:?}"),
-        })
-        .collect()
-}
-
 /// The id of one new record.
 async fn ingest_one(store: &Store, record: NewRecord) -> u64 {
     ingest(store, &[record]).await[0]

@@ -901,20 +901,6 @@ pub async fn start_delivering(
     (app, addr)
 }
 
-/// An `[[app]]` block named `name` for `emulator`: the `[fcm]` table's keys plus `name`.
-pub fn app_block(
-    emulator: &pushgate::emulator::Emulator,
-    dir: &Path,
-    name: &str,
-    settings: &str,
-) -> String {
-    fcm_table(emulator, dir, settings).replacen(
-        "[fcm]\n",
-        &format!("[[app]]\nname = \"{name}\"\n"),
-        1,
-    )
-}
-
 /// pushgate with two apps, `default` ([fcm]) on `main` and `card` ([[app]], plus
 /// `card_settings`) on `card`; port `p` sends through `default` in the normal lane, `u`
 /// through `default` in the urgent lane, `c` through `card` in the bulk lane. Returns
@@ -929,7 +915,7 @@ pub async fn two_apps(
     let apps = format!(
         "{}\n{}",
         fcm_table(main, keys.path(), ""),
-        app_block(card, keys.path(), "card", card_settings)
+        app_table(card, keys.path(), "card", card_settings)
     );
     let ports = [
         port_block("p", "send.rhai", ""),
@@ -979,4 +965,21 @@ pub async fn wait_status(app: &TestApp, key: &str, status: &str, within: Duratio
             .filter(|r| r["status"] == status)
     })
     .await
+}
+
+/// The ids of new records, in order (panics on a duplicate or a fenced one).
+pub async fn ingest(
+    store: &pushgate::store::Store,
+    records: &[pushgate::store::NewRecord],
+) -> Vec<u64> {
+    store
+        .ingest(records)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|stored| match stored {
+            pushgate::store::Stored::New { id } => id,
+            other => panic!("expected a new record, got {other:?}"),
+        })
+        .collect()
 }
