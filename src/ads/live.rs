@@ -45,6 +45,11 @@ impl LiveGate {
         self.gate.read().ok().and_then(|g| g.clone())
     }
 
+    /// Whether an `[ads]` section is in force (without copying it).
+    pub fn is_on(&self) -> bool {
+        self.gate.read().is_ok_and(|g| g.is_some())
+    }
+
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
@@ -59,7 +64,7 @@ impl LiveGate {
         &self,
         csnos: impl Iterator<Item = &'a str>,
     ) -> Result<Consents, StoreError> {
-        if self.gate().is_none() {
+        if !self.is_on() {
             return Ok(Consents::new());
         }
         let mut wanted: Vec<&str> = csnos.filter(|c| is_csno(c)).collect();

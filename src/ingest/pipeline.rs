@@ -74,8 +74,8 @@ pub async fn store_parsed(
         // A port or key whose pushes are ads reads its customers' consents while the
         // batch is routed (a script rarely makes one of them informational); any other
         // routes first and reads only for the ads its script made.
-        let prefetch: Option<Vec<String>> = (origin.kind == Some(Kind::Ad) && ads.gate().is_some())
-            .then(|| {
+        let prefetch: Option<Vec<String>> =
+            (origin.kind == Some(Kind::Ad) && ads.is_on()).then(|| {
                 messages
                     .iter()
                     .filter_map(|m| Some(m.fields.get("csno")?.as_str()?.to_owned()))
